@@ -1,0 +1,499 @@
+//! The one configuration file (`cctv.toml`) shared by the scheduler and every worker.
+//!
+//! Every field has a documented default (see `docs/ref/config.md`); unknown fields are errors.
+//! [`Config::validate`] reports every problem at once, each naming the field and, for channels,
+//! the channel. Camera URLs are redacted in every message.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::redact::redact_url;
+
+/// Environment variable that overrides `cluster.redis_url` (so a password need not live in the file).
+pub const REDIS_URL_ENV: &str = "CCTV_REDIS_URL";
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+    #[serde(default)]
+    pub rtmp: RtmpConfig,
+    #[serde(default)]
+    pub scheduler: SchedulerConfig,
+    #[serde(default)]
+    pub queue: QueueConfig,
+    #[serde(default)]
+    pub motion: MotionConfig,
+    #[serde(default)]
+    pub worker_motion: WorkerMotionConfig,
+    #[serde(default)]
+    pub logs: LogsConfig,
+    #[serde(default, rename = "channel")]
+    pub channels: Vec<ChannelConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Redis that carries the job queues, result streams and status keys. Default `redis://127.0.0.1:6379`.
+    pub redis_url: String,
+    /// Prefix of every Redis key this cluster uses, so several clusters (or tests) can share one Redis. Default `cctv`.
+    pub namespace: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self { redis_url: "redis://127.0.0.1:6379".into(), namespace: "cctv".into() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtmpConfig {
+    /// Where camera relays publish, `<publish_url>/ch<id>`. Default `rtmp://127.0.0.1:1935/live`.
+    pub publish_url: String,
+    /// Where workers play streams from, `<play_url>/ch<id>` (main) and `<play_url>/ch<id>_sub` (sub-stream).
+    /// Default `rtmp://127.0.0.1:1935/live`.
+    pub play_url: String,
+}
+
+impl Default for RtmpConfig {
+    fn default() -> Self {
+        Self {
+            publish_url: "rtmp://127.0.0.1:1935/live".into(),
+            play_url: "rtmp://127.0.0.1:1935/live".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    /// Channels per motion job. Default 8.
+    pub batch_size: usize,
+    /// How often the scheduler checks that every batch has a live job, seconds. Default 5.
+    pub reconcile_interval_secs: f64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self { batch_size: 8, reconcile_interval_secs: 5.0 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Worker heartbeat interval, seconds. Default 2.
+    pub heartbeat_interval_secs: u64,
+    /// Heartbeats a worker may miss before its jobs are handed to another worker. Default 3
+    /// (a killed worker's batches move within about heartbeat × missed + one poll, ~8 s).
+    pub missed_heartbeats: usize,
+    /// Redis response timeout, seconds. The redis crate's 500 ms default turns a slow Redis into a
+    /// dead worker (apalis-redis issue 76). Default 10.
+    pub redis_response_timeout_secs: u64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self { heartbeat_interval_secs: 2, missed_heartbeats: 3, redis_response_timeout_secs: 10 }
+    }
+}
+
+/// Frame-differencing parameters. Defaults are tuned for 5 fps at 180 px height.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MotionConfig {
+    /// Frames per second analysed per channel. Default 5.
+    pub fps: f64,
+    /// Height of the grey frame analysed; width follows the aspect ratio. Default 180.
+    pub frame_height: u32,
+    /// Gaussian blur kernel size (odd). Default 5.
+    pub blur_kernel: i32,
+    /// Grey-level difference that marks a pixel changed (1..=255). Default 25.
+    pub pixel_threshold: f64,
+    /// Dilate iterations that join nearby changed pixels. Default 2.
+    pub dilate_iterations: i32,
+    /// Smallest contour counted as motion, fraction of the frame area. Default 0.002.
+    pub min_area: f64,
+    /// Weight of the newest frame in the running-average background (0..1]. Default 0.1.
+    pub background_alpha: f64,
+    /// After this many consecutive frames with no frame-to-frame change the background snaps to the
+    /// current frame, so nothing that left the scene lingers as a ghost. Default 3.
+    pub settle_frames: u32,
+    /// Consecutive motion frames before a motion event starts. Default 2.
+    pub start_frames: u32,
+    /// Quiet seconds before a motion event ends (T). Default 3.
+    pub end_quiet_secs: f64,
+    /// A change above this fraction of the frame (lights, IR switch) recalibrates the background
+    /// instead of raising motion. Default 0.6.
+    pub recalibrate_fraction: f64,
+    /// No frame for this long marks the channel offline and restarts its reader. Default 20.
+    pub stall_timeout_secs: f64,
+    /// First retry delay after a channel fails, seconds; doubles up to `retry_max_secs`. Default 1.
+    pub retry_initial_secs: f64,
+    /// Longest retry delay, seconds. Default 30.
+    pub retry_max_secs: f64,
+    /// ffmpeg decode threads per channel. Default 1.
+    pub decode_threads: u32,
+}
+
+impl Default for MotionConfig {
+    fn default() -> Self {
+        Self {
+            fps: 5.0,
+            frame_height: 180,
+            blur_kernel: 5,
+            pixel_threshold: 25.0,
+            dilate_iterations: 2,
+            min_area: 0.002,
+            background_alpha: 0.1,
+            settle_frames: 3,
+            start_frames: 2,
+            end_quiet_secs: 3.0,
+            recalibrate_fraction: 0.6,
+            stall_timeout_secs: 20.0,
+            retry_initial_secs: 1.0,
+            retry_max_secs: 30.0,
+            decode_threads: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerMotionConfig {
+    /// Batches one worker process holds at once. Default 4.
+    pub concurrency: usize,
+}
+
+impl Default for WorkerMotionConfig {
+    fn default() -> Self {
+        Self { concurrency: 4 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogsConfig {
+    /// Directory of the category logs (`motion.jsonl`, ...). Default `logs`.
+    pub dir: PathBuf,
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        Self { dir: PathBuf::from("logs") }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordPolicy {
+    /// Record while there is motion.
+    #[default]
+    Motion,
+    /// Record only when YOLO saw a wanted object.
+    Objects,
+    /// Never record.
+    Off,
+}
+
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelConfig {
+    /// Channel number, unique, 1..=9999. Streams are named `ch<id>` on the RTMP server.
+    pub id: u32,
+    /// Human name ("Front door").
+    pub name: String,
+    /// Camera URL (main stream). May hold credentials; never logged unredacted.
+    pub source: String,
+    /// Optional sub-stream for detection (smaller, cheaper to decode).
+    #[serde(default)]
+    pub detect_source: Option<String>,
+    /// Priority channels get object detection while in motion. Default false.
+    #[serde(default)]
+    pub priority: bool,
+    /// When to back up this channel. Default `motion`.
+    #[serde(default)]
+    pub record: RecordPolicy,
+}
+
+// Hand-written so that `{:?}` of a config never prints a camera password.
+impl fmt::Debug for ChannelConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChannelConfig")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("source", &redact_url(&self.source))
+            .field("detect_source", &self.detect_source.as_deref().map(redact_url))
+            .field("priority", &self.priority)
+            .field("record", &self.record)
+            .finish()
+    }
+}
+
+impl ChannelConfig {
+    /// RTMP stream name of the main stream.
+    pub fn stream_name(&self) -> String {
+        format!("ch{}", self.id)
+    }
+    /// RTMP stream name detection reads: the sub-stream when one is configured.
+    pub fn detect_stream_name(&self) -> String {
+        if self.detect_source.is_some() {
+            format!("ch{}_sub", self.id)
+        } else {
+            self.stream_name()
+        }
+    }
+}
+
+/// One problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// Dotted path of the field, e.g. `channel[3].source` or `scheduler.batch_size`.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid TOML for this schema: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path} has {} problem(s):\n{}", problems.len(), list(problems))]
+    Invalid { path: PathBuf, problems: Vec<ConfigProblem> },
+}
+
+fn list(problems: &[ConfigProblem]) -> String {
+    problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
+}
+
+impl Config {
+    /// Reads, parses and validates a config file; applies the `CCTV_REDIS_URL` override.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let mut config = Self::parse(&text)
+            .map_err(|message| ConfigError::Parse { path: path.to_owned(), message })?;
+        if let Ok(url) = std::env::var(REDIS_URL_ENV) {
+            config.cluster.redis_url = url;
+        }
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid { path: path.to_owned(), problems })
+        }
+    }
+
+    /// Parses TOML without validating. The message has camera URLs redacted.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| crate::redact::redact_text(&e.to_string()).into_owned())
+    }
+
+    /// Every problem in the config, empty when it is valid.
+    pub fn validate(&self) -> Vec<ConfigProblem> {
+        let mut p = Problems::default();
+        let ns = &self.cluster.namespace;
+        if ns.is_empty()
+            || !ns.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            p.add("cluster.namespace", format!("{ns:?} must be non-empty letters, digits, '-', '_' or '.'"));
+        }
+        check_url(&mut p, "cluster.redis_url", &self.cluster.redis_url, &["redis", "rediss", "unix"]);
+        check_url(&mut p, "rtmp.publish_url", &self.rtmp.publish_url, &["rtmp"]);
+        check_url(&mut p, "rtmp.play_url", &self.rtmp.play_url, &["rtmp"]);
+
+        let s = &self.scheduler;
+        if s.batch_size == 0 || s.batch_size > 64 {
+            p.add("scheduler.batch_size", format!("{} is out of range 1..=64", s.batch_size));
+        }
+        range(&mut p, "scheduler.reconcile_interval_secs", s.reconcile_interval_secs, 0.1, 600.0);
+
+        let q = &self.queue;
+        if q.heartbeat_interval_secs == 0 || q.heartbeat_interval_secs > 60 {
+            p.add("queue.heartbeat_interval_secs", format!("{} is out of range 1..=60", q.heartbeat_interval_secs));
+        }
+        if q.missed_heartbeats == 0 || q.missed_heartbeats > 100 {
+            p.add("queue.missed_heartbeats", format!("{} is out of range 1..=100", q.missed_heartbeats));
+        }
+        if q.redis_response_timeout_secs == 0 {
+            p.add("queue.redis_response_timeout_secs", "must be at least 1".into());
+        }
+
+        let m = &self.motion;
+        range(&mut p, "motion.fps", m.fps, 0.2, 30.0);
+        if !(32..=1080).contains(&m.frame_height) || m.frame_height % 2 != 0 {
+            p.add("motion.frame_height", format!("{} must be even and within 32..=1080", m.frame_height));
+        }
+        if m.blur_kernel < 1 || m.blur_kernel > 31 || m.blur_kernel % 2 == 0 {
+            p.add("motion.blur_kernel", format!("{} must be odd and within 1..=31", m.blur_kernel));
+        }
+        range(&mut p, "motion.pixel_threshold", m.pixel_threshold, 1.0, 255.0);
+        if !(0..=10).contains(&m.dilate_iterations) {
+            p.add("motion.dilate_iterations", format!("{} is out of range 0..=10", m.dilate_iterations));
+        }
+        range(&mut p, "motion.min_area", m.min_area, 0.0, 1.0);
+        range(&mut p, "motion.background_alpha", m.background_alpha, 0.001, 1.0);
+        if m.settle_frames == 0 {
+            p.add("motion.settle_frames", "must be at least 1".into());
+        }
+        if m.start_frames == 0 {
+            p.add("motion.start_frames", "must be at least 1".into());
+        }
+        range(&mut p, "motion.end_quiet_secs", m.end_quiet_secs, 0.2, 600.0);
+        range(&mut p, "motion.recalibrate_fraction", m.recalibrate_fraction, 0.05, 1.0);
+        range(&mut p, "motion.stall_timeout_secs", m.stall_timeout_secs, 1.0, 600.0);
+        range(&mut p, "motion.retry_initial_secs", m.retry_initial_secs, 0.1, 600.0);
+        range(&mut p, "motion.retry_max_secs", m.retry_max_secs, m.retry_initial_secs.max(0.1), 3600.0);
+        if m.decode_threads == 0 || m.decode_threads > 16 {
+            p.add("motion.decode_threads", format!("{} is out of range 1..=16", m.decode_threads));
+        }
+        if self.worker_motion.concurrency == 0 || self.worker_motion.concurrency > 64 {
+            p.add("worker_motion.concurrency", format!("{} is out of range 1..=64", self.worker_motion.concurrency));
+        }
+        if self.logs.dir.as_os_str().is_empty() {
+            p.add("logs.dir", "must not be empty".into());
+        }
+
+        if self.channels.is_empty() {
+            p.add("channel", "no [[channel]] configured".into());
+        }
+        let mut ids = HashSet::new();
+        let mut names = HashSet::new();
+        for (i, ch) in self.channels.iter().enumerate() {
+            let at = |field: &str| format!("channel[{i}] (id {}).{field}", ch.id);
+            if ch.id == 0 || ch.id > 9999 {
+                p.add(&at("id"), format!("{} is out of range 1..=9999", ch.id));
+            }
+            if !ids.insert(ch.id) {
+                p.add(&at("id"), format!("duplicate channel id {}", ch.id));
+            }
+            if ch.name.trim().is_empty() {
+                p.add(&at("name"), "must not be empty".into());
+            } else if !names.insert(ch.name.as_str()) {
+                p.add(&at("name"), format!("duplicate channel name {:?}", ch.name));
+            }
+            check_url(&mut p, &at("source"), &ch.source, CAMERA_SCHEMES);
+            if let Some(d) = &ch.detect_source {
+                check_url(&mut p, &at("detect_source"), d, CAMERA_SCHEMES);
+            }
+        }
+        p.0
+    }
+
+    /// Channels by id.
+    pub fn channel(&self, id: u32) -> Option<&ChannelConfig> {
+        self.channels.iter().find(|c| c.id == id)
+    }
+}
+
+/// URL schemes accepted for camera sources (`file` is for simulated cameras and tests).
+pub const CAMERA_SCHEMES: &[&str] = &["rtsp", "rtsps", "rtmp", "http", "https", "srt", "file"];
+
+#[derive(Default)]
+struct Problems(Vec<ConfigProblem>);
+
+impl Problems {
+    fn add(&mut self, field: &str, message: String) {
+        self.0.push(ConfigProblem { field: field.to_owned(), message });
+    }
+}
+
+fn range(p: &mut Problems, field: &str, v: f64, lo: f64, hi: f64) {
+    if !(v >= lo && v <= hi) {
+        p.add(field, format!("{v} is out of range {lo}..={hi}"));
+    }
+}
+
+fn check_url(p: &mut Problems, field: &str, value: &str, schemes: &[&str]) {
+    match url::Url::parse(value) {
+        Err(e) => p.add(field, format!("{:?} is not a valid URL: {e}", redact_url(value))),
+        Ok(u) if !schemes.contains(&u.scheme()) => p.add(
+            field,
+            format!("{:?} has scheme {:?}, expected one of {}", redact_url(value), u.scheme(), schemes.join(", ")),
+        ),
+        Ok(u) if u.scheme() != "file" && u.scheme() != "unix" && u.host_str().is_none_or(str::is_empty) => {
+            p.add(field, format!("{:?} has no host", redact_url(value)))
+        }
+        Ok(_) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [cluster]
+        namespace = "t1"
+        [[channel]]
+        id = 1
+        name = "Gate"
+        source = "rtsp://admin:hunter2@10.0.0.5:554/s1"
+        detect_source = "rtsp://admin:hunter2@10.0.0.5:554/s2"
+        priority = true
+        record = "objects"
+    "#;
+
+    #[test]
+    fn good_config_validates_with_defaults() {
+        let c = Config::parse(GOOD).unwrap();
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        assert_eq!(c.scheduler.batch_size, 8);
+        assert_eq!(c.motion.fps, 5.0);
+        assert_eq!(c.channels[0].record, RecordPolicy::Objects);
+        assert_eq!(c.channels[0].detect_stream_name(), "ch1_sub");
+    }
+
+    #[test]
+    fn unknown_field_is_an_error_naming_it() {
+        let e = Config::parse("[scheduler]\nbatch_sise = 3\n").unwrap_err();
+        assert!(e.contains("batch_sise"), "{e}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = r#"
+            [scheduler]
+            batch_size = 0
+            [motion]
+            blur_kernel = 4
+            [[channel]]
+            id = 3
+            name = "A"
+            source = "rtsp://u:topsecret@cam/1"
+            [[channel]]
+            id = 3
+            name = "B"
+            source = "not a url"
+        "#;
+        let problems = Config::parse(text).unwrap().validate();
+        let fields: Vec<_> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert!(fields.contains(&"scheduler.batch_size"), "{fields:?}");
+        assert!(fields.contains(&"motion.blur_kernel"), "{fields:?}");
+        assert!(fields.contains(&"channel[1] (id 3).id"), "{fields:?}");
+        assert!(fields.contains(&"channel[1] (id 3).source"), "{fields:?}");
+        assert_eq!(problems.len(), 4, "{problems:?}");
+    }
+
+    #[test]
+    fn messages_and_debug_never_show_passwords() {
+        let mut c = Config::parse(GOOD).unwrap();
+        c.channels[0].source = "ftp://admin:hunter2@cam/1".into();
+        let text = format!("{:?} {:?}", c.validate(), c);
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("ftp"), "{text}");
+    }
+}

@@ -1,0 +1,88 @@
+//! Result and status structs workers publish (Redis streams and status keys).
+
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch, wall clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MotionEventKind {
+    Start,
+    End,
+}
+
+/// A motion box, fractions of the analysed frame (0..1), so it maps onto any resolution.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct NormBox {
+    pub x: f32,
+    pub y: f32,
+    pub w: f32,
+    pub h: f32,
+}
+
+/// One entry of `<ns>:events:motion` and of the motion log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MotionEvent {
+    /// Shared by the `start` and `end` of one motion event.
+    pub event_id: String,
+    pub channel: u32,
+    pub kind: MotionEventKind,
+    /// Wall-clock time of the frame that started or ended the event, ms since epoch.
+    pub ts_ms: i64,
+    /// For `end`: when the event started; for `start`: same as `ts_ms`.
+    pub started_ms: i64,
+    /// Changed fraction of the frame (start: at the start frame; end: the largest seen).
+    pub area: f32,
+    pub boxes: Vec<NormBox>,
+    /// For `end`: the last frame that showed motion (post-roll counts from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_motion_ms: Option<i64>,
+    pub worker: String,
+    pub job: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelState {
+    /// Reader starting, no frame yet.
+    Connecting,
+    Idle,
+    Motion,
+    Offline,
+}
+
+/// `<ns>:status:channel:<id>`, refreshed every few seconds with a TTL: a channel whose worker
+/// died simply disappears (reported as unknown).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChannelStatus {
+    pub channel: u32,
+    pub online: bool,
+    pub state: ChannelState,
+    /// Why the channel is offline (redacted ffmpeg error, stall, ...).
+    pub reason: Option<String>,
+    /// Frames analysed per second over the last window.
+    pub fps: f32,
+    pub last_frame_ms: Option<i64>,
+    pub last_motion_ms: Option<i64>,
+    pub frames_total: u64,
+    pub worker: String,
+    pub batch: String,
+    pub updated_ms: i64,
+}
+
+/// `<ns>:workers:<worker>`: which worker holds what, refreshed with a TTL.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WorkerHeartbeat {
+    pub worker: String,
+    pub kind: String,
+    pub host: String,
+    pub pid: u32,
+    pub batches: Vec<String>,
+    pub updated_ms: i64,
+}

@@ -1,0 +1,286 @@
+//! The one ffmpeg wrapper. Every ffmpeg the cluster runs is spawned here.
+//!
+//! - The command line is built with `ffmpeg-sidecar` (Debian's ffmpeg; its download feature is off).
+//! - stderr is drained on its own thread (a full pipe would stall ffmpeg) through sidecar's log
+//!   parser: lines go, redacted, into a bounded tail that errors carry; the first output video
+//!   stream's size is captured for raw-frame readers.
+//! - [`FfmpegProcess::stop`] sends SIGTERM, waits, then SIGKILLs, so containers are finalised;
+//!   dropping a process stops it the same way, so no child outlives its owner. A child whose
+//!   owner was killed with -9 dies on its next write to the closed stdout/stderr pipe (SIGPIPE).
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::io::BufReader;
+use std::process::{Child, ChildStdout, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use ffmpeg_sidecar::command::FfmpegCommand;
+use ffmpeg_sidecar::event::{FfmpegEvent, LogLevel};
+use ffmpeg_sidecar::log_parser::FfmpegLogParser;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::redact::redact_text;
+
+/// Lines of stderr kept for error messages.
+const TAIL_LINES: usize = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FfmpegError {
+    #[error("{label}: cannot start ffmpeg: {source} (is Debian's ffmpeg installed and on PATH?)")]
+    Spawn { label: String, source: std::io::Error },
+    #[error("{label}: ffmpeg exited with {status}; stderr tail:\n{tail}")]
+    Exited { label: String, status: String, tail: String },
+    #[error("{label}: {message}; stderr tail:\n{tail}")]
+    Failed { label: String, message: String, tail: String },
+}
+
+/// Size of a raw video output stream, parsed from ffmpeg's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VideoSize {
+    pub width: u32,
+    pub height: u32,
+}
+
+#[derive(Default)]
+struct StderrState {
+    tail: VecDeque<String>,
+    output_video: Option<VideoSize>,
+    eof: bool,
+}
+
+struct Shared {
+    state: Mutex<StderrState>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, StderrState> {
+        // A panic while holding this lock cannot leave the tail inconsistent; keep going.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A running ffmpeg.
+pub struct FfmpegProcess {
+    label: String,
+    child: Child,
+    shared: Arc<Shared>,
+    started: Instant,
+    exited: Option<ExitStatus>,
+}
+
+/// Sends signals to an ffmpeg from another thread (e.g. a stall watchdog).
+#[derive(Debug, Clone)]
+pub struct Stopper {
+    pid: Pid,
+}
+
+impl Stopper {
+    /// Asks ffmpeg to finish (SIGTERM): it closes its outputs and exits.
+    pub fn terminate(&self) {
+        let _ = kill(self.pid, Signal::SIGTERM);
+    }
+}
+
+/// A new ffmpeg command line with the options every use shares.
+pub fn command() -> FfmpegCommand {
+    let mut cmd = FfmpegCommand::new();
+    // -nostdin: without it a decode here stalled 50 s waiting on the terminal.
+    cmd.hide_banner().arg("-nostdin");
+    cmd
+}
+
+impl FfmpegProcess {
+    /// Spawns `cmd`. `label` names the process in logs and errors (e.g. `motion ch3`); it must
+    /// not contain credentials. With `capture_stdout`, stdout is a pipe to take with
+    /// [`take_stdout`](Self::take_stdout); otherwise it is discarded.
+    pub fn spawn(label: impl Into<String>, mut cmd: FfmpegCommand, capture_stdout: bool) -> Result<Self, FfmpegError> {
+        let label = label.into();
+        let inner = cmd.as_inner_mut();
+        inner
+            .stdin(Stdio::null())
+            .stdout(if capture_stdout { Stdio::piped() } else { Stdio::null() })
+            .stderr(Stdio::piped());
+        let args: Vec<OsString> = inner.get_args().map(|a| a.to_owned()).collect();
+        tracing::debug!(process = %label, args = %redact_text(&args_line(&args)), "starting ffmpeg");
+        let mut child = inner.spawn().map_err(|source| FfmpegError::Spawn { label: label.clone(), source })?;
+        let shared = Arc::new(Shared { state: Mutex::default(), changed: Condvar::new() });
+        let stderr = child.stderr.take().expect("stderr is piped above");
+        let drain = shared.clone();
+        let thread_label = label.clone();
+        std::thread::Builder::new()
+            .name(format!("ffmpeg-stderr {label}"))
+            .spawn(move || drain_stderr(stderr, &drain, &thread_label))
+            .map_err(|source| FfmpegError::Spawn { label: label.clone(), source })?;
+        Ok(Self { label, child, shared, started: Instant::now(), exited: None })
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stopper(&self) -> Stopper {
+        Stopper { pid: Pid::from_raw(self.child.id() as i32) }
+    }
+
+    pub fn take_stdout(&mut self) -> Option<ChildStdout> {
+        self.child.stdout.take()
+    }
+
+    /// The last lines ffmpeg wrote to stderr, redacted.
+    pub fn stderr_tail(&self) -> String {
+        self.shared.lock().tail.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Waits until ffmpeg has announced its first output video stream (raw-frame readers need
+    /// its size). `None` when ffmpeg ended or `timeout` passed first.
+    pub fn wait_output_video(&self, timeout: Duration) -> Option<VideoSize> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.shared.lock();
+        loop {
+            if let Some(size) = state.output_video {
+                return Some(size);
+            }
+            let now = Instant::now();
+            if state.eof || now >= deadline {
+                return None;
+            }
+            state = self.shared.changed.wait_timeout(state, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
+    /// An error carrying the stderr tail.
+    pub fn failure(&self, message: impl Into<String>) -> FfmpegError {
+        FfmpegError::Failed { label: self.label.clone(), message: message.into(), tail: self.stderr_tail() }
+    }
+
+    /// Non-blocking: the exit status if ffmpeg has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            self.exited = self.child.try_wait().ok().flatten();
+        }
+        self.exited
+    }
+
+    /// Waits for ffmpeg to exit on its own; a non-zero exit becomes an error with the tail.
+    pub fn wait(&mut self) -> Result<ExitStatus, FfmpegError> {
+        let status = match self.exited {
+            Some(s) => s,
+            None => self.child.wait().map_err(|e| self.failure(format!("wait failed: {e}")))?,
+        };
+        self.exited = Some(status);
+        self.log_exit(status);
+        if status.success() {
+            Ok(status)
+        } else {
+            Err(FfmpegError::Exited { label: self.label.clone(), status: status.to_string(), tail: self.stderr_tail() })
+        }
+    }
+
+    /// SIGTERM, wait up to `grace` for ffmpeg to finalise its outputs, then SIGKILL.
+    pub fn stop(&mut self, grace: Duration) -> ExitStatus {
+        if let Some(s) = self.try_wait() {
+            return s;
+        }
+        self.stopper().terminate();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Some(s) = self.try_wait() {
+                self.log_exit(s);
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        tracing::warn!(process = %self.label, grace_ms = grace.as_millis() as u64, "ffmpeg ignored SIGTERM; killing");
+        let _ = self.child.kill();
+        let status = self.child.wait().unwrap_or_else(|_| std::os::unix::process::ExitStatusExt::from_raw(9));
+        self.exited = Some(status);
+        self.log_exit(status);
+        status
+    }
+
+    fn log_exit(&self, status: ExitStatus) {
+        tracing::debug!(process = %self.label, %status, ran_ms = self.started.elapsed().as_millis() as u64, "ffmpeg exited");
+    }
+}
+
+impl Drop for FfmpegProcess {
+    fn drop(&mut self) {
+        if self.try_wait().is_none() {
+            self.stop(Duration::from_secs(3));
+        }
+    }
+}
+
+fn args_line(args: &[OsString]) -> String {
+    args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
+}
+
+fn drain_stderr(stderr: std::process::ChildStderr, shared: &Shared, label: &str) {
+    let mut parser = FfmpegLogParser::new(BufReader::new(stderr));
+    loop {
+        let event = match parser.parse_next_event() {
+            Ok(FfmpegEvent::LogEOF) | Err(_) => break,
+            Ok(e) => e,
+        };
+        let mut state = shared.lock();
+        match event {
+            FfmpegEvent::ParsedOutputStream(stream) => {
+                if let (None, Some(v)) = (state.output_video, stream.video_data()) {
+                    state.output_video = Some(VideoSize { width: v.width, height: v.height });
+                    shared.changed.notify_all();
+                }
+            }
+            FfmpegEvent::Log(level, line) => {
+                let line = redact_text(&line).into_owned();
+                if matches!(level, LogLevel::Error | LogLevel::Fatal) {
+                    tracing::debug!(process = %label, line = %line, "ffmpeg error line");
+                }
+                if state.tail.len() == TAIL_LINES {
+                    state.tail.pop_front();
+                }
+                state.tail.push_back(line);
+            }
+            _ => {}
+        }
+    }
+    let mut state = shared.lock();
+    state.eof = true;
+    shared.changed.notify_all();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_carries_redacted_stderr_tail() {
+        let mut cmd = command();
+        cmd.input("rtsp://admin:hunter2@127.0.0.1:1/nothing").args(["-rtsp_transport", "tcp", "-f", "null", "-"]);
+        let mut p = FfmpegProcess::spawn("test ch1", cmd, false).unwrap();
+        let err = p.wait().unwrap_err().to_string();
+        assert!(err.contains("test ch1") && err.contains("exited"), "{err}");
+        assert!(err.contains("rtsp://***@127.0.0.1:1"), "tail should name the input: {err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn raw_output_size_is_parsed_and_stop_terminates() {
+        let mut cmd = command();
+        cmd.args(["-re", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=10"])
+            .args(["-vf", "scale=-2:120", "-pix_fmt", "gray", "-f", "rawvideo", "pipe:1"]);
+        let mut p = FfmpegProcess::spawn("test raw", cmd, true).unwrap();
+        let _stdout = p.take_stdout().unwrap();
+        let size = p.wait_output_video(Duration::from_secs(10)).expect("output stream announced");
+        assert_eq!(size, VideoSize { width: 160, height: 120 });
+        let started = Instant::now();
+        let status = p.stop(Duration::from_secs(5));
+        assert!(started.elapsed() < Duration::from_secs(5), "SIGTERM should end ffmpeg promptly ({status})");
+    }
+}

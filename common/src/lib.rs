@@ -1,0 +1,24 @@
+//! Wire types and shared plumbing of the CCTV cluster: config, job and event structs, Redis key
+//! names, the job queue (the only place that touches apalis), telemetry, shutdown and the one
+//! ffmpeg wrapper. Nothing domain-heavy lives here.
+
+pub mod config;
+pub mod events;
+pub mod ffmpeg;
+pub mod jobs;
+pub mod keys;
+pub mod queue;
+pub mod redact;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use config::Config;
+pub use keys::Keys;
+
+/// A cluster-unique worker name: kind, host, pid and a random suffix (apalis requires unique
+/// names, and a restarted process must not collide with its own unexpired registration).
+pub fn worker_name(kind: &str) -> String {
+    let host = hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "host".into());
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..6];
+    format!("{kind}-{host}-{}-{suffix}", std::process::id())
+}

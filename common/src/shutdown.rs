@@ -1,0 +1,36 @@
+//! The shutdown signal: one [`CancellationToken`] cloned into every task.
+//!
+//! First SIGINT/SIGTERM cancels the token (drain: jobs hand their batches back, ffmpeg children
+//! get SIGTERM). A second signal exits at once.
+
+pub use tokio_util::sync::CancellationToken;
+
+/// Creates the process-wide token and a task that cancels it on the first signal.
+pub fn install() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested; draining (send the signal again to exit now)");
+        t.cancel();
+        wait_for_signal().await;
+        tracing::warn!("second signal; exiting now");
+        std::process::exit(130);
+    });
+    token
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,227 @@
+//! The `cctv` command-line tool: inspect the cluster through Redis directly (no API needed).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use cctv_common::config::Config;
+use cctv_common::events::{ChannelStatus, MotionEvent, WorkerHeartbeat};
+use cctv_common::jobs::MotionJob;
+use cctv_common::keys::Keys;
+use cctv_common::queue::{self, Queue};
+use clap::{Args, Subcommand};
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamReadOptions, StreamReadReply};
+use redis::AsyncCommands;
+
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// The cluster config file.
+    #[arg(long, short, env = "CCTV_CONFIG", default_value = "cctv.toml")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the config file and list every problem.
+    CheckConfig,
+    /// Event streams.
+    #[command(subcommand)]
+    Events(EventsCommand),
+    /// Plan, batches and who holds them, channel status, workers, queue depth.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Print events as they arrive (Ctrl-C to stop).
+    Tail {
+        /// Event category.
+        #[arg(long, default_value = "motion", value_parser = ["motion"])]
+        category: String,
+        /// Only this channel.
+        #[arg(long)]
+        channel: Option<u32>,
+        /// Start with the last N events already on the stream.
+        #[arg(long, default_value_t = 10)]
+        last: usize,
+        /// Stop after this many events (default: never).
+        #[arg(long)]
+        count: Option<usize>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs one `cctv` command.
+pub async fn run(config_path: &std::path::Path, command: Command) -> anyhow::Result<()> {
+    if let Command::CheckConfig = command {
+        return check_config(config_path);
+    }
+    let config = Config::load(config_path)?;
+    let keys = Keys::new(&config.cluster.namespace);
+    let mut conn = queue::connect(&config.cluster, &config.queue).await?;
+    match command {
+        Command::CheckConfig => unreachable!("handled above"),
+        Command::Events(EventsCommand::Tail { category: _, channel, last, count, json }) => {
+            tail_motion(&mut conn, &keys, channel, last, count, json).await
+        }
+        Command::Status { json } => status(&config, conn, &keys, json).await,
+    }
+}
+
+/// Shared by every binary's `check-config`: prints every problem, errors when there are any.
+pub fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    println!(
+        "{}: ok ({} channels, {} motion batches, namespace {:?})",
+        path.display(),
+        config.channels.len(),
+        crate::plan(&config).jobs.len(),
+        config.cluster.namespace
+    );
+    Ok(())
+}
+
+async fn tail_motion(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    channel: Option<u32>,
+    last: usize,
+    count: Option<usize>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let stream = keys.motion_events();
+    let mut printed = 0usize;
+    let mut out = std::io::stdout().lock();
+    let mut print = |e: &MotionEvent, out: &mut std::io::StdoutLock<'_>| -> anyhow::Result<bool> {
+        if channel.is_some_and(|c| c != e.channel) {
+            return Ok(false);
+        }
+        if json {
+            writeln!(out, "{}", serde_json::to_string(e)?)?;
+        } else {
+            writeln!(out, "{}", format_motion(e))?;
+        }
+        out.flush()?;
+        printed += 1;
+        Ok(count.is_some_and(|c| printed >= c))
+    };
+    let mut last_id = "$".to_string();
+    if last > 0 {
+        let recent: redis::streams::StreamRangeReply = conn.xrevrange_count(&stream, "+", "-", last).await?;
+        for entry in recent.ids.iter().rev() {
+            if let Some(e) = decode_entry(&entry.map) {
+                if print(&e, &mut out)? {
+                    return Ok(());
+                }
+            }
+            last_id = entry.id.clone();
+        }
+    }
+    loop {
+        let opts = StreamReadOptions::default().block(5000).count(100);
+        let reply: Option<StreamReadReply> = conn.xread_options(&[&stream], &[&last_id], &opts).await?;
+        for key in reply.map(|r| r.keys).unwrap_or_default() {
+            for entry in key.ids {
+                last_id = entry.id.clone();
+                if let Some(e) = decode_entry(&entry.map) {
+                    if print(&e, &mut out)? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Decodes the `data` field of a motion stream entry.
+pub fn decode_entry(map: &std::collections::HashMap<String, redis::Value>) -> Option<MotionEvent> {
+    let data: String = redis::from_redis_value(map.get("data")?.clone()).ok()?;
+    serde_json::from_str(&data).ok()
+}
+
+fn format_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    format!("{h:02}:{m:02}:{s:02}.{:03}Z", ms.rem_euclid(1000))
+}
+
+fn format_motion(e: &MotionEvent) -> String {
+    let extra = match e.kind {
+        cctv_common::events::MotionEventKind::Start => format!("area {:.1}% boxes {}", e.area * 100.0, e.boxes.len()),
+        cctv_common::events::MotionEventKind::End => {
+            format!("lasted {:.1}s max area {:.1}%", (e.ts_ms - e.started_ms) as f64 / 1000.0, e.area * 100.0)
+        }
+    };
+    format!("{}  ch{:<4} {:<5} {}  event {}  worker {}", format_ms(e.ts_ms), e.channel, format!("{:?}", e.kind).to_lowercase(), extra, &e.event_id[..8.min(e.event_id.len())], e.worker)
+}
+
+async fn status(config: &Config, mut conn: ConnectionManager, keys: &Keys, json: bool) -> anyhow::Result<()> {
+    let plan_hash: Option<String> = conn.hget(keys.motion_plan(), "hash").await?;
+    let batches_json: Option<String> = conn.hget(keys.motion_plan(), "batches").await?;
+    let batches: Vec<MotionJob> = batches_json.map(|b| serde_json::from_str(&b)).transpose().context("decoding the published plan")?.unwrap_or_default();
+    let mut holders = Vec::new();
+    for b in &batches {
+        let holder: Option<String> = conn.get(keys.motion_lease(&b.batch)).await?;
+        holders.push(serde_json::json!({"batch": b.batch, "channels": b.channels.iter().map(|c| c.id).collect::<Vec<_>>(), "held_by": holder}));
+    }
+    let mut channels = Vec::new();
+    for ch in &config.channels {
+        let s: Option<String> = conn.get(keys.channel_status(ch.id)).await?;
+        channels.push((ch.id, ch.name.clone(), s.and_then(|s| serde_json::from_str::<ChannelStatus>(&s).ok())));
+    }
+    let worker_keys: Vec<String> = scan(&mut conn, &keys.worker_pattern()).await?;
+    let mut workers = Vec::new();
+    for k in worker_keys {
+        let s: Option<String> = conn.get(&k).await?;
+        if let Some(w) = s.and_then(|s| serde_json::from_str::<WorkerHeartbeat>(&s).ok()) {
+            workers.push(w);
+        }
+    }
+    let mut q: Queue<MotionJob> = Queue::new(conn.clone(), keys, &config.queue);
+    let (waiting, scheduled) = q.depth().await?;
+    if json {
+        let v = serde_json::json!({
+            "plan": plan_hash, "batches": holders,
+            "channels": channels.iter().map(|(id, name, s)| serde_json::json!({"id": id, "name": name, "status": s})).collect::<Vec<_>>(),
+            "workers": workers, "queues": {"motion": {"waiting": waiting, "retry_scheduled": scheduled}},
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("plan {}  motion queue: {waiting} waiting, {scheduled} scheduled for retry", plan_hash.as_deref().unwrap_or("(none published)"));
+    println!("\nBATCH  HELD BY                                   CHANNELS");
+    for h in &holders {
+        println!("{:<6} {:<41} {}", h["batch"].as_str().unwrap_or(""), h["held_by"].as_str().unwrap_or("-"), h["channels"]);
+    }
+    println!("\nCH    NAME                 STATE       FPS   FRAMES    REASON");
+    for (id, name, s) in &channels {
+        match s {
+            Some(s) => println!("{:<5} {:<20} {:<11} {:>4.1} {:>8}    {}", id, name, format!("{:?}", s.state).to_lowercase(), s.fps, s.frames_total, s.reason.as_deref().unwrap_or("")),
+            None => println!("{id:<5} {name:<20} unknown     (no worker reports this channel)"),
+        }
+    }
+    println!("\nWORKER                                    KIND     BATCHES");
+    for w in &workers {
+        println!("{:<41} {:<8} {}", w.worker, w.kind, w.batches.join(","));
+    }
+    Ok(())
+}
+
+async fn scan(conn: &mut ConnectionManager, pattern: &str) -> anyhow::Result<Vec<String>> {
+    let mut cursor = 0u64;
+    let mut out = Vec::new();
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(500).query_async(conn).await?;
+        out.extend(keys);
+        if next == 0 {
+            return Ok(out);
+        }
+        cursor = next;
+    }
+}

@@ -1,0 +1,170 @@
+//! The scheduler: turns the channel list into batches and keeps exactly one live motion job per
+//! batch on the queue. Also hosts the `cctv` command-line tool ([`cli`]).
+//!
+//! Only one scheduler is active per namespace (a Redis leader lease); a second one waits. The
+//! plan is published to `<ns>:motion:plan`; every `reconcile_interval_secs` each batch's job is
+//! checked and, if it is done or dead, replaced. Pushes use idempotency keys
+//! (`<plan>:<batch>:<generation>`), so a restarted scheduler finds its jobs instead of
+//! duplicating them, and a changed channel list (new plan hash) re-plans: jobs of the old plan
+//! end themselves.
+
+pub mod cli;
+pub mod plan;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use cctv_common::config::Config;
+use cctv_common::jobs::MotionJob;
+use cctv_common::keys::Keys;
+use cctv_common::queue::{self, Queue};
+use cctv_common::shutdown::CancellationToken;
+use redis::aio::ConnectionManager;
+use redis::AsyncCommands;
+
+pub use plan::{plan, Plan};
+
+/// How long a scheduler's leadership lasts without renewal.
+const LEADER_TTL_MS: u64 = 15_000;
+
+/// Runs the scheduler until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let keys = Keys::new(&config.cluster.namespace);
+    let conn = queue::connect(&config.cluster, &config.queue).await?;
+    let mut scheduler = Scheduler::new(&config, conn, keys);
+    let interval = Duration::from_secs_f64(config.scheduler.reconcile_interval_secs);
+    tracing::info!(id = %scheduler.id, plan = %scheduler.plan.hash, batches = scheduler.plan.jobs.len(),
+        channels = config.channels.len(), "scheduler started");
+    let mut leading = false;
+    loop {
+        match scheduler.tick().await {
+            Ok(now_leading) => {
+                if now_leading != leading {
+                    tracing::info!(leader = now_leading, "leadership changed");
+                    leading = now_leading;
+                }
+            }
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "scheduler round failed; retrying"),
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+    scheduler.resign().await;
+    tracing::info!("scheduler stopped");
+    Ok(())
+}
+
+/// One scheduler instance.
+pub struct Scheduler {
+    id: String,
+    keys: Keys,
+    conn: ConnectionManager,
+    queue: Queue<MotionJob>,
+    plan: Plan,
+}
+
+impl Scheduler {
+    pub fn new(config: &Config, conn: ConnectionManager, keys: Keys) -> Self {
+        let queue = Queue::new(conn.clone(), &keys, &config.queue);
+        Self { id: cctv_common::worker_name("scheduler"), keys, conn, queue, plan: plan(config) }
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// One round: take or renew leadership; as leader publish the plan and reconcile every batch.
+    /// Returns whether this scheduler leads.
+    pub async fn tick(&mut self) -> anyhow::Result<bool> {
+        if !self.lead().await? {
+            return Ok(false);
+        }
+        self.publish_plan().await?;
+        for i in 0..self.plan.jobs.len() {
+            self.reconcile_batch(i).await?;
+        }
+        Ok(true)
+    }
+
+    async fn lead(&mut self) -> anyhow::Result<bool> {
+        let key = self.keys.scheduler_leader();
+        // Renew if ours, else take it if free.
+        let script = redis::Script::new(
+            r#"local v = redis.call('GET', KEYS[1])
+               if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+               if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
+               return 0"#,
+        );
+        let ok: i32 = script.key(key).arg(&self.id).arg(LEADER_TTL_MS).invoke_async(&mut self.conn).await?;
+        Ok(ok == 1)
+    }
+
+    async fn resign(&mut self) {
+        let script = redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+        );
+        let _: Result<i32, _> = script.key(self.keys.scheduler_leader()).arg(&self.id).invoke_async(&mut self.conn).await;
+    }
+
+    async fn publish_plan(&mut self) -> anyhow::Result<()> {
+        let key = self.keys.motion_plan();
+        let current: Option<String> = self.conn.hget(&key, "hash").await?;
+        if current.as_deref() == Some(self.plan.hash.as_str()) {
+            return Ok(());
+        }
+        let batches = serde_json::to_string(&self.plan.jobs)?;
+        let _: () = redis::pipe()
+            .atomic()
+            .hset(&key, "hash", &self.plan.hash)
+            .hset(&key, "batches", batches)
+            .hset(&key, "published_ms", cctv_common::events::now_ms())
+            .query_async(&mut self.conn)
+            .await?;
+        // Records of batches the new plan no longer has.
+        for i in self.plan.jobs.len()..self.plan.jobs.len() + 64 {
+            let _: () = self.conn.del(self.keys.motion_batch(&format!("b{i}"))).await?;
+        }
+        tracing::info!(plan = %self.plan.hash, previous = ?current, batches = self.plan.jobs.len(), "published plan");
+        Ok(())
+    }
+
+    async fn reconcile_batch(&mut self, index: usize) -> anyhow::Result<()> {
+        let job = &self.plan.jobs[index];
+        let record_key = self.keys.motion_batch(&job.batch);
+        let record: std::collections::HashMap<String, String> = self.conn.hgetall(&record_key).await?;
+        let same_plan = record.get("plan") == Some(&self.plan.hash);
+        let generation: u64 = if same_plan { record.get("generation").and_then(|g| g.parse().ok()).unwrap_or(0) } else { 0 };
+        if same_plan {
+            if let Some(id) = record.get("job").filter(|id| !id.is_empty()) {
+                if self.queue.is_live(id).await? {
+                    return Ok(());
+                }
+                tracing::warn!(batch = %job.batch, job = %id, "motion job ended; replacing it");
+            }
+        }
+        // A record of this plan whose job ended moves on to the next generation.
+        let generation = if same_plan && record.contains_key("job") { generation + 1 } else { generation };
+        let idem = format!("{}:{}:{generation}", self.plan.hash, job.batch);
+        let job = job.clone();
+        let id = match self.queue.push_unique(&job, &idem).await? {
+            Some(id) => {
+                tracing::info!(batch = %job.batch, job = %id, generation, channels = ?job.channels.iter().map(|c| c.id).collect::<Vec<_>>(), "enqueued motion job");
+                id
+            }
+            // Pushed before (e.g. a scheduler died between push and record): adopt that job.
+            None => self.queue.id_for_key(&idem).await?.context("idempotency key without job id")?,
+        };
+        let _: () = redis::pipe()
+            .atomic()
+            .del(&record_key)
+            .hset(&record_key, "plan", &self.plan.hash)
+            .hset(&record_key, "generation", generation)
+            .hset(&record_key, "job", &id)
+            .query_async(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,64 @@
+//! `scheduler`: plans batches and keeps their motion jobs alive.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use cctv_common::telemetry::{self, LogFormat};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(version, about = "CCTV cluster scheduler")]
+struct Cli {
+    /// The cluster config file.
+    #[arg(long, short, global = true, env = "CCTV_CONFIG", default_value = "cctv.toml")]
+    config: PathBuf,
+    /// Log format: text or json (default: $CCTV_LOG_FORMAT, else text).
+    #[arg(long, global = true)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the scheduler until SIGINT/SIGTERM.
+    Run,
+    /// Validate the config file and list every problem.
+    CheckConfig,
+    /// Print the batches the config produces.
+    Plan,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    let result = match cli.command {
+        Command::CheckConfig => scheduler::cli::check_config(&cli.config),
+        Command::Plan => print_plan(&cli.config),
+        Command::Run => tokio_main(cli.config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[tokio::main]
+async fn tokio_main(config: PathBuf) -> anyhow::Result<()> {
+    let config = cctv_common::Config::load(&config)?;
+    let shutdown = cctv_common::shutdown::install();
+    scheduler::run(config, shutdown).await
+}
+
+fn print_plan(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = cctv_common::Config::load(path)?;
+    let plan = scheduler::plan(&config);
+    println!("plan {}", plan.hash);
+    for job in &plan.jobs {
+        println!("{}: channels {:?}", job.batch, job.channels.iter().map(|c| c.id).collect::<Vec<_>>());
+    }
+    Ok(())
+}

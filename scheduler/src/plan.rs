@@ -1,0 +1,83 @@
+//! Splitting the configured channels into batches, one motion job each.
+
+use cctv_common::config::Config;
+use cctv_common::jobs::{MotionChannel, MotionJob};
+use sha2::{Digest, Sha256};
+
+/// The batches of one configuration. Its `hash` changes whenever anything a motion job carries
+/// changes (channels, batch size, motion parameters, play URL), which re-plans the cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub hash: String,
+    pub jobs: Vec<MotionJob>,
+}
+
+/// Batches of `scheduler.batch_size` channels, in config order.
+pub fn plan(config: &Config) -> Plan {
+    let size = config.scheduler.batch_size.max(1);
+    let batches: Vec<Vec<MotionChannel>> = config
+        .channels
+        .chunks(size)
+        .map(|chunk| chunk.iter().map(MotionChannel::from_config).collect())
+        .collect();
+    let mut hasher = Sha256::new();
+    let identity = serde_json::json!({
+        "batches": batches,
+        "motion": config.motion,
+        "play_url": config.rtmp.play_url,
+    });
+    hasher.update(identity.to_string().as_bytes());
+    let hash: String = hasher.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect();
+    let jobs = batches
+        .into_iter()
+        .enumerate()
+        .map(|(i, channels)| MotionJob {
+            batch: format!("b{i}"),
+            plan: hash.clone(),
+            play_url: config.rtmp.play_url.clone(),
+            channels,
+            motion: config.motion.clone(),
+        })
+        .collect();
+    Plan { hash, jobs }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(channels: u32, batch: usize) -> Config {
+        let mut text = format!("[scheduler]\nbatch_size = {batch}\n");
+        for id in 1..=channels {
+            text += &format!("[[channel]]\nid = {id}\nname = \"c{id}\"\nsource = \"rtsp://u:p@cam{id}/s\"\n");
+        }
+        Config::parse(&text).unwrap()
+    }
+
+    #[test]
+    fn batches_of_batch_size_cover_every_channel_once() {
+        let p = plan(&config(20, 8));
+        let sizes: Vec<_> = p.jobs.iter().map(|j| j.channels.len()).collect();
+        assert_eq!(sizes, [8, 8, 4]);
+        let ids: Vec<u32> = p.jobs.iter().flat_map(|j| j.channels.iter().map(|c| c.id)).collect();
+        assert_eq!(ids, (1..=20).collect::<Vec<_>>());
+        assert_eq!(p.jobs[2].batch, "b2");
+    }
+
+    #[test]
+    fn hash_is_stable_and_follows_changes() {
+        assert_eq!(plan(&config(9, 8)).hash, plan(&config(9, 8)).hash);
+        assert_ne!(plan(&config(9, 8)).hash, plan(&config(10, 8)).hash);
+        assert_ne!(plan(&config(9, 8)).hash, plan(&config(9, 4)).hash);
+        let mut c = config(9, 8);
+        c.motion.fps = 2.0;
+        assert_ne!(plan(&c).hash, plan(&config(9, 8)).hash);
+    }
+
+    #[test]
+    fn jobs_carry_no_camera_credentials() {
+        let p = plan(&config(3, 8));
+        let json = serde_json::to_string(&p.jobs).unwrap();
+        assert!(!json.contains("u:p@") && !json.contains("rtsp"), "{json}");
+    }
+}
