@@ -18,7 +18,12 @@ pub use keys::Keys;
 /// A cluster-unique worker name: kind, host, pid and a random suffix (apalis requires unique
 /// names, and a restarted process must not collide with its own unexpired registration).
 pub fn worker_name(kind: &str) -> String {
-    let host = hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "host".into());
+    let host = host_name();
     let suffix = &uuid::Uuid::new_v4().simple().to_string()[..6];
     format!("{kind}-{host}-{}-{suffix}", std::process::id())
+}
+
+/// This machine's host name ("unknown" if it cannot be read).
+pub fn host_name() -> String {
+    hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "unknown".into())
 }

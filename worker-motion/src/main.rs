@@ -1,1 +1,53 @@
-fn main(){}
+//! `worker-motion`: claims motion jobs and watches their channels.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use cctv_common::telemetry::{self, LogFormat};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(version, about = "CCTV motion worker")]
+struct Cli {
+    /// The cluster config file.
+    #[arg(long, short, global = true, env = "CCTV_CONFIG", default_value = "cctv.toml")]
+    config: PathBuf,
+    /// Log format: text or json (default: $CCTV_LOG_FORMAT, else text).
+    #[arg(long, global = true)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Claim motion jobs until SIGINT/SIGTERM.
+    Run,
+    /// Validate the config file and list every problem.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    let result = match cli.command {
+        Command::CheckConfig => cctv_common::Config::load(&cli.config).map(|c| {
+            println!("{}: ok ({} channels)", cli.config.display(), c.channels.len());
+        }).map_err(anyhow::Error::from),
+        Command::Run => run(cli.config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[tokio::main]
+async fn run(config: PathBuf) -> anyhow::Result<()> {
+    let config = cctv_common::Config::load(&config)?;
+    let shutdown = cctv_common::shutdown::install();
+    worker_motion::run(config, shutdown).await
+}

@@ -1,0 +1,303 @@
+//! worker-motion: claims motion jobs (one batch of channels each) and watches every channel of
+//! the batch for motion for as long as this worker lives.
+//!
+//! A batch is held under a Redis lease (`<ns>:motion:lease:<batch>`) on top of apalis' own
+//! claim, so a batch is never processed twice at once, even if apalis handed a slow worker's job
+//! to another one. Motion events go to `<ns>:events:motion` and the motion log; channel status
+//! to `<ns>:status:channel:<id>` with a TTL.
+
+pub mod channel;
+pub mod detector;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cctv_common::config::Config;
+use cctv_common::events::{now_ms, ChannelStatus, MotionEvent, WorkerHeartbeat};
+use cctv_common::jobs::{JobError, MotionJob};
+use cctv_common::keys::Keys;
+use cctv_common::queue::{self, JobMeta, Queue};
+use cctv_common::shutdown::CancellationToken;
+use redis::aio::ConnectionManager;
+use redis::AsyncCommands;
+use tokio::sync::mpsc;
+
+use channel::{ChannelHandle, ChannelMsg};
+
+/// How long a batch lease lives without renewal. A killed worker's batch is free after this.
+const LEASE_TTL_MS: u64 = 6_000;
+/// Lease renewal, status publication and plan check period.
+const SUPERVISE_EVERY: Duration = Duration::from_secs(2);
+/// Channel status and worker heartbeat TTL.
+const STATUS_TTL_SECS: u64 = 10;
+/// Motion events kept on the stream (approximate trim).
+const EVENTS_MAXLEN: usize = 100_000;
+
+/// Everything a motion job needs besides the job itself.
+#[derive(Clone)]
+struct Ctx {
+    conn: ConnectionManager,
+    keys: Keys,
+    worker: String,
+    shutdown: CancellationToken,
+    log: Arc<MotionLog>,
+    held: Arc<Mutex<Vec<String>>>,
+}
+
+/// Runs a motion worker until `shutdown` is cancelled: batches in hand are handed back.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let keys = Keys::new(&config.cluster.namespace);
+    let conn = queue::connect(&config.cluster, &config.queue).await?;
+    let worker = cctv_common::worker_name("motion");
+    let log = Arc::new(MotionLog::open(config.logs.dir.join("motion.jsonl"))?);
+    let ctx = Ctx { conn: conn.clone(), keys: keys.clone(), worker: worker.clone(), shutdown: shutdown.clone(), log, held: Arc::default() };
+    tracing::info!(worker = %worker, concurrency = config.worker_motion.concurrency, "motion worker started");
+
+    let heartbeat = tokio::spawn(heartbeat_loop(ctx.clone()));
+    let q: Queue<MotionJob> = Queue::new(conn, &keys, &config.queue);
+    let handler_ctx = ctx.clone();
+    let result = q
+        .run_worker(worker.clone(), config.worker_motion.concurrency, shutdown, move |job, meta| {
+            hold_batch(handler_ctx.clone(), job, meta)
+        })
+        .await;
+    heartbeat.abort();
+    let mut conn = ctx.conn.clone();
+    let _: Result<(), _> = conn.del(keys.worker(&worker)).await;
+    tracing::info!(worker = %worker, "motion worker stopped");
+    Ok(result?)
+}
+
+async fn heartbeat_loop(ctx: Ctx) {
+    let mut conn = ctx.conn.clone();
+    let host = cctv_common::host_name();
+    loop {
+        let hb = WorkerHeartbeat {
+            worker: ctx.worker.clone(),
+            kind: "motion".into(),
+            host: host.clone(),
+            pid: std::process::id(),
+            batches: ctx.held.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            updated_ms: now_ms(),
+        };
+        if let Ok(json) = serde_json::to_string(&hb) {
+            let r: Result<(), _> = conn.set_ex(ctx.keys.worker(&ctx.worker), json, STATUS_TTL_SECS).await;
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "worker heartbeat failed");
+            }
+        }
+        tokio::time::sleep(SUPERVISE_EVERY).await;
+    }
+}
+
+/// Why a batch stopped being held.
+enum Release {
+    PlanChanged,
+    Shutdown,
+    LeaseLost,
+}
+
+async fn hold_batch(ctx: Ctx, job: MotionJob, meta: JobMeta) -> Result<(), JobError> {
+    let span = tracing::info_span!("batch", batch = %job.batch, job = %meta.job_id, plan = %job.plan);
+    let inner = async {
+        if job.channels.is_empty() {
+            return Err(JobError::Permanent(format!("batch {} has no channels", job.batch)));
+        }
+        let mut conn = ctx.conn.clone();
+        // Wait for the lease: another worker may still hold this batch (a stalled worker whose
+        // job apalis already re-queued).
+        loop {
+            if !plan_is_current(&mut conn, &ctx.keys, &job.plan).await? {
+                tracing::info!("job belongs to an old plan; ending it");
+                return Ok(());
+            }
+            if acquire_lease(&mut conn, &ctx.keys, &job.batch, &ctx.worker).await? {
+                break;
+            }
+            tokio::select! {
+                biased;
+                _ = ctx.shutdown.cancelled() => return Err(JobError::Transient("worker shutting down before the batch lease was free".into())),
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        ctx.held.lock().unwrap_or_else(|e| e.into_inner()).push(job.batch.clone());
+        tracing::info!(channels = ?job.channels.iter().map(|c| c.id).collect::<Vec<_>>(), "holding batch");
+        let release = watch_batch(&ctx, &job, &meta).await;
+        ctx.held.lock().unwrap_or_else(|e| e.into_inner()).retain(|b| b != &job.batch);
+        match release {
+            Release::PlanChanged => {
+                release_lease(&mut conn, &ctx.keys, &job.batch, &ctx.worker).await;
+                tracing::info!("plan changed; batch released");
+                Ok(())
+            }
+            Release::Shutdown => {
+                release_lease(&mut conn, &ctx.keys, &job.batch, &ctx.worker).await;
+                tracing::info!("worker shutting down; batch handed back");
+                Err(JobError::Transient("worker shut down; batch handed back to the queue".into()))
+            }
+            Release::LeaseLost => {
+                tracing::warn!("batch lease lost (this worker was presumed dead); stopping");
+                Err(JobError::Transient("batch lease lost".into()))
+            }
+        }
+    };
+    tracing::Instrument::instrument(inner, span).await
+}
+
+/// Runs the channels of the batch until the plan changes, the worker shuts down or the lease is
+/// lost; keeps the lease, channel status and published events flowing meanwhile.
+async fn watch_batch(ctx: &Ctx, job: &MotionJob, meta: &JobMeta) -> Release {
+    let (tx, mut rx) = mpsc::unbounded_channel::<ChannelMsg>();
+    let channels: Vec<ChannelHandle> =
+        job.channels.iter().map(|c| ChannelHandle::start(c.clone(), &job.play_url, job.motion.clone(), tx.clone())).collect();
+    drop(tx);
+    let mut conn = ctx.conn.clone();
+    let stall = Duration::from_secs_f64(job.motion.stall_timeout_secs);
+    let mut tick = tokio::time::interval(SUPERVISE_EVERY);
+    let mut frames_at_last_tick: HashMap<u32, (u64, i64)> = HashMap::new();
+    let release = loop {
+        tokio::select! {
+            biased;
+            _ = ctx.shutdown.cancelled() => break Release::Shutdown,
+            Some(msg) = rx.recv() => publish_event(ctx, &mut conn, job, meta, msg).await,
+            _ = tick.tick() => {
+                match renew_lease(&mut conn, &ctx.keys, &job.batch, &ctx.worker).await {
+                    Ok(true) => {}
+                    Ok(false) => break Release::LeaseLost,
+                    Err(e) => tracing::warn!(error = %e, "cannot renew batch lease; will retry"),
+                }
+                match plan_is_current(&mut conn, &ctx.keys, &job.plan).await {
+                    Ok(false) => break Release::PlanChanged,
+                    Ok(true) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot read the plan; will retry"),
+                }
+                for ch in &channels {
+                    ch.shared.check_stall(stall, ch.started_ms.load(std::sync::atomic::Ordering::Relaxed));
+                    publish_status(ctx, &mut conn, job, ch, &mut frames_at_last_tick).await;
+                }
+            }
+        }
+    };
+    // Stop the readers off the async executor (joining threads blocks), then flush what they
+    // said on the way out (motion `end` of events in progress).
+    let _ = tokio::task::spawn_blocking(move || channels.into_iter().for_each(ChannelHandle::stop)).await;
+    while let Ok(msg) = rx.try_recv() {
+        publish_event(ctx, &mut conn, job, meta, msg).await;
+    }
+    release
+}
+
+async fn publish_event(ctx: &Ctx, conn: &mut ConnectionManager, _job: &MotionJob, meta: &JobMeta, msg: ChannelMsg) {
+    let ChannelMsg::Motion { channel, kind, event_id, ts_ms, started_ms, last_motion_ms, area, boxes } = msg;
+    let event = MotionEvent { event_id, channel, kind, ts_ms, started_ms, area, boxes, last_motion_ms, worker: ctx.worker.clone(), job: meta.job_id.clone() };
+    let json = match serde_json::to_string(&event) {
+        Ok(j) => j,
+        Err(e) => return tracing::error!(error = %e, "cannot encode motion event"),
+    };
+    let r: Result<String, _> = conn
+        .xadd_maxlen(ctx.keys.motion_events(), redis::streams::StreamMaxlen::Approx(EVENTS_MAXLEN), "*", &[("data", json.as_str())])
+        .await;
+    if let Err(e) = r {
+        tracing::error!(channel, error = %e, "cannot publish motion event to redis (kept in the motion log)");
+    }
+    ctx.log.append(&json);
+}
+
+async fn publish_status(ctx: &Ctx, conn: &mut ConnectionManager, job: &MotionJob, ch: &ChannelHandle, last: &mut HashMap<u32, (u64, i64)>) {
+    let s = &ch.shared;
+    let (state, reason) = s.status();
+    let now = now_ms();
+    let frames = s.frames();
+    let (prev_frames, prev_ms) = last.insert(s.id, (frames, now)).unwrap_or((frames, now));
+    let fps = if now > prev_ms { (frames - prev_frames) as f32 * 1000.0 / (now - prev_ms) as f32 } else { 0.0 };
+    let status = ChannelStatus {
+        channel: s.id,
+        online: !matches!(state, cctv_common::events::ChannelState::Offline),
+        state,
+        reason,
+        fps,
+        last_frame_ms: s.last_frame_ms(),
+        last_motion_ms: s.last_motion_ms(),
+        frames_total: frames,
+        worker: ctx.worker.clone(),
+        batch: job.batch.clone(),
+        updated_ms: now,
+    };
+    if let Ok(json) = serde_json::to_string(&status) {
+        let r: Result<(), _> = conn.set_ex(ctx.keys.channel_status(s.id), json, STATUS_TTL_SECS).await;
+        if let Err(e) = r {
+            tracing::warn!(channel = s.id, error = %e, "cannot publish channel status");
+        }
+    }
+}
+
+async fn plan_is_current(conn: &mut ConnectionManager, keys: &Keys, plan: &str) -> Result<bool, JobError> {
+    let current: Option<String> =
+        conn.hget(keys.motion_plan(), "hash").await.map_err(|e| JobError::Transient(format!("reading the plan: {e}")))?;
+    // No plan published (scheduler not yet up, or Redis flushed): keep working.
+    Ok(current.is_none_or(|c| c == plan))
+}
+
+async fn acquire_lease(conn: &mut ConnectionManager, keys: &Keys, batch: &str, worker: &str) -> Result<bool, JobError> {
+    let script = redis::Script::new(
+        r#"local v = redis.call('GET', KEYS[1])
+           if (not v) or v == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
+           return 0"#,
+    );
+    let got: i32 = script
+        .key(keys.motion_lease(batch))
+        .arg(worker)
+        .arg(LEASE_TTL_MS)
+        .invoke_async(conn)
+        .await
+        .map_err(|e| JobError::Transient(format!("taking the lease of batch {batch}: {e}")))?;
+    Ok(got == 1)
+}
+
+async fn renew_lease(conn: &mut ConnectionManager, keys: &Keys, batch: &str, worker: &str) -> redis::RedisResult<bool> {
+    let script = redis::Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end return 0",
+    );
+    let ok: i32 = script.key(keys.motion_lease(batch)).arg(worker).arg(LEASE_TTL_MS).invoke_async(conn).await?;
+    Ok(ok == 1)
+}
+
+async fn release_lease(conn: &mut ConnectionManager, keys: &Keys, batch: &str, worker: &str) {
+    let script = redis::Script::new("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0");
+    let r: redis::RedisResult<i32> = script.key(keys.motion_lease(batch)).arg(worker).invoke_async(conn).await;
+    if let Err(e) = r {
+        tracing::warn!(batch, error = %e, "cannot release batch lease; it expires by itself");
+    }
+}
+
+/// The motion category log: one JSON object per line. Appends are whole lines, flushed, so a
+/// crash loses at most the line being written.
+pub struct MotionLog {
+    path: PathBuf,
+    file: Mutex<std::fs::File>,
+}
+
+impl MotionLog {
+    pub fn open(path: PathBuf) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating log directory {}", dir.display()))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening motion log {}", path.display()))?;
+        Ok(Self { path, file: Mutex::new(file) })
+    }
+
+    pub fn append(&self, json_line: &str) {
+        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = writeln!(f, "{json_line}") {
+            tracing::error!(path = %self.path.display(), error = %e, "cannot write motion log");
+        }
+    }
+}
