@@ -1,1 +1,209 @@
+//! Real servers for tests and the local cluster: `redis-server`, `nginx` with the RTMP module,
+//! and ffmpeg pushers that loop footage as camera streams. Each runs on a random 127.0.0.1 port
+//! with its own temp dir and is stopped when dropped. A missing program is a test failure with
+//! a message naming the Debian package, never a skip.
 
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cctv_common::ffmpeg::{self, FfmpegProcess};
+use tempfile::TempDir;
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("binding 127.0.0.1:0")
+}
+
+/// Waits until something accepts TCP connections on 127.0.0.1:`port`.
+pub fn wait_for_port(port: u16, timeout: Duration, what: &str) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} did not listen on 127.0.0.1:{port} within {timeout:?}");
+}
+
+/// The shared folder beside the repository (`../shared`), or `$CCTV_SHARED_DIR`.
+pub fn shared_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("CCTV_SHARED_DIR") {
+        return PathBuf::from(dir);
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("testkit lives in the workspace");
+    repo.parent().expect("the repository has a parent").join("shared")
+}
+
+/// A file of `../shared/media`, checked to exist.
+pub fn media(name: &str) -> PathBuf {
+    let p = shared_dir().join("media").join(name);
+    assert!(p.is_file(), "test footage {} is missing (set CCTV_SHARED_DIR to the shared folder)", p.display());
+    p
+}
+
+fn require(program: &str, package: &str) {
+    let found = Command::new("sh").arg("-c").arg(format!("command -v {program}")).stdout(Stdio::null()).status().is_ok_and(|s| s.success());
+    assert!(found, "{program} is not installed: apt-get install {package} (.ci/run installs it)");
+}
+
+/// A child process killed (SIGKILL) and reaped on drop.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A `redis-server` with no persistence on a random port.
+pub struct Redis {
+    pub port: u16,
+    _dir: TempDir,
+    _child: KillOnDrop,
+}
+
+impl Redis {
+    pub fn start() -> Self {
+        require("redis-server", "redis-server");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starting redis-server");
+        let child = KillOnDrop(child);
+        wait_for_port(port, Duration::from_secs(10), "redis-server");
+        Self { port, _dir: dir, _child: child }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+/// nginx with the RTMP module (Debian's `libnginx-mod-rtmp`), one `live` application.
+pub struct Nginx {
+    pub rtmp_port: u16,
+    dir: TempDir,
+    _child: KillOnDrop,
+}
+
+/// Where Debian installs the RTMP module.
+pub const RTMP_MODULE: &str = "/usr/lib/nginx/modules/ngx_rtmp_module.so";
+
+impl Nginx {
+    pub fn start() -> Self {
+        require("nginx", "nginx");
+        assert!(Path::new(RTMP_MODULE).is_file(), "{RTMP_MODULE} is missing: apt-get install libnginx-mod-rtmp");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let rtmp_port = free_port();
+        let conf = format!(
+            r#"load_module {RTMP_MODULE};
+# One process, running as the invoking user: simplest to own and stop in tests.
+master_process off;
+daemon off;
+error_log {dir}/error.log warn;
+pid {dir}/nginx.pid;
+events {{ worker_connections 1024; }}
+rtmp {{
+    server {{
+        listen 127.0.0.1:{rtmp_port};
+        chunk_size 4096;
+        application live {{
+            live on;
+            record off;
+            # Players of a stream nobody publishes are dropped at once, so a missing camera is
+            # reported instead of waited on.
+            idle_streams off;
+            allow publish 127.0.0.1;
+            deny publish all;
+            allow play all;
+        }}
+    }}
+}}
+"#,
+            dir = dir.path().display()
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf).expect("writing nginx.conf");
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(dir.path().join("nginx.conf"))
+            .args(["-e", "stderr"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting nginx");
+        let child = KillOnDrop(child);
+        wait_for_port(rtmp_port, Duration::from_secs(10), "nginx-rtmp");
+        Self { rtmp_port, dir, _child: child }
+    }
+
+    /// `rtmp://127.0.0.1:<port>/live`.
+    pub fn live_url(&self) -> String {
+        format!("rtmp://127.0.0.1:{}/live", self.rtmp_port)
+    }
+
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+    }
+}
+
+/// A simulated camera: ffmpeg loops a clip in real time and publishes it with stream copy.
+pub struct Pusher {
+    pub started: Instant,
+    _process: FfmpegProcess,
+}
+
+impl Pusher {
+    /// Publishes `clip` (H.264, short GOP) looped forever to `<live_url>/<stream>`.
+    pub fn start(clip: &Path, live_url: &str, stream: &str) -> Self {
+        require("ffmpeg", "ffmpeg");
+        let mut cmd = ffmpeg::command();
+        cmd.args(["-loglevel", "warning", "-re", "-stream_loop", "-1"])
+            .input(clip)
+            .args(["-c", "copy", "-f", "flv"])
+            .output(format!("{live_url}/{stream}"));
+        let process = FfmpegProcess::spawn(format!("pusher {stream}"), cmd, false).expect("starting ffmpeg pusher");
+        Self { started: Instant::now(), _process: process }
+    }
+}
+
+/// Encodes test footage as a camera would send it: H.264, 25 fps, GOP 25, no audio.
+///
+/// `quiet_before`/`quiet_after` seconds of frozen frames surround `loops` plays of `source`.
+pub fn make_clip(source: &Path, out: &Path, loops: u32, quiet_before: f64, quiet_after: f64) {
+    require("ffmpeg", "ffmpeg");
+    let vf = format!(
+        "fps=25,scale=trunc(iw/2)*2:trunc(ih/2)*2,tpad=start_mode=clone:start_duration={quiet_before}:stop_mode=clone:stop_duration={quiet_after},format=yuv420p"
+    );
+    let status = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-stream_loop", &loops.saturating_sub(1).to_string(), "-i"])
+        .arg(source)
+        .args(["-vf", &vf, "-c:v", "libx264", "-preset", "veryfast", "-g", "25", "-an"])
+        .arg(out)
+        .status()
+        .expect("running ffmpeg");
+    assert!(status.success(), "ffmpeg could not make clip {} from {}", out.display(), source.display());
+}
+
+/// A frozen clip: the first frame of `source` held for `seconds`.
+pub fn make_still_clip(source: &Path, out: &Path, seconds: f64) {
+    let status = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-i"])
+        .arg(source)
+        .args(["-vf", &format!("trim=end_frame=1,fps=25,tpad=stop_mode=clone:stop_duration={seconds},format=yuv420p")])
+        .args(["-c:v", "libx264", "-preset", "veryfast", "-g", "25", "-an"])
+        .arg(out)
+        .status()
+        .expect("running ffmpeg");
+    assert!(status.success(), "ffmpeg could not make still clip {}", out.display());
+}

@@ -22,7 +22,11 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Claim motion jobs until SIGINT/SIGTERM.
-    Run,
+    Run {
+        /// Batches held at once (overrides `worker_motion.concurrency`).
+        #[arg(long)]
+        concurrency: Option<usize>,
+    },
     /// Validate the config file and list every problem.
     CheckConfig,
 }
@@ -34,7 +38,7 @@ fn main() -> ExitCode {
         Command::CheckConfig => cctv_common::Config::load(&cli.config).map(|c| {
             println!("{}: ok ({} channels)", cli.config.display(), c.channels.len());
         }).map_err(anyhow::Error::from),
-        Command::Run => run(cli.config),
+        Command::Run { concurrency } => run(cli.config, concurrency),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -46,8 +50,12 @@ fn main() -> ExitCode {
 }
 
 #[tokio::main]
-async fn run(config: PathBuf) -> anyhow::Result<()> {
-    let config = cctv_common::Config::load(&config)?;
+async fn run(config: PathBuf, concurrency: Option<usize>) -> anyhow::Result<()> {
+    let mut config = cctv_common::Config::load(&config)?;
+    if let Some(n) = concurrency {
+        anyhow::ensure!((1..=64).contains(&n), "--concurrency {n} is out of range 1..=64");
+        config.worker_motion.concurrency = n;
+    }
     let shutdown = cctv_common::shutdown::install();
     worker_motion::run(config, shutdown).await
 }

@@ -1,0 +1,82 @@
+use std::time::Duration;
+
+use cctv_common::events::{now_ms, ChannelState, MotionEventKind};
+use cctv_testkit::Pusher;
+
+use crate::util::{assert_no_secret, channel, people_clip, wait_for, Cluster};
+
+const QUIET_BEFORE: f64 = 8.0;
+const QUIET_AFTER: f64 = 22.0;
+
+/// One batch of three channels: footage with quiet periods around real motion, a still scene,
+/// and a camera whose stream does not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn motion_follows_activity_still_is_quiet_and_missing_is_offline() {
+    let channels = [channel(1), channel(2), channel(3)].concat();
+    let mut cluster = Cluster::new(&channels, 8, "[motion]\nstall_timeout_secs = 5\n");
+    let active = people_clip(cluster.dir.path(), "active.mp4", 3, QUIET_BEFORE, QUIET_AFTER);
+    let active_len = probe_duration(&active);
+    let motion_secs = active_len - QUIET_BEFORE - QUIET_AFTER;
+    let still = cluster.path("still.mp4");
+    cctv_testkit::make_still_clip(&cctv_testkit::media("people-detection.gif"), &still, 40.0);
+
+    let t0 = now_ms();
+    let _p1 = Pusher::start(&active, &cluster.nginx.live_url(), "ch1");
+    let _p2 = Pusher::start(&still, &cluster.nginx.live_url(), "ch2");
+    // ch3: nobody publishes.
+    cluster.start_scheduler();
+    let _worker = cluster.start_worker(1);
+
+    // Activity starts QUIET_BEFORE s after t0 and lasts motion_secs.
+    let activity_ms = t0 + (QUIET_BEFORE * 1000.0) as i64;
+    let still_ms = activity_ms + (motion_secs * 1000.0) as i64;
+    let end_quiet_ms = (cluster.config.motion.end_quiet_secs * 1000.0) as i64;
+
+    let end = wait_for(Duration::from_secs(45), || async {
+        cluster.motion_events().await.into_iter().find(|e| e.channel == 1 && e.kind == MotionEventKind::End)
+    })
+    .await
+    .expect("motion on ch1 should end");
+    let events = cluster.motion_events().await;
+    let start = events.iter().find(|e| e.channel == 1 && e.kind == MotionEventKind::Start).expect("a start on ch1");
+    assert_eq!(start.event_id, end.event_id, "start and end pair up");
+    let start_lag = start.ts_ms - activity_ms;
+    let end_lag = end.ts_ms - still_ms;
+    eprintln!("ch1: start {start_lag} ms after activity began; end {end_lag} ms after the scene went still");
+    assert!((-300..=1000).contains(&start_lag), "motion start {start_lag} ms from the activity");
+    assert!(end_lag >= end_quiet_ms - 500 && end_lag <= end_quiet_ms + 2000, "end {end_lag} ms after still; T = {end_quiet_ms}");
+    assert!(!start.boxes.is_empty() && start.area > 0.0, "{start:?}");
+    assert_eq!(events.iter().filter(|e| e.channel == 1).count(), 2, "exactly one event on ch1: {events:?}");
+
+    // The still stream: watch it 30 s from its start, including the first seconds.
+    let until = t0 + 31_000;
+    while now_ms() < until {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let events = cluster.motion_events().await;
+    assert!(events.iter().all(|e| e.channel != 2), "still stream raised motion: {events:?}");
+    let s2 = cluster.channel_status(2).await.expect("ch2 status");
+    assert!(s2.online && s2.frames_total >= 100, "{s2:?}");
+
+    // The missing stream is offline with a reason, and never stopped the others.
+    let s3 = cluster.channel_status(3).await.expect("ch3 status");
+    assert!(!s3.online && s3.state == ChannelState::Offline, "{s3:?}");
+    let reason = s3.reason.clone().unwrap_or_default();
+    assert!(!reason.is_empty(), "{s3:?}");
+    let s1 = cluster.channel_status(1).await.expect("ch1 status");
+    assert!(s1.online && s1.fps > 3.0, "ch1 keeps running beside the offline ch3: {s1:?}");
+    assert_no_secret(&serde_json::to_string(&(s1, s2, s3)).unwrap());
+
+    // The motion log holds the same events.
+    let log = std::fs::read_to_string(cluster.dir.path().join("logs/motion.jsonl")).expect("motion log");
+    assert_eq!(log.lines().filter(|l| l.contains("\"channel\":1")).count(), 2, "{log}");
+}
+
+fn probe_duration(path: &std::path::Path) -> f64 {
+    let out = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .expect("ffprobe");
+    String::from_utf8_lossy(&out.stdout).trim().parse().expect("a duration")
+}

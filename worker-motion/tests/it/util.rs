@@ -1,0 +1,144 @@
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use cctv_common::config::Config;
+use cctv_common::events::{ChannelStatus, MotionEvent};
+use cctv_common::keys::Keys;
+use cctv_common::shutdown::CancellationToken;
+use cctv_testkit::{KillOnDrop, Nginx, Redis};
+use redis::AsyncCommands;
+
+/// redis-server + nginx-rtmp + an in-process scheduler, and motion workers as real processes.
+pub struct Cluster {
+    pub redis: Redis,
+    pub nginx: Nginx,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub config: Config,
+    pub keys: Keys,
+    scheduler: Option<(CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>)>,
+}
+
+impl Cluster {
+    /// `channels` is the TOML of the `[[channel]]` entries; `extra` any other sections.
+    pub fn new(channels: &str, batch_size: usize, extra: &str) -> Self {
+        let redis = Redis::start();
+        let nginx = Nginx::start();
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            r#"
+[cluster]
+redis_url = "{redis}"
+namespace = "it"
+[rtmp]
+publish_url = "{live}"
+play_url = "{live}"
+[scheduler]
+reconcile_interval_secs = 1
+batch_size = {batch_size}
+[logs]
+dir = "{logs}"
+{extra}
+{channels}
+"#,
+            redis = redis.url(),
+            live = nginx.live_url(),
+            logs = dir.path().join("logs").display(),
+        );
+        let config_path = dir.path().join("cctv.toml");
+        std::fs::write(&config_path, text).unwrap();
+        let config = Config::load(&config_path).expect("test config is valid");
+        let keys = Keys::new(&config.cluster.namespace);
+        Self { redis, nginx, dir, config_path, config, keys, scheduler: None }
+    }
+
+    pub fn start_scheduler(&mut self) {
+        let token = CancellationToken::new();
+        let handle = tokio::spawn(scheduler::run(self.config.clone(), token.clone()));
+        self.scheduler = Some((token, handle));
+    }
+
+    pub fn start_worker(&self, concurrency: usize) -> KillOnDrop {
+        let child = Command::new(env!("CARGO_BIN_EXE_worker-motion"))
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(["run", "--concurrency", &concurrency.to_string()])
+            .env("CCTV_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting worker-motion");
+        KillOnDrop(child)
+    }
+
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
+    }
+
+    pub async fn motion_events(&self) -> Vec<MotionEvent> {
+        let mut c = self.conn().await;
+        let r: redis::streams::StreamRangeReply = c.xrange_all(self.keys.motion_events()).await.unwrap();
+        r.ids.iter().filter_map(|e| scheduler::cli::decode_entry(&e.map)).collect()
+    }
+
+    pub async fn channel_status(&self, id: u32) -> Option<ChannelStatus> {
+        let mut c = self.conn().await;
+        let s: Option<String> = c.get(self.keys.channel_status(id)).await.unwrap();
+        s.map(|s| serde_json::from_str(&s).unwrap())
+    }
+
+    pub async fn lease_holder(&self, batch: &str) -> Option<String> {
+        let mut c = self.conn().await;
+        c.get(self.keys.motion_lease(batch)).await.unwrap()
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some((token, handle)) = self.scheduler.take() {
+            token.cancel();
+            handle.abort();
+        }
+    }
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, or `timeout` passes.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One `[[channel]]` entry.
+pub fn channel(id: u32) -> String {
+    format!("[[channel]]\nid = {id}\nname = \"cam {id}\"\nsource = \"rtsp://admin:secret{id}@127.0.0.1:1/cam{id}\"\n")
+}
+
+/// The people footage with quiet (frozen) periods around it.
+pub fn people_clip(dir: &Path, name: &str, loops: u32, quiet_before: f64, quiet_after: f64) -> PathBuf {
+    let out = dir.join(name);
+    cctv_testkit::make_clip(&cctv_testkit::media("people-detection.gif"), &out, loops, quiet_before, quiet_after);
+    out
+}
+
+/// Did the worker's stderr-free artefacts (events, status) leak a camera password?
+pub fn assert_no_secret(text: &str) {
+    assert!(!text.contains("secret"), "camera password leaked: {text}");
+}
+
