@@ -117,12 +117,13 @@ impl<J: Job> Queue<J> {
         Ok(!done && !dead)
     }
 
-    /// Jobs waiting to be claimed, and jobs scheduled for a retry.
-    pub async fn depth(&mut self) -> Result<(u64, u64), QueueError> {
+    /// Jobs waiting to be claimed. apalis-redis files every push (and every retry) under its
+    /// scheduled set until a worker's fetch promotes it, so both count.
+    pub async fn waiting(&mut self) -> Result<u64, QueueError> {
         let config = self.storage.get_config().clone();
-        let waiting: u64 = self.conn.llen(config.active_jobs_list()).await.map_err(|e| self.redis_err(e))?;
+        let active: u64 = self.conn.llen(config.active_jobs_list()).await.map_err(|e| self.redis_err(e))?;
         let scheduled: u64 = self.conn.zcard(config.scheduled_jobs_set()).await.map_err(|e| self.redis_err(e))?;
-        Ok((waiting, scheduled))
+        Ok(active + scheduled)
     }
 
     /// Runs a worker on this queue until `shutdown` is cancelled and the running jobs returned.

@@ -184,17 +184,17 @@ async fn status(config: &Config, mut conn: ConnectionManager, keys: &Keys, json:
         }
     }
     let mut q: Queue<MotionJob> = Queue::new(conn.clone(), keys, &config.queue);
-    let (waiting, scheduled) = q.depth().await?;
+    let waiting = q.waiting().await?;
     if json {
         let v = serde_json::json!({
             "plan": plan_hash, "batches": holders,
             "channels": channels.iter().map(|(id, name, s)| serde_json::json!({"id": id, "name": name, "status": s})).collect::<Vec<_>>(),
-            "workers": workers, "queues": {"motion": {"waiting": waiting, "retry_scheduled": scheduled}},
+            "workers": workers, "queues": {"motion": {"waiting": waiting}},
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!("plan {}  motion queue: {waiting} waiting, {scheduled} scheduled for retry", plan_hash.as_deref().unwrap_or("(none published)"));
+    println!("plan {}  motion queue: {waiting} waiting", plan_hash.as_deref().unwrap_or("(none published)"));
     println!("\nBATCH  HELD BY                                   CHANNELS");
     for h in &holders {
         println!("{:<6} {:<41} {}", h["batch"].as_str().unwrap_or(""), h["held_by"].as_str().unwrap_or("-"), h["channels"]);

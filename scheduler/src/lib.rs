@@ -102,7 +102,8 @@ impl Scheduler {
         Ok(ok == 1)
     }
 
-    async fn resign(&mut self) {
+    /// Gives up leadership (on shutdown) so a successor need not wait for the lease to expire.
+    pub async fn resign(&mut self) {
         let script = redis::Script::new(
             "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
         );

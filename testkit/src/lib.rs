@@ -159,8 +159,7 @@ rtmp {{
 
 /// A simulated camera: ffmpeg loops a clip in real time and publishes it with stream copy.
 pub struct Pusher {
-    pub started: Instant,
-    _process: FfmpegProcess,
+    process: FfmpegProcess,
 }
 
 impl Pusher {
@@ -168,12 +167,19 @@ impl Pusher {
     pub fn start(clip: &Path, live_url: &str, stream: &str) -> Self {
         require("ffmpeg", "ffmpeg");
         let mut cmd = ffmpeg::command();
-        cmd.args(["-loglevel", "warning", "-re", "-stream_loop", "-1"])
+        cmd.args(["-nostats", "-re", "-stream_loop", "-1"])
             .input(clip)
             .args(["-c", "copy", "-f", "flv"])
             .output(format!("{live_url}/{stream}"));
         let process = FfmpegProcess::spawn(format!("pusher {stream}"), cmd, false).expect("starting ffmpeg pusher");
-        Self { started: Instant::now(), _process: process }
+        Self { process }
+    }
+
+    /// Waits until ffmpeg has opened the RTMP output and starts pacing the clip; returns that
+    /// wall-clock time (ms), the clip's time zero as players see it.
+    pub fn wait_publishing(&self) -> i64 {
+        self.process.wait_output_video(Duration::from_secs(15)).unwrap_or_else(|| panic!("pusher did not start publishing: {}", self.process.stderr_tail()));
+        cctv_common::events::now_ms()
     }
 }
 
