@@ -63,10 +63,7 @@ pub struct RtmpConfig {
 
 impl Default for RtmpConfig {
     fn default() -> Self {
-        Self {
-            publish_url: "rtmp://127.0.0.1:1935/live".into(),
-            play_url: "rtmp://127.0.0.1:1935/live".into(),
-        }
+        Self { publish_url: "rtmp://127.0.0.1:1935/live".into(), play_url: "rtmp://127.0.0.1:1935/live".into() }
     }
 }
 
@@ -282,10 +279,9 @@ fn list(problems: &[ConfigProblem]) -> String {
 impl Config {
     /// Reads, parses and validates a config file; applies the `CCTV_REDIS_URL` override.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        let mut config = Self::parse(&text)
-            .map_err(|message| ConfigError::Parse { path: path.to_owned(), message })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let mut config = Self::parse(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })?;
         if let Ok(url) = std::env::var(REDIS_URL_ENV) {
             config.cluster.redis_url = url;
         }
@@ -306,9 +302,7 @@ impl Config {
     pub fn validate(&self) -> Vec<ConfigProblem> {
         let mut p = Problems::default();
         let ns = &self.cluster.namespace;
-        if ns.is_empty()
-            || !ns.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        {
+        if ns.is_empty() || !ns.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
             p.add("cluster.namespace", format!("{ns:?} must be non-empty letters, digits, '-', '_' or '.'"));
         }
         check_url(&mut p, "cluster.redis_url", &self.cluster.redis_url, &["redis", "rediss", "unix"]);
@@ -396,6 +390,20 @@ impl Config {
     /// Channels by id.
     pub fn channel(&self, id: u32) -> Option<&ChannelConfig> {
         self.channels.iter().find(|c| c.id == id)
+    }
+}
+
+/// The `check-config` subcommand every binary shares: prints a summary or every problem.
+pub fn check_config_command(path: &Path) -> std::process::ExitCode {
+    match Config::load(path) {
+        Ok(c) => {
+            println!("{}: ok ({} channels, namespace {:?})", path.display(), c.channels.len(), c.cluster.namespace);
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 

@@ -273,8 +273,15 @@ mod tests {
     #[test]
     fn raw_output_size_is_parsed_and_stop_terminates() {
         let mut cmd = command();
-        cmd.args(["-re", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=10"])
-            .args(["-vf", "scale=-2:120", "-pix_fmt", "gray", "-f", "rawvideo", "pipe:1"]);
+        cmd.args(["-re", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=10"]).args([
+            "-vf",
+            "scale=-2:120",
+            "-pix_fmt",
+            "gray",
+            "-f",
+            "rawvideo",
+            "pipe:1",
+        ]);
         let mut p = FfmpegProcess::spawn("test raw", cmd, true).unwrap();
         let _stdout = p.take_stdout().unwrap();
         let size = p.wait_output_video(Duration::from_secs(10)).expect("output stream announced");

@@ -63,8 +63,15 @@ mod tests {
     #[test]
     fn every_key_is_namespaced() {
         let k = super::Keys::new("site-a");
-        for key in [k.queue("motion"), k.motion_plan(), k.motion_batch("b0"), k.motion_lease("b0"),
-            k.motion_events(), k.channel_status(3), k.worker("w")] {
+        for key in [
+            k.queue("motion"),
+            k.motion_plan(),
+            k.motion_batch("b0"),
+            k.motion_lease("b0"),
+            k.motion_events(),
+            k.channel_status(3),
+            k.worker("w"),
+        ] {
             assert!(key.starts_with("site-a:"), "{key}");
         }
     }

@@ -82,18 +82,14 @@ impl<J: Job> Queue<J> {
     /// Pushes a job unless one with the same idempotency key was ever pushed on this queue.
     /// Returns the new job id, or `None` when the key was already taken.
     pub async fn push_unique(&mut self, job: &J, idempotency_key: &str) -> Result<Option<String>, QueueError> {
-        let bytes = serde_json::to_vec(job)
-            .map_err(|source| QueueError::Encode { queue: self.name.clone(), source })?;
+        let bytes =
+            serde_json::to_vec(job).map_err(|source| QueueError::Encode { queue: self.name.clone(), source })?;
         let id = ulid::Ulid::from_parts(crate::events::now_ms() as u64, uuid::Uuid::new_v4().as_u128());
-        let task = TaskBuilder::new(bytes)
-            .task_id(TaskId::from_ulid(id))
-            .idempotency_key(idempotency_key)
-            .build();
+        let task = TaskBuilder::new(bytes).task_id(TaskId::from_ulid(id)).idempotency_key(idempotency_key).build();
         let config = self.storage.get_config().clone();
-        let (enqueued, scheduled) =
-            apalis_redis::queries::push_tasks(self.storage.get_connection(), &config, &[task])
-                .await
-                .map_err(|e| QueueError::Backend { queue: self.name.clone(), message: e.to_string() })?;
+        let (enqueued, scheduled) = apalis_redis::queries::push_tasks(self.storage.get_connection(), &config, &[task])
+            .await
+            .map_err(|e| QueueError::Backend { queue: self.name.clone(), message: e.to_string() })?;
         Ok((enqueued + scheduled > 0).then(|| id.to_string()))
     }
 
@@ -153,10 +149,7 @@ impl<J: Job> Queue<J> {
                 }
             }
         };
-        let built = WorkerBuilder::new(worker.as_str())
-            .backend(self.storage)
-            .concurrency(concurrency)
-            .build(handler);
+        let built = WorkerBuilder::new(worker.as_str()).backend(self.storage).concurrency(concurrency).build(handler);
         built
             .run_until(async move {
                 shutdown.cancelled().await;

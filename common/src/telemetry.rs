@@ -26,9 +26,8 @@ impl std::str::FromStr for LogFormat {
 
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing).
 pub fn init(format: Option<LogFormat>) {
-    let format = format
-        .or_else(|| std::env::var("CCTV_LOG_FORMAT").ok().and_then(|f| f.parse().ok()))
-        .unwrap_or_default();
+    let format =
+        format.or_else(|| std::env::var("CCTV_LOG_FORMAT").ok().and_then(|f| f.parse().ok())).unwrap_or_default();
     let filter = EnvFilter::try_from_env("CCTV_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let result = match format {

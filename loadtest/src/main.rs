@@ -1,1 +1,29 @@
-fn main(){}
+//! `loadtest`: Load and stability test harness (issue 7; this release only validates config).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Load and stability test harness (issue 7; this release only validates config)")]
+struct Cli {
+    /// The cluster config file.
+    #[arg(long, short, global = true, env = "CCTV_CONFIG", default_value = "cctv.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate the config file and list every problem.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig => cctv_common::config::check_config_command(&cli.config),
+    }
+}

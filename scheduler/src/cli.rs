@@ -158,13 +158,25 @@ fn format_motion(e: &MotionEvent) -> String {
             format!("lasted {:.1}s max area {:.1}%", (e.ts_ms - e.started_ms) as f64 / 1000.0, e.area * 100.0)
         }
     };
-    format!("{}  ch{:<4} {:<5} {}  event {}  worker {}", format_ms(e.ts_ms), e.channel, format!("{:?}", e.kind).to_lowercase(), extra, &e.event_id[..8.min(e.event_id.len())], e.worker)
+    format!(
+        "{}  ch{:<4} {:<5} {}  event {}  worker {}",
+        format_ms(e.ts_ms),
+        e.channel,
+        format!("{:?}", e.kind).to_lowercase(),
+        extra,
+        &e.event_id[..8.min(e.event_id.len())],
+        e.worker
+    )
 }
 
 async fn status(config: &Config, mut conn: ConnectionManager, keys: &Keys, json: bool) -> anyhow::Result<()> {
     let plan_hash: Option<String> = conn.hget(keys.motion_plan(), "hash").await?;
     let batches_json: Option<String> = conn.hget(keys.motion_plan(), "batches").await?;
-    let batches: Vec<MotionJob> = batches_json.map(|b| serde_json::from_str(&b)).transpose().context("decoding the published plan")?.unwrap_or_default();
+    let batches: Vec<MotionJob> = batches_json
+        .map(|b| serde_json::from_str(&b))
+        .transpose()
+        .context("decoding the published plan")?
+        .unwrap_or_default();
     let mut holders = Vec::new();
     for b in &batches {
         let holder: Option<String> = conn.get(keys.motion_lease(&b.batch)).await?;
@@ -197,12 +209,25 @@ async fn status(config: &Config, mut conn: ConnectionManager, keys: &Keys, json:
     println!("plan {}  motion queue: {waiting} waiting", plan_hash.as_deref().unwrap_or("(none published)"));
     println!("\nBATCH  HELD BY                                   CHANNELS");
     for h in &holders {
-        println!("{:<6} {:<41} {}", h["batch"].as_str().unwrap_or(""), h["held_by"].as_str().unwrap_or("-"), h["channels"]);
+        println!(
+            "{:<6} {:<41} {}",
+            h["batch"].as_str().unwrap_or(""),
+            h["held_by"].as_str().unwrap_or("-"),
+            h["channels"]
+        );
     }
     println!("\nCH    NAME                 STATE       FPS   FRAMES    REASON");
     for (id, name, s) in &channels {
         match s {
-            Some(s) => println!("{:<5} {:<20} {:<11} {:>4.1} {:>8}    {}", id, name, format!("{:?}", s.state).to_lowercase(), s.fps, s.frames_total, s.reason.as_deref().unwrap_or("")),
+            Some(s) => println!(
+                "{:<5} {:<20} {:<11} {:>4.1} {:>8}    {}",
+                id,
+                name,
+                format!("{:?}", s.state).to_lowercase(),
+                s.fps,
+                s.frames_total,
+                s.reason.as_deref().unwrap_or("")
+            ),
             None => println!("{id:<5} {name:<20} unknown     (no worker reports this channel)"),
         }
     }
@@ -217,7 +242,8 @@ async fn scan(conn: &mut ConnectionManager, pattern: &str) -> anyhow::Result<Vec
     let mut cursor = 0u64;
     let mut out = Vec::new();
     loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(500).query_async(conn).await?;
+        let (next, keys): (u64, Vec<String>) =
+            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(500).query_async(conn).await?;
         out.extend(keys);
         if next == 0 {
             return Ok(out);

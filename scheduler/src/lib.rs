@@ -107,7 +107,8 @@ impl Scheduler {
         let script = redis::Script::new(
             "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
         );
-        let _: Result<i32, _> = script.key(self.keys.scheduler_leader()).arg(&self.id).invoke_async(&mut self.conn).await;
+        let _: Result<i32, _> =
+            script.key(self.keys.scheduler_leader()).arg(&self.id).invoke_async(&mut self.conn).await;
     }
 
     async fn publish_plan(&mut self) -> anyhow::Result<()> {
@@ -137,7 +138,8 @@ impl Scheduler {
         let record_key = self.keys.motion_batch(&job.batch);
         let record: std::collections::HashMap<String, String> = self.conn.hgetall(&record_key).await?;
         let same_plan = record.get("plan") == Some(&self.plan.hash);
-        let generation: u64 = if same_plan { record.get("generation").and_then(|g| g.parse().ok()).unwrap_or(0) } else { 0 };
+        let generation: u64 =
+            if same_plan { record.get("generation").and_then(|g| g.parse().ok()).unwrap_or(0) } else { 0 };
         if same_plan {
             if let Some(id) = record.get("job").filter(|id| !id.is_empty()) {
                 if self.queue.is_live(id).await? {

@@ -1,5 +1,6 @@
 //! `scheduler`: plans batches and keeps their motion jobs alive.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -56,9 +57,10 @@ async fn tokio_main(config: PathBuf) -> anyhow::Result<()> {
 fn print_plan(path: &std::path::Path) -> anyhow::Result<()> {
     let config = cctv_common::Config::load(path)?;
     let plan = scheduler::plan(&config);
-    println!("plan {}", plan.hash);
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "plan {}", plan.hash)?;
     for job in &plan.jobs {
-        println!("{}: channels {:?}", job.batch, job.channels.iter().map(|c| c.id).collect::<Vec<_>>());
+        writeln!(out, "{}: channels {:?}", job.batch, job.channels.iter().map(|c| c.id).collect::<Vec<_>>())?;
     }
     Ok(())
 }

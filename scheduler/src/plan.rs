@@ -15,11 +15,8 @@ pub struct Plan {
 /// Batches of `scheduler.batch_size` channels, in config order.
 pub fn plan(config: &Config) -> Plan {
     let size = config.scheduler.batch_size.max(1);
-    let batches: Vec<Vec<MotionChannel>> = config
-        .channels
-        .chunks(size)
-        .map(|chunk| chunk.iter().map(MotionChannel::from_config).collect())
-        .collect();
+    let batches: Vec<Vec<MotionChannel>> =
+        config.channels.chunks(size).map(|chunk| chunk.iter().map(MotionChannel::from_config).collect()).collect();
     let mut hasher = Sha256::new();
     let identity = serde_json::json!({
         "batches": batches,

@@ -10,7 +10,8 @@ use redis::AsyncCommands;
 use scheduler::Scheduler;
 
 fn config(redis: &Redis, channels: u32) -> Config {
-    let mut text = format!("[cluster]\nredis_url = \"{}\"\nnamespace = \"sched\"\n[scheduler]\nbatch_size = 8\n", redis.url());
+    let mut text =
+        format!("[cluster]\nredis_url = \"{}\"\nnamespace = \"sched\"\n[scheduler]\nbatch_size = 8\n", redis.url());
     for id in 1..=channels {
         text += &format!("[[channel]]\nid = {id}\nname = \"c{id}\"\nsource = \"rtsp://127.0.0.1:1/c{id}\"\n");
     }

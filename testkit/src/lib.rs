@@ -45,7 +45,12 @@ pub fn media(name: &str) -> PathBuf {
 }
 
 fn require(program: &str, package: &str) {
-    let found = Command::new("sh").arg("-c").arg(format!("command -v {program}")).stdout(Stdio::null()).status().is_ok_and(|s| s.success());
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
     assert!(found, "{program} is not installed: apt-get install {package} (.ci/run installs it)");
 }
 
@@ -178,7 +183,9 @@ impl Pusher {
     /// Waits until ffmpeg has opened the RTMP output and starts pacing the clip; returns that
     /// wall-clock time (ms), the clip's time zero as players see it.
     pub fn wait_publishing(&self) -> i64 {
-        self.process.wait_output_video(Duration::from_secs(15)).unwrap_or_else(|| panic!("pusher did not start publishing: {}", self.process.stderr_tail()));
+        self.process
+            .wait_output_video(Duration::from_secs(15))
+            .unwrap_or_else(|| panic!("pusher did not start publishing: {}", self.process.stderr_tail()));
         cctv_common::events::now_ms()
     }
 }
@@ -192,7 +199,16 @@ pub fn make_clip(source: &Path, out: &Path, loops: u32, quiet_before: f64, quiet
         "fps=25,scale=trunc(iw/2)*2:trunc(ih/2)*2,tpad=start_mode=clone:start_duration={quiet_before}:stop_mode=clone:stop_duration={quiet_after},format=yuv420p"
     );
     let status = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-stream_loop", &loops.saturating_sub(1).to_string(), "-i"])
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-nostdin",
+            "-y",
+            "-stream_loop",
+            &loops.saturating_sub(1).to_string(),
+            "-i",
+        ])
         .arg(source)
         .args(["-vf", &vf, "-c:v", "libx264", "-preset", "veryfast", "-g", "25", "-an"])
         .arg(out)

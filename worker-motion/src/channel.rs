@@ -118,7 +118,12 @@ pub struct ChannelHandle {
 
 impl ChannelHandle {
     /// Starts the channel's thread.
-    pub fn start(channel: MotionChannel, play_url: &str, params: MotionConfig, out: UnboundedSender<ChannelMsg>) -> Self {
+    pub fn start(
+        channel: MotionChannel,
+        play_url: &str,
+        params: MotionConfig,
+        out: UnboundedSender<ChannelMsg>,
+    ) -> Self {
         let shared = Arc::new(ChannelShared::new(channel.id));
         let url = format!("{}/{}", play_url.trim_end_matches('/'), channel.detect_stream);
         let s = shared.clone();
@@ -138,7 +143,13 @@ impl ChannelHandle {
     }
 }
 
-fn channel_loop(ch: &MotionChannel, url: &str, params: &MotionConfig, shared: &ChannelShared, out: &UnboundedSender<ChannelMsg>) {
+fn channel_loop(
+    ch: &MotionChannel,
+    url: &str,
+    params: &MotionConfig,
+    shared: &ChannelShared,
+    out: &UnboundedSender<ChannelMsg>,
+) {
     let span = tracing::info_span!("channel", channel = ch.id, stream = %ch.detect_stream);
     let _enter = span.enter();
     let initial = Duration::from_secs_f64(params.retry_initial_secs);
@@ -170,7 +181,13 @@ fn channel_loop(ch: &MotionChannel, url: &str, params: &MotionConfig, shared: &C
 
 /// Reads the stream until it ends, fails, stalls or the channel is stopped. Returns the reason
 /// the channel went offline.
-fn read_stream(ch: &MotionChannel, url: &str, params: &MotionConfig, shared: &ChannelShared, out: &UnboundedSender<ChannelMsg>) -> Result<(), String> {
+fn read_stream(
+    ch: &MotionChannel,
+    url: &str,
+    params: &MotionConfig,
+    shared: &ChannelShared,
+    out: &UnboundedSender<ChannelMsg>,
+) -> Result<(), String> {
     let stall_us = (params.stall_timeout_secs * 1_000_000.0) as u64;
     let mut cmd = ffmpeg::command();
     cmd.args(["-nostats", "-fflags", "nobuffer", "-analyzeduration", "1000000", "-probesize", "1000000"])
@@ -201,7 +218,13 @@ fn read_stream(ch: &MotionChannel, url: &str, params: &MotionConfig, shared: &Ch
     })
 }
 
-fn analyse(ch: &MotionChannel, params: &MotionConfig, shared: &ChannelShared, out: &UnboundedSender<ChannelMsg>, process: &mut FfmpegProcess) -> Result<(), String> {
+fn analyse(
+    ch: &MotionChannel,
+    params: &MotionConfig,
+    shared: &ChannelShared,
+    out: &UnboundedSender<ChannelMsg>,
+    process: &mut FfmpegProcess,
+) -> Result<(), String> {
     let mut stdout = process.take_stdout().ok_or("ffmpeg stdout not captured")?;
     let size = process
         .wait_output_video(Duration::from_secs_f64(params.stall_timeout_secs))
@@ -215,7 +238,11 @@ fn analyse(ch: &MotionChannel, params: &MotionConfig, shared: &ChannelShared, ou
             break Ok(());
         }
         if let Err(e) = stdout.read_exact(&mut frame) {
-            break if e.kind() == std::io::ErrorKind::UnexpectedEof { Err("stream ended".into()) } else { Err(format!("reading frames: {e}")) };
+            break if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                Err("stream ended".into())
+            } else {
+                Err(format!("reading frames: {e}"))
+            };
         }
         let ts = now_ms();
         shared.last_frame_ms.store(ts, Ordering::Relaxed);
@@ -247,11 +274,29 @@ fn emit(channel: u32, t: Transition, ts_ms: i64, boxes: Vec<NormBox>, out: &Unbo
     let msg = match t {
         Transition::Start(a) => {
             tracing::info!(event = %a.event_id, area = a.max_area, "motion started");
-            ChannelMsg::Motion { channel, kind: MotionEventKind::Start, event_id: a.event_id, ts_ms, started_ms: a.started_ms, last_motion_ms: None, area: a.max_area, boxes }
+            ChannelMsg::Motion {
+                channel,
+                kind: MotionEventKind::Start,
+                event_id: a.event_id,
+                ts_ms,
+                started_ms: a.started_ms,
+                last_motion_ms: None,
+                area: a.max_area,
+                boxes,
+            }
         }
         Transition::End(a) => {
             tracing::info!(event = %a.event_id, lasted_ms = ts_ms - a.started_ms, "motion ended");
-            ChannelMsg::Motion { channel, kind: MotionEventKind::End, event_id: a.event_id, ts_ms, started_ms: a.started_ms, last_motion_ms: Some(a.last_motion_ms), area: a.max_area, boxes: Vec::new() }
+            ChannelMsg::Motion {
+                channel,
+                kind: MotionEventKind::End,
+                event_id: a.event_id,
+                ts_ms,
+                started_ms: a.started_ms,
+                last_motion_ms: Some(a.last_motion_ms),
+                area: a.max_area,
+                boxes: Vec::new(),
+            }
         }
     };
     // The batch is gone only when the job is ending; nothing left to tell then.

@@ -53,7 +53,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let conn = queue::connect(&config.cluster, &config.queue).await?;
     let worker = cctv_common::worker_name("motion");
     let log = Arc::new(MotionLog::open(config.logs.dir.join("motion.jsonl"))?);
-    let ctx = Ctx { conn: conn.clone(), keys: keys.clone(), worker: worker.clone(), shutdown: shutdown.clone(), log, held: Arc::default() };
+    let ctx = Ctx {
+        conn: conn.clone(),
+        keys: keys.clone(),
+        worker: worker.clone(),
+        shutdown: shutdown.clone(),
+        log,
+        held: Arc::default(),
+    };
     tracing::info!(worker = %worker, concurrency = config.worker_motion.concurrency, "motion worker started");
 
     let heartbeat = tokio::spawn(heartbeat_loop(ctx.clone()));
@@ -151,8 +158,11 @@ async fn hold_batch(ctx: Ctx, job: MotionJob, meta: JobMeta) -> Result<(), JobEr
 /// lost; keeps the lease, channel status and published events flowing meanwhile.
 async fn watch_batch(ctx: &Ctx, job: &MotionJob, meta: &JobMeta) -> Release {
     let (tx, mut rx) = mpsc::unbounded_channel::<ChannelMsg>();
-    let channels: Vec<ChannelHandle> =
-        job.channels.iter().map(|c| ChannelHandle::start(c.clone(), &job.play_url, job.motion.clone(), tx.clone())).collect();
+    let channels: Vec<ChannelHandle> = job
+        .channels
+        .iter()
+        .map(|c| ChannelHandle::start(c.clone(), &job.play_url, job.motion.clone(), tx.clone()))
+        .collect();
     drop(tx);
     let mut conn = ctx.conn.clone();
     let stall = Duration::from_secs_f64(job.motion.stall_timeout_secs);
@@ -192,13 +202,29 @@ async fn watch_batch(ctx: &Ctx, job: &MotionJob, meta: &JobMeta) -> Release {
 
 async fn publish_event(ctx: &Ctx, conn: &mut ConnectionManager, _job: &MotionJob, meta: &JobMeta, msg: ChannelMsg) {
     let ChannelMsg::Motion { channel, kind, event_id, ts_ms, started_ms, last_motion_ms, area, boxes } = msg;
-    let event = MotionEvent { event_id, channel, kind, ts_ms, started_ms, area, boxes, last_motion_ms, worker: ctx.worker.clone(), job: meta.job_id.clone() };
+    let event = MotionEvent {
+        event_id,
+        channel,
+        kind,
+        ts_ms,
+        started_ms,
+        area,
+        boxes,
+        last_motion_ms,
+        worker: ctx.worker.clone(),
+        job: meta.job_id.clone(),
+    };
     let json = match serde_json::to_string(&event) {
         Ok(j) => j,
         Err(e) => return tracing::error!(error = %e, "cannot encode motion event"),
     };
     let r: Result<String, _> = conn
-        .xadd_maxlen(ctx.keys.motion_events(), redis::streams::StreamMaxlen::Approx(EVENTS_MAXLEN), "*", &[("data", json.as_str())])
+        .xadd_maxlen(
+            ctx.keys.motion_events(),
+            redis::streams::StreamMaxlen::Approx(EVENTS_MAXLEN),
+            "*",
+            &[("data", json.as_str())],
+        )
         .await;
     if let Err(e) = r {
         tracing::error!(channel, error = %e, "cannot publish motion event to redis (kept in the motion log)");
@@ -206,7 +232,13 @@ async fn publish_event(ctx: &Ctx, conn: &mut ConnectionManager, _job: &MotionJob
     ctx.log.append(&json);
 }
 
-async fn publish_status(ctx: &Ctx, conn: &mut ConnectionManager, job: &MotionJob, ch: &ChannelHandle, last: &mut HashMap<u32, (u64, i64)>) {
+async fn publish_status(
+    ctx: &Ctx,
+    conn: &mut ConnectionManager,
+    job: &MotionJob,
+    ch: &ChannelHandle,
+    last: &mut HashMap<u32, (u64, i64)>,
+) {
     let s = &ch.shared;
     let (state, reason) = s.status();
     let now = now_ms();
@@ -235,8 +267,10 @@ async fn publish_status(ctx: &Ctx, conn: &mut ConnectionManager, job: &MotionJob
 }
 
 async fn plan_is_current(conn: &mut ConnectionManager, keys: &Keys, plan: &str) -> Result<bool, JobError> {
-    let current: Option<String> =
-        conn.hget(keys.motion_plan(), "hash").await.map_err(|e| JobError::Transient(format!("reading the plan: {e}")))?;
+    let current: Option<String> = conn
+        .hget(keys.motion_plan(), "hash")
+        .await
+        .map_err(|e| JobError::Transient(format!("reading the plan: {e}")))?;
     // No plan published (scheduler not yet up, or Redis flushed): keep working.
     Ok(current.is_none_or(|c| c == plan))
 }
@@ -266,7 +300,9 @@ async fn renew_lease(conn: &mut ConnectionManager, keys: &Keys, batch: &str, wor
 }
 
 async fn release_lease(conn: &mut ConnectionManager, keys: &Keys, batch: &str, worker: &str) {
-    let script = redis::Script::new("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0");
+    let script = redis::Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+    );
     let r: redis::RedisResult<i32> = script.key(keys.motion_lease(batch)).arg(worker).invoke_async(conn).await;
     if let Err(e) = r {
         tracing::warn!(batch, error = %e, "cannot release batch lease; it expires by itself");

@@ -35,9 +35,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
     let result = match cli.command {
-        Command::CheckConfig => cctv_common::Config::load(&cli.config).map(|c| {
-            println!("{}: ok ({} channels)", cli.config.display(), c.channels.len());
-        }).map_err(anyhow::Error::from),
+        Command::CheckConfig => return cctv_common::config::check_config_command(&cli.config),
         Command::Run { concurrency } => run(cli.config, concurrency),
     };
     match result {

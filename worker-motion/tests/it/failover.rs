@@ -30,7 +30,9 @@ async fn killed_worker_batch_resumes_on_the_other_within_15s() {
     let _second = cluster.start_worker(2);
     let (other_batch, second_holder) = {
         let other = if first_holds.0 == "b0" { "b1" } else { "b0" };
-        let h = wait_for(Duration::from_secs(30), || async { cluster.lease_holder(other).await }).await.expect("the second worker takes the other batch");
+        let h = wait_for(Duration::from_secs(30), || async { cluster.lease_holder(other).await })
+            .await
+            .expect("the second worker takes the other batch");
         (other, h)
     };
     assert_ne!(first_holds.1, second_holder, "each worker holds one batch");
@@ -56,7 +58,11 @@ async fn killed_worker_batch_resumes_on_the_other_within_15s() {
     let takeover = kill_instant.elapsed();
     assert!(taken.is_some(), "batch {} was not taken over", first_holds.0);
     let resumed = wait_for(Duration::from_secs(20), || async {
-        cluster.motion_events().await.into_iter().find(|e| e.channel == killed_channel && e.ts_ms > killed_at && e.worker == second_holder)
+        cluster
+            .motion_events()
+            .await
+            .into_iter()
+            .find(|e| e.channel == killed_channel && e.ts_ms > killed_at && e.worker == second_holder)
     })
     .await
     .expect("motion events resume on the surviving worker");
@@ -66,7 +72,10 @@ async fn killed_worker_batch_resumes_on_the_other_within_15s() {
 
     // Before the kill, the killed worker's channel had events only from it.
     let events = cluster.motion_events().await;
-    assert!(events.iter().filter(|e| e.channel == killed_channel && e.ts_ms < killed_at).all(|e| e.worker == first_holds.1), "{events:?}");
+    assert!(
+        events.iter().filter(|e| e.channel == killed_channel && e.ts_ms < killed_at).all(|e| e.worker == first_holds.1),
+        "{events:?}"
+    );
     let status = cluster.channel_status(killed_channel).await.expect("status");
     assert_eq!(status.worker, second_holder);
 }

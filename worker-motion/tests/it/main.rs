@@ -1,11 +1,11 @@
 //! Integration tests of the motion path on real servers (redis-server, nginx-rtmp, ffmpeg),
 //! each on random loopback ports with its own temp dir.
 
-/// Motion start/end timing, a still stream, a missing stream (issue 2, tests 1 and 3).
-mod motion;
-/// kill -9 of a worker: its batch resumes on another worker (issue 2, test 2).
-mod failover;
 /// Broken config: every error listed, non-zero exit (issue 2, test 4).
 mod config;
+/// kill -9 of a worker: its batch resumes on another worker (issue 2, test 2).
+mod failover;
+/// Motion start/end timing, a still stream, a missing stream (issue 2, tests 1 and 3).
+mod motion;
 /// Shared helpers: a cluster on real servers.
 mod util;

@@ -141,4 +141,3 @@ pub fn people_clip(dir: &Path, name: &str, loops: u32, quiet_before: f64, quiet_
 pub fn assert_no_secret(text: &str) {
     assert!(!text.contains("secret"), "camera password leaked: {text}");
 }
-

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs what the cluster and its tests need on Debian 12: Debian's ffmpeg, nginx with the
+# RTMP module, redis-server, OpenCV (+ clang for the opencv crate's bindings) and the ONNX Runtime
+# shared library from the PyPI wheel (for worker-yolo). Idempotent; uses sudo when not root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(ffmpeg nginx libnginx-mod-rtmp redis-server libopencv-dev clang libclang-dev pkg-config python3-pip unzip curl)
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing: ${missing[*]}"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+# Debian starts these as system services on install; the cluster runs its own on its own ports.
+for svc in nginx redis-server; do
+    if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
+        $SUDO systemctl stop "$svc" || true
+    fi
+done
+
+# ONNX Runtime 1.32.0 (C library) from the PyPI wheel; ORT_DYLIB_PATH points at it.
+ORT_DIR=.ort
+ORT_LIB="$ORT_DIR/libonnxruntime.so.1.32.0"
+if [ ! -f "$ORT_LIB" ]; then
+    mkdir -p "$ORT_DIR/wheel"
+    python3 -m pip download -q --no-deps --only-binary=:all: -d "$ORT_DIR/wheel" onnxruntime==1.32.0
+    unzip -q -o -j "$ORT_DIR"/wheel/onnxruntime-1.32.0-*.whl 'onnxruntime/capi/libonnxruntime.so.1.32.0' -d "$ORT_DIR"
+    rm -rf "$ORT_DIR/wheel"
+fi
+
+if ! command -v cargo >/dev/null; then
+    echo "error: cargo not found. Install Rust >= 1.85 with rustup (https://rustup.rs); Debian 12's rustc is too old." >&2
+    exit 1
+fi
+echo "dependencies ok (ORT_DYLIB_PATH=$(pwd)/$ORT_LIB)"
