@@ -40,7 +40,8 @@ cleanup() {
     wait 2>/dev/null || true
     echo "stopped."
 }
-trap cleanup INT TERM EXIT
+trap cleanup EXIT
+trap 'cleanup; exit 0' INT TERM
 
 # Camera clips, encoded once like real cameras send them (H.264, 25 fps, GOP 25, no audio).
 clip() { # name source loops quiet_before quiet_after

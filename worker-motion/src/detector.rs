@@ -4,9 +4,10 @@
 //! dilate → external contours above `min_area` → motion boxes and changed-area fraction.
 //!
 //! Two rules keep the background honest:
-//! - it starts as the first frame (no 20-second settling after start-up), and it snaps to the
-//!   current frame once the scene has been still frame-to-frame for `settle_frames`, so a person
-//!   who left (or stopped) leaves no ghost that keeps motion alive;
+//! - it starts as the first frame (no 20-second settling after start-up), and every pixel that
+//!   has been still frame-to-frame for `settle_frames` takes the current value at once, so a
+//!   person who left (or stopped) leaves no ghost that keeps motion alive, while pixels that keep
+//!   changing (someone walking, however small) keep the slow running average;
 //! - a change above `recalibrate_fraction` of the frame (lights, IR switch) resets it instead of
 //!   raising motion.
 //!
@@ -45,12 +46,14 @@ pub struct MotionDetector {
     height: i32,
     background: Option<Mat>,
     previous: Option<Mat>,
-    still_frames: u32,
+    /// Per pixel: consecutive frames without frame-to-frame change (saturating u8).
+    still_count: Mat,
     kernel: Mat,
     // Scratch buffers reused frame to frame.
     blurred: Mat,
     background_u8: Mat,
     diff: Mat,
+    diff_f32: Mat,
     mask: Mat,
     dilated: Mat,
 }
@@ -63,11 +66,12 @@ impl MotionDetector {
             height: height as i32,
             background: None,
             previous: None,
-            still_frames: 0,
+            still_count: Mat::default(),
             kernel: Mat::default(),
             blurred: Mat::default(),
             background_u8: Mat::default(),
             diff: Mat::default(),
+            diff_f32: Mat::default(),
             mask: Mat::default(),
             dilated: Mat::default(),
         }
@@ -139,24 +143,23 @@ impl MotionDetector {
             }
         }
 
-        // Stillness: difference against the previous frame.
+        // Stillness, per pixel: difference against the previous frame.
         let previous = self.previous.as_ref().expect("set together with the background");
         core::absdiff(&self.blurred, previous, &mut self.diff)?;
         imgproc::threshold(&self.diff, &mut self.mask, self.params.pixel_threshold, 255.0, imgproc::THRESH_BINARY)?;
-        let moving = f64::from(core::count_non_zero(&self.mask)?) / total;
-        self.still_frames = if moving < self.params.min_area.max(1.0 / total) { self.still_frames + 1 } else { 0 };
+        core::add(&self.still_count, &Scalar::all(1.0), &mut self.dilated, &core::no_array(), -1)?;
+        std::mem::swap(&mut self.still_count, &mut self.dilated);
+        self.still_count.set_to(&Scalar::all(0.0), &self.mask)?;
         std::mem::swap(self.previous.as_mut().expect("checked above"), &mut self.blurred);
 
-        if self.still_frames >= self.params.settle_frames {
-            // Nothing moves: whatever differs from the background is a ghost or a parked object.
-            let current = self.previous.as_ref().expect("checked above");
-            current.convert_to(background, CV_32F, 1.0, 0.0)?;
-            boxes.clear();
-            area = 0.0;
-        } else {
-            let current = self.previous.as_ref().expect("checked above");
-            imgproc::accumulate_weighted(current, background, self.params.background_alpha, &core::no_array())?;
-        }
+        // Background update: running average everywhere, then pixels still for `settle_frames`
+        // take the current value (a ghost or a parked object is absorbed at once).
+        let current = self.previous.as_ref().expect("checked above");
+        imgproc::accumulate_weighted(current, background, self.params.background_alpha, &core::no_array())?;
+        let settle = f64::from(self.params.settle_frames.min(255));
+        core::compare(&self.still_count, &Scalar::all(settle), &mut self.mask, core::CMP_GE)?;
+        current.convert_to(&mut self.diff_f32, CV_32F, 1.0, 0.0)?;
+        self.diff_f32.copy_to_masked(background, &self.mask)?;
         Ok(FrameMotion { motion: !boxes.is_empty(), area: (area / total) as f32, boxes, recalibrated: false })
     }
 
@@ -164,7 +167,7 @@ impl MotionDetector {
         let mut bg = Mat::new_rows_cols_with_default(self.height, self.width, CV_32F, Scalar::all(0.0))?;
         self.blurred.convert_to(&mut bg, CV_32F, 1.0, 0.0)?;
         self.background = Some(bg);
-        self.still_frames = 0;
+        self.still_count = Mat::new_rows_cols_with_default(self.height, self.width, CV_8U, Scalar::all(0.0))?;
         Ok(())
     }
 }
