@@ -24,19 +24,26 @@ cargo build --release --locked -q -p scheduler -p worker-motion
 BIN=$ROOT/target/release
 
 mkdir -p "$STATE"/{clips,logs,redis,nginx}
-pids=()
+infra_pids=()  # redis, nginx, cameras
+app_pids=()    # scheduler, workers
+stop_group() { # pids...: SIGTERM, up to 10 s to finish, then SIGKILL
+    [ $# -gt 0 ] || return 0
+    kill -TERM "$@" 2>/dev/null || true
+    for _ in $(seq 100); do
+        alive=0
+        for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ $alive -eq 0 ] && return 0
+        sleep 0.1
+    done
+    kill -KILL "$@" 2>/dev/null || true
+}
 cleanup() {
     trap - INT TERM EXIT
     echo; echo "stopping..."
-    # Workers and scheduler first (they hand batches back), then cameras and servers.
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for _ in $(seq 50); do
-        alive=0
-        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-        [ $alive -eq 0 ] && break
-        sleep 0.1
-    done
-    for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    # Workers and scheduler first, while Redis is still up (they hand their batches back and
+    # close motion events in progress), then cameras and servers.
+    stop_group "${app_pids[@]}"
+    stop_group "${infra_pids[@]}"
     wait 2>/dev/null || true
     echo "stopped."
 }
@@ -82,7 +89,7 @@ done
 
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$STATE/redis" --save "" --appendonly no --daemonize no \
     > "$STATE/logs/redis.log" 2>&1 &
-pids+=($!)
+infra_pids+=($!)
 cat > "$STATE/nginx/nginx.conf" <<NGINX
 load_module $MODULE;
 master_process off;
@@ -105,22 +112,22 @@ rtmp {
 }
 NGINX
 nginx -p "$STATE/nginx" -c "$STATE/nginx/nginx.conf" -e stderr 2>>"$STATE/logs/nginx-error.log" &
-pids+=($!)
+infra_pids+=($!)
 for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$RTMP_PORT) 2>/dev/null && break; sleep 0.1; done
 
 for i in $(seq 1 "$CHANNELS"); do
     c=${CLIPS[$(( (i - 1) % ${#CLIPS[@]} ))]}
     ffmpeg -hide_banner -loglevel error -nostdin -re -stream_loop -1 -i "$STATE/clips/$c.mp4" -c copy -f flv \
         "rtmp://127.0.0.1:$RTMP_PORT/live/ch$i" 2>>"$STATE/logs/cameras.log" &
-    pids+=($!)
+    infra_pids+=($!)
 done
 
 export CCTV_CONFIG=$STATE/cctv.toml
 "$BIN/scheduler" run 2>>"$STATE/logs/scheduler.log" &
-pids+=($!)
+app_pids+=($!)
 for w in 1 2; do
     "$BIN/worker-motion" run --concurrency 2 2>>"$STATE/logs/worker-motion-$w.log" &
-    pids+=($!)
+    app_pids+=($!)
 done
 
 cat <<MSG
@@ -135,5 +142,5 @@ Local cluster running: $CHANNELS cameras -> nginx-rtmp (rtmp://127.0.0.1:$RTMP_P
 
 Press Ctrl-C to stop everything.
 MSG
-wait -n "${pids[@]}" || true
+wait -n "${infra_pids[@]}" "${app_pids[@]}" || true
 echo "a cluster process exited; see $STATE/logs/" >&2

@@ -1,7 +1,13 @@
 //! The shutdown signal: one [`CancellationToken`] cloned into every task.
 //!
 //! First SIGINT/SIGTERM cancels the token (drain: jobs hand their batches back, ffmpeg children
-//! get SIGTERM). A second signal exits at once.
+//! get SIGTERM). A second signal, or a drain that takes longer than [`DRAIN_TIMEOUT`] (Redis
+//! gone, say), exits at once.
+
+use std::time::Duration;
+
+/// Longest graceful drain before the process exits anyway.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub use tokio_util::sync::CancellationToken;
 
@@ -13,8 +19,10 @@ pub fn install() -> CancellationToken {
         wait_for_signal().await;
         tracing::info!("shutdown requested; draining (send the signal again to exit now)");
         t.cancel();
-        wait_for_signal().await;
-        tracing::warn!("second signal; exiting now");
+        tokio::select! {
+            _ = wait_for_signal() => tracing::warn!("second signal; exiting now"),
+            _ = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::error!(timeout_s = DRAIN_TIMEOUT.as_secs(), "drain took too long; exiting now"),
+        }
         std::process::exit(130);
     });
     token
