@@ -2,6 +2,7 @@
 //! names, the job queue (the only place that touches apalis), telemetry, shutdown and the one
 //! ffmpeg wrapper. Nothing domain-heavy lives here.
 
+pub mod cli;
 pub mod config;
 pub mod events;
 pub mod ffmpeg;

@@ -1,16 +1,15 @@
 //! `loadtest`: Load and stability test harness (issue 7; this release only validates config).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
+use cctv_common::cli::GlobalArgs;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Load and stability test harness (issue 7; this release only validates config)")]
 struct Cli {
-    /// The cluster config file.
-    #[arg(long, short, global = true, env = "CCTV_CONFIG", default_value = "cctv.toml")]
-    config: PathBuf,
+    #[command(flatten)]
+    global: GlobalArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -24,6 +23,6 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig => cctv_common::config::check_config_command(&cli.config),
+        Command::CheckConfig => cctv_common::config::check_config_command(&cli.global.config),
     }
 }

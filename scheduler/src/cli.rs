@@ -1,7 +1,6 @@
 //! The `cctv` command-line tool: inspect the cluster through Redis directly (no API needed).
 
 use std::io::Write;
-use std::path::PathBuf;
 
 use anyhow::Context;
 use cctv_common::config::Config;
@@ -9,17 +8,10 @@ use cctv_common::events::{ChannelStatus, MotionEvent, WorkerHeartbeat};
 use cctv_common::jobs::MotionJob;
 use cctv_common::keys::Keys;
 use cctv_common::queue::{self, Queue};
-use clap::{Args, Subcommand};
+use clap::Subcommand;
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::AsyncCommands;
-
-#[derive(Debug, Args)]
-pub struct ConfigArg {
-    /// The cluster config file.
-    #[arg(long, short, env = "CCTV_CONFIG", default_value = "cctv.toml")]
-    pub config: PathBuf,
-}
 
 #[derive(Debug, Subcommand)]
 pub enum Command {

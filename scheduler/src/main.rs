@@ -4,18 +4,15 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cctv_common::telemetry::{self, LogFormat};
+use cctv_common::cli::GlobalArgs;
+use cctv_common::telemetry;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(version, about = "CCTV cluster scheduler")]
 struct Cli {
-    /// The cluster config file.
-    #[arg(long, short, global = true, env = "CCTV_CONFIG", default_value = "cctv.toml")]
-    config: PathBuf,
-    /// Log format: text or json (default: $CCTV_LOG_FORMAT, else text).
-    #[arg(long, global = true)]
-    log_format: Option<LogFormat>,
+    #[command(flatten)]
+    global: GlobalArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -32,11 +29,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    telemetry::init(cli.global.log_format);
     let result = match cli.command {
-        Command::CheckConfig => scheduler::cli::check_config(&cli.config),
-        Command::Plan => print_plan(&cli.config),
-        Command::Run => tokio_main(cli.config),
+        Command::CheckConfig => scheduler::cli::check_config(&cli.global.config),
+        Command::Plan => print_plan(&cli.global.config),
+        Command::Run => tokio_main(cli.global.config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,18 +3,15 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cctv_common::telemetry::{self, LogFormat};
+use cctv_common::cli::GlobalArgs;
+use cctv_common::telemetry;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(version, about = "CCTV motion worker")]
 struct Cli {
-    /// The cluster config file.
-    #[arg(long, short, global = true, env = "CCTV_CONFIG", default_value = "cctv.toml")]
-    config: PathBuf,
-    /// Log format: text or json (default: $CCTV_LOG_FORMAT, else text).
-    #[arg(long, global = true)]
-    log_format: Option<LogFormat>,
+    #[command(flatten)]
+    global: GlobalArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -33,10 +30,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    telemetry::init(cli.global.log_format);
     let result = match cli.command {
-        Command::CheckConfig => return cctv_common::config::check_config_command(&cli.config),
-        Command::Run { concurrency } => run(cli.config, concurrency),
+        Command::CheckConfig => return cctv_common::config::check_config_command(&cli.global.config),
+        Command::Run { concurrency } => run(cli.global.config, concurrency),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,18 +2,16 @@
 
 use std::process::ExitCode;
 
-use cctv_common::telemetry::{self, LogFormat};
+use cctv_common::cli::GlobalArgs;
+use cctv_common::telemetry;
 use clap::Parser;
-use scheduler::cli::{Command, ConfigArg};
+use scheduler::cli::Command;
 
 #[derive(Debug, Parser)]
 #[command(version, about = "CCTV cluster command-line tool")]
 struct Cli {
     #[command(flatten)]
-    config: ConfigArg,
-    /// Log format: text or json.
-    #[arg(long, global = true)]
-    log_format: Option<LogFormat>,
+    global: GlobalArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -21,8 +19,8 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
-    match scheduler::cli::run(&cli.config.config, cli.command).await {
+    telemetry::init(cli.global.log_format);
+    match scheduler::cli::run(&cli.global.config, cli.command).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
