@@ -280,8 +280,7 @@ fn list(problems: &[ConfigProblem]) -> String {
 impl Config {
     /// Reads, parses and validates a config file; applies the `CCTV_REDIS_URL` override.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|error| ConfigError::Read { path: path.to_owned(), error })?;
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read { path: path.to_owned(), error })?;
         let mut config = Self::parse(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })?;
         if let Ok(url) = std::env::var(REDIS_URL_ENV) {
             config.cluster.redis_url = url;
