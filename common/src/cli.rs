@@ -14,3 +14,14 @@ pub struct GlobalArgs {
     #[arg(long, global = true)]
     pub log_format: Option<LogFormat>,
 }
+
+/// The exit code of a binary's `main`: on error, prints the whole cause chain (`{:#}`) to stderr.
+pub fn exit_code<E: std::fmt::Display>(result: Result<(), E>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

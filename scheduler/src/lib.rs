@@ -126,9 +126,10 @@ impl Scheduler {
             .query_async(&mut self.conn)
             .await?;
         // Records of batches the new plan no longer has.
-        for i in self.plan.jobs.len()..self.plan.jobs.len() + 64 {
-            let _: () = self.conn.del(self.keys.motion_batch(&format!("b{i}"))).await?;
-        }
+        let stale: Vec<String> = (self.plan.jobs.len()..self.plan.jobs.len() + 64)
+            .map(|i| self.keys.motion_batch(&format!("b{i}")))
+            .collect();
+        let _: () = self.conn.del(stale).await?;
         tracing::info!(plan = %self.plan.hash, previous = ?current, batches = self.plan.jobs.len(), "published plan");
         Ok(())
     }

@@ -35,13 +35,7 @@ fn main() -> ExitCode {
         Command::Plan => print_plan(&cli.global.config),
         Command::Run => tokio_main(cli.global.config),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    cctv_common::cli::exit_code(result)
 }
 
 #[tokio::main]

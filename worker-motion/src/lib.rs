@@ -172,7 +172,7 @@ async fn watch_batch(ctx: &Ctx, job: &MotionJob, meta: &JobMeta) -> Release {
         tokio::select! {
             biased;
             _ = ctx.shutdown.cancelled() => break Release::Shutdown,
-            Some(msg) = rx.recv() => publish_event(ctx, &mut conn, job, meta, msg).await,
+            Some(msg) = rx.recv() => publish_event(ctx, &mut conn, meta, msg).await,
             _ = tick.tick() => {
                 match renew_lease(&mut conn, &ctx.keys, &job.batch, &ctx.worker).await {
                     Ok(true) => {}
@@ -195,12 +195,12 @@ async fn watch_batch(ctx: &Ctx, job: &MotionJob, meta: &JobMeta) -> Release {
     // said on the way out (motion `end` of events in progress).
     let _ = tokio::task::spawn_blocking(move || channels.into_iter().for_each(ChannelHandle::stop)).await;
     while let Ok(msg) = rx.try_recv() {
-        publish_event(ctx, &mut conn, job, meta, msg).await;
+        publish_event(ctx, &mut conn, meta, msg).await;
     }
     release
 }
 
-async fn publish_event(ctx: &Ctx, conn: &mut ConnectionManager, _job: &MotionJob, meta: &JobMeta, msg: ChannelMsg) {
+async fn publish_event(ctx: &Ctx, conn: &mut ConnectionManager, meta: &JobMeta, msg: ChannelMsg) {
     let ChannelMsg::Motion { channel, kind, event_id, ts_ms, started_ms, last_motion_ms, area, boxes } = msg;
     let event = MotionEvent {
         event_id,

@@ -35,13 +35,7 @@ fn main() -> ExitCode {
         Command::CheckConfig => return cctv_common::config::check_config_command(&cli.global.config),
         Command::Run { concurrency } => run(cli.global.config, concurrency),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    cctv_common::cli::exit_code(result)
 }
 
 #[tokio::main]

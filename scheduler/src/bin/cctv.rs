@@ -20,11 +20,5 @@ struct Cli {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.global.log_format);
-    match scheduler::cli::run(&cli.global.config, cli.command).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    cctv_common::cli::exit_code(scheduler::cli::run(&cli.global.config, cli.command).await)
 }
