@@ -31,6 +31,8 @@ pub struct Config {
     #[serde(default)]
     pub worker_motion: WorkerMotionConfig,
     #[serde(default)]
+    pub yolo: YoloConfig,
+    #[serde(default)]
     pub logs: LogsConfig,
     #[serde(default, rename = "channel")]
     pub channels: Vec<ChannelConfig>,
@@ -171,6 +173,78 @@ pub struct WorkerMotionConfig {
 impl Default for WorkerMotionConfig {
     fn default() -> Self {
         Self { concurrency: 4 }
+    }
+}
+
+/// Object detection (worker-yolo) and the frames worker-motion sends it.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct YoloConfig {
+    /// Send frames of priority channels in motion to YOLO. Default true.
+    pub enabled: bool,
+    /// The YOLOv5n ONNX model. Default `/var/lib/cctv/models/yolov5n.onnx`.
+    pub model: PathBuf,
+    /// Class names, one per line, index = class id. Default `coco.names` beside the model.
+    pub class_names: Option<PathBuf>,
+    /// ONNX Runtime shared library (`libonnxruntime.so.1.32.0`). Default: the `ORT_DYLIB_PATH`
+    /// environment variable.
+    pub ort_library: Option<PathBuf>,
+    /// Threads one inference uses. Default 2.
+    pub intra_threads: usize,
+    /// Frames run through the model at once when several jobs wait. Default 4.
+    pub max_batch: usize,
+    /// Frames per second sent per channel while it is in motion. Default 2.
+    pub fps: f64,
+    /// A job older than this (frame time to claim) is dropped unprocessed, seconds. Default 2.
+    pub max_age_secs: f64,
+    /// Jobs allowed to wait in the queue; frames beyond it are dropped at the source. Default 64.
+    pub max_queue: u64,
+    /// Smallest score (objectness × class score) reported. Default 0.4.
+    pub min_score: f32,
+    /// IoU above which a box of the same class is suppressed. Default 0.45.
+    pub iou_threshold: f32,
+    /// Labels reported; others are ignored. Default person and vehicles.
+    pub classes: Vec<String>,
+    /// Model input size (square). Default 640.
+    pub input_size: u32,
+    /// Frames taller than this are scaled down before they are sent. Default 720.
+    pub max_frame_height: u32,
+    /// JPEG quality of the frames sent (1..=100). Default 85.
+    pub jpeg_quality: u32,
+    /// Annotated snapshots of positive results. Default `snapshots`.
+    pub snapshot_dir: PathBuf,
+    /// Snapshots kept per channel; older ones are deleted. Default 200.
+    pub snapshot_keep: usize,
+}
+
+impl Default for YoloConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            model: PathBuf::from("/var/lib/cctv/models/yolov5n.onnx"),
+            class_names: None,
+            ort_library: None,
+            intra_threads: 2,
+            max_batch: 4,
+            fps: 2.0,
+            max_age_secs: 2.0,
+            max_queue: 64,
+            min_score: 0.4,
+            iou_threshold: 0.45,
+            classes: ["person", "bicycle", "car", "motorcycle", "bus", "truck"].map(String::from).to_vec(),
+            input_size: 640,
+            max_frame_height: 720,
+            jpeg_quality: 85,
+            snapshot_dir: PathBuf::from("snapshots"),
+            snapshot_keep: 200,
+        }
+    }
+}
+
+impl YoloConfig {
+    /// The class-names file: configured, or `coco.names` beside the model.
+    pub fn class_names_path(&self) -> PathBuf {
+        self.class_names.clone().unwrap_or_else(|| self.model.with_file_name("coco.names"))
     }
 }
 
@@ -356,6 +430,38 @@ impl Config {
         }
         if self.worker_motion.concurrency == 0 || self.worker_motion.concurrency > 64 {
             p.add("worker_motion.concurrency", format!("{} is out of range 1..=64", self.worker_motion.concurrency));
+        }
+        let y = &self.yolo;
+        if y.model.as_os_str().is_empty() {
+            p.add("yolo.model", "must not be empty".into());
+        }
+        if y.intra_threads == 0 || y.intra_threads > 64 {
+            p.add("yolo.intra_threads", format!("{} is out of range 1..=64", y.intra_threads));
+        }
+        if y.max_batch == 0 || y.max_batch > 32 {
+            p.add("yolo.max_batch", format!("{} is out of range 1..=32", y.max_batch));
+        }
+        range(&mut p, "yolo.fps", y.fps, 0.1, 30.0);
+        range(&mut p, "yolo.max_age_secs", y.max_age_secs, 0.1, 600.0);
+        if y.max_queue == 0 {
+            p.add("yolo.max_queue", "must be at least 1".into());
+        }
+        range(&mut p, "yolo.min_score", y.min_score.into(), 0.01, 1.0);
+        range(&mut p, "yolo.iou_threshold", y.iou_threshold.into(), 0.01, 1.0);
+        if y.classes.is_empty() {
+            p.add("yolo.classes", "must name at least one label".into());
+        }
+        if !(64..=2048).contains(&y.input_size) || y.input_size % 32 != 0 {
+            p.add("yolo.input_size", format!("{} must be a multiple of 32 within 64..=2048", y.input_size));
+        }
+        if !(64..=2160).contains(&y.max_frame_height) || y.max_frame_height % 2 != 0 {
+            p.add("yolo.max_frame_height", format!("{} must be even and within 64..=2160", y.max_frame_height));
+        }
+        if !(1..=100).contains(&y.jpeg_quality) {
+            p.add("yolo.jpeg_quality", format!("{} is out of range 1..=100", y.jpeg_quality));
+        }
+        if y.snapshot_dir.as_os_str().is_empty() {
+            p.add("yolo.snapshot_dir", "must not be empty".into());
         }
         if self.logs.dir.as_os_str().is_empty() {
             p.add("logs.dir", "must not be empty".into());

@@ -2,6 +2,14 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Decodes one result-stream entry (its `data` field holds the event's JSON).
+pub fn decode_entry<T: serde::de::DeserializeOwned>(
+    map: &std::collections::HashMap<String, redis::Value>,
+) -> Option<T> {
+    let data: String = redis::from_redis_value(map.get("data")?.clone()).ok()?;
+    serde_json::from_str(&data).ok()
+}
+
 /// Milliseconds since the Unix epoch, wall clock.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
@@ -82,4 +90,38 @@ pub struct WorkerHeartbeat {
     pub pid: u32,
     pub batches: Vec<String>,
     pub updated_ms: i64,
+}
+
+/// One object YOLO found, in pixels of the frame it was sent (x1, y1, x2, y2).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Detection {
+    pub label: String,
+    pub score: f32,
+    #[serde(rename = "box")]
+    pub bbox: [f32; 4],
+}
+
+/// One entry of `<ns>:events:objects` and of the objects log: the verdict on one frame, also
+/// when nothing wanted was in it (that is how motion without objects is told apart).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ObjectEvent {
+    pub channel: u32,
+    /// Wall-clock time of the frame, ms since epoch.
+    pub frame_ts_ms: i64,
+    /// The motion event the frame belongs to.
+    pub motion_event: String,
+    /// Wanted objects found, best first; empty when none.
+    pub detections: Vec<Detection>,
+    pub frame_width: u32,
+    pub frame_height: u32,
+    /// Frame time to result published, ms.
+    pub latency_ms: i64,
+    /// Frames in the model batch this one ran in.
+    pub batch_size: usize,
+    /// Annotated JPEG written for a positive result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    pub job: String,
+    pub worker: String,
+    pub ts_ms: i64,
 }

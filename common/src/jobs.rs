@@ -6,7 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ChannelConfig, MotionConfig, RecordPolicy};
+use crate::config::{ChannelConfig, MotionConfig, RecordPolicy, YoloConfig};
+use crate::events::NormBox;
 
 /// A job kind: its queue name is fixed here, never derived from the Rust type name.
 pub trait Job: Serialize + for<'de> Deserialize<'de> + Send + Sync + Unpin + 'static {
@@ -50,6 +51,70 @@ pub struct MotionJob {
     pub play_url: String,
     pub channels: Vec<MotionChannel>,
     pub motion: MotionConfig,
+    /// How priority channels in motion send frames to YOLO; `None` when object detection is off.
+    #[serde(default)]
+    pub yolo: Option<YoloFrames>,
+}
+
+/// The part of `[yolo]` worker-motion needs to send frames.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct YoloFrames {
+    pub fps: f64,
+    pub max_frame_height: u32,
+    pub jpeg_quality: u32,
+}
+
+impl YoloFrames {
+    pub fn from_config(y: &YoloConfig) -> Option<Self> {
+        y.enabled.then_some(Self { fps: y.fps, max_frame_height: y.max_frame_height, jpeg_quality: y.jpeg_quality })
+    }
+}
+
+/// Look for objects in one frame of a priority channel in motion.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+pub struct YoloJob {
+    pub channel: u32,
+    /// Wall-clock time the frame was decoded, ms since epoch: the job's age and the result's
+    /// latency count from here.
+    pub frame_ts_ms: i64,
+    /// The motion event the frame belongs to.
+    pub motion_event: String,
+    /// Motion boxes of the frame (fractions of the frame).
+    pub motion_boxes: Vec<NormBox>,
+    /// The colour frame, JPEG, at the detect stream's resolution.
+    #[serde(with = "base64_bytes")]
+    pub jpeg: Vec<u8>,
+}
+
+impl Job for YoloJob {
+    const QUEUE: &'static str = "yolo";
+}
+
+// Hand-written: a JPEG dump in a log line helps no one.
+impl std::fmt::Debug for YoloJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("YoloJob")
+            .field("channel", &self.channel)
+            .field("frame_ts_ms", &self.frame_ts_ms)
+            .field("motion_event", &self.motion_event)
+            .field("jpeg_bytes", &self.jpeg.len())
+            .finish()
+    }
+}
+
+/// JSON carries the JPEG as base64 (a third larger) instead of an array of numbers (four times).
+mod base64_bytes {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD.decode(text.as_bytes()).map_err(serde::de::Error::custom)
+    }
 }
 
 impl Job for MotionJob {

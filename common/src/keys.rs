@@ -8,6 +8,8 @@
 //! | `<ns>:motion:batch:<batch>` | string: job id | scheduler | scheduler (reconcile) |
 //! | `<ns>:motion:lease:<batch>` | string: worker id, TTL | worker-motion | worker-motion, CLI |
 //! | `<ns>:events:motion` | stream of `MotionEvent` | worker-motion | scheduler, CLI |
+//! | `<ns>:events:objects` | stream of `ObjectEvent` | worker-yolo | scheduler, CLI |
+//! | `<ns>:stats:yolo` | hash of counters (`sent`, `dropped_full`, `dropped_stale`, `processed`, `positive`, `failed`, `batches`) | worker-motion, worker-yolo | CLI |
 //! | `<ns>:status:channel:<id>` | string: `ChannelStatus` JSON, TTL | worker-motion | CLI |
 //! | `<ns>:scheduler:leader` | string: scheduler id, TTL | scheduler (one active at a time) | scheduler |
 //! | `<ns>:workers:<worker>` | string: `WorkerHeartbeat` JSON, TTL | every worker | CLI |
@@ -41,6 +43,12 @@ impl Keys {
     pub fn motion_events(&self) -> String {
         format!("{}:events:motion", self.ns)
     }
+    pub fn object_events(&self) -> String {
+        format!("{}:events:objects", self.ns)
+    }
+    pub fn yolo_stats(&self) -> String {
+        format!("{}:stats:yolo", self.ns)
+    }
     pub fn channel_status(&self, channel: u32) -> String {
         format!("{}:status:channel:{channel}", self.ns)
     }
@@ -69,6 +77,8 @@ mod tests {
             k.motion_batch("b0"),
             k.motion_lease("b0"),
             k.motion_events(),
+            k.object_events(),
+            k.yolo_stats(),
             k.channel_status(3),
             k.worker("w"),
         ] {

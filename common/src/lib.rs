@@ -2,10 +2,12 @@
 //! names, the job queue (the only place that touches apalis), telemetry, shutdown and the one
 //! ffmpeg wrapper. Nothing domain-heavy lives here.
 
+pub mod catlog;
 pub mod cli;
 pub mod config;
 pub mod events;
 pub mod ffmpeg;
+pub mod heartbeat;
 pub mod jobs;
 pub mod keys;
 pub mod queue;

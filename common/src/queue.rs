@@ -31,6 +31,9 @@ pub enum QueueError {
     Worker { worker: String, queue: String, message: String },
 }
 
+/// Idle poll period of long-running job queues (motion): a new batch waits at most this long.
+const DEFAULT_POLL: Duration = Duration::from_millis(500);
+
 /// A Redis connection with a response timeout long enough that a busy Redis is not fatal
 /// (the crate default of 500 ms makes apalis workers stop silently: apalis-redis issue 76).
 pub async fn connect(cluster: &ClusterConfig, queue: &QueueConfig) -> Result<ConnectionManager, QueueError> {
@@ -48,6 +51,7 @@ pub struct Queue<J: Job> {
     storage: RedisStorage<J>,
     conn: ConnectionManager,
     name: String,
+    poll_every: Duration,
 }
 
 /// What a handler learns about the job it runs.
@@ -68,11 +72,32 @@ impl<J: Job> Queue<J> {
             // One job per fetch: long-running jobs must not sit claimed-but-idle behind a
             // concurrency limit.
             .batch_size(1);
-        Self { storage: RedisStorage::new(conn.clone()).with_config(config), conn, name }
+        Self { storage: RedisStorage::new(conn.clone()).with_config(config), conn, name, poll_every: DEFAULT_POLL }
+    }
+
+    /// How often an idle worker looks for new jobs. Without it apalis-redis only looks again at
+    /// its next heartbeat (seconds), too late for jobs that are stale after 2 s.
+    pub fn with_poll_interval(mut self, every: Duration) -> Self {
+        self.poll_every = every;
+        self
+    }
+
+    /// Fetch up to `n` jobs per poll: for short jobs that a worker runs as one batch (YOLO).
+    pub fn with_fetch_batch(mut self, n: usize) -> Self {
+        let config = self.storage.get_config().clone().batch_size(n.max(1));
+        self.storage = RedisStorage::new(self.conn.clone()).with_config(config);
+        self
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Pushes a job that needs no de-duplication. Returns its id.
+    pub async fn push(&mut self, job: &J) -> Result<String, QueueError> {
+        self.push_task(job, None)
+            .await?
+            .ok_or_else(|| QueueError::Backend { queue: self.name.clone(), message: "job was not stored".into() })
     }
 
     fn redis_err(&self, source: redis::RedisError) -> QueueError {
@@ -82,10 +107,18 @@ impl<J: Job> Queue<J> {
     /// Pushes a job unless one with the same idempotency key was ever pushed on this queue.
     /// Returns the new job id, or `None` when the key was already taken.
     pub async fn push_unique(&mut self, job: &J, idempotency_key: &str) -> Result<Option<String>, QueueError> {
+        self.push_task(job, Some(idempotency_key)).await
+    }
+
+    async fn push_task(&mut self, job: &J, idempotency_key: Option<&str>) -> Result<Option<String>, QueueError> {
         let bytes =
             serde_json::to_vec(job).map_err(|source| QueueError::Encode { queue: self.name.clone(), source })?;
         let id = ulid::Ulid::from_parts(crate::events::now_ms() as u64, uuid::Uuid::new_v4().as_u128());
-        let task = TaskBuilder::new(bytes).task_id(TaskId::from_ulid(id)).idempotency_key(idempotency_key).build();
+        let mut task = TaskBuilder::new(bytes).task_id(TaskId::from_ulid(id));
+        if let Some(key) = idempotency_key {
+            task = task.idempotency_key(key);
+        }
+        let task = task.build();
         let config = self.storage.get_config().clone();
         let (enqueued, scheduled) = apalis_redis::queries::push_tasks(self.storage.get_connection(), &config, &[task])
             .await
@@ -122,6 +155,60 @@ impl<J: Job> Queue<J> {
         Ok(active + scheduled)
     }
 
+    /// Jobs finished (done, or dead for good) and not yet purged: `(done, dead)`.
+    pub async fn finished(&mut self) -> Result<(u64, u64), QueueError> {
+        let config = self.storage.get_config().clone();
+        let done: u64 = self.conn.scard(config.done_jobs_set()).await.map_err(|e| self.redis_err(e))?;
+        let dead: u64 = self.conn.scard(config.dead_jobs_set()).await.map_err(|e| self.redis_err(e))?;
+        Ok((done, dead))
+    }
+
+    /// Deletes the payload and metadata of jobs done longer than `done_age` ago and of dead jobs
+    /// older than `dead_age` (kept longer so they can be inspected). apalis keeps both forever;
+    /// a queue carrying frames would fill Redis. Returns how many jobs were purged.
+    pub async fn purge_finished(&mut self, done_age: Duration, dead_age: Duration) -> Result<usize, QueueError> {
+        let config = self.storage.get_config().clone();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+        let mut purged = 0;
+        for (set, age) in [(config.done_jobs_set(), done_age), (config.dead_jobs_set(), dead_age)] {
+            let cutoff = now.saturating_sub(age.as_secs());
+            let mut cursor = 0u64;
+            loop {
+                let (next, ids): (u64, Vec<String>) = redis::cmd("SSCAN")
+                    .arg(&set)
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(500)
+                    .query_async(&mut self.conn)
+                    .await
+                    .map_err(|e| self.redis_err(e))?;
+                let mut pipe = redis::pipe();
+                let mut victims = 0;
+                for id in &ids {
+                    let meta_key = format!("{}:{id}", config.job_meta_hash());
+                    let done_at: Option<u64> =
+                        self.conn.hget(&meta_key, "done_at").await.map_err(|e| self.redis_err(e))?;
+                    if done_at.is_none_or(|t| t <= cutoff) {
+                        pipe.hdel(config.job_data_hash(), id)
+                            .hdel(format!("{}:result", config.job_meta_hash()), id)
+                            .del(&meta_key)
+                            .srem(&set, id);
+                        victims += 1;
+                    }
+                }
+                if victims > 0 {
+                    let _: redis::Value = pipe.query_async(&mut self.conn).await.map_err(|e| self.redis_err(e))?;
+                    purged += victims;
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(purged)
+    }
+
     /// Runs a worker on this queue until `shutdown` is cancelled and the running jobs returned.
     /// `worker` must be unique across the cluster (two workers with one name are undefined
     /// behaviour in apalis).
@@ -149,7 +236,8 @@ impl<J: Job> Queue<J> {
                 }
             }
         };
-        let built = WorkerBuilder::new(worker.as_str()).backend(self.storage).concurrency(concurrency).build(handler);
+        let backend = self.storage.poll_with_interval(self.poll_every);
+        let built = WorkerBuilder::new(worker.as_str()).backend(backend).concurrency(concurrency).build(handler);
         built
             .run_until(async move {
                 shutdown.cancelled().await;

@@ -28,7 +28,12 @@ impl std::str::FromStr for LogFormat {
 pub fn init(format: Option<LogFormat>) {
     let format =
         format.or_else(|| std::env::var("CCTV_LOG_FORMAT").ok().and_then(|f| f.parse().ok())).unwrap_or_default();
-    let filter = EnvFilter::try_from_env("CCTV_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut spec = std::env::var("CCTV_LOG").unwrap_or_else(|_| "info".into());
+    // ONNX Runtime logs every arena allocation at info; keep it to warnings unless asked.
+    if !spec.contains("ort") {
+        spec.push_str(",ort=warn");
+    }
+    let filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Text => builder.try_init(),

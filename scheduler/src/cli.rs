@@ -4,8 +4,8 @@ use std::io::Write;
 
 use anyhow::Context;
 use cctv_common::config::Config;
-use cctv_common::events::{ChannelStatus, MotionEvent, WorkerHeartbeat};
-use cctv_common::jobs::MotionJob;
+use cctv_common::events::{decode_entry, ChannelStatus, MotionEvent, ObjectEvent, WorkerHeartbeat};
+use cctv_common::jobs::{MotionJob, YoloJob};
 use cctv_common::keys::Keys;
 use cctv_common::queue::{self, Queue};
 use clap::Subcommand;
@@ -20,6 +20,21 @@ pub enum Command {
     /// Event streams.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Line motion events up with YOLO's verdicts: confirmed, motion without wanted objects
+    /// (likely false motion), and objects by label, per channel.
+    Compare {
+        /// Channels to compare (comma-separated; default every channel).
+        #[arg(long, value_delimiter = ',')]
+        channels: Vec<u32>,
+        /// Start of the range: a time ago (`90s`, `15m`, `2h`, `1d`) or ms since the epoch.
+        #[arg(long, default_value = "1h")]
+        since: String,
+        /// End of the range, same forms (default now).
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Plan, batches and who holds them, channel status, workers, queue depth.
     Status {
         #[arg(long)]
@@ -32,7 +47,7 @@ pub enum EventsCommand {
     /// Print events as they arrive (Ctrl-C to stop).
     Tail {
         /// Event category.
-        #[arg(long, default_value = "motion", value_parser = ["motion"])]
+        #[arg(long, default_value = "motion", value_parser = ["motion", "objects"])]
         category: String,
         /// Only this channel.
         #[arg(long)]
@@ -59,8 +74,12 @@ pub async fn run(config_path: &std::path::Path, command: Command) -> anyhow::Res
     let mut conn = queue::connect(&config.cluster, &config.queue).await?;
     match command {
         Command::CheckConfig => unreachable!("handled above"),
-        Command::Events(EventsCommand::Tail { category: _, channel, last, count, json }) => {
-            tail_motion(&mut conn, &keys, channel, last, count, json).await
+        Command::Events(EventsCommand::Tail { category, channel, last, count, json }) => match category.as_str() {
+            "objects" => tail::<ObjectEvent>(&mut conn, keys.object_events(), channel, last, count, json).await,
+            _ => tail::<MotionEvent>(&mut conn, keys.motion_events(), channel, last, count, json).await,
+        },
+        Command::Compare { channels, since, until, json } => {
+            crate::compare::command(&mut conn, &keys, &config, &channels, &since, until.as_deref(), json).await
         }
         Command::Status { json } => status(&config, conn, &keys, json).await,
     }
@@ -79,25 +98,61 @@ pub fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn tail_motion(
+/// An event type `events tail` can print.
+trait Tailed: serde::de::DeserializeOwned + serde::Serialize {
+    fn channel(&self) -> u32;
+    fn line(&self) -> String;
+}
+
+impl Tailed for MotionEvent {
+    fn channel(&self) -> u32 {
+        self.channel
+    }
+    fn line(&self) -> String {
+        format_motion(self)
+    }
+}
+
+impl Tailed for ObjectEvent {
+    fn channel(&self) -> u32 {
+        self.channel
+    }
+    fn line(&self) -> String {
+        let found = if self.detections.is_empty() {
+            "nothing wanted".to_string()
+        } else {
+            self.detections.iter().map(|d| format!("{} {:.2}", d.label, d.score)).collect::<Vec<_>>().join(", ")
+        };
+        format!(
+            "{}  ch{:<4} objects  {}  latency {} ms  batch {}  event {}",
+            format_ms(self.frame_ts_ms),
+            self.channel,
+            found,
+            self.latency_ms,
+            self.batch_size,
+            &self.motion_event[..8.min(self.motion_event.len())]
+        )
+    }
+}
+
+async fn tail<T: Tailed>(
     conn: &mut ConnectionManager,
-    keys: &Keys,
+    stream: String,
     channel: Option<u32>,
     last: usize,
     count: Option<usize>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let stream = keys.motion_events();
     let mut printed = 0usize;
     let mut out = std::io::stdout().lock();
-    let mut print = |e: &MotionEvent, out: &mut std::io::StdoutLock<'_>| -> anyhow::Result<bool> {
-        if channel.is_some_and(|c| c != e.channel) {
+    let mut print = |e: &T, out: &mut std::io::StdoutLock<'_>| -> anyhow::Result<bool> {
+        if channel.is_some_and(|c| c != e.channel()) {
             return Ok(false);
         }
         if json {
             writeln!(out, "{}", serde_json::to_string(e)?)?;
         } else {
-            writeln!(out, "{}", format_motion(e))?;
+            writeln!(out, "{}", e.line())?;
         }
         out.flush()?;
         printed += 1;
@@ -107,7 +162,7 @@ async fn tail_motion(
     if last > 0 {
         let recent: redis::streams::StreamRangeReply = conn.xrevrange_count(&stream, "+", "-", last).await?;
         for entry in recent.ids.iter().rev() {
-            if let Some(e) = decode_entry(&entry.map) {
+            if let Some(e) = decode_entry::<T>(&entry.map) {
                 if print(&e, &mut out)? {
                     return Ok(());
                 }
@@ -121,7 +176,7 @@ async fn tail_motion(
         for key in reply.map(|r| r.keys).unwrap_or_default() {
             for entry in key.ids {
                 last_id = entry.id.clone();
-                if let Some(e) = decode_entry(&entry.map) {
+                if let Some(e) = decode_entry::<T>(&entry.map) {
                     if print(&e, &mut out)? {
                         return Ok(());
                     }
@@ -129,12 +184,6 @@ async fn tail_motion(
             }
         }
     }
-}
-
-/// Decodes the `data` field of a motion stream entry.
-pub fn decode_entry(map: &std::collections::HashMap<String, redis::Value>) -> Option<MotionEvent> {
-    let data: String = redis::from_redis_value(map.get("data")?.clone()).ok()?;
-    serde_json::from_str(&data).ok()
 }
 
 fn format_ms(ms: i64) -> String {
@@ -189,16 +238,30 @@ async fn status(config: &Config, mut conn: ConnectionManager, keys: &Keys, json:
     }
     let mut q: Queue<MotionJob> = Queue::new(conn.clone(), keys, &config.queue);
     let waiting = q.waiting().await?;
+    let mut yq: Queue<YoloJob> = Queue::new(conn.clone(), keys, &config.queue);
+    let yolo_waiting = yq.waiting().await?;
+    let yolo_stats: std::collections::BTreeMap<String, i64> = conn.hgetall(keys.yolo_stats()).await?;
     if json {
         let v = serde_json::json!({
             "plan": plan_hash, "batches": holders,
             "channels": channels.iter().map(|(id, name, s)| serde_json::json!({"id": id, "name": name, "status": s})).collect::<Vec<_>>(),
-            "workers": workers, "queues": {"motion": {"waiting": waiting}},
+            "workers": workers,
+            "queues": {"motion": {"waiting": waiting}, "yolo": {"waiting": yolo_waiting, "stats": yolo_stats}},
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     println!("plan {}  motion queue: {waiting} waiting", plan_hash.as_deref().unwrap_or("(none published)"));
+    let stat = |k: &str| yolo_stats.get(k).copied().unwrap_or(0);
+    println!(
+        "yolo queue: {yolo_waiting} waiting; sent {} processed {} positive {} dropped stale {} dropped full {} failed {}",
+        stat("sent"),
+        stat("processed"),
+        stat("positive"),
+        stat("dropped_stale"),
+        stat("dropped_full"),
+        stat("failed")
+    );
     println!("\nBATCH  HELD BY                                   CHANNELS");
     for h in &holders {
         println!(

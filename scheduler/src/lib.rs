@@ -9,13 +9,14 @@
 //! end themselves.
 
 pub mod cli;
+pub mod compare;
 pub mod plan;
 
 use std::time::Duration;
 
 use anyhow::Context;
 use cctv_common::config::Config;
-use cctv_common::jobs::MotionJob;
+use cctv_common::jobs::{MotionJob, YoloJob};
 use cctv_common::keys::Keys;
 use cctv_common::queue::{self, Queue};
 use cctv_common::shutdown::CancellationToken;
@@ -26,6 +27,12 @@ pub use plan::{plan, Plan};
 
 /// How long a scheduler's leadership lasts without renewal.
 const LEADER_TTL_MS: u64 = 15_000;
+/// How often the leader purges finished jobs from the queues.
+const PURGE_EVERY: Duration = Duration::from_secs(30);
+/// Finished YOLO jobs (each carries a frame) are purged after this; dead ones are kept longer
+/// for inspection.
+const YOLO_DONE_KEEP: Duration = Duration::from_secs(60);
+const DEAD_KEEP: Duration = Duration::from_secs(3600);
 
 /// Runs the scheduler until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -63,13 +70,24 @@ pub struct Scheduler {
     keys: Keys,
     conn: ConnectionManager,
     queue: Queue<MotionJob>,
+    yolo: Queue<YoloJob>,
     plan: Plan,
+    last_purge: Option<std::time::Instant>,
 }
 
 impl Scheduler {
     pub fn new(config: &Config, conn: ConnectionManager, keys: Keys) -> Self {
         let queue = Queue::new(conn.clone(), &keys, &config.queue);
-        Self { id: cctv_common::worker_name("scheduler"), keys, conn, queue, plan: plan(config) }
+        let yolo = Queue::new(conn.clone(), &keys, &config.queue);
+        Self {
+            id: cctv_common::worker_name("scheduler"),
+            keys,
+            conn,
+            queue,
+            yolo,
+            plan: plan(config),
+            last_purge: None,
+        }
     }
 
     pub fn plan(&self) -> &Plan {
@@ -86,7 +104,22 @@ impl Scheduler {
         for i in 0..self.plan.jobs.len() {
             self.reconcile_batch(i).await?;
         }
+        if self.last_purge.is_none_or(|t| t.elapsed() >= PURGE_EVERY) {
+            self.last_purge = Some(std::time::Instant::now());
+            self.purge().await;
+        }
         Ok(true)
+    }
+
+    /// apalis keeps finished jobs forever; YOLO jobs carry a JPEG each, so they would fill Redis.
+    async fn purge(&mut self) {
+        let yolo = self.yolo.purge_finished(YOLO_DONE_KEEP, DEAD_KEEP).await;
+        let motion = self.queue.purge_finished(DEAD_KEEP, DEAD_KEEP).await;
+        match (yolo, motion) {
+            (Ok(y), Ok(m)) if y + m > 0 => tracing::debug!(yolo = y, motion = m, "purged finished jobs"),
+            (Err(e), _) | (_, Err(e)) => tracing::warn!(error = %e, "cannot purge finished jobs"),
+            _ => {}
+        }
     }
 
     async fn lead(&mut self) -> anyhow::Result<bool> {

@@ -1,7 +1,7 @@
 //! Splitting the configured channels into batches, one motion job each.
 
 use cctv_common::config::Config;
-use cctv_common::jobs::{MotionChannel, MotionJob};
+use cctv_common::jobs::{MotionChannel, MotionJob, YoloFrames};
 use sha2::{Digest, Sha256};
 
 /// The batches of one configuration. Its `hash` changes whenever anything a motion job carries
@@ -22,6 +22,7 @@ pub fn plan(config: &Config) -> Plan {
         "batches": batches,
         "motion": config.motion,
         "play_url": config.rtmp.play_url,
+        "yolo": YoloFrames::from_config(&config.yolo),
     });
     hasher.update(identity.to_string().as_bytes());
     let hash: String = hasher.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect();
@@ -34,6 +35,7 @@ pub fn plan(config: &Config) -> Plan {
             play_url: config.rtmp.play_url.clone(),
             channels,
             motion: config.motion.clone(),
+            yolo: YoloFrames::from_config(&config.yolo),
         })
         .collect();
     Plan { hash, jobs }

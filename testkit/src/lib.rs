@@ -3,6 +3,8 @@
 //! with its own temp dir and is stopped when dropped. A missing program is a test failure with
 //! a message naming the Debian package, never a skip.
 
+pub mod cluster;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

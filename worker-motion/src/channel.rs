@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 use cctv_common::config::MotionConfig;
 use cctv_common::events::{now_ms, ChannelState, MotionEventKind, NormBox};
 use cctv_common::ffmpeg::{self, FfmpegProcess, Stopper};
-use cctv_common::jobs::MotionChannel;
+use cctv_common::jobs::{MotionChannel, YoloFrames};
+use opencv::core::{Mat, Size, Vector};
+use opencv::prelude::*;
+use opencv::{imgcodecs, imgproc};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::detector::{Hysteresis, MotionDetector, Transition};
@@ -33,6 +36,8 @@ pub enum ChannelMsg {
         area: f32,
         boxes: Vec<NormBox>,
     },
+    /// A colour frame of a priority channel in motion, for object detection.
+    Frame { channel: u32, ts_ms: i64, motion_event: String, boxes: Vec<NormBox>, jpeg: Vec<u8> },
 }
 
 /// State shared between a channel thread and its batch supervisor.
@@ -122,14 +127,17 @@ impl ChannelHandle {
         channel: MotionChannel,
         play_url: &str,
         params: MotionConfig,
+        yolo: Option<YoloFrames>,
         out: UnboundedSender<ChannelMsg>,
     ) -> Self {
+        // Only priority channels send frames to YOLO.
+        let yolo = yolo.filter(|_| channel.priority);
         let shared = Arc::new(ChannelShared::new(channel.id));
         let url = format!("{}/{}", play_url.trim_end_matches('/'), channel.detect_stream);
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name(format!("motion ch{}", channel.id))
-            .spawn(move || channel_loop(&channel, &url, &params, &s, &out))
+            .spawn(move || channel_loop(&channel, &url, &params, yolo.as_ref(), &s, &out))
             .expect("spawning a thread");
         Self { shared, started_ms: AtomicI64::new(now_ms()), thread: Some(thread) }
     }
@@ -147,6 +155,7 @@ fn channel_loop(
     ch: &MotionChannel,
     url: &str,
     params: &MotionConfig,
+    yolo: Option<&YoloFrames>,
     shared: &ChannelShared,
     out: &UnboundedSender<ChannelMsg>,
 ) {
@@ -157,7 +166,7 @@ fn channel_loop(
     while !shared.stopping() {
         shared.set_status(ChannelState::Connecting, None);
         let frames_before = shared.frames();
-        let reason = match read_stream(ch, url, params, shared, out) {
+        let reason = match read_stream(ch, url, params, yolo, shared, out) {
             Ok(()) if shared.stopping() => break,
             Ok(()) => "stream ended".to_string(),
             Err(reason) => reason,
@@ -185,6 +194,7 @@ fn read_stream(
     ch: &MotionChannel,
     url: &str,
     params: &MotionConfig,
+    yolo: Option<&YoloFrames>,
     shared: &ChannelShared,
     out: &UnboundedSender<ChannelMsg>,
 ) -> Result<(), String> {
@@ -194,13 +204,21 @@ fn read_stream(
         .args(["-rw_timeout", &stall_us.to_string()])
         .args(["-threads", &params.decode_threads.to_string()])
         .input(url)
-        .args(["-an", "-sn", "-dn"])
-        .args(["-vf", &format!("fps={},scale=-2:{}", params.fps, params.frame_height)])
-        .args(["-pix_fmt", "gray", "-f", "rawvideo", "pipe:1"]);
+        .args(["-an", "-sn", "-dn"]);
+    match yolo {
+        // Colour at the detect stream's resolution (capped): motion scales it down itself, YOLO
+        // gets it as JPEG.
+        Some(y) => cmd
+            .args(["-vf", &format!("fps={},scale=w=-2:h=min(ih\\,{})", params.fps, y.max_frame_height)])
+            .args(["-pix_fmt", "bgr24", "-f", "rawvideo", "pipe:1"]),
+        None => cmd
+            .args(["-vf", &format!("fps={},scale=-2:{}", params.fps, params.frame_height)])
+            .args(["-pix_fmt", "gray", "-f", "rawvideo", "pipe:1"]),
+    };
     let mut process = FfmpegProcess::spawn(format!("motion ch{}", ch.id), cmd, true).map_err(|e| e.to_string())?;
     shared.stalled.store(false, Ordering::Relaxed);
     *shared.stopper.lock().unwrap_or_else(|e| e.into_inner()) = Some(process.stopper());
-    let result = analyse(ch, params, shared, out, &mut process);
+    let result = analyse(ch, params, yolo, shared, out, &mut process);
     *shared.stopper.lock().unwrap_or_else(|e| e.into_inner()) = None;
     process.stop(Duration::from_secs(2));
     if shared.stalled.load(Ordering::Relaxed) {
@@ -221,6 +239,7 @@ fn read_stream(
 fn analyse(
     ch: &MotionChannel,
     params: &MotionConfig,
+    yolo: Option<&YoloFrames>,
     shared: &ChannelShared,
     out: &UnboundedSender<ChannelMsg>,
     process: &mut FfmpegProcess,
@@ -229,10 +248,13 @@ fn analyse(
     let size = process
         .wait_output_video(Duration::from_secs_f64(params.stall_timeout_secs))
         .ok_or_else(|| "no video from stream".to_string())?;
-    let mut detector = MotionDetector::new(params, size.width, size.height);
+    let mut colour = yolo.map(|y| ColourFrames::new(y, size.width, size.height, params.frame_height));
+    let (grey_w, grey_h) = colour.as_ref().map_or((size.width, size.height), |c| (c.grey_w, c.grey_h));
+    let mut detector = MotionDetector::new(params, grey_w, grey_h);
     let mut hysteresis = Hysteresis::new(params);
-    let mut frame = vec![0u8; (size.width * size.height) as usize];
-    tracing::info!(width = size.width, height = size.height, "channel online");
+    let bytes_per_pixel = if colour.is_some() { 3 } else { 1 };
+    let mut frame = vec![0u8; (size.width * size.height) as usize * bytes_per_pixel];
+    tracing::info!(width = size.width, height = size.height, yolo = colour.is_some(), "channel online");
     let result = loop {
         if shared.stopping() {
             break Ok(());
@@ -247,7 +269,11 @@ fn analyse(
         let ts = now_ms();
         shared.last_frame_ms.store(ts, Ordering::Relaxed);
         shared.frames.fetch_add(1, Ordering::Relaxed);
-        let verdict = match detector.process(&frame) {
+        let grey = match colour.as_mut().map(|c| c.grey_of(&frame)).transpose() {
+            Ok(g) => g,
+            Err(e) => break Err(format!("converting a colour frame: {e}")),
+        };
+        let verdict = match detector.process(grey.unwrap_or(&frame)) {
             Ok(v) => v,
             Err(e) => break Err(format!("motion detector: {e}")),
         };
@@ -259,6 +285,22 @@ fn analyse(
         }
         let transition = hysteresis.update(ts, verdict.motion, verdict.area);
         shared.set_status(if hysteresis.active().is_some() { ChannelState::Motion } else { ChannelState::Idle }, None);
+        if let (Some(c), Some(active)) = (colour.as_mut(), hysteresis.active()) {
+            if c.due(ts) {
+                match c.jpeg(&frame) {
+                    Ok(jpeg) => {
+                        let _ = out.send(ChannelMsg::Frame {
+                            channel: ch.id,
+                            ts_ms: ts,
+                            motion_event: active.event_id.clone(),
+                            boxes: verdict.boxes.clone(),
+                            jpeg,
+                        });
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot encode a frame for YOLO"),
+                }
+            }
+        }
         if let Some(t) = transition {
             emit(ch.id, t, ts, verdict.boxes, out);
         }
@@ -268,6 +310,67 @@ fn analyse(
         emit(ch.id, t, now_ms(), Vec::new(), out);
     }
     result
+}
+
+/// Colour frames of a priority channel: grey copies for motion, JPEGs for YOLO at `yolo.fps`.
+struct ColourFrames {
+    width: i32,
+    height: i32,
+    grey_w: u32,
+    grey_h: u32,
+    quality: i32,
+    every_ms: i64,
+    last_sent_ms: i64,
+    grey_full: Mat,
+    grey_small: Mat,
+}
+
+impl ColourFrames {
+    fn new(y: &YoloFrames, width: u32, height: u32, grey_h: u32) -> Self {
+        // Same rounding as ffmpeg's `scale=-2:<h>` on the grey path: width even, aspect kept.
+        let grey_w = ((width as f64 * grey_h as f64 / height.max(1) as f64 / 2.0).round() as u32 * 2).max(2);
+        Self {
+            width: width as i32,
+            height: height as i32,
+            grey_w,
+            grey_h,
+            quality: y.jpeg_quality as i32,
+            every_ms: (1000.0 / y.fps) as i64,
+            last_sent_ms: 0,
+            grey_full: Mat::default(),
+            grey_small: Mat::default(),
+        }
+    }
+
+    fn mat<'a>(&self, bgr: &'a [u8]) -> opencv::Result<opencv::boxed_ref::BoxedRef<'a, Mat>> {
+        Mat::new_rows_cols_with_bytes::<opencv::core::Vec3b>(self.height, self.width, bgr)
+    }
+
+    fn grey_of(&mut self, bgr: &[u8]) -> opencv::Result<&[u8]> {
+        let m = self.mat(bgr)?;
+        imgproc::cvt_color_def(&m, &mut self.grey_full, imgproc::COLOR_BGR2GRAY)?;
+        let size = Size::new(self.grey_w as i32, self.grey_h as i32);
+        imgproc::resize(&self.grey_full, &mut self.grey_small, size, 0.0, 0.0, imgproc::INTER_AREA)?;
+        self.grey_small.data_bytes()
+    }
+
+    /// True when the next YOLO frame is due (and counts it as sent).
+    fn due(&mut self, ts_ms: i64) -> bool {
+        if ts_ms - self.last_sent_ms >= self.every_ms {
+            self.last_sent_ms = ts_ms;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn jpeg(&self, bgr: &[u8]) -> opencv::Result<Vec<u8>> {
+        let m = self.mat(bgr)?;
+        let mut buf = Vector::<u8>::new();
+        let params = Vector::from_slice(&[imgcodecs::IMWRITE_JPEG_QUALITY, self.quality]);
+        imgcodecs::imencode(".jpg", &m, &mut buf, &params)?;
+        Ok(buf.to_vec())
+    }
 }
 
 fn emit(channel: u32, t: Transition, ts_ms: i64, boxes: Vec<NormBox>, out: &UnboundedSender<ChannelMsg>) {

@@ -10,14 +10,14 @@ pub mod channel;
 pub mod detector;
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use cctv_common::catlog::CategoryLog;
 use cctv_common::config::Config;
-use cctv_common::events::{now_ms, ChannelStatus, MotionEvent, WorkerHeartbeat};
-use cctv_common::jobs::{JobError, MotionJob};
+use cctv_common::events::{now_ms, ChannelStatus, MotionEvent};
+use cctv_common::heartbeat;
+use cctv_common::jobs::{JobError, MotionJob, YoloJob};
 use cctv_common::keys::Keys;
 use cctv_common::queue::{self, JobMeta, Queue};
 use cctv_common::shutdown::CancellationToken;
@@ -43,8 +43,10 @@ struct Ctx {
     keys: Keys,
     worker: String,
     shutdown: CancellationToken,
-    log: Arc<MotionLog>,
-    held: Arc<Mutex<Vec<String>>>,
+    log: Arc<CategoryLog>,
+    held: heartbeat::Held,
+    yolo: Queue<YoloJob>,
+    yolo_max_queue: u64,
 }
 
 /// Runs a motion worker until `shutdown` is cancelled: batches in hand are handed back.
@@ -52,7 +54,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let keys = Keys::new(&config.cluster.namespace);
     let conn = queue::connect(&config.cluster, &config.queue).await?;
     let worker = cctv_common::worker_name("motion");
-    let log = Arc::new(MotionLog::open(config.logs.dir.join("motion.jsonl"))?);
+    let log = Arc::new(CategoryLog::open(&config.logs.dir, "motion")?);
     let ctx = Ctx {
         conn: conn.clone(),
         keys: keys.clone(),
@@ -60,10 +62,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         shutdown: shutdown.clone(),
         log,
         held: Arc::default(),
+        yolo: Queue::new(conn.clone(), &keys, &config.queue),
+        yolo_max_queue: config.yolo.max_queue,
     };
     tracing::info!(worker = %worker, concurrency = config.worker_motion.concurrency, "motion worker started");
 
-    let heartbeat = tokio::spawn(heartbeat_loop(ctx.clone()));
+    let heartbeat =
+        tokio::spawn(heartbeat::run(conn.clone(), keys.clone(), worker.clone(), "motion", ctx.held.clone()));
     let q: Queue<MotionJob> = Queue::new(conn, &keys, &config.queue);
     let handler_ctx = ctx.clone();
     let result = q
@@ -72,32 +77,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         })
         .await;
     heartbeat.abort();
-    let mut conn = ctx.conn.clone();
-    let _: Result<(), _> = conn.del(keys.worker(&worker)).await;
+    heartbeat::remove(&mut ctx.conn.clone(), &keys, &worker).await;
     tracing::info!(worker = %worker, "motion worker stopped");
     Ok(result?)
-}
-
-async fn heartbeat_loop(ctx: Ctx) {
-    let mut conn = ctx.conn.clone();
-    let host = cctv_common::host_name();
-    loop {
-        let hb = WorkerHeartbeat {
-            worker: ctx.worker.clone(),
-            kind: "motion".into(),
-            host: host.clone(),
-            pid: std::process::id(),
-            batches: ctx.held.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-            updated_ms: now_ms(),
-        };
-        if let Ok(json) = serde_json::to_string(&hb) {
-            let r: Result<(), _> = conn.set_ex(ctx.keys.worker(&ctx.worker), json, STATUS_TTL_SECS).await;
-            if let Err(e) = r {
-                tracing::warn!(error = %e, "worker heartbeat failed");
-            }
-        }
-        tokio::time::sleep(SUPERVISE_EVERY).await;
-    }
 }
 
 /// Why a batch stopped being held.
@@ -161,7 +143,7 @@ async fn watch_batch(ctx: &Ctx, job: &MotionJob, meta: &JobMeta) -> Release {
     let channels: Vec<ChannelHandle> = job
         .channels
         .iter()
-        .map(|c| ChannelHandle::start(c.clone(), &job.play_url, job.motion.clone(), tx.clone()))
+        .map(|c| ChannelHandle::start(c.clone(), &job.play_url, job.motion.clone(), job.yolo.clone(), tx.clone()))
         .collect();
     drop(tx);
     let mut conn = ctx.conn.clone();
@@ -201,7 +183,15 @@ async fn watch_batch(ctx: &Ctx, job: &MotionJob, meta: &JobMeta) -> Release {
 }
 
 async fn publish_event(ctx: &Ctx, conn: &mut ConnectionManager, meta: &JobMeta, msg: ChannelMsg) {
-    let ChannelMsg::Motion { channel, kind, event_id, ts_ms, started_ms, last_motion_ms, area, boxes } = msg;
+    let (channel, kind, event_id, ts_ms, started_ms, last_motion_ms, area, boxes) = match msg {
+        ChannelMsg::Motion { channel, kind, event_id, ts_ms, started_ms, last_motion_ms, area, boxes } => {
+            (channel, kind, event_id, ts_ms, started_ms, last_motion_ms, area, boxes)
+        }
+        ChannelMsg::Frame { channel, ts_ms, motion_event, boxes, jpeg } => {
+            let job = YoloJob { channel, frame_ts_ms: ts_ms, motion_event, motion_boxes: boxes, jpeg };
+            return send_to_yolo(ctx, conn, job).await;
+        }
+    };
     let event = MotionEvent {
         event_id,
         channel,
@@ -230,6 +220,36 @@ async fn publish_event(ctx: &Ctx, conn: &mut ConnectionManager, meta: &JobMeta, 
         tracing::error!(channel, error = %e, "cannot publish motion event to redis (kept in the motion log)");
     }
     ctx.log.append(&json);
+}
+
+/// Queues a frame for YOLO unless the queue is already full (YOLO slower than the cameras):
+/// then the frame is dropped here and counted, so the backlog stays bounded.
+async fn send_to_yolo(ctx: &Ctx, conn: &mut ConnectionManager, job: YoloJob) {
+    let channel = job.channel;
+    let mut q = ctx.yolo.clone();
+    let stats = ctx.keys.yolo_stats();
+    let full = match q.waiting().await {
+        Ok(n) => n >= ctx.yolo_max_queue,
+        Err(e) => {
+            tracing::warn!(channel, error = %e, "cannot read the YOLO queue depth");
+            false
+        }
+    };
+    let counter = if full {
+        "dropped_full"
+    } else {
+        match q.push(&job).await {
+            Ok(_) => "sent",
+            Err(e) => {
+                tracing::warn!(channel, error = %e, "cannot queue a frame for YOLO");
+                "send_failed"
+            }
+        }
+    };
+    let r: redis::RedisResult<i64> = conn.hincr(&stats, counter, 1).await;
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "cannot count a YOLO frame");
+    }
 }
 
 async fn publish_status(
@@ -306,34 +326,5 @@ async fn release_lease(conn: &mut ConnectionManager, keys: &Keys, batch: &str, w
     let r: redis::RedisResult<i32> = script.key(keys.motion_lease(batch)).arg(worker).invoke_async(conn).await;
     if let Err(e) = r {
         tracing::warn!(batch, error = %e, "cannot release batch lease; it expires by itself");
-    }
-}
-
-/// The motion category log: one JSON object per line. Appends are whole lines, flushed, so a
-/// crash loses at most the line being written.
-pub struct MotionLog {
-    path: PathBuf,
-    file: Mutex<std::fs::File>,
-}
-
-impl MotionLog {
-    pub fn open(path: PathBuf) -> anyhow::Result<Self> {
-        use anyhow::Context;
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating log directory {}", dir.display()))?;
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("opening motion log {}", path.display()))?;
-        Ok(Self { path, file: Mutex::new(file) })
-    }
-
-    pub fn append(&self, json_line: &str) {
-        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = writeln!(f, "{json_line}") {
-            tracing::error!(path = %self.path.display(), error = %e, "cannot write motion log");
-        }
     }
 }

@@ -1,15 +1,14 @@
-//! `worker-yolo`: YOLOv5n object detection on priority channels (issue 3; this release only validates config).
+//! `worker-yolo`: YOLOv5n object detection on priority channels.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use cctv_common::cli::GlobalArgs;
+use cctv_common::telemetry;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(
-    version,
-    about = "YOLOv5n object detection on priority channels (issue 3; this release only validates config)"
-)]
+#[command(version, about = "CCTV object detection worker (YOLOv5n through ONNX Runtime)")]
 struct Cli {
     #[command(flatten)]
     global: GlobalArgs,
@@ -19,13 +18,63 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Claim YOLO jobs until SIGINT/SIGTERM.
+    Run {
+        /// Frames run through the model at once (overrides `yolo.max_batch`).
+        #[arg(long)]
+        max_batch: Option<usize>,
+        /// Threads per inference (overrides `yolo.intra_threads`).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Run the model on image files and print what it finds (checks the model set-up).
+    Detect {
+        images: Vec<PathBuf>,
+        /// Smallest score printed (overrides `yolo.min_score`).
+        #[arg(long)]
+        min_score: Option<f32>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate the config file and list every problem.
     CheckConfig,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::CheckConfig => cctv_common::config::check_config_command(&cli.global.config),
+    telemetry::init(cli.global.log_format);
+    let result = match cli.command {
+        Command::CheckConfig => return cctv_common::config::check_config_command(&cli.global.config),
+        Command::Run { max_batch, threads } => run(cli.global.config, max_batch, threads),
+        Command::Detect { images, min_score, json } => detect(cli.global.config, images, min_score, json),
+    };
+    cctv_common::cli::exit_code(result)
+}
+
+fn load(path: PathBuf, max_batch: Option<usize>, threads: Option<usize>) -> anyhow::Result<cctv_common::Config> {
+    let mut config = cctv_common::Config::load(&path)?;
+    if let Some(n) = max_batch {
+        anyhow::ensure!((1..=32).contains(&n), "--max-batch {n} is out of range 1..=32");
+        config.yolo.max_batch = n;
     }
+    if let Some(n) = threads {
+        anyhow::ensure!((1..=64).contains(&n), "--threads {n} is out of range 1..=64");
+        config.yolo.intra_threads = n;
+    }
+    Ok(config)
+}
+
+#[tokio::main]
+async fn run(path: PathBuf, max_batch: Option<usize>, threads: Option<usize>) -> anyhow::Result<()> {
+    let config = load(path, max_batch, threads)?;
+    let shutdown = cctv_common::shutdown::install();
+    worker_yolo::run(config, shutdown).await
+}
+
+fn detect(path: PathBuf, images: Vec<PathBuf>, min_score: Option<f32>, json: bool) -> anyhow::Result<()> {
+    let mut config = load(path, None, None)?;
+    if let Some(s) = min_score {
+        config.yolo.min_score = s;
+    }
+    worker_yolo::detect_files(&config.yolo, &images, json)
 }

@@ -3,7 +3,11 @@ use std::time::{Duration, Instant};
 use cctv_common::events::now_ms;
 use cctv_testkit::Pusher;
 
-use crate::util::{channel, people_clip, wait_for, Cluster};
+use cctv_testkit::cluster::{channel, people_clip, wait_for, Cluster};
+
+fn worker(cluster: &Cluster, concurrency: &str) -> cctv_testkit::KillOnDrop {
+    cluster.spawn(env!("CARGO_BIN_EXE_worker-motion"), &["run", "--concurrency", concurrency])
+}
 
 /// Two batches, two workers each holding one; kill -9 one: its batch resumes on the other
 /// within 15 s, and no batch is ever held by both.
@@ -16,7 +20,7 @@ async fn killed_worker_batch_resumes_on_the_other_within_15s() {
     let _p2 = Pusher::start(&clip, &cluster.nginx.live_url(), "ch2");
     cluster.start_scheduler();
 
-    let mut first = cluster.start_worker(1);
+    let mut first = worker(&cluster, "1");
     let first_holds = wait_for(Duration::from_secs(30), || async {
         for b in ["b0", "b1"] {
             if let Some(h) = cluster.lease_holder(b).await {
@@ -27,7 +31,7 @@ async fn killed_worker_batch_resumes_on_the_other_within_15s() {
     })
     .await
     .expect("the first worker takes a batch");
-    let _second = cluster.start_worker(2);
+    let _second = worker(&cluster, "2");
     let (other_batch, second_holder) = {
         let other = if first_holds.0 == "b0" { "b1" } else { "b0" };
         let h = wait_for(Duration::from_secs(30), || async { cluster.lease_holder(other).await })

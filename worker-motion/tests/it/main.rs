@@ -7,5 +7,3 @@ mod config;
 mod failover;
 /// Motion start/end timing, a still stream, a missing stream (issue 2, tests 1 and 3).
 mod motion;
-/// Shared helpers: a cluster on real servers.
-mod util;

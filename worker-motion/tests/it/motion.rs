@@ -3,7 +3,7 @@ use std::time::Duration;
 use cctv_common::events::{now_ms, ChannelState, MotionEventKind};
 use cctv_testkit::Pusher;
 
-use crate::util::{assert_no_secret, channel, people_clip, wait_for, Cluster};
+use cctv_testkit::cluster::{assert_no_secret, channel, people_clip, probe_duration, wait_for, Cluster};
 
 const QUIET_BEFORE: f64 = 8.0;
 const QUIET_AFTER: f64 = 22.0;
@@ -25,7 +25,7 @@ async fn motion_follows_activity_still_is_quiet_and_missing_is_offline() {
     let t0 = p1.wait_publishing();
     // ch3: nobody publishes.
     cluster.start_scheduler();
-    let _worker = cluster.start_worker(1);
+    let _worker = cluster.spawn(env!("CARGO_BIN_EXE_worker-motion"), &["run", "--concurrency", "1"]);
 
     // Activity starts QUIET_BEFORE s after t0 and lasts motion_secs.
     let activity_ms = t0 + (QUIET_BEFORE * 1000.0) as i64;
@@ -70,13 +70,4 @@ async fn motion_follows_activity_still_is_quiet_and_missing_is_offline() {
     // The motion log holds the same events.
     let log = std::fs::read_to_string(cluster.dir.path().join("logs/motion.jsonl")).expect("motion log");
     assert_eq!(log.lines().filter(|l| l.contains("\"channel\":1")).count(), 2, "{log}");
-}
-
-fn probe_duration(path: &std::path::Path) -> f64 {
-    let out = std::process::Command::new("ffprobe")
-        .args(["-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0"])
-        .arg(path)
-        .output()
-        .expect("ffprobe");
-    String::from_utf8_lossy(&out.stdout).trim().parse().expect("a duration")
 }

@@ -1,15 +1,19 @@
+//! A cluster on real servers for integration tests: redis-server, nginx-rtmp, an in-process
+//! scheduler, and workers as real processes (their binaries come from the calling test crate).
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use cctv_common::config::Config;
-use cctv_common::events::{ChannelStatus, MotionEvent};
+use cctv_common::events::{ChannelStatus, MotionEvent, ObjectEvent};
 use cctv_common::keys::Keys;
 use cctv_common::shutdown::CancellationToken;
-use cctv_testkit::{KillOnDrop, Nginx, Redis};
 use redis::AsyncCommands;
 
-/// redis-server + nginx-rtmp + an in-process scheduler, and motion workers as real processes.
+use crate::{KillOnDrop, Nginx, Redis};
+
+/// redis-server + nginx-rtmp + an in-process scheduler, and workers as real processes.
 pub struct Cluster {
     pub redis: Redis,
     pub nginx: Nginx,
@@ -59,17 +63,24 @@ dir = "{logs}"
         self.scheduler = Some((token, handle));
     }
 
-    pub fn start_worker(&self, concurrency: usize) -> KillOnDrop {
-        let child = Command::new(env!("CARGO_BIN_EXE_worker-motion"))
+    /// Starts a worker binary (`env!("CARGO_BIN_EXE_<name>")` of the calling test crate) with
+    /// this cluster's config and `args` after `--config <path>`.
+    pub fn spawn(&self, binary: &str, args: &[&str]) -> KillOnDrop {
+        let child = Command::new(binary)
             .arg("--config")
             .arg(&self.config_path)
-            .args(["run", "--concurrency", &concurrency.to_string()])
+            .args(args)
             .env("CCTV_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("starting worker-motion");
+            .unwrap_or_else(|e| panic!("starting {binary}: {e}"));
         KillOnDrop(child)
+    }
+
+    /// A connection manager as the workers use (for `Queue`).
+    pub async fn conn_manager(&self) -> redis::aio::ConnectionManager {
+        cctv_common::queue::connect(&self.config.cluster, &self.config.queue).await.unwrap()
     }
 
     pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
@@ -79,7 +90,20 @@ dir = "{logs}"
     pub async fn motion_events(&self) -> Vec<MotionEvent> {
         let mut c = self.conn().await;
         let r: redis::streams::StreamRangeReply = c.xrange_all(self.keys.motion_events()).await.unwrap();
-        r.ids.iter().filter_map(|e| scheduler::cli::decode_entry(&e.map)).collect()
+        r.ids.iter().filter_map(|e| cctv_common::events::decode_entry(&e.map)).collect()
+    }
+
+    pub async fn object_events(&self) -> Vec<ObjectEvent> {
+        let mut c = self.conn().await;
+        let r: redis::streams::StreamRangeReply = c.xrange_all(self.keys.object_events()).await.unwrap();
+        r.ids.iter().filter_map(|e| cctv_common::events::decode_entry(&e.map)).collect()
+    }
+
+    /// A counter of `<ns>:stats:yolo` (0 when unset).
+    pub async fn yolo_stat(&self, field: &str) -> i64 {
+        let mut c = self.conn().await;
+        let v: Option<i64> = c.hget(self.keys.yolo_stats(), field).await.unwrap();
+        v.unwrap_or(0)
     }
 
     pub async fn channel_status(&self, id: u32) -> Option<ChannelStatus> {
@@ -130,10 +154,34 @@ pub fn channel(id: u32) -> String {
     format!("[[channel]]\nid = {id}\nname = \"cam {id}\"\nsource = \"rtsp://admin:secret{id}@127.0.0.1:1/cam{id}\"\n")
 }
 
+/// One `[[channel]]` entry with extra fields (`priority = true`, `record = "off"`, ...).
+pub fn channel_with(id: u32, fields: &str) -> String {
+    format!("{}{fields}\n", channel(id))
+}
+
+/// A `[yolo]` section using the shared model, snapshots under `dir`, plus `fields`.
+pub fn yolo_section(dir: &Path, fields: &str) -> String {
+    format!(
+        "[yolo]\nmodel = \"{}\"\nsnapshot_dir = \"{}\"\n{fields}\n",
+        crate::shared_dir().join("models/yolov5n.onnx").display(),
+        dir.join("snapshots").display()
+    )
+}
+
+/// Duration of a media file, seconds (ffprobe).
+pub fn probe_duration(path: &Path) -> f64 {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .expect("ffprobe");
+    String::from_utf8_lossy(&out.stdout).trim().parse().expect("a duration")
+}
+
 /// The people footage with quiet (frozen) periods around it.
 pub fn people_clip(dir: &Path, name: &str, loops: u32, quiet_before: f64, quiet_after: f64) -> PathBuf {
     let out = dir.join(name);
-    cctv_testkit::make_clip(&cctv_testkit::media("people-detection.gif"), &out, loops, quiet_before, quiet_after);
+    crate::make_clip(&crate::media("people-detection.gif"), &out, loops, quiet_before, quiet_after);
     out
 }
 

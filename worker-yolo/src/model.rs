@@ -1,0 +1,463 @@
+//! YOLOv5n through ONNX Runtime: letterbox pre-processing, batched inference, decoding and
+//! per-class NMS, boxes mapped back to the frame.
+//!
+//! Tensor layout (see `../shared/models/README.md`): input `images` float32 `[N,3,S,S]`, RGB
+//! 0..1, letterboxed with grey 114; output `[N,R,5+C]` = cx, cy, w, h (input pixels),
+//! objectness, C class scores. Score = objectness × class score of the best class.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use cctv_common::config::YoloConfig;
+use cctv_common::events::Detection;
+use opencv::core::{Mat, Vector};
+use opencv::imgcodecs;
+use opencv::prelude::*;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use ort::value::TensorRef;
+
+/// Environment variable naming the ONNX Runtime library when `yolo.ort_library` is not set.
+pub const ORT_DYLIB_ENV: &str = "ORT_DYLIB_PATH";
+/// Grey of the letterbox padding, as in YOLOv5's training.
+const PAD_GREY: f32 = 114.0 / 255.0;
+/// Boxes kept per frame before NMS (YOLOv5's `max_nms`).
+const MAX_CANDIDATES: usize = 30_000;
+/// Detections kept per frame after NMS.
+const MAX_DETECTIONS: usize = 300;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(
+        "no ONNX Runtime library configured: set yolo.ort_library or {ORT_DYLIB_ENV} to libonnxruntime.so.1.32.0 \
+         (from the onnxruntime==1.32.0 wheel: `deploy/install-deps.sh` puts it in .ort/)"
+    )]
+    NoLibrary,
+    #[error(
+        "ONNX Runtime library {path} (yolo.ort_library / {ORT_DYLIB_ENV}) does not exist: \
+         get it from the onnxruntime==1.32.0 wheel (`deploy/install-deps.sh` puts it in .ort/)"
+    )]
+    LibraryMissing { path: PathBuf },
+    #[error("cannot load ONNX Runtime library {path}: {message}")]
+    LibraryLoad { path: PathBuf, message: String },
+    #[error(
+        "YOLO model {path} (yolo.model) does not exist: see README, 'The object detection model', \
+         for where to get yolov5n.onnx"
+    )]
+    ModelMissing { path: PathBuf },
+    #[error("cannot load YOLO model {path}: {message}")]
+    ModelLoad { path: PathBuf, message: String },
+    #[error("cannot read class names {path} (yolo.class_names): {message}")]
+    ClassNames { path: PathBuf, message: String },
+    #[error("yolo.classes: {label:?} is not a class of {path}")]
+    UnknownClass { label: String, path: PathBuf },
+    #[error("model {path} output has shape {shape:?}; expected [N, rows, 5 + {classes}]")]
+    OutputShape { path: PathBuf, shape: Vec<i64>, classes: usize },
+    #[error("inference failed: {0}")]
+    Inference(String),
+    #[error("image: {0}")]
+    Image(String),
+}
+
+impl From<opencv::Error> for ModelError {
+    fn from(e: opencv::Error) -> Self {
+        ModelError::Image(e.to_string())
+    }
+}
+
+/// ONNX Runtime allows one environment per process; every model shares it.
+static ENVIRONMENT: Mutex<Option<ort::environment::Environment>> = Mutex::new(None);
+
+/// The process' ONNX Runtime environment, loading the library on first use.
+pub fn environment(library: Option<&Path>) -> Result<ort::environment::Environment, ModelError> {
+    let mut env = ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(e) = env.as_ref() {
+        return Ok(e.clone());
+    }
+    let path = library
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os(ORT_DYLIB_ENV).filter(|v| !v.is_empty()).map(PathBuf::from))
+        .ok_or(ModelError::NoLibrary)?;
+    if !path.is_file() {
+        return Err(ModelError::LibraryMissing { path });
+    }
+    let load_err = |message: String| ModelError::LibraryLoad { path: path.clone(), message };
+    let built = ort::init_from(&path)
+        .map_err(|e| load_err(e.to_string()))?
+        .with_name("cctv-yolo")
+        .build()
+        .map_err(|e| load_err(e.to_string()))?;
+    *env = Some(built.clone());
+    Ok(built)
+}
+
+/// Where a frame sits inside the model input.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Letterbox {
+    pub scale: f32,
+    pub pad_x: f32,
+    pub pad_y: f32,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Scales `frame` (BGR) to fit `size`×`size` keeping its aspect ratio, pads with grey 114 as
+/// YOLOv5 does (padding split around the image), and writes it RGB, 0..1, channel-planar into
+/// `out` (`3 * size * size` floats).
+pub fn letterbox(frame: &Mat, size: u32, out: &mut [f32]) -> Result<Letterbox, ModelError> {
+    let (w, h) = (frame.cols(), frame.rows());
+    if w <= 0 || h <= 0 || frame.channels() != 3 {
+        return Err(ModelError::Image(format!("frame is {w}x{h} with {} channels; need colour", frame.channels())));
+    }
+    let s = size as usize;
+    assert_eq!(out.len(), 3 * s * s, "letterbox output buffer");
+    let r = (size as f32 / h as f32).min(size as f32 / w as f32);
+    let (new_w, new_h) = ((w as f32 * r).round() as i32, (h as f32 * r).round() as i32);
+    let (dw, dh) = ((size as f32 - new_w as f32) / 2.0, (size as f32 - new_h as f32) / 2.0);
+    let (left, top) = ((dw - 0.1).round() as usize, (dh - 0.1).round() as usize);
+    let continuous;
+    let frame = if frame.is_continuous() {
+        frame
+    } else {
+        continuous = frame.try_clone()?;
+        &continuous
+    };
+    let src = frame.data_bytes()?;
+    let resized_owned;
+    let bytes = if (new_w, new_h) != (w, h) {
+        resized_owned = resize_antialias(src, w as usize, h as usize, new_w as usize, new_h as usize);
+        &resized_owned[..]
+    } else {
+        src
+    };
+    out.fill(PAD_GREY);
+    let plane = s * s;
+    let (nw, nh) = (new_w as usize, new_h as usize);
+    for y in 0..nh {
+        let row = &bytes[y * nw * 3..(y + 1) * nw * 3];
+        let base = (y + top) * s + left;
+        for (x, px) in row.chunks_exact(3).enumerate() {
+            // BGR in, RGB planes out.
+            out[base + x] = px[2] as f32 / 255.0;
+            out[plane + base + x] = px[1] as f32 / 255.0;
+            out[2 * plane + base + x] = px[0] as f32 / 255.0;
+        }
+    }
+    Ok(Letterbox { scale: r, pad_x: left as f32, pad_y: top as f32, width: w as u32, height: h as u32 })
+}
+
+/// Pillow's bilinear resize (a triangle filter whose support widens when reducing, so it
+/// antialiases), on packed 3-channel bytes, two separable passes each rounded to bytes as Pillow
+/// does. The reference detections were produced with it; OpenCV's `INTER_LINEAR` misses them by
+/// up to 0.03 in score.
+pub fn resize_antialias(src: &[u8], w: usize, h: usize, new_w: usize, new_h: usize) -> Vec<u8> {
+    /// Per output index: first input index and the normalised weights.
+    fn taps(in_size: usize, out_size: usize) -> Vec<(usize, Vec<f32>)> {
+        let scale = in_size as f64 / out_size as f64;
+        let filter_scale = scale.max(1.0);
+        (0..out_size)
+            .map(|o| {
+                let center = (o as f64 + 0.5) * scale;
+                let lo = (center - filter_scale + 0.5).floor().max(0.0) as usize;
+                let hi = ((center + filter_scale + 0.5).floor() as usize).min(in_size);
+                let weights: Vec<f64> =
+                    (lo..hi).map(|i| (1.0 - ((i as f64 - center + 0.5) / filter_scale).abs()).max(0.0)).collect();
+                let total: f64 = weights.iter().sum();
+                (lo, weights.iter().map(|v| (if total > 0.0 { v / total } else { 0.0 }) as f32).collect())
+            })
+            .collect()
+    }
+    let to_byte = |v: f32| v.round().clamp(0.0, 255.0) as u8;
+    let horizontal = taps(w, new_w);
+    let mut rows = vec![0u8; new_w * h * 3];
+    for y in 0..h {
+        let line = &src[y * w * 3..(y + 1) * w * 3];
+        for (x, (lo, weights)) in horizontal.iter().enumerate() {
+            let mut acc = [0f32; 3];
+            for (k, wt) in weights.iter().enumerate() {
+                let px = &line[(lo + k) * 3..(lo + k) * 3 + 3];
+                acc[0] += wt * px[0] as f32;
+                acc[1] += wt * px[1] as f32;
+                acc[2] += wt * px[2] as f32;
+            }
+            let at = (y * new_w + x) * 3;
+            rows[at..at + 3].copy_from_slice(&acc.map(to_byte));
+        }
+    }
+    let vertical = taps(h, new_h);
+    let mut out = vec![0u8; new_w * new_h * 3];
+    let stride = new_w * 3;
+    for (y, (lo, weights)) in vertical.iter().enumerate() {
+        let mut acc = vec![0f32; stride];
+        for (k, wt) in weights.iter().enumerate() {
+            let line = &rows[(lo + k) * stride..(lo + k + 1) * stride];
+            acc.iter_mut().zip(line).for_each(|(a, &v)| *a += wt * v as f32);
+        }
+        out[y * stride..(y + 1) * stride].iter_mut().zip(acc).for_each(|(o, a)| *o = to_byte(a));
+    }
+    out
+}
+
+/// Decodes a JPEG (or any image OpenCV reads) into a BGR frame; a corrupt image is an error.
+pub fn decode_image(bytes: &[u8]) -> Result<Mat, ModelError> {
+    if bytes.is_empty() {
+        return Err(ModelError::Image("empty image".into()));
+    }
+    let buf = Vector::<u8>::from_slice(bytes);
+    let mat = imgcodecs::imdecode(&buf, imgcodecs::IMREAD_COLOR)?;
+    if mat.empty() || mat.cols() < 8 || mat.rows() < 8 {
+        return Err(ModelError::Image(format!("not a decodable image ({} bytes)", bytes.len())));
+    }
+    Ok(mat)
+}
+
+/// Post-processing settings.
+#[derive(Debug, Clone)]
+pub struct Decoding {
+    pub min_score: f32,
+    pub iou_threshold: f32,
+    /// Per class id: reported or not.
+    pub wanted: Vec<bool>,
+    pub names: Vec<String>,
+}
+
+/// Turns one frame's output rows into detections in frame pixels, best first.
+pub fn decode(rows: &[f32], stride: usize, lb: &Letterbox, d: &Decoding) -> Vec<Detection> {
+    let classes = stride - 5;
+    let mut candidates: Vec<(usize, f32, [f32; 4])> = Vec::new();
+    for row in rows.chunks_exact(stride) {
+        let objectness = row[4];
+        if objectness < d.min_score {
+            continue;
+        }
+        let (class, class_score) = row[5..5 + classes]
+            .iter()
+            .copied()
+            .enumerate()
+            .fold((0, f32::MIN), |best, (i, s)| if s > best.1 { (i, s) } else { best });
+        let score = objectness * class_score;
+        if score < d.min_score || !d.wanted.get(class).copied().unwrap_or(false) {
+            continue;
+        }
+        let (cx, cy, w, h) = (row[0], row[1], row[2], row[3]);
+        candidates.push((class, score, [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0]));
+    }
+    candidates.sort_by(|a, b| b.1.total_cmp(&a.1));
+    candidates.truncate(MAX_CANDIDATES);
+    let kept = nms(&candidates, d.iou_threshold);
+    kept.into_iter()
+        .take(MAX_DETECTIONS)
+        .map(|i| {
+            let (class, score, b) = candidates[i];
+            let map = |v: f32, pad: f32, limit: u32| ((v - pad) / lb.scale).clamp(0.0, limit as f32);
+            Detection {
+                label: d.names.get(class).cloned().unwrap_or_else(|| format!("class{class}")),
+                score,
+                bbox: [
+                    map(b[0], lb.pad_x, lb.width),
+                    map(b[1], lb.pad_y, lb.height),
+                    map(b[2], lb.pad_x, lb.width),
+                    map(b[3], lb.pad_y, lb.height),
+                ],
+            }
+        })
+        .collect()
+}
+
+/// Ultralytics' names for the classes the darknet `coco.names` spells differently.
+fn alias(name: &str) -> Option<&'static str> {
+    match name {
+        "motorbike" => Some("motorcycle"),
+        "aeroplane" => Some("airplane"),
+        "sofa" => Some("couch"),
+        "tvmonitor" => Some("tv"),
+        _ => None,
+    }
+}
+
+fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
+    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = iw * ih;
+    let area = |r: &[f32; 4]| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
+    let union = area(a) + area(b) - inter;
+    if union <= 0.0 {
+        0.0
+    } else {
+        inter / union
+    }
+}
+
+/// Greedy NMS within each class over candidates sorted best first; returns kept indices.
+pub fn nms(candidates: &[(usize, f32, [f32; 4])], iou_threshold: f32) -> Vec<usize> {
+    let mut kept: Vec<usize> = Vec::new();
+    for (i, (class, _, bbox)) in candidates.iter().enumerate() {
+        let suppressed = kept.iter().any(|&k| candidates[k].0 == *class && iou(&candidates[k].2, bbox) > iou_threshold);
+        if !suppressed {
+            kept.push(i);
+        }
+    }
+    kept
+}
+
+/// A loaded model with its settings.
+pub struct YoloModel {
+    session: Session,
+    input_name: String,
+    input_size: u32,
+    decoding: Decoding,
+    model_path: PathBuf,
+    /// Reused input buffer (`N * 3 * S * S`).
+    input: Vec<f32>,
+}
+
+impl YoloModel {
+    /// Loads the ONNX Runtime library, the class names and the model, checking every path first
+    /// so a missing file is named in the error.
+    pub fn load(cfg: &YoloConfig) -> Result<Self, ModelError> {
+        let env = environment(cfg.ort_library.as_deref())?;
+        if !cfg.model.is_file() {
+            return Err(ModelError::ModelMissing { path: cfg.model.clone() });
+        }
+        let names_path = cfg.class_names_path();
+        let names: Vec<String> = std::fs::read_to_string(&names_path)
+            .map_err(|e| ModelError::ClassNames { path: names_path.clone(), message: e.to_string() })?
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect();
+        let mut wanted = vec![false; names.len()];
+        for label in &cfg.classes {
+            let i = names
+                .iter()
+                .position(|n| n == label || alias(n) == Some(label.as_str()))
+                .ok_or_else(|| ModelError::UnknownClass { label: label.clone(), path: names_path.clone() })?;
+            wanted[i] = true;
+        }
+        let load_err = |message: String| ModelError::ModelLoad { path: cfg.model.clone(), message };
+        let session = Session::builder(&env)
+            .map_err(|e| load_err(e.to_string()))?
+            .with_optimization_level(GraphOptimizationLevel::All)
+            .map_err(|e| load_err(e.to_string()))?
+            .with_intra_threads(cfg.intra_threads)
+            .map_err(|e| load_err(e.to_string()))?
+            .with_inter_threads(1)
+            .map_err(|e| load_err(e.to_string()))?
+            .commit_from_file(&cfg.model)
+            .map_err(|e| load_err(e.to_string()))?;
+        let input_name = session
+            .inputs()
+            .first()
+            .map(|i| i.name().to_string())
+            .ok_or_else(|| load_err("model has no input".into()))?;
+        Ok(Self {
+            session,
+            input_name,
+            input_size: cfg.input_size,
+            decoding: Decoding { min_score: cfg.min_score, iou_threshold: cfg.iou_threshold, wanted, names },
+            model_path: cfg.model.clone(),
+            input: Vec::new(),
+        })
+    }
+
+    pub fn class_names(&self) -> &[String] {
+        &self.decoding.names
+    }
+
+    /// Runs the frames (BGR) through the model as one batch; detections per frame, in order.
+    pub fn detect(&mut self, frames: &[&Mat]) -> Result<Vec<Vec<Detection>>, ModelError> {
+        if frames.is_empty() {
+            return Ok(Vec::new());
+        }
+        let s = self.input_size as usize;
+        let per = 3 * s * s;
+        self.input.resize(per * frames.len(), 0.0);
+        let mut boxes = Vec::with_capacity(frames.len());
+        for (i, f) in frames.iter().enumerate() {
+            boxes.push(letterbox(f, self.input_size, &mut self.input[i * per..(i + 1) * per])?);
+        }
+        let shape = [frames.len(), 3, s, s];
+        let tensor = TensorRef::from_array_view((shape, self.input.as_slice()))
+            .map_err(|e| ModelError::Inference(e.to_string()))?;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.input_name.as_str() => tensor])
+            .map_err(|e| ModelError::Inference(e.to_string()))?;
+        let (shape, data) = outputs[0].try_extract_tensor::<f32>().map_err(|e| ModelError::Inference(e.to_string()))?;
+        let dims: Vec<i64> = shape.iter().copied().collect();
+        let classes = self.decoding.names.len();
+        if dims.len() != 3 || dims[0] as usize != frames.len() || dims[2] as usize != 5 + classes {
+            return Err(ModelError::OutputShape { path: self.model_path.clone(), shape: dims, classes });
+        }
+        let (rows, stride) = (dims[1] as usize, dims[2] as usize);
+        Ok(boxes
+            .iter()
+            .enumerate()
+            .map(|(i, lb)| decode(&data[i * rows * stride..(i + 1) * rows * stride], stride, lb, &self.decoding))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nms_suppresses_overlaps_within_a_class_only() {
+        let c = vec![
+            (0, 0.9, [0.0, 0.0, 10.0, 10.0]),
+            (0, 0.8, [1.0, 1.0, 11.0, 11.0]),   // same class, IoU ~0.68: suppressed
+            (2, 0.7, [1.0, 1.0, 11.0, 11.0]),   // other class: kept
+            (0, 0.6, [20.0, 20.0, 30.0, 30.0]), // disjoint: kept
+        ];
+        assert_eq!(nms(&c, 0.45), vec![0, 2, 3]);
+    }
+
+    #[test]
+    fn letterbox_pads_and_maps_back() {
+        // 200x100 frame: scale 640/200 = 3.2, 640x320 image, 160 rows of padding above.
+        let frame = Mat::new_rows_cols_with_default(100, 200, opencv::core::CV_8UC3, (10, 20, 30, 0).into()).unwrap();
+        let mut out = vec![0.0; 3 * 640 * 640];
+        let lb = letterbox(&frame, 640, &mut out).unwrap();
+        assert_eq!((lb.scale, lb.pad_x, lb.pad_y), (3.2, 0.0, 160.0));
+        assert!((out[0] - PAD_GREY).abs() < 1e-6, "padding is grey");
+        let inside = 200 * 640 + 5;
+        assert!((out[inside] - 30.0 / 255.0).abs() < 1e-6, "R plane holds the frame's red (BGR input)");
+        assert!((out[2 * 640 * 640 + inside] - 10.0 / 255.0).abs() < 1e-6, "B plane");
+        // A box in model pixels maps back to frame pixels.
+        let mut row = vec![0.0f32; 85];
+        row[..5].copy_from_slice(&[320.0, 320.0, 64.0, 32.0, 0.9]);
+        row[5] = 0.9;
+        let d = Decoding { min_score: 0.25, iou_threshold: 0.45, wanted: vec![true; 80], names: vec!["person".into()] };
+        let dets = decode(&row, 85, &lb, &d);
+        assert_eq!(dets.len(), 1);
+        let b = dets[0].bbox;
+        assert!((b[0] - 90.0).abs() < 0.01 && (b[1] - 45.0).abs() < 0.01, "{b:?}");
+        assert!((b[2] - 110.0).abs() < 0.01 && (b[3] - 55.0).abs() < 0.01, "{b:?}");
+    }
+
+    #[test]
+    fn decode_drops_unwanted_classes_and_low_scores() {
+        let lb = Letterbox { scale: 1.0, pad_x: 0.0, pad_y: 0.0, width: 640, height: 640 };
+        let mut rows = vec![0.0f32; 3 * 85];
+        rows[..5].copy_from_slice(&[100.0, 100.0, 10.0, 10.0, 0.9]);
+        rows[5 + 15] = 0.9; // class 15 (cat): not wanted
+        rows[85..90].copy_from_slice(&[200.0, 200.0, 10.0, 10.0, 0.3]);
+        rows[85 + 5] = 0.5; // person at 0.15: below min score
+        rows[170..175].copy_from_slice(&[300.0, 300.0, 10.0, 10.0, 0.8]);
+        rows[170 + 5] = 0.9; // person at 0.72: kept
+        let mut wanted = vec![false; 80];
+        wanted[0] = true;
+        let names = (0..80).map(|i| format!("c{i}")).collect();
+        let d = Decoding { min_score: 0.25, iou_threshold: 0.45, wanted, names };
+        let dets = decode(&rows, 85, &lb, &d);
+        assert_eq!(dets.len(), 1);
+        assert!((dets[0].score - 0.72).abs() < 1e-5);
+    }
+
+    #[test]
+    fn corrupt_jpeg_is_an_error() {
+        assert!(decode_image(b"not a jpeg at all").is_err());
+        assert!(decode_image(&[]).is_err());
+    }
+}

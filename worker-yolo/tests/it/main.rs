@@ -1,0 +1,9 @@
+//! Integration tests of object detection: the model against the reference result, the whole
+//! path on real servers (redis-server, nginx-rtmp, ffmpeg), and start-up errors.
+
+/// Priority channels get object events, others none; stale and corrupt jobs (issue 3, test 2).
+mod flow;
+/// bus.jpg reproduces the reference detections, alone and in a batch (issue 3, test 1).
+mod reference;
+/// Missing model or library: clear error, non-zero exit (issue 3, test 3).
+mod startup;
