@@ -191,7 +191,9 @@ pub struct YoloConfig {
     pub ort_library: Option<PathBuf>,
     /// Threads one inference uses. Default 2.
     pub intra_threads: usize,
-    /// Frames run through the model at once when several jobs wait. Default 4.
+    /// Frames run through the model at once when several jobs wait. Default 1: on a 2-core CPU
+    /// batches cost more per frame (27 ms at 1, 36 at 2, 33 at 4; docs/benchmarks.md); raise it
+    /// where the execution provider gains from batches.
     pub max_batch: usize,
     /// Frames per second sent per channel while it is in motion. Default 2.
     pub fps: f64,
@@ -225,7 +227,7 @@ impl Default for YoloConfig {
             class_names: None,
             ort_library: None,
             intra_threads: 2,
-            max_batch: 4,
+            max_batch: 1,
             fps: 2.0,
             max_age_secs: 2.0,
             max_queue: 64,

@@ -52,7 +52,7 @@ fn bench(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("yolo");
     g.sample_size(10).measurement_time(std::time::Duration::from_secs(12));
-    for n in [1usize, 4] {
+    for n in [1usize, 2, 4] {
         g.throughput(Throughput::Elements(n as u64));
         let frames: Vec<&opencv::core::Mat> = std::iter::repeat_n(&f, n).collect();
         g.bench_function(format!("ours/batch{n}"), |b| b.iter(|| ours.detect(&frames).unwrap()));
