@@ -33,6 +33,8 @@ pub struct Config {
     #[serde(default)]
     pub yolo: YoloConfig,
     #[serde(default)]
+    pub record: RecordConfig,
+    #[serde(default)]
     pub logs: LogsConfig,
     #[serde(default, rename = "channel")]
     pub channels: Vec<ChannelConfig>,
@@ -61,11 +63,18 @@ pub struct RtmpConfig {
     /// Where workers play streams from, `<play_url>/ch<id>` (main) and `<play_url>/ch<id>_sub` (sub-stream).
     /// Default `rtmp://127.0.0.1:1935/live`.
     pub play_url: String,
+    /// nginx-rtmp's HLS output served over HTTP, `<hls_url>/ch<id>/index.m3u8`: the rolling
+    /// buffer record workers cut backups (with pre-roll) from. Default `http://127.0.0.1:8080/hls`.
+    pub hls_url: String,
 }
 
 impl Default for RtmpConfig {
     fn default() -> Self {
-        Self { publish_url: "rtmp://127.0.0.1:1935/live".into(), play_url: "rtmp://127.0.0.1:1935/live".into() }
+        Self {
+            publish_url: "rtmp://127.0.0.1:1935/live".into(),
+            play_url: "rtmp://127.0.0.1:1935/live".into(),
+            hls_url: "http://127.0.0.1:8080/hls".into(),
+        }
     }
 }
 
@@ -250,6 +259,65 @@ impl YoloConfig {
     }
 }
 
+/// Container of backup files.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Container {
+    /// Matroska: any codec, readable when cut short.
+    #[default]
+    Mkv,
+    /// MP4 (fragmented while written, so a cut-short file is readable too).
+    Mp4,
+}
+
+impl Container {
+    pub fn extension(self) -> &'static str {
+        match self {
+            Container::Mkv => "mkv",
+            Container::Mp4 => "mp4",
+        }
+    }
+}
+
+/// Selective backups (scheduler decides, worker-record writes).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordConfig {
+    /// Where backups are written: `<backup_dir>/Channel<id>_<YYYY-MM-DD_HH-MM-SS>.<ext>`.
+    /// Default `/var/lib/cctv/backups`.
+    pub backup_dir: PathBuf,
+    /// Default `mkv`.
+    pub container: Container,
+    /// Seconds before the triggering detection every backup contains. Default 5.
+    pub pre_roll_secs: f64,
+    /// Seconds after the last activity every backup contains. Default 5.
+    pub post_roll_secs: f64,
+    /// Longer events are split into files of this length, with no gap. Default 600.
+    pub max_file_seconds: f64,
+    /// Time zone of the file names: `UTC`, `local` (the machine's), or an IANA name
+    /// (`Europe/Berlin`). Default `local`.
+    pub timezone: String,
+    /// Recordings one record worker writes at once. Default 16.
+    pub concurrency: usize,
+    /// How long a recording may wait for new video before it is closed with what it has. Default 30.
+    pub stall_timeout_secs: f64,
+}
+
+impl Default for RecordConfig {
+    fn default() -> Self {
+        Self {
+            backup_dir: PathBuf::from("/var/lib/cctv/backups"),
+            container: Container::Mkv,
+            pre_roll_secs: 5.0,
+            post_roll_secs: 5.0,
+            max_file_seconds: 600.0,
+            timezone: "local".into(),
+            concurrency: 16,
+            stall_timeout_secs: 30.0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogsConfig {
@@ -293,6 +361,9 @@ pub struct ChannelConfig {
     /// When to back up this channel. Default `motion`.
     #[serde(default)]
     pub record: RecordPolicy,
+    /// For `record = "objects"`: the labels that trigger a backup. Default `yolo.classes`.
+    #[serde(default)]
+    pub labels: Option<Vec<String>>,
 }
 
 // Hand-written so that `{:?}` of a config never prints a camera password.
@@ -305,6 +376,7 @@ impl fmt::Debug for ChannelConfig {
             .field("detect_source", &self.detect_source.as_deref().map(redact_url))
             .field("priority", &self.priority)
             .field("record", &self.record)
+            .field("labels", &self.labels)
             .finish()
     }
 }
@@ -465,6 +537,21 @@ impl Config {
         if y.snapshot_dir.as_os_str().is_empty() {
             p.add("yolo.snapshot_dir", "must not be empty".into());
         }
+        let r = &self.record;
+        if r.backup_dir.as_os_str().is_empty() {
+            p.add("record.backup_dir", "must not be empty".into());
+        }
+        range(&mut p, "record.pre_roll_secs", r.pre_roll_secs, 0.0, 50.0);
+        range(&mut p, "record.post_roll_secs", r.post_roll_secs, 0.0, 600.0);
+        range(&mut p, "record.max_file_seconds", r.max_file_seconds, 10.0, 86_400.0);
+        range(&mut p, "record.stall_timeout_secs", r.stall_timeout_secs, 2.0, 3600.0);
+        if r.concurrency == 0 || r.concurrency > 256 {
+            p.add("record.concurrency", format!("{} is out of range 1..=256", r.concurrency));
+        }
+        if let Err(e) = crate::timefmt::zone(&r.timezone) {
+            p.add("record.timezone", e);
+        }
+        check_url(&mut p, "rtmp.hls_url", &self.rtmp.hls_url, &["http", "https"]);
         if self.logs.dir.as_os_str().is_empty() {
             p.add("logs.dir", "must not be empty".into());
         }
@@ -491,8 +578,32 @@ impl Config {
             if let Some(d) = &ch.detect_source {
                 check_url(&mut p, &at("detect_source"), d, CAMERA_SCHEMES);
             }
+            if ch.record == RecordPolicy::Objects && !ch.priority {
+                p.add(
+                    &at("record"),
+                    "\"objects\" needs priority = true (only priority channels get object detection)".into(),
+                );
+            }
+            if ch.record == RecordPolicy::Objects && !self.yolo.enabled {
+                p.add(&at("record"), "\"objects\" needs yolo.enabled = true".into());
+            }
+            if let Some(labels) = &ch.labels {
+                if labels.is_empty() {
+                    p.add(&at("labels"), "must name at least one label (or be left out)".into());
+                }
+                for l in labels {
+                    if !self.yolo.classes.contains(l) {
+                        p.add(&at("labels"), format!("{l:?} is not in yolo.classes (YOLO reports only those)"));
+                    }
+                }
+            }
         }
         p.0
+    }
+
+    /// Labels that make an `objects` channel record.
+    pub fn wanted_labels<'a>(&'a self, ch: &'a ChannelConfig) -> &'a [String] {
+        ch.labels.as_deref().unwrap_or(&self.yolo.classes)
     }
 
     /// Channels by id.

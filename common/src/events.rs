@@ -125,3 +125,54 @@ pub struct ObjectEvent {
     pub worker: String,
     pub ts_ms: i64,
 }
+
+/// What a backup-category entry reports.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupEventKind {
+    /// A backup file was written and validated.
+    File,
+    /// Recording or writing failed (the recording is retried while the buffer holds its video).
+    Error,
+    /// A backup file was deleted by rotation.
+    Deleted,
+}
+
+/// One entry of `<ns>:events:backup` and of the backup log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BackupEvent {
+    pub kind: BackupEventKind,
+    pub channel: u32,
+    pub recording: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Part number within the recording (long events are split), from 1.
+    #[serde(default)]
+    pub part: u32,
+    /// Wall-clock time of the file's first and last video, ms since epoch.
+    #[serde(default)]
+    pub start_ms: i64,
+    #[serde(default)]
+    pub end_ms: i64,
+    #[serde(default)]
+    pub duration_secs: f64,
+    #[serde(default)]
+    pub size_bytes: u64,
+    /// `motion` or `objects`, the motion event ids and labels that made the recording.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<crate::jobs::RecordTrigger>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<String>,
+    /// Video before the trigger in this file (first part only), ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_roll_ms: Option<i64>,
+    /// ffprobe's verdict: codec, resolution, duration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub worker: String,
+    #[serde(default)]
+    pub job: String,
+    pub ts_ms: i64,
+}

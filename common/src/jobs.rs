@@ -102,6 +102,39 @@ impl std::fmt::Debug for YoloJob {
     }
 }
 
+/// What made a channel record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RecordTrigger {
+    /// `motion` or `objects`.
+    pub kind: RecordPolicy,
+    /// The motion event that triggered the recording.
+    pub motion_event: String,
+    /// Time of the triggering detection, ms since epoch (pre-roll counts back from here).
+    pub ts_ms: i64,
+    /// For `objects`: the wanted labels seen.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+}
+
+/// Back up one recording of one channel: stream-copy the channel's main stream from the HLS
+/// buffer, from `start_ms` until the recording's end (set later by the scheduler in
+/// `<ns>:record:rec:<recording>`), in files of at most `record.max_file_seconds`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RecordJob {
+    /// Recording id, also the job's idempotency key.
+    pub recording: String,
+    pub channel: u32,
+    /// HLS playlist of the main stream, `<rtmp.hls_url>/ch<id>/index.m3u8`.
+    pub playlist_url: String,
+    /// First instant the backup must contain (trigger − pre-roll), ms since epoch.
+    pub start_ms: i64,
+    pub trigger: RecordTrigger,
+}
+
+impl Job for RecordJob {
+    const QUEUE: &'static str = "record";
+}
+
 /// JSON carries the JPEG as base64 (a third larger) instead of an array of numbers (four times).
 mod base64_bytes {
     use base64::Engine;

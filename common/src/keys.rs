@@ -10,6 +10,14 @@
 //! | `<ns>:events:motion` | stream of `MotionEvent` | worker-motion | scheduler, CLI |
 //! | `<ns>:events:objects` | stream of `ObjectEvent` | worker-yolo | scheduler, CLI |
 //! | `<ns>:stats:yolo` | hash of counters (`sent`, `dropped_full`, `dropped_stale`, `processed`, `positive`, `failed`, `batches`) | worker-motion, worker-yolo | CLI |
+//! | `<ns>:events:backup` | stream of `BackupEvent` | worker-record (files, errors), rotation | CLI, API |
+//! | `<ns>:record:rec:<recording>` | hash: `channel`, `start_ms`, `end_ms` (0 while open), `open` (motion events in progress), `events`, `parts` | scheduler (decisions), worker-record (`parts`) | worker-record |
+//! | `<ns>:record:active:<channel>` | string: the channel's latest recording | scheduler | scheduler |
+//! | `<ns>:record:event:<motion event>` | string: recording the event belongs to, TTL | scheduler | scheduler |
+//! | `<ns>:record:mevent:<motion event>` | hash: `channel`, `started_ms`, `ended`, `last_motion_ms`, TTL | scheduler | scheduler |
+//! | `<ns>:record:cursor` | hash: last stream id read per result stream | scheduler | scheduler |
+//! | `<ns>:record:lease:<recording>` | string: worker id, TTL | worker-record | worker-record |
+//! | `<ns>:status:backup` | hash: worker → backup directory state JSON | worker-record | CLI, API |
 //! | `<ns>:status:channel:<id>` | string: `ChannelStatus` JSON, TTL | worker-motion | CLI |
 //! | `<ns>:scheduler:leader` | string: scheduler id, TTL | scheduler (one active at a time) | scheduler |
 //! | `<ns>:workers:<worker>` | string: `WorkerHeartbeat` JSON, TTL | every worker | CLI |
@@ -49,6 +57,30 @@ impl Keys {
     pub fn yolo_stats(&self) -> String {
         format!("{}:stats:yolo", self.ns)
     }
+    pub fn backup_events(&self) -> String {
+        format!("{}:events:backup", self.ns)
+    }
+    pub fn recording(&self, recording: &str) -> String {
+        format!("{}:record:rec:{recording}", self.ns)
+    }
+    pub fn record_active(&self, channel: u32) -> String {
+        format!("{}:record:active:{channel}", self.ns)
+    }
+    pub fn record_event(&self, motion_event: &str) -> String {
+        format!("{}:record:event:{motion_event}", self.ns)
+    }
+    pub fn record_motion_event(&self, motion_event: &str) -> String {
+        format!("{}:record:mevent:{motion_event}", self.ns)
+    }
+    pub fn record_cursor(&self) -> String {
+        format!("{}:record:cursor", self.ns)
+    }
+    pub fn record_lease(&self, recording: &str) -> String {
+        format!("{}:record:lease:{recording}", self.ns)
+    }
+    pub fn backup_status(&self) -> String {
+        format!("{}:status:backup", self.ns)
+    }
     pub fn channel_status(&self, channel: u32) -> String {
         format!("{}:status:channel:{channel}", self.ns)
     }
@@ -79,6 +111,14 @@ mod tests {
             k.motion_events(),
             k.object_events(),
             k.yolo_stats(),
+            k.backup_events(),
+            k.recording("r"),
+            k.record_active(1),
+            k.record_event("e"),
+            k.record_motion_event("e"),
+            k.record_cursor(),
+            k.record_lease("r"),
+            k.backup_status(),
             k.channel_status(3),
             k.worker("w"),
         ] {

@@ -14,6 +14,7 @@ pub mod queue;
 pub mod redact;
 pub mod shutdown;
 pub mod telemetry;
+pub mod timefmt;
 
 pub use config::Config;
 pub use keys::Keys;

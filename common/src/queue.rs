@@ -229,10 +229,17 @@ impl<J: Job> Queue<J> {
             let handler = handler.clone();
             let meta = JobMeta { job_id: id.to_string(), attempt: attempt.current(), worker: name.clone() };
             async move {
+                let job_id = meta.job_id.clone();
                 match handler(job, meta).await {
                     Ok(()) => Ok(()),
-                    Err(JobError::Permanent(m)) => Err::<(), BoxDynError>(Box::new(AbortError::new(m))),
-                    Err(e @ JobError::Transient(_)) => Err(Box::new(e) as BoxDynError),
+                    Err(JobError::Permanent(m)) => {
+                        tracing::error!(job = %job_id, error = %m, "job failed permanently (not retried)");
+                        Err::<(), BoxDynError>(Box::new(AbortError::new(m)))
+                    }
+                    Err(e @ JobError::Transient(_)) => {
+                        tracing::warn!(job = %job_id, error = %e, "job failed; it will be retried");
+                        Err(Box::new(e) as BoxDynError)
+                    }
                 }
             }
         };

@@ -10,13 +10,15 @@
 
 pub mod cli;
 pub mod compare;
+pub mod decide;
+pub mod nginx;
 pub mod plan;
 
 use std::time::Duration;
 
 use anyhow::Context;
 use cctv_common::config::Config;
-use cctv_common::jobs::{MotionJob, YoloJob};
+use cctv_common::jobs::{MotionJob, RecordJob, YoloJob};
 use cctv_common::keys::Keys;
 use cctv_common::queue::{self, Queue};
 use cctv_common::shutdown::CancellationToken;
@@ -38,17 +40,25 @@ const DEAD_KEEP: Duration = Duration::from_secs(3600);
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let keys = Keys::new(&config.cluster.namespace);
     let conn = queue::connect(&config.cluster, &config.queue).await?;
-    let mut scheduler = Scheduler::new(&config, conn, keys);
+    let mut scheduler = Scheduler::new(&config, conn.clone(), keys.clone());
     let interval = Duration::from_secs_f64(config.scheduler.reconcile_interval_secs);
     tracing::info!(id = %scheduler.id, plan = %scheduler.plan.hash, batches = scheduler.plan.jobs.len(),
         channels = config.channels.len(), "scheduler started");
     let mut leading = false;
+    let leader_flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let decider = tokio::spawn(decide_loop(
+        // Its own connection: XREAD BLOCK would stall every command multiplexed behind it.
+        decide::Decider::new(&config, queue::connect(&config.cluster, &config.queue).await?, keys.clone()),
+        leader_flag.clone(),
+        shutdown.clone(),
+    ));
     loop {
         match scheduler.tick().await {
             Ok(now_leading) => {
                 if now_leading != leading {
                     tracing::info!(leader = now_leading, "leadership changed");
                     leading = now_leading;
+                    leader_flag.store(leading, std::sync::atomic::Ordering::Relaxed);
                 }
             }
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "scheduler round failed; retrying"),
@@ -59,9 +69,28 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             _ = tokio::time::sleep(interval) => {}
         }
     }
+    let _ = decider.await;
     scheduler.resign().await;
     tracing::info!("scheduler stopped");
     Ok(())
+}
+
+/// Backup decisions, by the leader only, as results arrive.
+async fn decide_loop(
+    mut decider: decide::Decider,
+    leading: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    while !shutdown.is_cancelled() {
+        if !leading.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        if let Err(e) = decider.step(500).await {
+            tracing::warn!(error = %format!("{e:#}"), "backup decisions failed; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
 }
 
 /// One scheduler instance.
@@ -71,6 +100,7 @@ pub struct Scheduler {
     conn: ConnectionManager,
     queue: Queue<MotionJob>,
     yolo: Queue<YoloJob>,
+    record: Queue<RecordJob>,
     plan: Plan,
     last_purge: Option<std::time::Instant>,
 }
@@ -79,7 +109,9 @@ impl Scheduler {
     pub fn new(config: &Config, conn: ConnectionManager, keys: Keys) -> Self {
         let queue = Queue::new(conn.clone(), &keys, &config.queue);
         let yolo = Queue::new(conn.clone(), &keys, &config.queue);
+        let record = Queue::new(conn.clone(), &keys, &config.queue);
         Self {
+            record,
             id: cctv_common::worker_name("scheduler"),
             keys,
             conn,
@@ -115,9 +147,14 @@ impl Scheduler {
     async fn purge(&mut self) {
         let yolo = self.yolo.purge_finished(YOLO_DONE_KEEP, DEAD_KEEP).await;
         let motion = self.queue.purge_finished(DEAD_KEEP, DEAD_KEEP).await;
-        match (yolo, motion) {
-            (Ok(y), Ok(m)) if y + m > 0 => tracing::debug!(yolo = y, motion = m, "purged finished jobs"),
-            (Err(e), _) | (_, Err(e)) => tracing::warn!(error = %e, "cannot purge finished jobs"),
+        let record = self.record.purge_finished(DEAD_KEEP, DEAD_KEEP).await;
+        match (yolo, motion, record) {
+            (Ok(y), Ok(m), Ok(r)) if y + m + r > 0 => {
+                tracing::debug!(yolo = y, motion = m, record = r, "purged finished jobs")
+            }
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                tracing::warn!(error = %e, "cannot purge finished jobs")
+            }
             _ => {}
         }
     }

@@ -25,6 +25,27 @@ enum Command {
     CheckConfig,
     /// Print the batches the config produces.
     Plan,
+    /// Print the nginx-rtmp configuration (RTMP application, HLS rolling buffer, HTTP server).
+    NginxConfig {
+        #[arg(long, default_value = "127.0.0.1:1935")]
+        rtmp_listen: String,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http_listen: String,
+        /// HLS fragment directory (a tmpfs keeps the buffer off the disk).
+        #[arg(long, default_value = "/dev/shm/cctv-hls")]
+        hls_dir: PathBuf,
+        /// nginx prefix directory (pid, error log, temp files).
+        #[arg(long, default_value = "/var/lib/cctv/nginx")]
+        work_dir: PathBuf,
+        #[arg(long, default_value = "/usr/lib/nginx/modules/ngx_rtmp_module.so")]
+        module: PathBuf,
+        /// Addresses allowed to publish (repeat); default 127.0.0.1.
+        #[arg(long = "publish-allow", default_values_t = vec!["127.0.0.1".to_string()])]
+        publish_allow: Vec<String>,
+        /// Seconds of video the HLS buffer holds (≥ 30; pre-roll and retries read from it).
+        #[arg(long, default_value_t = 60)]
+        hls_playlist_secs: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -34,6 +55,34 @@ fn main() -> ExitCode {
         Command::CheckConfig => scheduler::cli::check_config(&cli.global.config),
         Command::Plan => print_plan(&cli.global.config),
         Command::Run => tokio_main(cli.global.config),
+        Command::NginxConfig {
+            rtmp_listen,
+            http_listen,
+            hls_dir,
+            work_dir,
+            module,
+            publish_allow,
+            hls_playlist_secs,
+        } => {
+            if hls_playlist_secs < 30 {
+                eprintln!(
+                    "error: --hls-playlist-secs {hls_playlist_secs} is below 30 s (pre-roll and retries need it)"
+                );
+                return ExitCode::FAILURE;
+            }
+            let conf = scheduler::nginx::NginxConf {
+                rtmp_listen,
+                http_listen,
+                hls_dir,
+                work_dir,
+                module,
+                publish_allow,
+                hls_playlist_secs,
+                hls_fragment_secs: 2,
+            };
+            print!("{}", conf.render());
+            return ExitCode::SUCCESS;
+        }
     };
     cctv_common::cli::exit_code(result)
 }

@@ -38,6 +38,7 @@ namespace = "it"
 [rtmp]
 publish_url = "{live}"
 play_url = "{live}"
+hls_url = "{hls}"
 [scheduler]
 reconcile_interval_secs = 1
 batch_size = {batch_size}
@@ -48,6 +49,7 @@ dir = "{logs}"
 "#,
             redis = redis.url(),
             live = nginx.live_url(),
+            hls = nginx.hls_url(),
             logs = dir.path().join("logs").display(),
         );
         let config_path = dir.path().join("cctv.toml");
@@ -104,6 +106,12 @@ dir = "{logs}"
         let mut c = self.conn().await;
         let v: Option<i64> = c.hget(self.keys.yolo_stats(), field).await.unwrap();
         v.unwrap_or(0)
+    }
+
+    pub async fn backup_events(&self) -> Vec<cctv_common::events::BackupEvent> {
+        let mut c = self.conn().await;
+        let r: redis::streams::StreamRangeReply = c.xrange_all(self.keys.backup_events()).await.unwrap();
+        r.ids.iter().filter_map(|e| cctv_common::events::decode_entry(&e.map)).collect()
     }
 
     pub async fn channel_status(&self, id: u32) -> Option<ChannelStatus> {
@@ -166,6 +174,26 @@ pub fn yolo_section(dir: &Path, fields: &str) -> String {
         crate::shared_dir().join("models/yolov5n.onnx").display(),
         dir.join("snapshots").display()
     )
+}
+
+/// A `[record]` section writing backups under `dir/backups` (UTC names), plus `fields`.
+pub fn record_section(dir: &Path, fields: &str) -> String {
+    format!("[record]\nbackup_dir = \"{}\"\ntimezone = \"UTC\"\n{fields}\n", dir.join("backups").display())
+}
+
+/// Runs an async worker entry point (`worker_motion::run`, ...) on its own thread and runtime
+/// (apalis' worker futures are not `Send`-general, so they cannot be `tokio::spawn`ed).
+pub fn run_in_thread<F, Fut>(config: Config, stop: CancellationToken, run: F) -> std::thread::JoinHandle<()>
+where
+    F: FnOnce(Config, CancellationToken) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        if let Err(e) = rt.block_on(run(config, stop)) {
+            eprintln!("in-process worker failed: {e:#}");
+        }
+    })
 }
 
 /// Duration of a media file, seconds (ffprobe).

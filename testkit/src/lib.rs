@@ -95,9 +95,11 @@ impl Redis {
     }
 }
 
-/// nginx with the RTMP module (Debian's `libnginx-mod-rtmp`), one `live` application.
+/// nginx with the RTMP module (Debian's `libnginx-mod-rtmp`): the `live` application, its HLS
+/// rolling buffer and the HTTP server for it, configured by the scheduler's generator.
 pub struct Nginx {
     pub rtmp_port: u16,
+    pub http_port: u16,
     dir: TempDir,
     _child: KillOnDrop,
 }
@@ -110,35 +112,19 @@ impl Nginx {
         require("nginx", "nginx");
         assert!(Path::new(RTMP_MODULE).is_file(), "{RTMP_MODULE} is missing: apt-get install libnginx-mod-rtmp");
         let dir = tempfile::tempdir().expect("temp dir");
-        let rtmp_port = free_port();
-        let conf = format!(
-            r#"load_module {RTMP_MODULE};
-# One process, running as the invoking user: simplest to own and stop in tests.
-master_process off;
-daemon off;
-error_log {dir}/error.log warn;
-pid {dir}/nginx.pid;
-events {{ worker_connections 1024; }}
-rtmp {{
-    server {{
-        listen 127.0.0.1:{rtmp_port};
-        chunk_size 4096;
-        application live {{
-            live on;
-            record off;
-            # Players of a stream nobody publishes are dropped at once, so a missing camera is
-            # reported instead of waited on.
-            idle_streams off;
-            allow publish 127.0.0.1;
-            deny publish all;
-            allow play all;
-        }}
-    }}
-}}
-"#,
-            dir = dir.path().display()
-        );
-        std::fs::write(dir.path().join("nginx.conf"), conf).expect("writing nginx.conf");
+        let (rtmp_port, http_port) = (free_port(), free_port());
+        let conf = scheduler::nginx::NginxConf {
+            rtmp_listen: format!("127.0.0.1:{rtmp_port}"),
+            http_listen: format!("127.0.0.1:{http_port}"),
+            hls_dir: dir.path().join("hls"),
+            work_dir: dir.path().to_owned(),
+            module: RTMP_MODULE.into(),
+            publish_allow: vec!["127.0.0.1".into()],
+            hls_playlist_secs: 60,
+            hls_fragment_secs: 2,
+        };
+        std::fs::create_dir_all(dir.path().join("hls")).expect("hls dir");
+        std::fs::write(dir.path().join("nginx.conf"), conf.render()).expect("writing nginx.conf");
         let child = Command::new("nginx")
             .arg("-p")
             .arg(dir.path())
@@ -151,7 +137,13 @@ rtmp {{
             .expect("starting nginx");
         let child = KillOnDrop(child);
         wait_for_port(rtmp_port, Duration::from_secs(10), "nginx-rtmp");
-        Self { rtmp_port, dir, _child: child }
+        wait_for_port(http_port, Duration::from_secs(10), "nginx http");
+        Self { rtmp_port, http_port, dir, _child: child }
+    }
+
+    /// `http://127.0.0.1:<port>/hls`: the HLS buffer record workers read.
+    pub fn hls_url(&self) -> String {
+        format!("http://127.0.0.1:{}/hls", self.http_port)
     }
 
     /// `rtmp://127.0.0.1:<port>/live`.

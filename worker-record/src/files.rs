@@ -1,0 +1,231 @@
+//! Backup files on disk: spooling fragments, remuxing them with stream copy, validating with
+//! ffprobe, and publishing under the final name only once the file is whole.
+//!
+//! Every temporary file of a recording carries its id (`.<recording>.p<part>.ts.part`,
+//! `.<final name>.<recording>.part`), so a retry of the recording — on this machine or another
+//! sharing the directory — removes what a killed attempt left behind before it starts.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cctv_common::config::Container;
+use cctv_common::ffmpeg::{self, FfmpegProcess};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("backup directory {dir} (record.backup_dir) is not usable: {error}")]
+    Dir { dir: PathBuf, error: std::io::Error },
+    #[error("writing {path}: {error}")]
+    Write { path: PathBuf, error: std::io::Error },
+    #[error("remuxing {path}: {message}")]
+    Remux { path: PathBuf, message: String },
+    #[error("validating {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// Creates the directory if needed and proves it writable.
+pub fn check_dir(dir: &Path, worker: &str) -> Result<(), FileError> {
+    let err = |error| FileError::Dir { dir: dir.to_owned(), error };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let probe = dir.join(format!(".write-test-{worker}"));
+    std::fs::write(&probe, b"ok").map_err(err)?;
+    std::fs::remove_file(&probe).map_err(err)?;
+    Ok(())
+}
+
+/// Removes temporary files a killed attempt at `recording` left in `dir`; returns how many.
+pub fn remove_leftovers(dir: &Path, recording: &str) -> usize {
+    let spool_prefix = format!(".{recording}.");
+    let part_suffix = format!(".{recording}.part");
+    let mut removed = 0;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if (name.starts_with(&spool_prefix) || name.ends_with(&part_suffix))
+                && std::fs::remove_file(e.path()).is_ok()
+            {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
+/// MPEG-TS fragments of one part, appended as they are fetched. TS stays readable however it is
+/// cut short.
+pub struct Spool {
+    pub path: PathBuf,
+    file: File,
+    pub first_ms: i64,
+    pub last_start_ms: i64,
+    pub end_ms: i64,
+    pub fragments: usize,
+}
+
+impl Spool {
+    pub fn create(dir: &Path, recording: &str, part: u32, first_ms: i64) -> Result<Self, FileError> {
+        let path = dir.join(format!(".{recording}.p{part}.ts.part"));
+        let file = File::create(&path).map_err(|error| FileError::Write { path: path.clone(), error })?;
+        Ok(Self { path, file, first_ms, last_start_ms: first_ms, end_ms: first_ms, fragments: 0 })
+    }
+
+    pub fn append(&mut self, data: &[u8], start_ms: i64, end_ms: i64) -> Result<(), FileError> {
+        self.file.write_all(data).map_err(|error| FileError::Write { path: self.path.clone(), error })?;
+        self.last_start_ms = start_ms;
+        self.end_ms = end_ms;
+        self.fragments += 1;
+        Ok(())
+    }
+
+    pub fn duration_ms(&self) -> i64 {
+        self.end_ms - self.first_ms
+    }
+}
+
+/// What ffprobe found in a finished file.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub codec: String,
+    pub width: u32,
+    pub height: u32,
+    pub duration_secs: f64,
+    pub title: Option<String>,
+}
+
+impl Probe {
+    pub fn summary(&self) -> String {
+        format!("ok: {} {}x{}, {:.1} s", self.codec, self.width, self.height, self.duration_secs)
+    }
+}
+
+/// ffprobe's view of a file's first video stream and duration.
+pub fn probe(path: &Path) -> Result<Probe, String> {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0"])
+        .args(["-show_entries", "stream=codec_name,width,height:format=duration:format_tags=title", "-of", "json"])
+        .arg(path)
+        .output()
+        .map_err(|e| format!("cannot run ffprobe: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("ffprobe: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("ffprobe output: {e}"))?;
+    let s = v["streams"].get(0).ok_or("no video stream")?;
+    Ok(Probe {
+        codec: s["codec_name"].as_str().unwrap_or("?").to_string(),
+        width: s["width"].as_u64().unwrap_or(0) as u32,
+        height: s["height"].as_u64().unwrap_or(0) as u32,
+        duration_secs: v["format"]["duration"].as_str().and_then(|d| d.parse().ok()).unwrap_or(0.0),
+        title: v["format"]["tags"]["title"].as_str().map(String::from),
+    })
+}
+
+/// True when the file has an audio stream with a sample rate (a real one).
+fn has_audio(path: &Path) -> bool {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "a", "-show_entries", "stream=sample_rate", "-of", "csv=p=0"])
+        .arg(path)
+        .output();
+    out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim().parse::<u32>().is_ok_and(|r| r > 0)))
+}
+
+/// The final file name: the seed's `Channel<id>_<YYYY-MM-DD_HH-MM-SS>.<ext>`, with `_2`, `_3`,
+/// ... when another recording already owns that name (a retry of the same recording reuses it).
+pub fn final_path(dir: &Path, channel: u32, stamp: &str, ext: &str, recording: &str) -> PathBuf {
+    for n in 1.. {
+        let name = if n == 1 {
+            format!("Channel{channel}_{stamp}.{ext}")
+        } else {
+            format!("Channel{channel}_{stamp}_{n}.{ext}")
+        };
+        let path = dir.join(name);
+        let owned_by_other = path.exists() && probe(&path).ok().and_then(|p| p.title).as_deref() != Some(recording);
+        if !owned_by_other {
+            return path;
+        }
+    }
+    unreachable!("some suffix is free")
+}
+
+/// Remuxes the spool into `final_path` with stream copy (no encoder in the pipeline), checks
+/// the result with ffprobe (video present, duration close to what was spooled), fsyncs it and
+/// only then gives it its final name.
+pub fn finish(spool: Spool, final_path: &Path, container: Container, recording: &str) -> Result<Probe, FileError> {
+    let expected = spool.duration_ms() as f64 / 1000.0;
+    let spool_path = spool.path.clone();
+    drop(spool);
+    let name = final_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let part = final_path.with_file_name(format!(".{name}.{recording}.part"));
+    let mut cmd = ffmpeg::command();
+    cmd.args(["-nostats", "-y", "-f", "mpegts"]).input(&spool_path).args(["-map", "0:v"]);
+    // nginx-rtmp's HLS declares an audio track even for cameras without audio; copying that
+    // empty track fails, so audio is mapped only when it has real parameters.
+    if has_audio(&spool_path) {
+        cmd.args(["-map", "0:a"]);
+    }
+    cmd.args(["-c", "copy", "-metadata", &format!("title={recording}")]);
+    match container {
+        Container::Mkv => cmd.args(["-f", "matroska"]),
+        // Fragmented while written: a file cut short stays readable.
+        Container::Mp4 => cmd.args(["-movflags", "+frag_keyframe+empty_moov+default_base_moof", "-f", "mp4"]),
+    };
+    cmd.output(&part);
+    let remux_err = |message: String| FileError::Remux { path: final_path.to_owned(), message };
+    let mut p = FfmpegProcess::spawn(format!("remux {name}"), cmd, false).map_err(|e| remux_err(e.to_string()))?;
+    if let Err(e) = p.wait() {
+        let _ = std::fs::remove_file(&part);
+        return Err(remux_err(e.to_string()));
+    }
+    let invalid = |message: String| FileError::Invalid { path: final_path.to_owned(), message };
+    let probed = match probe(&part) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = std::fs::remove_file(&part);
+            return Err(invalid(e));
+        }
+    };
+    if probed.width == 0 || (probed.duration_secs - expected).abs() > 2.0_f64.max(expected * 0.1) {
+        let _ = std::fs::remove_file(&part);
+        return Err(invalid(format!(
+            "duration {:.1} s, expected {expected:.1} s ({})",
+            probed.duration_secs,
+            probed.summary()
+        )));
+    }
+    let write_err = |error| FileError::Write { path: final_path.to_owned(), error };
+    File::open(&part).and_then(|f| f.sync_all()).map_err(write_err)?;
+    std::fs::rename(&part, final_path).map_err(write_err)?;
+    if let Some(dir) = final_path.parent() {
+        let _ = File::open(dir).and_then(|d| d.sync_all());
+    }
+    let _ = std::fs::remove_file(&spool_path);
+    Ok(probed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leftovers_of_one_recording_only_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            ".ch1-abc.p1.ts.part",
+            ".Channel1_2026-01-01_00-00-00.mkv.ch1-abc.part",
+            ".ch1-xyz.p1.ts.part",
+            "Channel1_x.mkv",
+        ] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        assert_eq!(remove_leftovers(dir.path(), "ch1-abc"), 2);
+        assert!(dir.path().join(".ch1-xyz.p1.ts.part").exists() && dir.path().join("Channel1_x.mkv").exists());
+    }
+
+    #[test]
+    fn unwritable_dir_is_named() {
+        let err = check_dir(Path::new("/proc/cctv-no-such-dir"), "w").unwrap_err().to_string();
+        assert!(err.contains("/proc/cctv-no-such-dir") && err.contains("record.backup_dir"), "{err}");
+    }
+}

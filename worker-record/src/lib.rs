@@ -1,0 +1,434 @@
+//! worker-record: claims record jobs and writes stream-copy backups from nginx-rtmp's HLS
+//! buffer, with pre-roll (the buffer already holds the seconds before the trigger) and
+//! post-roll (the scheduler sets the recording's end at last activity + post-roll).
+//!
+//! Stateless: everything a recording needs is in its job and in `<ns>:record:rec:<id>` (its end,
+//! the parts already finished), so a retry on any machine continues where a killed attempt
+//! stopped, and the video comes over HTTP from wherever nginx-rtmp runs.
+
+pub mod files;
+pub mod hls;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cctv_common::catlog::CategoryLog;
+use cctv_common::config::{Config, RecordConfig};
+use cctv_common::events::{now_ms, BackupEvent, BackupEventKind};
+use cctv_common::heartbeat;
+use cctv_common::jobs::{JobError, RecordJob};
+use cctv_common::keys::Keys;
+use cctv_common::queue::{self, JobMeta, Queue};
+use cctv_common::shutdown::CancellationToken;
+use redis::aio::ConnectionManager;
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+
+use files::Spool;
+use hls::{Fragment, HlsClient, HlsError};
+
+/// Backup events kept on the stream (approximate trim).
+const EVENTS_MAXLEN: usize = 100_000;
+/// A recording's lease: one writer at a time, free again this long after a writer died.
+const LEASE_TTL_MS: u64 = 10_000;
+/// Playlist poll period.
+const POLL_EVERY: Duration = Duration::from_millis(500);
+
+/// A finished part, recorded in the recording's hash so retries skip it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PartDone {
+    pub part: u32,
+    pub file: String,
+    pub first_ms: i64,
+    /// Start of the last fragment in the file: a retry continues after it.
+    pub last_fragment_ms: i64,
+    pub end_ms: i64,
+}
+
+#[derive(Clone)]
+struct Ctx {
+    conn: ConnectionManager,
+    keys: Keys,
+    worker: String,
+    record: RecordConfig,
+    tz: jiff::tz::TimeZone,
+    hls: HlsClient,
+    log: Arc<CategoryLog>,
+    held: heartbeat::Held,
+    shutdown: CancellationToken,
+}
+
+/// Runs a record worker until `shutdown` is cancelled. An unusable backup directory is reported
+/// (backup log, `<ns>:status:backup`) but is not fatal: jobs wait for it while the HLS buffer
+/// still holds their video.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let keys = Keys::new(&config.cluster.namespace);
+    let conn = queue::connect(&config.cluster, &config.queue).await?;
+    let worker = cctv_common::worker_name("record");
+    let tz =
+        cctv_common::timefmt::zone(&config.record.timezone).map_err(|e| anyhow::anyhow!("record.timezone: {e}"))?;
+    let ctx = Ctx {
+        conn: conn.clone(),
+        keys: keys.clone(),
+        worker: worker.clone(),
+        record: config.record.clone(),
+        tz,
+        hls: HlsClient::default(),
+        log: Arc::new(CategoryLog::open(&config.logs.dir, "backup")?),
+        held: heartbeat::Held::default(),
+        shutdown: shutdown.clone(),
+    };
+    check_backup_dir(&ctx).await;
+    tracing::info!(worker = %worker, dir = %config.record.backup_dir.display(), concurrency = config.record.concurrency,
+        "record worker started");
+    let hb = tokio::spawn(heartbeat::run(conn.clone(), keys.clone(), worker.clone(), "record", ctx.held.clone()));
+    let q: Queue<RecordJob> = Queue::new(conn, &keys, &config.queue).with_poll_interval(Duration::from_millis(200));
+    let handler_ctx = ctx.clone();
+    let result = q
+        .run_worker(worker.clone(), config.record.concurrency, shutdown, move |job, meta| {
+            record(handler_ctx.clone(), job, meta)
+        })
+        .await;
+    hb.abort();
+    heartbeat::remove(&mut ctx.conn.clone(), &keys, &worker).await;
+    let _: Result<(), _> = ctx.conn.clone().hdel(keys.backup_status(), &worker).await;
+    tracing::info!(worker = %worker, "record worker stopped");
+    Ok(result?)
+}
+
+/// Checks the backup directory and publishes its state; returns the error message if unusable.
+async fn check_backup_dir(ctx: &Ctx) -> Option<String> {
+    let dir = ctx.record.backup_dir.clone();
+    let worker = ctx.worker.clone();
+    let result = tokio::task::spawn_blocking(move || files::check_dir(&dir, &worker))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    let status = serde_json::json!({
+        "worker": ctx.worker, "host": cctv_common::host_name(), "backup_dir": ctx.record.backup_dir,
+        "ok": result.is_ok(), "error": result.as_ref().err(), "updated_ms": now_ms(),
+    });
+    let r: redis::RedisResult<()> =
+        ctx.conn.clone().hset(ctx.keys.backup_status(), &ctx.worker, status.to_string()).await;
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "cannot publish backup status");
+    }
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "backup directory unusable");
+    }
+    result.err()
+}
+
+async fn publish(ctx: &Ctx, event: &BackupEvent) {
+    let json = match serde_json::to_string(event) {
+        Ok(j) => j,
+        Err(e) => return tracing::error!(error = %e, "cannot encode backup event"),
+    };
+    let r: redis::RedisResult<String> = ctx
+        .conn
+        .clone()
+        .xadd_maxlen(
+            ctx.keys.backup_events(),
+            redis::streams::StreamMaxlen::Approx(EVENTS_MAXLEN),
+            "*",
+            &[("data", &json)],
+        )
+        .await;
+    if let Err(e) = r {
+        tracing::error!(error = %e, "cannot publish backup event (kept in the backup log)");
+    }
+    ctx.log.append(&json);
+}
+
+fn error_event(ctx: &Ctx, job: &RecordJob, meta: &JobMeta, part: u32, error: String) -> BackupEvent {
+    BackupEvent {
+        kind: BackupEventKind::Error,
+        channel: job.channel,
+        recording: job.recording.clone(),
+        file: None,
+        part,
+        start_ms: job.start_ms,
+        end_ms: 0,
+        duration_secs: 0.0,
+        size_bytes: 0,
+        trigger: Some(job.trigger.clone()),
+        events: vec![],
+        pre_roll_ms: None,
+        validation: None,
+        error: Some(error),
+        worker: ctx.worker.clone(),
+        job: meta.job_id.clone(),
+        ts_ms: now_ms(),
+    }
+}
+
+async fn lease(ctx: &Ctx, recording: &str) -> Result<bool, JobError> {
+    let script = redis::Script::new(
+        r#"local v = redis.call('GET', KEYS[1])
+           if (not v) or v == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
+           return 0"#,
+    );
+    let got: i32 = script
+        .key(ctx.keys.record_lease(recording))
+        .arg(&ctx.worker)
+        .arg(LEASE_TTL_MS)
+        .invoke_async(&mut ctx.conn.clone())
+        .await
+        .map_err(|e| JobError::Transient(format!("recording {recording}: lease: {e}")))?;
+    Ok(got == 1)
+}
+
+async fn release(ctx: &Ctx, recording: &str) {
+    let script = redis::Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+    );
+    let _: redis::RedisResult<i32> =
+        script.key(ctx.keys.record_lease(recording)).arg(&ctx.worker).invoke_async(&mut ctx.conn.clone()).await;
+}
+
+async fn record(ctx: Ctx, job: RecordJob, meta: JobMeta) -> Result<(), JobError> {
+    let span = tracing::info_span!("recording", channel = job.channel, recording = %job.recording, job = %meta.job_id);
+    let rid = job.recording.clone();
+    let inner = async {
+        if !lease(&ctx, &rid).await? {
+            return Err(JobError::Transient(format!("recording {rid} is being written by another worker")));
+        }
+        ctx.held.lock().unwrap_or_else(|e| e.into_inner()).push(format!("ch{}:{rid}", job.channel));
+        let result = Recorder::new(&ctx, &job, &meta).run().await;
+        ctx.held.lock().unwrap_or_else(|e| e.into_inner()).retain(|r| !r.ends_with(&rid));
+        release(&ctx, &rid).await;
+        result
+    };
+    tracing::Instrument::instrument(inner, span).await
+}
+
+/// One attempt at one recording.
+struct Recorder<'a> {
+    ctx: &'a Ctx,
+    job: &'a RecordJob,
+    meta: &'a JobMeta,
+    dir: PathBuf,
+    parts: Vec<PartDone>,
+    spool: Option<Spool>,
+    /// Start of the last fragment taken (spooled or in a finished part).
+    last_taken_ms: Option<i64>,
+    /// End of the video taken so far.
+    taken_end_ms: i64,
+    events: Vec<String>,
+}
+
+impl<'a> Recorder<'a> {
+    fn new(ctx: &'a Ctx, job: &'a RecordJob, meta: &'a JobMeta) -> Self {
+        Self {
+            ctx,
+            job,
+            meta,
+            dir: ctx.record.backup_dir.clone(),
+            parts: Vec::new(),
+            spool: None,
+            last_taken_ms: None,
+            taken_end_ms: 0,
+            events: Vec::new(),
+        }
+    }
+
+    fn transient(&self, what: impl std::fmt::Display) -> JobError {
+        JobError::Transient(format!("channel {} recording {}: {what}", self.job.channel, self.job.recording))
+    }
+
+    async fn fail(&self, message: String) -> JobError {
+        let part = self.parts.len() as u32 + 1;
+        publish(self.ctx, &error_event(self.ctx, self.job, self.meta, part, message.clone())).await;
+        self.transient(message)
+    }
+
+    async fn run(mut self) -> Result<(), JobError> {
+        if let Some(e) = check_backup_dir(self.ctx).await {
+            return Err(self.fail(e).await);
+        }
+        let key = self.ctx.keys.recording(&self.job.recording);
+        let mut conn = self.ctx.conn.clone();
+        let rec: HashMap<String, String> = conn.hgetall(&key).await.map_err(|e| self.transient(e))?;
+        if rec.is_empty() {
+            return Err(JobError::Permanent(format!("recording {} is unknown (expired?)", self.job.recording)));
+        }
+        self.parts = rec.get("parts").and_then(|p| serde_json::from_str(p).ok()).unwrap_or_default();
+        if let Some(last) = self.parts.last() {
+            self.last_taken_ms = Some(last.last_fragment_ms);
+            self.taken_end_ms = last.end_ms;
+            tracing::info!(parts_done = self.parts.len(), "resuming after the finished parts");
+        }
+        let (dir, rid) = (self.dir.clone(), self.job.recording.clone());
+        let removed = tokio::task::spawn_blocking(move || files::remove_leftovers(&dir, &rid)).await.unwrap_or(0);
+        if removed > 0 {
+            tracing::info!(removed, "removed temporary files of an interrupted attempt");
+        }
+
+        let stall = Duration::from_secs_f64(self.ctx.record.stall_timeout_secs);
+        let mut last_progress = Instant::now();
+        let mut last_lease = Instant::now();
+        loop {
+            if self.ctx.shutdown.is_cancelled() {
+                // Keep what is spooled as a finished part; another worker continues after it.
+                self.finish_part().await?;
+                return Err(self.transient("worker shutting down; the rest is handed to another worker"));
+            }
+            if last_lease.elapsed() >= Duration::from_secs(2) {
+                if !lease(self.ctx, &self.job.recording).await? {
+                    return Err(self.transient("lease lost (presumed dead); another worker took over"));
+                }
+                last_lease = Instant::now();
+            }
+            match self.take_new_fragments().await {
+                Ok(n) if n > 0 => last_progress = Instant::now(),
+                Ok(_) => {}
+                Err(HlsError::NotFound { url }) => tracing::debug!(url = %url, "playlist not found (yet)"),
+                Err(e) => tracing::warn!(error = %e, "HLS buffer unavailable; will retry"),
+            }
+            let end: Option<i64> = conn.hget(&key, "end_ms").await.map_err(|e| self.transient(e))?;
+            let end = end.unwrap_or(0);
+            if end > 0 && self.taken_end_ms >= end {
+                self.finish_part().await?;
+                tracing::info!(parts = self.parts.len(), "recording complete");
+                return Ok(());
+            }
+            if last_progress.elapsed() > stall {
+                self.finish_part().await?;
+                let msg = format!("no new video for {} s; recording closed with what it had", stall.as_secs());
+                publish(self.ctx, &error_event(self.ctx, self.job, self.meta, self.parts.len() as u32 + 1, msg)).await;
+                return Ok(());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(POLL_EVERY) => {}
+                _ = self.ctx.shutdown.cancelled() => {}
+            }
+        }
+    }
+
+    /// Fetches fragments not yet taken that belong to the recording; returns how many.
+    async fn take_new_fragments(&mut self) -> Result<usize, HlsError> {
+        let hls = self.ctx.hls.clone();
+        let url = self.job.playlist_url.clone();
+        let list = tokio::task::spawn_blocking(move || hls.playlist(&url))
+            .await
+            .map_err(|e| HlsError::Http { url: self.job.playlist_url.clone(), message: e.to_string() })??;
+        let wanted: Vec<Fragment> = list
+            .into_iter()
+            .filter(|f| match self.last_taken_ms {
+                Some(last) => f.start_ms > last,
+                None => f.end_ms() > self.job.start_ms,
+            })
+            .collect();
+        let mut taken = 0;
+        for f in wanted {
+            let hls = self.ctx.hls.clone();
+            let frag = f.clone();
+            let data = match tokio::task::spawn_blocking(move || hls.fragment(&frag)).await {
+                Ok(Ok(d)) => d,
+                Ok(Err(HlsError::NotFound { url })) => {
+                    tracing::warn!(url = %url, "fragment rotated out before it was read; gap in the backup");
+                    self.last_taken_ms = Some(f.start_ms);
+                    continue;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(e) => return Err(HlsError::Http { url: f.url.clone(), message: e.to_string() }),
+            };
+            if self.spool.is_none() {
+                let part = self.parts.len() as u32 + 1;
+                if part == 1 && f.start_ms > self.job.start_ms + 500 {
+                    tracing::warn!(
+                        wanted_ms = self.job.start_ms,
+                        first_ms = f.start_ms,
+                        "the buffer no longer holds the whole pre-roll"
+                    );
+                }
+                let (dir, rid) = (self.dir.clone(), self.job.recording.clone());
+                let spool = tokio::task::spawn_blocking(move || Spool::create(&dir, &rid, part, f.start_ms))
+                    .await
+                    .map_err(|e| HlsError::Http { url: f.url.clone(), message: e.to_string() })?;
+                match spool {
+                    Ok(s) => self.spool = Some(s),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot create spool file");
+                        return Ok(taken);
+                    }
+                }
+            }
+            let spool = self.spool.as_mut().expect("spool just created");
+            if let Err(e) = spool.append(&data, f.start_ms, f.end_ms()) {
+                tracing::error!(error = %e, "cannot write spool file");
+                return Ok(taken);
+            }
+            self.last_taken_ms = Some(f.start_ms);
+            self.taken_end_ms = f.end_ms();
+            taken += 1;
+            if spool.duration_ms() as f64 >= self.ctx.record.max_file_seconds * 1000.0 {
+                // Split here: the next fragment opens the next part, so there is no gap.
+                self.finish_part().await.map_err(|e| HlsError::Http { url: f.url.clone(), message: e.to_string() })?;
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Remuxes, validates and publishes the spooled part (if any), and records it as done.
+    async fn finish_part(&mut self) -> Result<(), JobError> {
+        let Some(spool) = self.spool.take() else { return Ok(()) };
+        let part = self.parts.len() as u32 + 1;
+        let (first_ms, last_ms, end_ms) = (spool.first_ms, spool.last_start_ms, spool.end_ms);
+        let stamp = cctv_common::timefmt::file_stamp(first_ms, &self.ctx.tz);
+        let (dir, rid, ext, container) = (
+            self.dir.clone(),
+            self.job.recording.clone(),
+            self.ctx.record.container.extension(),
+            self.ctx.record.container,
+        );
+        let channel = self.job.channel;
+        let result = tokio::task::spawn_blocking(move || {
+            let path = files::final_path(&dir, channel, &stamp, ext, &rid);
+            files::finish(spool, &path, container, &rid).map(|probe| (path, probe))
+        })
+        .await
+        .map_err(|e| self.transient(e))?;
+        let (path, probe) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                // The fragments are still in the buffer: the retry takes this part again.
+                self.last_taken_ms = self.parts.last().map(|p| p.last_fragment_ms);
+                return Err(self.fail(e.to_string()).await);
+            }
+        };
+        let done = PartDone { part, file: path.display().to_string(), first_ms, last_fragment_ms: last_ms, end_ms };
+        self.parts.push(done);
+        let key = self.ctx.keys.recording(&self.job.recording);
+        let mut conn = self.ctx.conn.clone();
+        let parts_json = serde_json::to_string(&self.parts).unwrap_or_default();
+        let _: redis::RedisResult<()> = conn.hset(&key, "parts", parts_json).await;
+        let events: Option<String> = conn.hget(&key, "events").await.unwrap_or(None);
+        self.events = events.and_then(|e| serde_json::from_str(&e).ok()).unwrap_or_default();
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let event = BackupEvent {
+            kind: BackupEventKind::File,
+            channel: self.job.channel,
+            recording: self.job.recording.clone(),
+            file: Some(path.display().to_string()),
+            part,
+            start_ms: first_ms,
+            end_ms,
+            duration_secs: probe.duration_secs,
+            size_bytes: size,
+            trigger: Some(self.job.trigger.clone()),
+            events: self.events.clone(),
+            pre_roll_ms: (part == 1).then_some(self.job.trigger.ts_ms - first_ms),
+            validation: Some(probe.summary()),
+            error: None,
+            worker: self.ctx.worker.clone(),
+            job: self.meta.job_id.clone(),
+            ts_ms: now_ms(),
+        };
+        tracing::info!(file = %path.display(), part, duration_s = probe.duration_secs, size, "backup written");
+        publish(self.ctx, &event).await;
+        Ok(())
+    }
+}

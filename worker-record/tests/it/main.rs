@@ -1,0 +1,14 @@
+//! Integration tests of selective backups on real servers (redis-server, nginx-rtmp with its
+//! HLS buffer, ffmpeg), each on random loopback ports with its own temp dir.
+
+/// Exactly one playable, stream-copied backup with pre- and post-roll (issue 4, test 1);
+/// 8 channels at once (test 3).
+mod backup;
+/// kill -9 of the record worker mid-event (issue 4, test 4).
+mod crash;
+/// Unusable backup directory: reported, then nothing lost once fixed (issue 4, test 5).
+mod dir;
+/// `objects` / `off` policies (issue 4, test 2).
+mod policy;
+/// Shared helpers.
+mod util;
