@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-command local cluster on real footage: redis-server, nginx-rtmp, simulated cameras (ffmpeg
 # looping ../shared/media clips into nginx-rtmp, standing in for the RTSP relays), the scheduler
-# two motion workers and a YOLO worker (priority channels: 1, 5, 9, ...). Ctrl-C stops everything; nothing is left running.
+# two motion workers, a YOLO worker (priority channels: 1, 5, 9, ...) and a record worker
+# (backups on motion; on people/vehicles for priority channels). Ctrl-C stops everything; nothing is left running.
 #
 #   deploy/local-cluster.sh            # 8 cameras
 #   CHANNELS=16 deploy/local-cluster.sh
@@ -13,6 +14,7 @@ ROOT=$(pwd)
 CHANNELS=${CHANNELS:-8}
 REDIS_PORT=${REDIS_PORT:-6390}
 RTMP_PORT=${RTMP_PORT:-19350}
+HTTP_PORT=${HTTP_PORT:-18080}
 SHARED=${CCTV_SHARED_DIR:-$ROOT/../shared}
 STATE=$ROOT/.local
 MODULE=/usr/lib/nginx/modules/ngx_rtmp_module.so
@@ -20,12 +22,12 @@ MODULE=/usr/lib/nginx/modules/ngx_rtmp_module.so
 deploy/install-deps.sh
 [ -d "$SHARED/media" ] || { echo "error: footage not found in $SHARED/media (set CCTV_SHARED_DIR)" >&2; exit 1; }
 echo "building (release)..."
-cargo build --release --locked -q -p scheduler -p worker-motion -p worker-yolo
+cargo build --release --locked -q -p scheduler -p worker-motion -p worker-yolo -p worker-record
 export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$ROOT/.ort/libonnxruntime.so.1.32.0}
 [ -f "$SHARED/models/yolov5n.onnx" ] || { echo "error: model not found: $SHARED/models/yolov5n.onnx (see README)" >&2; exit 1; }
 BIN=$ROOT/target/release
 
-mkdir -p "$STATE"/{clips,logs,redis,nginx}
+mkdir -p "$STATE"/{clips,logs,redis,nginx,backups,hls}
 infra_pids=()  # redis, nginx, cameras
 app_pids=()    # scheduler, workers
 stop_group() { # pids...: SIGTERM, up to 10 s to finish, then SIGKILL
@@ -79,6 +81,9 @@ namespace = "local"
 [rtmp]
 publish_url = "rtmp://127.0.0.1:$RTMP_PORT/live"
 play_url = "rtmp://127.0.0.1:$RTMP_PORT/live"
+hls_url = "http://127.0.0.1:$HTTP_PORT/hls"
+[record]
+backup_dir = "$STATE/backups"
 [yolo]
 model = "$SHARED/models/yolov5n.onnx"
 snapshot_dir = "$STATE/snapshots"
@@ -87,37 +92,20 @@ dir = "$STATE/logs"
 TOML
 for i in $(seq 1 "$CHANNELS"); do
     c=${CLIPS[$(( (i - 1) % ${#CLIPS[@]} ))]}
-    prio=false; [ $((i % 4)) -eq 1 ] && prio=true
-    printf '\n[[channel]]\nid = %d\nname = "Camera %d (%s)"\nsource = "file://%s/clips/%s.mp4"\npriority = %s\n' \
-        "$i" "$i" "$c" "$STATE" "$c" "$prio" >> "$STATE/cctv.toml"
+    # Priority channels back up only when YOLO sees a person or vehicle; the others on motion.
+    prio=false; rec=motion; [ $((i % 4)) -eq 1 ] && { prio=true; rec=objects; }
+    printf '\n[[channel]]\nid = %d\nname = "Camera %d (%s)"\nsource = "file://%s/clips/%s.mp4"\npriority = %s\nrecord = "%s"\n' \
+        "$i" "$i" "$c" "$STATE" "$c" "$prio" "$rec" >> "$STATE/cctv.toml"
 done
 "$BIN/scheduler" --config "$STATE/cctv.toml" check-config
 
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$STATE/redis" --save "" --appendonly no --daemonize no \
     > "$STATE/logs/redis.log" 2>&1 &
 infra_pids+=($!)
-cat > "$STATE/nginx/nginx.conf" <<NGINX
-load_module $MODULE;
-master_process off;
-daemon off;
-error_log $STATE/logs/nginx-error.log warn;
-pid $STATE/nginx/nginx.pid;
-events { worker_connections 1024; }
-rtmp {
-    server {
-        listen 127.0.0.1:$RTMP_PORT;
-        application live {
-            live on;
-            record off;
-            idle_streams off;
-            allow publish 127.0.0.1;
-            deny publish all;
-            allow play all;
-        }
-    }
-}
-NGINX
-nginx -p "$STATE/nginx" -c "$STATE/nginx/nginx.conf" -e stderr 2>>"$STATE/logs/nginx-error.log" &
+# nginx-rtmp config from the generator: RTMP app, HLS rolling buffer (pre-roll), HTTP for it.
+"$BIN/scheduler" nginx-config --rtmp-listen "127.0.0.1:$RTMP_PORT" --http-listen "127.0.0.1:$HTTP_PORT" \
+    --hls-dir "$STATE/hls" --work-dir "$STATE/nginx" > "$STATE/nginx/nginx.conf"
+nginx -p "$STATE/nginx" -c "$STATE/nginx/nginx.conf" -e stderr 2>>"$STATE/logs/nginx.log" &
 infra_pids+=($!)
 for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$RTMP_PORT) 2>/dev/null && break; sleep 0.1; done
 
@@ -137,17 +125,22 @@ for w in 1 2; do
 done
 "$BIN/worker-yolo" run 2>>"$STATE/logs/worker-yolo.log" &
 app_pids+=($!)
+"$BIN/worker-record" run 2>>"$STATE/logs/worker-record.log" &
+app_pids+=($!)
 
 cat <<MSG
 
 Local cluster running: $CHANNELS cameras -> nginx-rtmp (rtmp://127.0.0.1:$RTMP_PORT/live/ch<N>)
-  -> scheduler -> 2 motion workers + 1 YOLO worker -> redis (127.0.0.1:$REDIS_PORT, namespace "local").
+  -> scheduler -> 2 motion workers + 1 YOLO worker + 1 record worker -> redis (127.0.0.1:$REDIS_PORT, namespace "local").
+  HLS buffer: http://127.0.0.1:$HTTP_PORT/hls/ch<N>/index.m3u8   nginx-rtmp stats: http://127.0.0.1:$HTTP_PORT/stat
 
   Watch motion events:   $BIN/cctv --config $STATE/cctv.toml events tail
   Watch object events:   $BIN/cctv --config $STATE/cctv.toml events tail --category objects
   Motion vs objects:     $BIN/cctv --config $STATE/cctv.toml compare --since 10m
   Cluster status:        $BIN/cctv --config $STATE/cctv.toml status
   Logs (motion, objects): $STATE/logs/motion.jsonl, $STATE/logs/objects.jsonl
+  Watch backups:         $BIN/cctv --config $STATE/cctv.toml events tail --category backup
+  Backups (stream copy): $STATE/backups/
   Annotated snapshots:   $STATE/snapshots/
   Process logs:          $STATE/logs/
 

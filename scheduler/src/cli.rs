@@ -4,7 +4,7 @@ use std::io::Write;
 
 use anyhow::Context;
 use cctv_common::config::Config;
-use cctv_common::events::{decode_entry, ChannelStatus, MotionEvent, ObjectEvent, WorkerHeartbeat};
+use cctv_common::events::{decode_entry, BackupEvent, ChannelStatus, MotionEvent, ObjectEvent, WorkerHeartbeat};
 use cctv_common::jobs::{MotionJob, YoloJob};
 use cctv_common::keys::Keys;
 use cctv_common::queue::{self, Queue};
@@ -47,7 +47,7 @@ pub enum EventsCommand {
     /// Print events as they arrive (Ctrl-C to stop).
     Tail {
         /// Event category.
-        #[arg(long, default_value = "motion", value_parser = ["motion", "objects"])]
+        #[arg(long, default_value = "motion", value_parser = ["motion", "objects", "backup"])]
         category: String,
         /// Only this channel.
         #[arg(long)]
@@ -76,6 +76,7 @@ pub async fn run(config_path: &std::path::Path, command: Command) -> anyhow::Res
         Command::CheckConfig => unreachable!("handled above"),
         Command::Events(EventsCommand::Tail { category, channel, last, count, json }) => match category.as_str() {
             "objects" => tail::<ObjectEvent>(&mut conn, keys.object_events(), channel, last, count, json).await,
+            "backup" => tail::<BackupEvent>(&mut conn, keys.backup_events(), channel, last, count, json).await,
             _ => tail::<MotionEvent>(&mut conn, keys.motion_events(), channel, last, count, json).await,
         },
         Command::Compare { channels, since, until, json } => {
@@ -131,6 +132,44 @@ impl Tailed for ObjectEvent {
             self.latency_ms,
             self.batch_size,
             &self.motion_event[..8.min(self.motion_event.len())]
+        )
+    }
+}
+
+impl Tailed for BackupEvent {
+    fn channel(&self) -> u32 {
+        self.channel
+    }
+    fn line(&self) -> String {
+        let what = match self.kind {
+            cctv_common::events::BackupEventKind::File => format!(
+                "file {} ({:.1} s, {:.1} MB, part {}{})",
+                self.file.as_deref().unwrap_or("?"),
+                self.duration_secs,
+                self.size_bytes as f64 / 1e6,
+                self.part,
+                self.pre_roll_ms.map(|p| format!(", pre-roll {:.1} s", p as f64 / 1000.0)).unwrap_or_default()
+            ),
+            cctv_common::events::BackupEventKind::Error => format!("ERROR {}", self.error.as_deref().unwrap_or("?")),
+            cctv_common::events::BackupEventKind::Deleted => {
+                format!("deleted {} ({})", self.file.as_deref().unwrap_or("?"), self.error.as_deref().unwrap_or(""))
+            }
+        };
+        let trigger = self
+            .trigger
+            .as_ref()
+            .map(|t| {
+                format!("{:?}{}", t.kind, if t.labels.is_empty() { String::new() } else { format!(" {:?}", t.labels) })
+            })
+            .unwrap_or_default()
+            .to_lowercase();
+        format!(
+            "{}  ch{:<4} backup   {}  trigger {}  recording {}",
+            format_ms(self.ts_ms),
+            self.channel,
+            what,
+            trigger,
+            self.recording
         )
     }
 }
@@ -241,12 +280,19 @@ async fn status(config: &Config, mut conn: ConnectionManager, keys: &Keys, json:
     let mut yq: Queue<YoloJob> = Queue::new(conn.clone(), keys, &config.queue);
     let yolo_waiting = yq.waiting().await?;
     let yolo_stats: std::collections::BTreeMap<String, i64> = conn.hgetall(keys.yolo_stats()).await?;
+    let mut rq: Queue<cctv_common::jobs::RecordJob> = Queue::new(conn.clone(), keys, &config.queue);
+    let record_waiting = rq.waiting().await?;
+    let backup_status: std::collections::BTreeMap<String, String> = conn.hgetall(keys.backup_status()).await?;
+    let backup_status: Vec<serde_json::Value> =
+        backup_status.values().filter_map(|v| serde_json::from_str(v).ok()).collect();
     if json {
         let v = serde_json::json!({
             "plan": plan_hash, "batches": holders,
             "channels": channels.iter().map(|(id, name, s)| serde_json::json!({"id": id, "name": name, "status": s})).collect::<Vec<_>>(),
             "workers": workers,
-            "queues": {"motion": {"waiting": waiting}, "yolo": {"waiting": yolo_waiting, "stats": yolo_stats}},
+            "queues": {"motion": {"waiting": waiting}, "yolo": {"waiting": yolo_waiting, "stats": yolo_stats},
+                       "record": {"waiting": record_waiting}},
+            "backup_dirs": backup_status,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -262,6 +308,15 @@ async fn status(config: &Config, mut conn: ConnectionManager, keys: &Keys, json:
         stat("dropped_full"),
         stat("failed")
     );
+    println!("record queue: {record_waiting} waiting");
+    for b in &backup_status {
+        println!(
+            "backup dir {} on {}: {}",
+            b["backup_dir"].as_str().unwrap_or("?"),
+            b["worker"].as_str().unwrap_or("?"),
+            if b["ok"] == true { "ok".to_string() } else { format!("ERROR {}", b["error"].as_str().unwrap_or("")) }
+        );
+    }
     println!("\nBATCH  HELD BY                                   CHANNELS");
     for h in &holders {
         println!(
