@@ -35,6 +35,8 @@ pub struct Config {
     #[serde(default)]
     pub record: RecordConfig,
     #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
     pub logs: LogsConfig,
     #[serde(default, rename = "channel")]
     pub channels: Vec<ChannelConfig>,
@@ -318,6 +320,26 @@ impl Default for RecordConfig {
     }
 }
 
+/// Disk monitoring and rotation of the backup volume (done by every record worker).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Rotation starts when the volume is fuller than this, percent. Default 90.
+    pub high_watermark: f64,
+    /// Rotation deletes the oldest backups until the volume is below this, percent. Default 85.
+    pub low_watermark: f64,
+    /// Rotation also starts when free space lasts less than this at the current write rate. Default 1.
+    pub min_free_hours: f64,
+    /// Measurement period, seconds. Default 5.
+    pub interval_secs: f64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self { high_watermark: 90.0, low_watermark: 85.0, min_free_hours: 1.0, interval_secs: 5.0 }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogsConfig {
@@ -551,6 +573,17 @@ impl Config {
         if let Err(e) = crate::timefmt::zone(&r.timezone) {
             p.add("record.timezone", e);
         }
+        let st = &self.storage;
+        range(&mut p, "storage.high_watermark", st.high_watermark, 1.0, 99.9);
+        range(&mut p, "storage.low_watermark", st.low_watermark, 0.0, 99.0);
+        if st.low_watermark >= st.high_watermark {
+            p.add(
+                "storage.low_watermark",
+                format!("{} must be below storage.high_watermark ({})", st.low_watermark, st.high_watermark),
+            );
+        }
+        range(&mut p, "storage.min_free_hours", st.min_free_hours, 0.0, 1000.0);
+        range(&mut p, "storage.interval_secs", st.interval_secs, 0.2, 3600.0);
         check_url(&mut p, "rtmp.hls_url", &self.rtmp.hls_url, &["http", "https"]);
         if self.logs.dir.as_os_str().is_empty() {
             p.add("logs.dir", "must not be empty".into());

@@ -176,3 +176,28 @@ pub struct BackupEvent {
     pub job: String,
     pub ts_ms: i64,
 }
+
+/// `<ns>:storage:<node>`: the disk holding one node's backup directory, refreshed with a TTL.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StorageReport {
+    /// Host and backup directory: one report per volume a worker writes to.
+    pub node: String,
+    pub host: String,
+    pub worker: String,
+    pub backup_dir: String,
+    pub mount_point: String,
+    pub total_bytes: u64,
+    pub used_bytes: u64,
+    pub free_bytes: u64,
+    pub used_percent: f64,
+    /// Bytes of backup files in the directory.
+    pub backup_bytes: u64,
+    pub backup_files: u64,
+    /// Bytes written per second by the recorder, recent average.
+    pub write_rate_bps: f64,
+    /// Free space divided by the write rate; `None` while nothing is written.
+    pub hours_left: Option<f64>,
+    pub high_watermark: f64,
+    pub low_watermark: f64,
+    pub updated_ms: i64,
+}

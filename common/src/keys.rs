@@ -18,6 +18,8 @@
 //! | `<ns>:record:cursor` | hash: last stream id read per result stream | scheduler | scheduler |
 //! | `<ns>:record:lease:<recording>` | string: worker id, TTL | worker-record | worker-record |
 //! | `<ns>:status:backup` | hash: worker → backup directory state JSON | worker-record | CLI, API |
+//! | `<ns>:storage:<node>` | string: `StorageReport` JSON, TTL | worker-record | CLI, API |
+//! | `<ns>:storagelock:<volume>` | string: worker id, TTL (one rotator per volume) | worker-record | worker-record |
 //! | `<ns>:status:channel:<id>` | string: `ChannelStatus` JSON, TTL | worker-motion | CLI |
 //! | `<ns>:scheduler:leader` | string: scheduler id, TTL | scheduler (one active at a time) | scheduler |
 //! | `<ns>:workers:<worker>` | string: `WorkerHeartbeat` JSON, TTL | every worker | CLI |
@@ -80,6 +82,15 @@ impl Keys {
     }
     pub fn backup_status(&self) -> String {
         format!("{}:status:backup", self.ns)
+    }
+    pub fn storage(&self, node: &str) -> String {
+        format!("{}:storage:{node}", self.ns)
+    }
+    pub fn storage_pattern(&self) -> String {
+        format!("{}:storage:*", self.ns)
+    }
+    pub fn storage_lock(&self, volume: &str) -> String {
+        format!("{}:storagelock:{volume}", self.ns)
     }
     pub fn channel_status(&self, channel: u32) -> String {
         format!("{}:status:channel:{channel}", self.ns)

@@ -6,7 +6,7 @@
 //! sharing the directory — removes what a killed attempt left behind before it starts.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -62,17 +62,25 @@ pub struct Spool {
     pub last_start_ms: i64,
     pub end_ms: i64,
     pub fragments: usize,
+    bytes: u64,
 }
 
 impl Spool {
     pub fn create(dir: &Path, recording: &str, part: u32, first_ms: i64) -> Result<Self, FileError> {
         let path = dir.join(format!(".{recording}.p{part}.ts.part"));
         let file = File::create(&path).map_err(|error| FileError::Write { path: path.clone(), error })?;
-        Ok(Self { path, file, first_ms, last_start_ms: first_ms, end_ms: first_ms, fragments: 0 })
+        Ok(Self { path, file, first_ms, last_start_ms: first_ms, end_ms: first_ms, fragments: 0, bytes: 0 })
     }
 
+    /// Appends a whole fragment, or nothing: a failed write (disk full) is cut back so the
+    /// spool always ends on a fragment boundary.
     pub fn append(&mut self, data: &[u8], start_ms: i64, end_ms: i64) -> Result<(), FileError> {
-        self.file.write_all(data).map_err(|error| FileError::Write { path: self.path.clone(), error })?;
+        if let Err(error) = self.file.write_all(data) {
+            let _ = self.file.set_len(self.bytes);
+            let _ = self.file.seek(std::io::SeekFrom::Start(self.bytes));
+            return Err(FileError::Write { path: self.path.clone(), error });
+        }
+        self.bytes += data.len() as u64;
         self.last_start_ms = start_ms;
         self.end_ms = end_ms;
         self.fragments += 1;

@@ -8,6 +8,7 @@
 
 pub mod files;
 pub mod hls;
+pub mod storage;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -58,6 +59,7 @@ struct Ctx {
     log: Arc<CategoryLog>,
     held: heartbeat::Held,
     shutdown: CancellationToken,
+    storage: Arc<storage::Shared>,
 }
 
 /// Runs a record worker until `shutdown` is cancelled. An unusable backup directory is reported
@@ -79,10 +81,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         log: Arc::new(CategoryLog::open(&config.logs.dir, "backup")?),
         held: heartbeat::Held::default(),
         shutdown: shutdown.clone(),
+        storage: Arc::default(),
     };
     check_backup_dir(&ctx).await;
     tracing::info!(worker = %worker, dir = %config.record.backup_dir.display(), concurrency = config.record.concurrency,
         "record worker started");
+    let monitor = storage::Monitor {
+        conn: conn.clone(),
+        keys: keys.clone(),
+        worker: worker.clone(),
+        dir: config.record.backup_dir.clone(),
+        cfg: config.storage.clone(),
+        shared: ctx.storage.clone(),
+        log: ctx.log.clone(),
+    };
+    let monitor = tokio::spawn(monitor.run(shutdown.clone()));
     let hb = tokio::spawn(heartbeat::run(conn.clone(), keys.clone(), worker.clone(), "record", ctx.held.clone()));
     let q: Queue<RecordJob> = Queue::new(conn, &keys, &config.queue).with_poll_interval(Duration::from_millis(200));
     let handler_ctx = ctx.clone();
@@ -92,6 +105,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         })
         .await;
     hb.abort();
+    monitor.abort();
     heartbeat::remove(&mut ctx.conn.clone(), &keys, &worker).await;
     let _: Result<(), _> = ctx.conn.clone().hdel(keys.backup_status(), &worker).await;
     tracing::info!(worker = %worker, "record worker stopped");
@@ -122,24 +136,23 @@ async fn check_backup_dir(ctx: &Ctx) -> Option<String> {
 }
 
 async fn publish(ctx: &Ctx, event: &BackupEvent) {
+    publish_with(&ctx.conn, &ctx.keys, &ctx.log, event).await
+}
+
+/// Puts a backup-category entry on `<ns>:events:backup` and in the backup log.
+pub(crate) async fn publish_with(conn: &ConnectionManager, keys: &Keys, log: &CategoryLog, event: &BackupEvent) {
     let json = match serde_json::to_string(event) {
         Ok(j) => j,
         Err(e) => return tracing::error!(error = %e, "cannot encode backup event"),
     };
-    let r: redis::RedisResult<String> = ctx
-        .conn
+    let r: redis::RedisResult<String> = conn
         .clone()
-        .xadd_maxlen(
-            ctx.keys.backup_events(),
-            redis::streams::StreamMaxlen::Approx(EVENTS_MAXLEN),
-            "*",
-            &[("data", &json)],
-        )
+        .xadd_maxlen(keys.backup_events(), redis::streams::StreamMaxlen::Approx(EVENTS_MAXLEN), "*", &[("data", &json)])
         .await;
     if let Err(e) = r {
         tracing::error!(error = %e, "cannot publish backup event (kept in the backup log)");
     }
-    ctx.log.append(&json);
+    log.append(&json);
 }
 
 fn error_event(ctx: &Ctx, job: &RecordJob, meta: &JobMeta, part: u32, error: String) -> BackupEvent {
@@ -217,6 +230,7 @@ struct Recorder<'a> {
     /// End of the video taken so far.
     taken_end_ms: i64,
     events: Vec<String>,
+    last_write_error: Option<Instant>,
 }
 
 impl<'a> Recorder<'a> {
@@ -231,6 +245,7 @@ impl<'a> Recorder<'a> {
             last_taken_ms: None,
             taken_end_ms: 0,
             events: Vec::new(),
+            last_write_error: None,
         }
     }
 
@@ -358,9 +373,19 @@ impl<'a> Recorder<'a> {
             }
             let spool = self.spool.as_mut().expect("spool just created");
             if let Err(e) = spool.append(&data, f.start_ms, f.end_ms()) {
-                tracing::error!(error = %e, "cannot write spool file");
+                // Typically ENOSPC: the spool was cut back to its last whole fragment; ask for
+                // rotation now and take this fragment again next round (it is still buffered).
+                self.ctx.storage.rotate_now.notify_one();
+                if self.last_write_error.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    self.last_write_error = Some(Instant::now());
+                    let msg = format!("{e}; retrying after rotation");
+                    tracing::error!(error = %msg, "cannot write spool file");
+                    publish(self.ctx, &error_event(self.ctx, self.job, self.meta, self.parts.len() as u32 + 1, msg))
+                        .await;
+                }
                 return Ok(taken);
             }
+            self.ctx.storage.written.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
             self.last_taken_ms = Some(f.start_ms);
             self.taken_end_ms = f.end_ms();
             taken += 1;
@@ -408,6 +433,7 @@ impl<'a> Recorder<'a> {
         let events: Option<String> = conn.hget(&key, "events").await.unwrap_or(None);
         self.events = events.and_then(|e| serde_json::from_str(&e).ok()).unwrap_or_default();
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        self.ctx.storage.written.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
         let event = BackupEvent {
             kind: BackupEventKind::File,
             channel: self.job.channel,

@@ -10,5 +10,7 @@ mod crash;
 mod dir;
 /// `objects` / `off` policies (issue 4, test 2).
 mod policy;
+/// Rotation on a real filling filesystem; ENOSPC (issue 5).
+mod storage;
 /// Shared helpers.
 mod util;

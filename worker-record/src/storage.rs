@@ -1,0 +1,329 @@
+//! The backup volume: measured with `sysinfo` every `storage.interval_secs`, reported to Redis
+//! (`<ns>:storage:<node>`), and rotated — oldest backups deleted — when it passes
+//! `storage.high_watermark` or free space would last less than `storage.min_free_hours` at the
+//! current write rate, down to `storage.low_watermark`.
+//!
+//! Only final backup files (`Channel<id>_....mkv|mp4`, regular files directly in the backup
+//! directory) are ever deleted: never a symlink, never a temporary (`.…part`) file being
+//! written, never anything outside the directory. One rotator per volume at a time (a Redis
+//! lock named after host and mount point).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use cctv_common::config::StorageConfig;
+use cctv_common::events::{now_ms, BackupEvent, BackupEventKind, StorageReport};
+use redis::AsyncCommands;
+use tokio::sync::Notify;
+
+/// What the monitor shares with the recorder.
+#[derive(Default)]
+pub struct Shared {
+    /// Bytes the recorder has written (spools and remuxed files).
+    pub written: AtomicU64,
+    /// Rung by the recorder when a write failed for lack of space.
+    pub rotate_now: Notify,
+}
+
+/// One volume as `sysinfo` sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Volume {
+    pub mount_point: PathBuf,
+    pub total: u64,
+    pub available: u64,
+}
+
+impl Volume {
+    pub fn used_percent(&self) -> f64 {
+        if self.total == 0 {
+            0.0
+        } else {
+            (self.total - self.available.min(self.total)) as f64 * 100.0 / self.total as f64
+        }
+    }
+}
+
+/// The volume holding `dir`: the mounted disk with the longest mount point that contains it.
+pub fn volume_of(dir: &Path) -> Option<Volume> {
+    let dir = std::fs::canonicalize(dir).ok()?;
+    let disks = sysinfo::Disks::new_with_refreshed_list().ok()?;
+    disks.iter().filter(|d| dir.starts_with(d.mount_point())).max_by_key(|d| d.mount_point().as_os_str().len()).map(
+        |d| Volume { mount_point: d.mount_point().to_owned(), total: d.total_space(), available: d.available_space() },
+    )
+}
+
+/// A deletable backup: a regular file directly in the directory, named like a backup.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackupFile {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub modified: SystemTime,
+}
+
+/// Is `name` a finished backup's name (`Channel<digits>_<anything>.mkv|mp4`)?
+pub fn is_backup_name(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("Channel") else { return false };
+    let digits = rest.chars().take_while(char::is_ascii_digit).count();
+    digits > 0
+        && rest[digits..].starts_with('_')
+        && (name.ends_with(".mkv") || name.ends_with(".mp4"))
+        && !name.contains('/')
+}
+
+/// The backups in `dir`, oldest first. Symlinks and anything not named like a backup are left out.
+pub fn backup_files(dir: &Path) -> Vec<BackupFile> {
+    let mut files: Vec<BackupFile> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| is_backup_name(&e.file_name().to_string_lossy()))
+                .filter_map(|e| {
+                    // symlink_metadata: a symlink is reported as a symlink, never followed.
+                    let m = std::fs::symlink_metadata(e.path()).ok()?;
+                    m.file_type().is_file().then(|| BackupFile {
+                        path: e.path(),
+                        bytes: m.len(),
+                        modified: m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort_by(|a, b| a.modified.cmp(&b.modified).then_with(|| a.path.cmp(&b.path)));
+    files
+}
+
+/// Should the volume be rotated now? `rate` is bytes per second being written.
+pub fn needs_rotation(v: &Volume, rate: f64, cfg: &StorageConfig) -> Option<String> {
+    let used = v.used_percent();
+    if used >= cfg.high_watermark {
+        return Some(format!("volume {:.1} % full (high watermark {} %)", used, cfg.high_watermark));
+    }
+    if rate > 0.0 && cfg.min_free_hours > 0.0 {
+        let hours = v.available as f64 / rate / 3600.0;
+        if hours < cfg.min_free_hours {
+            return Some(format!(
+                "{hours:.2} h of free space left at {:.0} kB/s (minimum {} h)",
+                rate / 1000.0,
+                cfg.min_free_hours
+            ));
+        }
+    }
+    None
+}
+
+/// The monitor of one record worker's backup directory.
+pub struct Monitor {
+    pub conn: redis::aio::ConnectionManager,
+    pub keys: cctv_common::keys::Keys,
+    pub worker: String,
+    pub dir: PathBuf,
+    pub cfg: StorageConfig,
+    pub shared: Arc<Shared>,
+    pub log: Arc<cctv_common::catlog::CategoryLog>,
+}
+
+impl Monitor {
+    fn node(&self) -> String {
+        format!("{}:{}", cctv_common::host_name(), self.dir.display())
+    }
+
+    /// Measures, reports and rotates until `shutdown`.
+    pub async fn run(self, shutdown: cctv_common::shutdown::CancellationToken) {
+        let every = Duration::from_secs_f64(self.cfg.interval_secs);
+        let mut last = (Instant::now(), self.shared.written.load(Ordering::Relaxed));
+        let mut rate = 0.0f64;
+        let mut forced = false;
+        loop {
+            let now = Instant::now();
+            let written = self.shared.written.load(Ordering::Relaxed);
+            let dt = now.duration_since(last.0).as_secs_f64();
+            if dt > 0.5 {
+                let current = written.saturating_sub(last.1) as f64 / dt;
+                // Smoothed over about a minute; the first sample is taken as is.
+                rate = if rate == 0.0 { current } else { rate * 0.8 + current * 0.2 };
+                last = (now, written);
+            }
+            if let Err(e) = self.round(rate, std::mem::take(&mut forced)).await {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "storage check failed");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+                _ = self.shared.rotate_now.notified() => {
+                    tracing::info!("a write failed for lack of space; rotating now");
+                    forced = true;
+                }
+            }
+        }
+    }
+
+    /// `forced`: a write just failed for lack of space, whatever the figures say.
+    async fn round(&self, rate: f64, forced: bool) -> anyhow::Result<()> {
+        let dir = self.dir.clone();
+        let Some(volume) = tokio::task::spawn_blocking(move || volume_of(&dir)).await? else {
+            anyhow::bail!("no mounted volume found for {} (does it exist?)", self.dir.display());
+        };
+        let reason = needs_rotation(&volume, rate, &self.cfg)
+            .or_else(|| forced.then(|| "a backup write failed: no space left on the volume".to_string()));
+        if let Some(reason) = reason {
+            self.rotate(&volume, &reason).await?;
+        }
+        let dir = self.dir.clone();
+        let (volume, files) = tokio::task::spawn_blocking(move || (volume_of(&dir), backup_files(&dir))).await?;
+        let volume = volume.unwrap_or(volume_of_fallback());
+        let report = StorageReport {
+            node: self.node(),
+            host: cctv_common::host_name(),
+            worker: self.worker.clone(),
+            backup_dir: self.dir.display().to_string(),
+            mount_point: volume.mount_point.display().to_string(),
+            total_bytes: volume.total,
+            used_bytes: volume.total.saturating_sub(volume.available),
+            free_bytes: volume.available,
+            used_percent: volume.used_percent(),
+            backup_bytes: files.iter().map(|f| f.bytes).sum(),
+            backup_files: files.len() as u64,
+            write_rate_bps: rate,
+            hours_left: (rate > 0.0).then(|| volume.available as f64 / rate / 3600.0),
+            high_watermark: self.cfg.high_watermark,
+            low_watermark: self.cfg.low_watermark,
+            updated_ms: now_ms(),
+        };
+        let ttl = (self.cfg.interval_secs * 3.0).max(10.0) as u64;
+        let _: () =
+            self.conn.clone().set_ex(self.keys.storage(&self.node()), serde_json::to_string(&report)?, ttl).await?;
+        Ok(())
+    }
+
+    /// Deletes the oldest backups until the volume is below the low watermark (and, when the
+    /// trigger was the write rate, until an hour's worth is free), holding the volume's lock.
+    async fn rotate(&self, volume: &Volume, reason: &str) -> anyhow::Result<()> {
+        let lock_name = format!("{}:{}", cctv_common::host_name(), volume.mount_point.display());
+        let lock = self.keys.storage_lock(&lock_name);
+        let mut conn = self.conn.clone();
+        let got: bool = redis::cmd("SET")
+            .arg(&lock)
+            .arg(&self.worker)
+            .arg("NX")
+            .arg("PX")
+            .arg(60_000)
+            .query_async::<Option<String>>(&mut conn)
+            .await?
+            .is_some();
+        if !got {
+            tracing::debug!(volume = %volume.mount_point.display(), "another worker is rotating this volume");
+            return Ok(());
+        }
+        let result = self.rotate_locked(reason).await;
+        let script = redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+        );
+        let _: redis::RedisResult<i32> = script.key(&lock).arg(&self.worker).invoke_async(&mut conn).await;
+        result
+    }
+
+    async fn rotate_locked(&self, reason: &str) -> anyhow::Result<()> {
+        let dir = self.dir.clone();
+        let files = tokio::task::spawn_blocking(move || backup_files(&dir)).await?;
+        let mut deleted = 0;
+        for f in files {
+            let dir = self.dir.clone();
+            let Some(v) = tokio::task::spawn_blocking(move || volume_of(&dir)).await? else { break };
+            if v.used_percent() < self.cfg.low_watermark {
+                break;
+            }
+            // Never outside the directory: the file's parent must be the directory itself.
+            let inside =
+                f.path.parent().and_then(|p| std::fs::canonicalize(p).ok()) == std::fs::canonicalize(&self.dir).ok();
+            if !inside {
+                continue;
+            }
+            if let Err(e) = std::fs::remove_file(&f.path) {
+                tracing::warn!(file = %f.path.display(), error = %e, "cannot delete old backup");
+                continue;
+            }
+            deleted += 1;
+            let name = f.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let channel = name
+                .strip_prefix("Channel")
+                .and_then(|r| r.split('_').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            let why = format!("rotation: {reason}; deleted oldest backup ({} bytes)", f.bytes);
+            tracing::info!(file = %f.path.display(), reason = %why, "backup deleted");
+            let event = BackupEvent {
+                kind: BackupEventKind::Deleted,
+                channel,
+                recording: String::new(),
+                file: Some(f.path.display().to_string()),
+                part: 0,
+                start_ms: 0,
+                end_ms: 0,
+                duration_secs: 0.0,
+                size_bytes: f.bytes,
+                trigger: None,
+                events: vec![],
+                pre_roll_ms: None,
+                validation: None,
+                error: Some(why),
+                worker: self.worker.clone(),
+                job: String::new(),
+                ts_ms: now_ms(),
+            };
+            crate::publish_with(&self.conn, &self.keys, &self.log, &event).await;
+        }
+        if deleted > 0 {
+            tracing::info!(deleted, reason, "rotation done");
+        }
+        Ok(())
+    }
+}
+
+fn volume_of_fallback() -> Volume {
+    Volume { mount_point: PathBuf::from("?"), total: 0, available: 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_backup_names_qualify() {
+        assert!(is_backup_name("Channel12_2026-01-01_10-00-00.mkv"));
+        assert!(is_backup_name("Channel1_2026-01-01_10-00-00_2.mp4"));
+        for bad in ["Channel_x.mkv", ".Channel1_x.mkv.r.part", "Channel1_x.ts", "notes.mkv", "Channelx_1.mkv"] {
+            assert!(!is_backup_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn symlinks_and_other_files_are_never_listed_and_order_is_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("Channel1_precious.mkv"), b"keep").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("Channel1_precious.mkv"), dir.path().join("Channel1_link.mkv"))
+            .unwrap();
+        std::fs::write(dir.path().join("Channel2_b.mkv"), b"bb").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(dir.path().join("Channel1_a.mkv"), b"a").unwrap();
+        std::fs::write(dir.path().join(".Channel1_c.mkv.r1.part"), b"c").unwrap();
+        let names: Vec<String> = backup_files(dir.path())
+            .iter()
+            .map(|f| f.path.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["Channel2_b.mkv", "Channel1_a.mkv"]);
+    }
+
+    #[test]
+    fn rotation_triggers_on_watermark_or_hours_left() {
+        let cfg = StorageConfig { high_watermark: 90.0, low_watermark: 85.0, min_free_hours: 1.0, interval_secs: 5.0 };
+        let v = |avail| Volume { mount_point: "/".into(), total: 1000, available: avail };
+        assert!(needs_rotation(&v(50), 0.0, &cfg).is_some(), "95 % full");
+        assert!(needs_rotation(&v(500), 0.0, &cfg).is_none());
+        // 500 bytes free at 1 byte/s: 8 minutes left.
+        assert!(needs_rotation(&v(500), 1.0, &cfg).unwrap().contains("h of free space"));
+    }
+}

@@ -1,0 +1,147 @@
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use cctv_common::events::BackupEventKind;
+use cctv_testkit::cluster::{channel, wait_for, Cluster};
+use cctv_testkit::Pusher;
+
+use crate::util::Running;
+
+/// A real, small filesystem: a size-limited tmpfs mounted for the test, unmounted on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Self {
+        assert!(nix::unistd::geteuid().is_root(), "mounting a test tmpfs needs root (CI runs as root)");
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "cctv-test"])
+            .arg(dir.path())
+            .status()
+            .expect("mount");
+        assert!(status.success(), "mount -t tmpfs failed");
+        Self { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn used_percent(&self) -> f64 {
+        let s = nix::sys::statvfs::statvfs(self.path()).unwrap();
+        let total = s.blocks() as f64;
+        (total - s.blocks_available() as f64) * 100.0 / total
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+/// An old backup of `bytes`, last modified `age_secs` ago.
+fn old_backup(dir: &Path, n: u32, bytes: usize, age_secs: u64) -> std::io::Result<PathBuf> {
+    let path = dir.join(format!("Channel9_2020-01-01_00-00-{n:02}.mkv"));
+    std::fs::write(&path, vec![7u8; bytes])?;
+    let f = std::fs::File::options().write(true).open(&path)?;
+    f.set_modified(SystemTime::now() - Duration::from_secs(age_secs))?;
+    Ok(path)
+}
+
+fn config(dir: &Path, storage: &str) -> String {
+    format!(
+        "[record]\nbackup_dir = \"{}\"\ntimezone = \"UTC\"\npre_roll_secs = 2\npost_roll_secs = 2\nmax_file_seconds = 10\n\
+         [storage]\ninterval_secs = 0.5\n{storage}\n",
+        dir.display()
+    )
+}
+
+/// Recordings keep landing on a filling tmpfs: usage stays under the high watermark, the oldest
+/// backups go first, new ones survive, and nothing outside the directory (a symlink's target)
+/// is touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_keeps_a_small_disk_under_the_high_watermark() {
+    let disk = Tmpfs::mount("8m");
+    let outside = tempfile::tempdir().unwrap();
+    let precious = outside.path().join("Channel9_precious.mkv");
+    std::fs::write(&precious, vec![1u8; 100_000]).unwrap();
+    std::os::unix::fs::symlink(&precious, disk.path().join("Channel9_2019-01-01_00-00-00.mkv")).unwrap();
+    let old: Vec<PathBuf> =
+        (0..10).map(|n| old_backup(disk.path(), n, 500_000, 86_400 - n as u64 * 60).unwrap()).collect();
+    eprintln!("prefilled: {:.1} %", disk.used_percent());
+
+    let cluster = Cluster::new(&channel(1), 8, &config(disk.path(), "high_watermark = 75\nlow_watermark = 60"));
+    let clip = cluster.path("long.mp4");
+    cctv_testkit::make_clip(&cctv_testkit::media("worker-zone-detection.gif"), &clip, 12, 3.0, 10.0);
+    let _p = Pusher::start(&clip, &cluster.nginx.live_url(), "ch1");
+    let run = Running::start(cluster);
+    let _record = run.record_worker();
+
+    let mut max_used: f64 = 0.0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        max_used = max_used.max(disk.used_percent());
+        let deleted =
+            run.cluster.backup_events().await.into_iter().filter(|e| e.kind == BackupEventKind::Deleted).count();
+        let written = run.files().await.len();
+        if deleted >= 2 && written >= 3 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no rotation: {deleted} deleted, {written} written");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let events = run.cluster.backup_events().await;
+    let deleted: Vec<_> = events.iter().filter(|e| e.kind == BackupEventKind::Deleted).collect();
+    eprintln!("max usage {max_used:.1} %, {} deleted, now {:.1} %", deleted.len(), disk.used_percent());
+    assert!(max_used < 75.0 + 2.0, "usage reached {max_used:.1} % (high watermark 75 %)");
+    assert!(deleted.iter().all(|d| d.error.as_deref().unwrap_or("").contains("rotation")), "{deleted:?}");
+    // Oldest first: the deleted files are a prefix of the old ones by age.
+    let gone: Vec<&PathBuf> = old.iter().filter(|p| !p.exists()).collect();
+    assert_eq!(gone, old.iter().take(gone.len()).collect::<Vec<_>>(), "oldest deleted first");
+    for f in run.files().await {
+        assert!(Path::new(f.file.as_deref().unwrap()).exists(), "a new backup was deleted: {f:?}");
+    }
+    assert!(
+        precious.exists() && std::fs::symlink_metadata(disk.path().join("Channel9_2019-01-01_00-00-00.mkv")).is_ok()
+    );
+}
+
+/// The disk is full before rotation would start: the spool write fails with ENOSPC, which is
+/// reported, triggers rotation, and the recording is retried — the backup lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enospc_is_reported_and_the_write_retried_after_rotation() {
+    let disk = Tmpfs::mount("4m");
+    let mut n = 0;
+    while old_backup(disk.path(), n, 256 * 1024, 86_400 - n as u64).is_ok() {
+        n += 1;
+    }
+    // Free about 40 kB: the first fragments fit, the recording soon does not.
+    std::fs::remove_file(disk.path().join(format!("Channel9_2020-01-01_00-00-{n:02}.mkv"))).unwrap();
+    std::fs::remove_file(disk.path().join(format!("Channel9_2020-01-01_00-00-{:02}.mkv", n - 1))).unwrap();
+    let s = nix::sys::statvfs::statvfs(disk.path()).unwrap();
+    let free = s.blocks_available() as usize * s.fragment_size() as usize;
+    old_backup(disk.path(), 90, free.saturating_sub(40_000), 90_000).unwrap();
+    eprintln!("prefilled: {:.2} %", disk.used_percent());
+
+    let cluster = Cluster::new(&channel(1), 8, &config(disk.path(), "high_watermark = 99.9\nlow_watermark = 50"));
+    let clip = cluster.path("event.mp4");
+    cctv_testkit::make_clip(&cctv_testkit::media("worker-zone-detection.gif"), &clip, 3, 4.0, 30.0);
+    let _p = Pusher::start(&clip, &cluster.nginx.live_url(), "ch1");
+    let run = Running::start(cluster);
+    let _record = run.record_worker();
+
+    let err = wait_for(Duration::from_secs(60), || async {
+        run.cluster.backup_events().await.into_iter().find(|e| e.kind == BackupEventKind::Error)
+    })
+    .await
+    .expect("the full disk is reported");
+    assert!(err.error.as_deref().unwrap_or("").contains("No space left"), "{err:?}");
+    let (_, _, file) = run.wait_backup(1, Duration::from_secs(90)).await;
+    let deleted = run.cluster.backup_events().await.into_iter().filter(|e| e.kind == BackupEventKind::Deleted).count();
+    assert!(deleted > 0, "rotation freed space");
+    crate::util::assert_playable(Path::new(file.file.as_deref().unwrap()));
+    assert!(file.pre_roll_ms.unwrap() >= 2000, "nothing lost: {file:?}");
+}
