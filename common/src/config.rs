@@ -37,6 +37,8 @@ pub struct Config {
     #[serde(default)]
     pub storage: StorageConfig,
     #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
     pub logs: LogsConfig,
     #[serde(default, rename = "channel")]
     pub channels: Vec<ChannelConfig>,
@@ -320,6 +322,38 @@ impl Default for RecordConfig {
     }
 }
 
+/// The HTTP API and dashboard, served by `scheduler run`.
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Serve the API at all. Default true.
+    pub enabled: bool,
+    /// Listen address. Default `127.0.0.1:8088` (loopback only; put a TLS proxy in front to expose it).
+    pub listen: String,
+    /// Bearer token required by mutating endpoints (retry, purge, delete). `CCTV_API_TOKEN`
+    /// overrides it. Without one, mutating endpoints are refused.
+    pub token: Option<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self { enabled: true, listen: "127.0.0.1:8088".into(), token: None }
+    }
+}
+
+impl fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("enabled", &self.enabled)
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// Environment variable that overrides `api.token`.
+pub const API_TOKEN_ENV: &str = "CCTV_API_TOKEN";
+
 /// Disk monitoring and rotation of the backup volume (done by every record worker).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -345,11 +379,15 @@ impl Default for StorageConfig {
 pub struct LogsConfig {
     /// Directory of the category logs (`motion.jsonl`, ...). Default `logs`.
     pub dir: PathBuf,
+    /// A category log is rotated when it passes this size (MiB), and every day. Default 50.
+    pub max_file_mb: f64,
+    /// Rotated files kept per category. Default 30.
+    pub keep_files: usize,
 }
 
 impl Default for LogsConfig {
     fn default() -> Self {
-        Self { dir: PathBuf::from("logs") }
+        Self { dir: PathBuf::from("logs"), max_file_mb: 50.0, keep_files: 30 }
     }
 }
 
@@ -454,6 +492,9 @@ impl Config {
         let mut config = Self::parse(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })?;
         if let Ok(url) = std::env::var(REDIS_URL_ENV) {
             config.cluster.redis_url = url;
+        }
+        if let Ok(token) = std::env::var(API_TOKEN_ENV) {
+            config.api.token = Some(token).filter(|t| !t.is_empty());
         }
         let problems = config.validate();
         if problems.is_empty() {
@@ -584,9 +625,19 @@ impl Config {
         }
         range(&mut p, "storage.min_free_hours", st.min_free_hours, 0.0, 1000.0);
         range(&mut p, "storage.interval_secs", st.interval_secs, 0.2, 3600.0);
+        if self.api.listen.parse::<std::net::SocketAddr>().is_err() {
+            p.add("api.listen", format!("{:?} is not an address:port", self.api.listen));
+        }
+        if self.api.token.as_ref().is_some_and(|t| t.len() < 16) {
+            p.add("api.token", "must be at least 16 characters".into());
+        }
         check_url(&mut p, "rtmp.hls_url", &self.rtmp.hls_url, &["http", "https"]);
         if self.logs.dir.as_os_str().is_empty() {
             p.add("logs.dir", "must not be empty".into());
+        }
+        range(&mut p, "logs.max_file_mb", self.logs.max_file_mb, 0.001, 100_000.0);
+        if self.logs.keep_files == 0 {
+            p.add("logs.keep_files", "must be at least 1".into());
         }
 
         if self.channels.is_empty() {

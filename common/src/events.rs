@@ -89,6 +89,12 @@ pub struct WorkerHeartbeat {
     pub host: String,
     pub pid: u32,
     pub batches: Vec<String>,
+    /// CPU of the process, percent of one core, since the previous heartbeat.
+    #[serde(default)]
+    pub cpu_percent: Option<f32>,
+    /// Resident memory of the process.
+    #[serde(default)]
+    pub rss_bytes: Option<u64>,
     pub updated_ms: i64,
 }
 

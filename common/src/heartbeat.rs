@@ -22,13 +22,22 @@ pub type Held = Arc<Mutex<Vec<String>>>;
 /// Writes the heartbeat until the task is aborted; then [`remove`] deletes it.
 pub async fn run(mut conn: ConnectionManager, keys: Keys, worker: String, kind: &'static str, held: Held) {
     let host = crate::host_name();
+    let pid = sysinfo::Pid::from_u32(std::process::id());
+    let mut sys = sysinfo::System::new().ok();
+    let what = sysinfo::ProcessRefreshKind::nothing().with_cpu().with_memory();
     loop {
+        let me = sys.as_mut().and_then(|sys| {
+            sys.refresh_processes_specifics(sysinfo::ProcessesToUpdate::Some(&[pid]), true, what);
+            sys.process(pid)
+        });
         let hb = WorkerHeartbeat {
             worker: worker.clone(),
             kind: kind.into(),
             host: host.clone(),
             pid: std::process::id(),
             batches: held.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            cpu_percent: me.map(|p| p.cpu_usage()),
+            rss_bytes: me.map(|p| p.memory()),
             updated_ms: now_ms(),
         };
         if let Ok(json) = serde_json::to_string(&hb) {

@@ -10,6 +10,7 @@
 //! | `<ns>:events:motion` | stream of `MotionEvent` | worker-motion | scheduler, CLI |
 //! | `<ns>:events:objects` | stream of `ObjectEvent` | worker-yolo | scheduler, CLI |
 //! | `<ns>:stats:yolo` | hash of counters (`sent`, `dropped_full`, `dropped_stale`, `processed`, `positive`, `failed`, `batches`) | worker-motion, worker-yolo | CLI |
+//! | `<ns>:events:system` | stream of `SystemEvent` (start, stop, error) | every process | CLI, API |
 //! | `<ns>:events:backup` | stream of `BackupEvent` | worker-record (files, errors), rotation | CLI, API |
 //! | `<ns>:record:rec:<recording>` | hash: `channel`, `start_ms`, `end_ms` (0 while open), `open` (motion events in progress), `events`, `parts` | scheduler (decisions), worker-record (`parts`) | worker-record |
 //! | `<ns>:record:active:<channel>` | string: the channel's latest recording | scheduler | scheduler |
@@ -58,6 +59,9 @@ impl Keys {
     }
     pub fn yolo_stats(&self) -> String {
         format!("{}:stats:yolo", self.ns)
+    }
+    pub fn system_events(&self) -> String {
+        format!("{}:events:system", self.ns)
     }
     pub fn backup_events(&self) -> String {
         format!("{}:events:backup", self.ns)

@@ -10,9 +10,11 @@ pub mod ffmpeg;
 pub mod heartbeat;
 pub mod jobs;
 pub mod keys;
+pub mod naming;
 pub mod queue;
 pub mod redact;
 pub mod shutdown;
+pub mod system;
 pub mod telemetry;
 pub mod timefmt;
 

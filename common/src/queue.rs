@@ -54,6 +54,30 @@ pub struct Queue<J: Job> {
     poll_every: Duration,
 }
 
+/// Counts of one queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueueStats {
+    pub waiting: u64,
+    pub running: u64,
+    pub done: u64,
+    pub dead: u64,
+}
+
+/// One job as stored by apalis-redis.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct JobInfo {
+    pub id: String,
+    /// `waiting`, `running`, `done`, `dead`, or `unknown`.
+    pub state: String,
+    /// apalis' status field (`Pending`, `Running`, `Done`, `Failed`, `Killed`, ...).
+    pub status: Option<String>,
+    pub attempts: Option<u64>,
+    /// Last result or error message.
+    pub result: Option<String>,
+    /// The job's payload (large binary fields replaced by their size).
+    pub payload: serde_json::Value,
+}
+
 /// What a handler learns about the job it runs.
 #[derive(Debug, Clone)]
 pub struct JobMeta {
@@ -153,6 +177,136 @@ impl<J: Job> Queue<J> {
         let active: u64 = self.conn.llen(config.active_jobs_list()).await.map_err(|e| self.redis_err(e))?;
         let scheduled: u64 = self.conn.zcard(config.scheduled_jobs_set()).await.map_err(|e| self.redis_err(e))?;
         Ok(active + scheduled)
+    }
+
+    fn inflight_pattern(&self) -> String {
+        format!("{}*", self.storage.get_config().inflight_jobs_set())
+    }
+
+    async fn inflight_sets(&mut self) -> Result<Vec<String>, QueueError> {
+        let pattern = self.inflight_pattern();
+        let mut cursor = 0u64;
+        let mut out = Vec::new();
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut self.conn)
+                .await
+                .map_err(|e| self.redis_err(e))?;
+            out.extend(keys);
+            if next == 0 {
+                return Ok(out);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Waiting, running, done (not yet purged) and dead jobs.
+    pub async fn stats(&mut self) -> Result<QueueStats, QueueError> {
+        let waiting = self.waiting().await?;
+        let mut running = 0;
+        for set in self.inflight_sets().await? {
+            let n: u64 = self.conn.scard(&set).await.map_err(|e| self.redis_err(e))?;
+            running += n;
+        }
+        let (done, dead) = self.finished().await?;
+        Ok(QueueStats { waiting, running, done, dead })
+    }
+
+    /// Job ids in a state (`waiting`, `running`, `done`, `dead`), at most `limit`.
+    pub async fn ids(&mut self, state: &str, limit: usize) -> Result<Vec<String>, QueueError> {
+        let config = self.storage.get_config().clone();
+        let mut ids: Vec<String> = match state {
+            "waiting" => {
+                let mut v: Vec<String> = self
+                    .conn
+                    .lrange(config.active_jobs_list(), 0, limit as isize - 1)
+                    .await
+                    .map_err(|e| self.redis_err(e))?;
+                let s: Vec<String> = self
+                    .conn
+                    .zrange(config.scheduled_jobs_set(), 0, limit as isize - 1)
+                    .await
+                    .map_err(|e| self.redis_err(e))?;
+                v.extend(s);
+                v
+            }
+            "running" => {
+                let mut v = Vec::new();
+                for set in self.inflight_sets().await? {
+                    let m: Vec<String> = self.conn.smembers(&set).await.map_err(|e| self.redis_err(e))?;
+                    v.extend(m);
+                }
+                v
+            }
+            "done" => self.conn.smembers(config.done_jobs_set()).await.map_err(|e| self.redis_err(e))?,
+            "dead" => self.conn.smembers(config.dead_jobs_set()).await.map_err(|e| self.redis_err(e))?,
+            other => {
+                return Err(QueueError::Backend {
+                    queue: self.name.clone(),
+                    message: format!("unknown job state {other:?} (waiting, running, done, dead)"),
+                })
+            }
+        };
+        // Ids are ULIDs: sorting puts them in push order; newest first.
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        ids.dedup();
+        ids.truncate(limit);
+        Ok(ids)
+    }
+
+    /// One job, or `None` when the id is unknown (or purged).
+    pub async fn show(&mut self, id: &str) -> Result<Option<JobInfo>, QueueError> {
+        let config = self.storage.get_config().clone();
+        let data: Option<Vec<u8>> = self.conn.hget(config.job_data_hash(), id).await.map_err(|e| self.redis_err(e))?;
+        let Some(data) = data else { return Ok(None) };
+        let meta: std::collections::HashMap<String, String> =
+            self.conn.hgetall(format!("{}:{id}", config.job_meta_hash())).await.map_err(|e| self.redis_err(e))?;
+        let mut payload: serde_json::Value = serde_json::from_slice(&data).unwrap_or(serde_json::Value::Null);
+        if let Some(obj) = payload.as_object_mut() {
+            for (_, v) in obj.iter_mut() {
+                if let serde_json::Value::String(s) = v {
+                    if s.len() > 1024 {
+                        *v = serde_json::Value::String(format!("<{} bytes of base64>", s.len()));
+                    }
+                }
+            }
+        }
+        let done: bool = self.conn.sismember(config.done_jobs_set(), id).await.map_err(|e| self.redis_err(e))?;
+        let dead: bool = self.conn.sismember(config.dead_jobs_set(), id).await.map_err(|e| self.redis_err(e))?;
+        let state = if done {
+            "done"
+        } else if dead {
+            "dead"
+        } else if meta.get("status").is_some_and(|s| s == "Running") {
+            "running"
+        } else {
+            "waiting"
+        };
+        Ok(Some(JobInfo {
+            id: id.to_string(),
+            state: state.into(),
+            status: meta.get("status").cloned(),
+            attempts: meta.get("attempts").and_then(|a| a.parse().ok()),
+            result: meta.get("result").cloned(),
+            payload,
+        }))
+    }
+
+    /// Pushes a copy of a finished (typically dead) job as a new job; returns the new id.
+    pub async fn retry(&mut self, id: &str) -> Result<Option<String>, QueueError> {
+        let config = self.storage.get_config().clone();
+        let data: Option<Vec<u8>> = self.conn.hget(config.job_data_hash(), id).await.map_err(|e| self.redis_err(e))?;
+        let Some(data) = data else { return Ok(None) };
+        let job: J = serde_json::from_slice(&data).map_err(|e| QueueError::Backend {
+            queue: self.name.clone(),
+            message: format!("job {id} cannot be decoded: {e}"),
+        })?;
+        self.push(&job).await.map(Some)
     }
 
     /// Jobs finished (done, or dead for good) and not yet purged: `(done, dead)`.

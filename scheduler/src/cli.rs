@@ -348,7 +348,7 @@ async fn status(config: &Config, mut conn: ConnectionManager, keys: &Keys, json:
     Ok(())
 }
 
-async fn scan(conn: &mut ConnectionManager, pattern: &str) -> anyhow::Result<Vec<String>> {
+pub async fn scan(conn: &mut ConnectionManager, pattern: &str) -> anyhow::Result<Vec<String>> {
     let mut cursor = 0u64;
     let mut out = Vec::new();
     loop {

@@ -8,6 +8,7 @@
 //! duplicating them, and a changed channel list (new plan hash) re-plans: jobs of the old plan
 //! end themselves.
 
+pub mod api;
 pub mod cli;
 pub mod compare;
 pub mod decide;
@@ -22,6 +23,7 @@ use cctv_common::jobs::{MotionJob, RecordJob, YoloJob};
 use cctv_common::keys::Keys;
 use cctv_common::queue::{self, Queue};
 use cctv_common::shutdown::CancellationToken;
+use cctv_common::system::{SystemEventKind, SystemLog};
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 
@@ -41,9 +43,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let keys = Keys::new(&config.cluster.namespace);
     let conn = queue::connect(&config.cluster, &config.queue).await?;
     let mut scheduler = Scheduler::new(&config, conn.clone(), keys.clone());
+    let system = SystemLog::open(conn.clone(), keys.clone(), &config.logs, "scheduler", &scheduler.id)?;
+    system.emit(SystemEventKind::Start, format!("scheduler started ({} channels)", config.channels.len()), None).await;
     let interval = Duration::from_secs_f64(config.scheduler.reconcile_interval_secs);
     tracing::info!(id = %scheduler.id, plan = %scheduler.plan.hash, batches = scheduler.plan.jobs.len(),
         channels = config.channels.len(), "scheduler started");
+    let api = if config.api.enabled {
+        let listener = tokio::net::TcpListener::bind(&config.api.listen)
+            .await
+            .with_context(|| format!("api.listen: cannot listen on {}", config.api.listen))?;
+        tracing::info!(listen = %config.api.listen, "API and dashboard at http://{}/", config.api.listen);
+        Some(tokio::spawn(api::serve(std::sync::Arc::new(config.clone()), conn.clone(), listener, shutdown.clone())))
+    } else {
+        None
+    };
     let mut leading = false;
     let leader_flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let decider = tokio::spawn(decide_loop(
@@ -70,7 +83,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
     }
     let _ = decider.await;
+    if let Some(api) = api {
+        let _ = api.await;
+    }
     scheduler.resign().await;
+    system.emit(SystemEventKind::Stop, "scheduler stopped", None).await;
     tracing::info!("scheduler stopped");
     Ok(())
 }

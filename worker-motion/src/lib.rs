@@ -21,6 +21,7 @@ use cctv_common::jobs::{JobError, MotionJob, YoloJob};
 use cctv_common::keys::Keys;
 use cctv_common::queue::{self, JobMeta, Queue};
 use cctv_common::shutdown::CancellationToken;
+use cctv_common::system::{SystemEventKind, SystemLog};
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use tokio::sync::mpsc;
@@ -54,7 +55,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let keys = Keys::new(&config.cluster.namespace);
     let conn = queue::connect(&config.cluster, &config.queue).await?;
     let worker = cctv_common::worker_name("motion");
-    let log = Arc::new(CategoryLog::open(&config.logs.dir, "motion")?);
+    let system = SystemLog::open(conn.clone(), keys.clone(), &config.logs, "motion", &worker)?;
+    system.emit(SystemEventKind::Start, "motion worker started", None).await;
+    let log = Arc::new(CategoryLog::open(&config.logs, "motion")?);
     let ctx = Ctx {
         conn: conn.clone(),
         keys: keys.clone(),
@@ -78,6 +81,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .await;
     heartbeat.abort();
     heartbeat::remove(&mut ctx.conn.clone(), &keys, &worker).await;
+    let message = match &result {
+        Ok(()) => "motion worker stopped".to_string(),
+        Err(e) => format!("motion worker stopped with an error: {e}"),
+    };
+    system.emit(if result.is_ok() { SystemEventKind::Stop } else { SystemEventKind::Error }, message, None).await;
     tracing::info!(worker = %worker, "motion worker stopped");
     Ok(result?)
 }

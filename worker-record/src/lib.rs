@@ -23,6 +23,7 @@ use cctv_common::jobs::{JobError, RecordJob};
 use cctv_common::keys::Keys;
 use cctv_common::queue::{self, JobMeta, Queue};
 use cctv_common::shutdown::CancellationToken;
+use cctv_common::system::{SystemEventKind, SystemLog};
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
@@ -69,6 +70,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let keys = Keys::new(&config.cluster.namespace);
     let conn = queue::connect(&config.cluster, &config.queue).await?;
     let worker = cctv_common::worker_name("record");
+    let system = SystemLog::open(conn.clone(), keys.clone(), &config.logs, "record", &worker)?;
+    system.emit(SystemEventKind::Start, "record worker started", None).await;
     let tz =
         cctv_common::timefmt::zone(&config.record.timezone).map_err(|e| anyhow::anyhow!("record.timezone: {e}"))?;
     let ctx = Ctx {
@@ -78,7 +81,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         record: config.record.clone(),
         tz,
         hls: HlsClient::default(),
-        log: Arc::new(CategoryLog::open(&config.logs.dir, "backup")?),
+        log: Arc::new(CategoryLog::open(&config.logs, "backup")?),
         held: heartbeat::Held::default(),
         shutdown: shutdown.clone(),
         storage: Arc::default(),
@@ -108,6 +111,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     monitor.abort();
     heartbeat::remove(&mut ctx.conn.clone(), &keys, &worker).await;
     let _: Result<(), _> = ctx.conn.clone().hdel(keys.backup_status(), &worker).await;
+    let message = match &result {
+        Ok(()) => "record worker stopped".to_string(),
+        Err(e) => format!("record worker stopped with an error: {e}"),
+    };
+    system.emit(if result.is_ok() { SystemEventKind::Stop } else { SystemEventKind::Error }, message, None).await;
     tracing::info!(worker = %worker, "record worker stopped");
     Ok(result?)
 }

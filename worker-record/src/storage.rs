@@ -62,15 +62,7 @@ pub struct BackupFile {
     pub modified: SystemTime,
 }
 
-/// Is `name` a finished backup's name (`Channel<digits>_<anything>.mkv|mp4`)?
-pub fn is_backup_name(name: &str) -> bool {
-    let Some(rest) = name.strip_prefix("Channel") else { return false };
-    let digits = rest.chars().take_while(char::is_ascii_digit).count();
-    digits > 0
-        && rest[digits..].starts_with('_')
-        && (name.ends_with(".mkv") || name.ends_with(".mp4"))
-        && !name.contains('/')
-}
+pub use cctv_common::naming::is_backup_name;
 
 /// The backups in `dir`, oldest first. Symlinks and anything not named like a backup are left out.
 pub fn backup_files(dir: &Path) -> Vec<BackupFile> {
@@ -289,15 +281,6 @@ fn volume_of_fallback() -> Volume {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_backup_names_qualify() {
-        assert!(is_backup_name("Channel12_2026-01-01_10-00-00.mkv"));
-        assert!(is_backup_name("Channel1_2026-01-01_10-00-00_2.mp4"));
-        for bad in ["Channel_x.mkv", ".Channel1_x.mkv.r.part", "Channel1_x.ts", "notes.mkv", "Channelx_1.mkv"] {
-            assert!(!is_backup_name(bad), "{bad}");
-        }
-    }
 
     #[test]
     fn symlinks_and_other_files_are_never_listed_and_order_is_oldest_first() {

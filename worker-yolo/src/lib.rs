@@ -20,6 +20,7 @@ use cctv_common::jobs::{JobError, YoloJob};
 use cctv_common::keys::Keys;
 use cctv_common::queue::{self, JobMeta, Queue};
 use cctv_common::shutdown::CancellationToken;
+use cctv_common::system::{SystemEventKind, SystemLog};
 use opencv::core::Mat;
 use opencv::prelude::*;
 use redis::aio::ConnectionManager;
@@ -79,6 +80,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let keys = Keys::new(&config.cluster.namespace);
     let conn = queue::connect(&config.cluster, &config.queue).await?;
     let worker = cctv_common::worker_name("yolo");
+    let system = SystemLog::open(conn.clone(), keys.clone(), &config.logs, "yolo", &worker)?;
+    system.emit(SystemEventKind::Start, "yolo worker started", None).await;
     let (tx, rx) = mpsc::channel::<Pending>(config.yolo.max_batch * 4);
     let inference = start_inference(model, rx, config.yolo.clone())?;
     let ctx = Ctx {
@@ -87,7 +90,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         worker: worker.clone(),
         max_age_ms: (config.yolo.max_age_secs * 1000.0) as i64,
         infer: tx,
-        log: Arc::new(CategoryLog::open(&config.logs.dir, "objects")?),
+        log: Arc::new(CategoryLog::open(&config.logs, "objects")?),
         snapshots: Arc::new(SnapshotStore::open(&config.yolo.snapshot_dir, config.yolo.snapshot_keep)?),
     };
     tracing::info!(worker = %worker, "YOLO worker started");
@@ -105,6 +108,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     drop(ctx.infer);
     let _ = tokio::task::spawn_blocking(move || inference.join()).await;
     heartbeat::remove(&mut ctx.conn.clone(), &keys, &worker).await;
+    let message = match &result {
+        Ok(()) => "yolo worker stopped".to_string(),
+        Err(e) => format!("yolo worker stopped with an error: {e}"),
+    };
+    system.emit(if result.is_ok() { SystemEventKind::Stop } else { SystemEventKind::Error }, message, None).await;
     tracing::info!(worker = %worker, "YOLO worker stopped");
     Ok(result?)
 }

@@ -1,0 +1,51 @@
+//! Names of files the cluster writes and serves: shared by the writers (worker-record,
+//! worker-yolo) and the API, which must accept nothing else (no path tricks).
+
+/// A finished backup's name: `Channel<digits>_<anything>.mkv|mp4`, no path separator, not
+/// hidden (temporary files start with `.`).
+pub fn is_backup_name(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("Channel") else { return false };
+    let digits = rest.chars().take_while(char::is_ascii_digit).count();
+    digits > 0
+        && rest[digits..].starts_with('_')
+        && (name.ends_with(".mkv") || name.ends_with(".mp4"))
+        && !name.contains('/')
+        && !name.contains("..")
+}
+
+/// A snapshot's name: `ch<id>_<digits>.jpg`.
+pub fn is_snapshot_name(name: &str) -> bool {
+    name.strip_prefix("ch").and_then(|r| r.strip_suffix(".jpg")).and_then(|r| r.split_once('_')).is_some_and(
+        |(a, b)| {
+            !a.is_empty()
+                && !b.is_empty()
+                && a.bytes().all(|c| c.is_ascii_digit())
+                && b.bytes().all(|c| c.is_ascii_digit())
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_names_qualify() {
+        assert!(is_backup_name("Channel12_2026-01-01_10-00-00.mkv"));
+        assert!(is_backup_name("Channel1_2026-01-01_10-00-00_2.mp4"));
+        for bad in [
+            "Channel_x.mkv",
+            ".Channel1_x.mkv.r.part",
+            "Channel1_x.ts",
+            "notes.mkv",
+            "Channelx_1.mkv",
+            "Channel1_/../x.mkv",
+        ] {
+            assert!(!is_backup_name(bad), "{bad}");
+        }
+        assert!(is_snapshot_name("ch3_0001764000000123.jpg"));
+        for bad in ["ch3_x.jpg", "../ch3_1.jpg", "ch_1.jpg", "ch3_1.png"] {
+            assert!(!is_snapshot_name(bad), "{bad}");
+        }
+    }
+}

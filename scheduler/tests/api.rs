@@ -1,0 +1,197 @@
+//! The HTTP API and dashboard against a real cluster: redis-server, nginx-rtmp, an ffmpeg camera,
+//! the scheduler (which serves the API) and a motion worker producing real events.
+
+use std::time::Duration;
+
+use cctv_common::events::{now_ms, BackupEvent, BackupEventKind, MotionEventKind};
+use cctv_common::shutdown::CancellationToken;
+use cctv_testkit::cluster::{channel, run_in_thread, wait_for, Cluster};
+use cctv_testkit::Pusher;
+use redis::AsyncCommands;
+
+const TOKEN: &str = "test-token-0123456789";
+
+struct Http {
+    base: String,
+    agent: ureq::Agent,
+    bodies: std::cell::RefCell<Vec<String>>,
+}
+
+impl Http {
+    fn new(base: String) -> Self {
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        Self { base, agent, bodies: Default::default() }
+    }
+    fn call(&self, method: &str, path: &str, token: Option<&str>, range: Option<&str>) -> (u16, Vec<u8>, String) {
+        let url = format!("{}{path}", self.base);
+        let mut req = ureq::http::Request::builder().method(method).uri(&url);
+        if let Some(t) = token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        if let Some(r) = range {
+            req = req.header("Range", r);
+        }
+        let mut resp = self.agent.run(req.body(()).unwrap()).unwrap();
+        let ctype = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let body = resp.body_mut().read_to_vec().unwrap();
+        self.bodies.borrow_mut().push(String::from_utf8_lossy(&body).into_owned());
+        (resp.status().as_u16(), body, ctype)
+    }
+    fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let (status, body, _) = self.call("GET", path, None, None);
+        (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_serves_live_data_validates_input_and_guards_mutations() {
+    cctv_common::telemetry::init(None);
+    let port = cctv_testkit::free_port();
+    let tmp = tempfile::tempdir().unwrap();
+    let backups = tmp.path().join("backups");
+    std::fs::create_dir_all(&backups).unwrap();
+    let extra = format!(
+        "[api]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\n[record]\nbackup_dir = \"{}\"\n",
+        backups.display()
+    );
+    let mut cluster = Cluster::new(&[channel(1), channel(2)].concat(), 8, &extra);
+    let clip = cluster.path("busy.mp4");
+    cctv_testkit::make_clip(&cctv_testkit::media("worker-zone-detection.gif"), &clip, 2, 2.0, 40.0);
+    let _p = Pusher::start(&clip, &cluster.nginx.live_url(), "ch1");
+    cluster.start_scheduler();
+    let stop = CancellationToken::new();
+    let motion = run_in_thread(cluster.config.clone(), stop.clone(), worker_motion::run);
+    cctv_testkit::wait_for_port(port, Duration::from_secs(10), "API");
+    let http = Http::new(format!("http://127.0.0.1:{port}"));
+
+    // Real events from the worker.
+    wait_for(Duration::from_secs(40), || async {
+        let n = cluster.motion_events().await.len();
+        (n >= 2).then_some(())
+    })
+    .await
+    .expect("motion events");
+
+    let (status, health) = http.get("/api/health");
+    assert_eq!((status, health["redis"].as_bool()), (200, Some(true)), "{health}");
+
+    let (status, chans) = http.get("/api/channels");
+    assert_eq!(status, 200);
+    let ch1 = &chans.as_array().unwrap()[0];
+    assert_eq!((ch1["id"].as_u64(), ch1["online"].as_bool()), (Some(1), Some(true)), "{ch1}");
+    assert!(ch1["last_motion_ms"].as_i64().is_some(), "{ch1}");
+    let ch2 = &chans.as_array().unwrap()[1];
+    assert_eq!(ch2["online"].as_bool(), Some(false), "ch2 has no stream: {ch2}");
+    assert!(ch2["reason"].as_str().is_some_and(|r| !r.is_empty()), "{ch2}");
+    assert_eq!(http.get("/api/channels/1").0, 200);
+    assert_eq!(http.get("/api/channels/99").0, 404);
+
+    // Pagination: page 1 holds the newest, page 2 continues before it.
+    let (status, page1) = http.get("/api/events?category=motion&limit=1");
+    assert_eq!(status, 200, "{page1}");
+    let cursor = page1["next_cursor"].as_str().expect("a cursor").to_string();
+    let (_, page2) = http.get(&format!("/api/events?category=motion&limit=1&cursor={cursor}"));
+    assert_ne!(page1["items"][0]["id"], page2["items"][0]["id"]);
+    assert!(page2["items"][0]["id"].as_str().unwrap() < cursor.as_str(), "older page");
+    let (_, ch1_events) = http.get("/api/events?category=motion&channel=1&since=10m");
+    assert!(ch1_events["items"].as_array().unwrap().iter().all(|i| i["event"]["channel"] == 1));
+    let (_, system) = http.get("/api/events?category=system");
+    assert!(system["items"].as_array().unwrap().iter().any(|i| i["event"]["kind"] == "start"), "{system}");
+
+    // Bad parameters: 400 naming the parameter; unknown ids: 404; never 500.
+    for (path, needle) in [
+        ("/api/events?category=bogus", "category"),
+        ("/api/events?limit=0", "limit"),
+        ("/api/events?limit=abc", "limit"),
+        ("/api/events?since=yesterday", "since"),
+        ("/api/events?channel=abc", "channel"),
+        ("/api/events?cursor=xyz", "cursor"),
+        ("/api/events?colour=red", "colour"),
+        ("/api/backups?until=soon", "until"),
+        ("/api/jobs/motion?state=lost", "state"),
+        ("/api/backups/file/..%2Fetc%2Fpasswd", "backup"),
+    ] {
+        let (status, body) = http.get(path);
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body["error"].as_str().unwrap_or("").contains(needle), "{path}: {body}");
+    }
+    for path in [
+        "/api/events?channel=99",
+        "/api/nowhere",
+        "/api/jobs/nosuchqueue",
+        "/api/jobs/motion/01ABC",
+        "/api/backups/file/Channel1_x.mkv",
+    ] {
+        assert_eq!(http.get(path).0, 404, "{path}");
+    }
+
+    let (_, jobs) = http.get("/api/jobs");
+    assert_eq!(jobs["motion"]["running"].as_u64(), Some(1), "{jobs}");
+    let (_, workers) = http.get("/api/workers");
+    let w = &workers.as_array().unwrap()[0];
+    assert_eq!(w["kind"], "motion");
+    assert!(w["rss_bytes"].as_u64().unwrap_or(0) > 0, "{w}");
+    let (status, metrics, ctype) = http.call("GET", "/metrics", None, None);
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert_eq!(status, 200);
+    assert!(ctype.starts_with("text/plain"), "{ctype}");
+    assert!(
+        metrics.contains("cctv_channel_online{channel=\"1\"} 1")
+            && metrics.contains("cctv_queue_jobs{queue=\"motion\",state=\"running\"} 1"),
+        "{metrics}"
+    );
+    let (_, openapi) = http.get("/api/openapi.json");
+    assert!(openapi["paths"]["/api/events"].is_object());
+
+    // A backup on disk and in the stream: listed, downloadable by range, deletable with the token.
+    let name = "Channel1_2026-01-01_00-00-00.mkv";
+    std::fs::write(backups.join(name), b"0123456789abcdefghij").unwrap();
+    let event = BackupEvent {
+        kind: BackupEventKind::File,
+        channel: 1,
+        recording: "r1".into(),
+        file: Some(backups.join(name).display().to_string()),
+        part: 1,
+        start_ms: now_ms() - 20_000,
+        end_ms: now_ms(),
+        duration_secs: 20.0,
+        size_bytes: 20,
+        trigger: None,
+        events: vec![],
+        pre_roll_ms: Some(5000),
+        validation: Some("ok".into()),
+        error: None,
+        worker: "w".into(),
+        job: "j".into(),
+        ts_ms: now_ms(),
+    };
+    let mut conn = cluster.conn().await;
+    let _: String = conn
+        .xadd(cluster.keys.backup_events(), "*", &[("data", serde_json::to_string(&event).unwrap())])
+        .await
+        .unwrap();
+    let (_, list) = http.get("/api/backups?channel=1");
+    assert_eq!(list["items"][0]["file"], name, "{list}");
+    let (status, part, _) = http.call("GET", &format!("/api/backups/file/{name}"), None, Some("bytes=10-13"));
+    assert_eq!((status, part.as_slice()), (206, b"abcd".as_slice()));
+    let path = format!("/api/backups/file/{name}");
+    assert_eq!(http.call("DELETE", &path, None, None).0, 401);
+    assert_eq!(http.call("DELETE", &path, Some("wrong-token-wrong-token"), None).0, 401);
+    assert_eq!(http.call("POST", "/api/jobs/record/purge", None, None).0, 401);
+    assert_eq!(http.call("POST", "/api/jobs/record/purge", Some(TOKEN), None).0, 200);
+    assert_eq!(http.call("DELETE", &path, Some(TOKEN), None).0, 200);
+    assert!(!backups.join(name).exists());
+    let (_, list) = http.get("/api/backups?channel=1");
+    assert!(list["items"].as_array().unwrap().is_empty(), "deleted backups are not listed: {list}");
+
+    // The dashboard page, and no camera credentials anywhere.
+    let (status, page, _) = http.call("GET", "/", None, None);
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&page).contains("/api/channels"));
+    for body in http.bodies.borrow().iter() {
+        assert!(!body.contains("secret") && !body.contains("rtsp://"), "credentials leaked: {body}");
+    }
+    assert!(cluster.motion_events().await.iter().any(|e| e.kind == MotionEventKind::Start));
+    stop.cancel();
+    let _ = motion.join();
+}
