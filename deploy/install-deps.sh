@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs what the cluster and its tests need on Debian 12: Debian's ffmpeg, nginx with the
 # RTMP module, redis-server, OpenCV (+ clang for the opencv crate's bindings) and the ONNX Runtime
-# shared library from the PyPI wheel (for worker-yolo). Idempotent; uses sudo when not root.
+# shared library from the PyPI wheel (for worker-yolo), chromium (dashboard test). Idempotent; uses
+# sudo when not root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(ffmpeg nginx libnginx-mod-rtmp redis-server libopencv-dev clang libclang-dev pkg-config python3-pip unzip curl)
+# chromium: the dashboard test renders the page headless.
+APT_PACKAGES=(ffmpeg nginx libnginx-mod-rtmp redis-server libopencv-dev clang libclang-dev pkg-config python3-pip unzip curl chromium)
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 

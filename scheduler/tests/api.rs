@@ -192,6 +192,27 @@ async fn api_serves_live_data_validates_input_and_guards_mutations() {
         assert!(!body.contains("secret") && !body.contains("rtsp://"), "credentials leaked: {body}");
     }
     assert!(cluster.motion_events().await.iter().any(|e| e.kind == MotionEventKind::Start));
+
+    // The dashboard in a real headless browser renders live data.
+    let dom = dashboard_dom(port);
+    assert!(dom.contains("data-rendered=\"yes\""), "dashboard did not finish rendering:\n{dom}");
+    assert!(dom.contains("data-channel=\"1\"") && dom.contains("cam 1"), "channel grid missing:\n{dom}");
+    let ch1_state = ["idle", "motion"].iter().any(|s| dom.contains(&format!("data-state=\"{s}\"")));
+    assert!(ch1_state && dom.contains("data-state=\"offline\""), "live states missing:\n{dom}");
+    assert!(dom.contains("motion-vm") || dom.contains(">motion<"), "workers table missing:\n{dom}");
+    assert!(!dom.contains("secret"));
     stop.cancel();
     let _ = motion.join();
+}
+
+/// The dashboard's DOM after its scripts ran, from Debian's `chromium` in headless mode.
+fn dashboard_dom(port: u16) -> String {
+    let out = std::process::Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--virtual-time-budget=6000"])
+        .arg("--dump-dom")
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .expect("chromium (apt-get install chromium)");
+    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
