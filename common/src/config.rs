@@ -685,6 +685,11 @@ impl Config {
         p.0
     }
 
+    /// The HLS playlist of a channel's main stream (what record workers read).
+    pub fn hls_playlist_url(&self, ch: &ChannelConfig) -> String {
+        format!("{}/{}/index.m3u8", self.rtmp.hls_url.trim_end_matches('/'), ch.stream_name())
+    }
+
     /// Labels that make an `objects` channel record.
     pub fn wanted_labels<'a>(&'a self, ch: &'a ChannelConfig) -> &'a [String] {
         ch.labels.as_deref().unwrap_or(&self.yolo.classes)

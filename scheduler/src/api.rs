@@ -39,7 +39,7 @@ pub struct ApiState {
 }
 
 /// An error answer: status and a message naming what was wrong.
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub StatusCode, pub String);
 
 impl ApiError {
     fn bad(msg: impl Into<String>) -> Self {

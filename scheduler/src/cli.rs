@@ -17,6 +17,17 @@ use redis::AsyncCommands;
 pub enum Command {
     /// Validate the config file and list every problem.
     CheckConfig,
+    /// Inspect and steer the job queues (motion, yolo, record).
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+    /// Backup files.
+    #[command(subcommand)]
+    Backups(BackupsCommand),
+    /// The backup volumes: size, use, watermarks, hours left.
+    Storage {
+        #[arg(long)]
+        json: bool,
+    },
     /// Event streams.
     #[command(subcommand)]
     Events(EventsCommand),
@@ -43,11 +54,61 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Without a queue: counts per queue. With one: its jobs in a state.
+    List {
+        queue: Option<String>,
+        #[arg(long, default_value = "waiting", value_parser = ["waiting", "running", "done", "dead"])]
+        state: String,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One job: state, attempts, last error, payload.
+    Show { queue: String, id: String },
+    /// Queue a job by hand: `record` (back up a channel now for N seconds, with pre-roll) or
+    /// `yolo` (run object detection on an image as if it came from the channel).
+    Enqueue {
+        #[arg(value_parser = ["record", "yolo"])]
+        kind: String,
+        #[arg(long)]
+        channel: u32,
+        /// record: seconds after now to keep recording.
+        #[arg(long, default_value_t = 30.0)]
+        seconds: f64,
+        /// yolo: the image (JPEG) to send.
+        #[arg(long)]
+        image: Option<std::path::PathBuf>,
+    },
+    /// Queue a copy of a finished (dead) job.
+    Retry { queue: String, id: String },
+    /// Delete finished jobs' payloads from a queue.
+    Purge { queue: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupsCommand {
+    /// Backups written (not deleted), newest first.
+    List {
+        #[arg(long)]
+        channel: Option<u32>,
+        /// A time ago (`90s`, `15m`, `2h`, `1d`) or ms since the epoch.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum EventsCommand {
     /// Print events as they arrive (Ctrl-C to stop).
     Tail {
         /// Event category.
-        #[arg(long, default_value = "motion", value_parser = ["motion", "objects", "backup"])]
+        #[arg(long, default_value = "motion", value_parser = ["motion", "objects", "backup", "system"])]
         category: String,
         /// Only this channel.
         #[arg(long)]
@@ -77,12 +138,21 @@ pub async fn run(config_path: &std::path::Path, command: Command) -> anyhow::Res
         Command::Events(EventsCommand::Tail { category, channel, last, count, json }) => match category.as_str() {
             "objects" => tail::<ObjectEvent>(&mut conn, keys.object_events(), channel, last, count, json).await,
             "backup" => tail::<BackupEvent>(&mut conn, keys.backup_events(), channel, last, count, json).await,
+            "system" => {
+                tail::<cctv_common::system::SystemEvent>(&mut conn, keys.system_events(), channel, last, count, json)
+                    .await
+            }
             _ => tail::<MotionEvent>(&mut conn, keys.motion_events(), channel, last, count, json).await,
         },
         Command::Compare { channels, since, until, json } => {
             crate::compare::command(&mut conn, &keys, &config, &channels, &since, until.as_deref(), json).await
         }
         Command::Status { json } => status(&config, conn, &keys, json).await,
+        Command::Jobs(cmd) => crate::jobs_cli::run(&config, conn, &keys, cmd).await,
+        Command::Backups(BackupsCommand::List { channel, since, limit, json }) => {
+            crate::jobs_cli::backups(&config, conn, &keys, channel, since.as_deref(), limit, json).await
+        }
+        Command::Storage { json } => crate::jobs_cli::storage(conn, &keys, json).await,
     }
 }
 
@@ -174,6 +244,23 @@ impl Tailed for BackupEvent {
     }
 }
 
+impl Tailed for cctv_common::system::SystemEvent {
+    fn channel(&self) -> u32 {
+        self.channel.unwrap_or(0)
+    }
+    fn line(&self) -> String {
+        format!(
+            "{}  {:<9} {:<5} {}  ({} on {})",
+            format_ms(self.ts_ms),
+            self.component,
+            format!("{:?}", self.kind).to_lowercase(),
+            self.message,
+            self.worker,
+            self.host
+        )
+    }
+}
+
 async fn tail<T: Tailed>(
     conn: &mut ConnectionManager,
     stream: String,
@@ -225,7 +312,7 @@ async fn tail<T: Tailed>(
     }
 }
 
-fn format_ms(ms: i64) -> String {
+pub(crate) fn format_ms(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
     format!("{h:02}:{m:02}:{s:02}.{:03}Z", ms.rem_euclid(1000))

@@ -204,11 +204,7 @@ impl Decider {
         let job = RecordJob {
             recording: rid.clone(),
             channel,
-            playlist_url: format!(
-                "{}/{}/index.m3u8",
-                self.config.rtmp.hls_url.trim_end_matches('/'),
-                self.config.channel(channel).map(|c| c.stream_name()).unwrap_or_else(|| format!("ch{channel}"))
-            ),
+            playlist_url: self.config.channel(channel).map(|c| self.config.hls_playlist_url(c)).unwrap_or_default(),
             start_ms,
             trigger: trigger.clone(),
         };

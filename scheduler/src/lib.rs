@@ -12,6 +12,7 @@ pub mod api;
 pub mod cli;
 pub mod compare;
 pub mod decide;
+pub mod jobs_cli;
 pub mod nginx;
 pub mod plan;
 

@@ -193,6 +193,36 @@ async fn api_serves_live_data_validates_input_and_guards_mutations() {
     }
     assert!(cluster.motion_events().await.iter().any(|e| e.kind == MotionEventKind::Start));
 
+    // The jobs CLI sees the same queues.
+    let cctv = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cctv"))
+            .arg("--config")
+            .arg(&cluster.config_path)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "cctv {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let overview: serde_json::Value = serde_json::from_str(&cctv(&["jobs", "list", "--json"])).unwrap();
+    assert_eq!(overview["motion"]["running"].as_u64(), Some(1), "{overview}");
+    let running: serde_json::Value =
+        serde_json::from_str(&cctv(&["jobs", "list", "motion", "--state", "running", "--json"])).unwrap();
+    let id = running[0]["id"].as_str().expect("the running motion job").to_string();
+    assert_eq!(running[0]["payload"]["batch"], "b0", "{running}");
+    assert!(cctv(&["jobs", "show", "motion", &id]).contains("\"batch\": \"b0\""));
+    let bus = cctv_testkit::media("bus.jpg");
+    assert!(cctv(&["jobs", "enqueue", "yolo", "--channel", "1", "--image", bus.to_str().unwrap()])
+        .contains("queued yolo job"));
+    let waiting: serde_json::Value = serde_json::from_str(&cctv(&["jobs", "list", "yolo", "--json"])).unwrap();
+    assert_eq!(waiting.as_array().unwrap().len(), 1, "{waiting}");
+    assert!(
+        waiting[0]["payload"]["jpeg"].as_str().unwrap().contains("bytes of base64"),
+        "payload shown without the image"
+    );
+    assert!(cctv(&["storage"]).contains("NODE"));
+    assert!(!cctv(&["status"]).contains("secret"));
+
     // The dashboard in a real headless browser renders live data.
     let dom = dashboard_dom(port);
     assert!(dom.contains("data-rendered=\"yes\""), "dashboard did not finish rendering:\n{dom}");

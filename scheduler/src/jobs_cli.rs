@@ -1,0 +1,243 @@
+//! `cctv jobs ...`, `cctv backups list`, `cctv storage`: straight to Redis, like the rest of
+//! the CLI, so they work from any machine that reaches Redis, API or not.
+
+use std::collections::HashSet;
+
+use anyhow::Context;
+use cctv_common::config::{Config, RecordPolicy};
+use cctv_common::events::{decode_entry, now_ms, BackupEvent, BackupEventKind, StorageReport};
+use cctv_common::jobs::{MotionJob, RecordJob, RecordTrigger, YoloJob};
+use cctv_common::keys::Keys;
+use cctv_common::queue::{JobInfo, Queue};
+use redis::aio::ConnectionManager;
+use redis::AsyncCommands;
+
+use crate::cli::{format_ms, JobsCommand};
+
+macro_rules! on_queue {
+    ($conn:expr, $keys:expr, $config:expr, $queue:expr, |$q:ident| $body:expr) => {
+        match $queue {
+            "motion" => {
+                let mut $q = Queue::<MotionJob>::new($conn.clone(), $keys, &$config.queue);
+                $body
+            }
+            "yolo" => {
+                let mut $q = Queue::<YoloJob>::new($conn.clone(), $keys, &$config.queue);
+                $body
+            }
+            "record" => {
+                let mut $q = Queue::<RecordJob>::new($conn.clone(), $keys, &$config.queue);
+                $body
+            }
+            other => anyhow::bail!("no queue {other:?}: motion, yolo or record"),
+        }
+    };
+}
+
+pub async fn run(config: &Config, mut conn: ConnectionManager, keys: &Keys, cmd: JobsCommand) -> anyhow::Result<()> {
+    match cmd {
+        JobsCommand::List { queue: None, json, .. } => {
+            let overview = crate::api::queue_overview(&conn, keys, config)
+                .await
+                .map_err(|crate::api::ApiError(_, m)| anyhow::anyhow!(m))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&overview)?);
+            } else {
+                println!("QUEUE    WAITING  RUNNING     DONE   FAILED  DROPPED");
+                for (name, v) in &overview {
+                    println!(
+                        "{name:<8} {:>7} {:>8} {:>8} {:>8} {:>8}",
+                        v["waiting"],
+                        v["running"],
+                        v["done"],
+                        v["failed"],
+                        v.get("dropped").map(|d| d.to_string()).unwrap_or_else(|| "-".into())
+                    );
+                }
+            }
+            Ok(())
+        }
+        JobsCommand::List { queue: Some(queue), state, limit, json } => {
+            let jobs: Vec<JobInfo> = on_queue!(conn, keys, config, queue.as_str(), |q| {
+                let mut out = Vec::new();
+                for id in q.ids(&state, limit).await? {
+                    out.extend(q.show(&id).await?);
+                }
+                out
+            });
+            if json {
+                println!("{}", serde_json::to_string_pretty(&jobs)?);
+            } else {
+                println!("ID                          STATE    STATUS   ATTEMPTS  SUMMARY");
+                for j in &jobs {
+                    println!(
+                        "{:<27} {:<8} {:<8} {:>8}  {}",
+                        j.id,
+                        j.state,
+                        j.status.as_deref().unwrap_or("-"),
+                        j.attempts.unwrap_or(0),
+                        summary(&j.payload)
+                    );
+                }
+            }
+            Ok(())
+        }
+        JobsCommand::Show { queue, id } => {
+            let job = on_queue!(conn, keys, config, queue.as_str(), |q| q.show(&id).await?);
+            let job = job.with_context(|| format!("no job {id} on queue {queue}"))?;
+            println!("{}", serde_json::to_string_pretty(&job)?);
+            Ok(())
+        }
+        JobsCommand::Retry { queue, id } => {
+            let new = on_queue!(conn, keys, config, queue.as_str(), |q| q.retry(&id).await?);
+            let new = new.with_context(|| format!("no job {id} on queue {queue}"))?;
+            println!("queued {new} (copy of {id}) on {queue}");
+            Ok(())
+        }
+        JobsCommand::Purge { queue } => {
+            let zero = std::time::Duration::ZERO;
+            let n = on_queue!(conn, keys, config, queue.as_str(), |q| q.purge_finished(zero, zero).await?);
+            println!("purged {n} finished job(s) from {queue}");
+            Ok(())
+        }
+        JobsCommand::Enqueue { kind, channel, seconds, image } => {
+            let ch = config.channel(channel).with_context(|| format!("channel {channel} is not in the config"))?;
+            let now = now_ms();
+            let event = format!("manual-{}", uuid::Uuid::new_v4().simple());
+            match kind.as_str() {
+                "record" => {
+                    anyhow::ensure!(
+                        seconds > 0.0 && seconds <= 86_400.0,
+                        "--seconds {seconds} is out of range (0, 86400]"
+                    );
+                    let rid = format!("ch{channel}-{event}");
+                    let start_ms = now - (config.record.pre_roll_secs * 1000.0) as i64;
+                    let trigger = RecordTrigger {
+                        kind: RecordPolicy::Motion,
+                        motion_event: event.clone(),
+                        ts_ms: now,
+                        labels: vec!["manual".into()],
+                    };
+                    let _: () = redis::pipe()
+                        .hset_multiple(
+                            keys.recording(&rid),
+                            &[
+                                ("channel", channel.to_string()),
+                                ("start_ms", start_ms.to_string()),
+                                ("end_ms", (now + (seconds * 1000.0) as i64).to_string()),
+                                ("open", "0".into()),
+                                ("trigger", serde_json::to_string(&trigger)?),
+                                ("events", serde_json::to_string(&[&event])?),
+                                ("created_ms", now.to_string()),
+                            ],
+                        )
+                        .query_async(&mut conn)
+                        .await?;
+                    let job = RecordJob {
+                        recording: rid.clone(),
+                        channel,
+                        playlist_url: config.hls_playlist_url(ch),
+                        start_ms,
+                        trigger,
+                    };
+                    let id = Queue::<RecordJob>::new(conn.clone(), keys, &config.queue).push_unique(&job, &rid).await?;
+                    println!("queued record job {} for channel {channel}: recording {rid}", id.unwrap_or_default());
+                }
+                _ => {
+                    let path = image.context("yolo needs --image <file.jpg>")?;
+                    let jpeg = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+                    let job = YoloJob { channel, frame_ts_ms: now, motion_event: event, motion_boxes: vec![], jpeg };
+                    let id = Queue::<YoloJob>::new(conn.clone(), keys, &config.queue).push(&job).await?;
+                    println!("queued yolo job {id} for channel {channel} ({})", path.display());
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn summary(payload: &serde_json::Value) -> String {
+    let get = |k: &str| payload.get(k).map(|v| v.to_string().trim_matches('"').to_string());
+    match (get("batch"), get("recording"), get("channel")) {
+        (Some(b), _, _) => format!("batch {b}"),
+        (_, Some(r), _) => format!("recording {r}"),
+        (_, _, Some(c)) => format!("channel {c}"),
+        _ => String::new(),
+    }
+}
+
+pub async fn backups(
+    config: &Config,
+    mut conn: ConnectionManager,
+    keys: &Keys,
+    channel: Option<u32>,
+    since: Option<&str>,
+    limit: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    let since = since
+        .map(|s| crate::compare::parse_time(s, now_ms()))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--since: {e}"))?;
+    if let Some(c) = channel {
+        anyhow::ensure!(config.channel(c).is_some(), "channel {c} is not in the config");
+    }
+    let r: redis::streams::StreamRangeReply = conn.xrevrange_count(keys.backup_events(), "+", "-", 100_000).await?;
+    let all: Vec<BackupEvent> = r.ids.iter().filter_map(|e| decode_entry(&e.map)).collect();
+    let deleted: HashSet<&str> =
+        all.iter().filter(|e| e.kind == BackupEventKind::Deleted).filter_map(|e| e.file.as_deref()).collect();
+    let list: Vec<&BackupEvent> = all
+        .iter()
+        .filter(|e| e.kind == BackupEventKind::File && e.file.as_deref().is_some_and(|f| !deleted.contains(f)))
+        .filter(|e| channel.is_none_or(|c| e.channel == c) && since.is_none_or(|t| e.end_ms >= t))
+        .take(limit)
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    println!("CH    START          LENGTH      SIZE  TRIGGER   FILE");
+    for b in list {
+        let trigger = b.trigger.as_ref().map(|t| format!("{:?}", t.kind).to_lowercase()).unwrap_or_default();
+        println!(
+            "{:<5} {} {:>7.1} s {:>6.1} MB  {:<8}  {}",
+            b.channel,
+            format_ms(b.start_ms),
+            b.duration_secs,
+            b.size_bytes as f64 / 1e6,
+            trigger,
+            b.file.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+pub async fn storage(mut conn: ConnectionManager, keys: &Keys, json: bool) -> anyhow::Result<()> {
+    let mut reports: Vec<StorageReport> = Vec::new();
+    for k in crate::cli::scan(&mut conn, &keys.storage_pattern()).await? {
+        let v: Option<String> = conn.get(&k).await?;
+        reports.extend(v.and_then(|v| serde_json::from_str(&v).ok()));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+        return Ok(());
+    }
+    if reports.is_empty() {
+        println!("no storage report (is a record worker running?)");
+    }
+    println!("NODE                                      USED    TOTAL       FREE  BACKUPS   WATERMARKS  HOURS LEFT");
+    for r in reports {
+        println!(
+            "{:<41} {:>5.1} % {:>6.1} GB {:>7.1} GB {:>6.1} GB  {:>3}/{:<3} %   {}",
+            r.node,
+            r.used_percent,
+            r.total_bytes as f64 / 1e9,
+            r.free_bytes as f64 / 1e9,
+            r.backup_bytes as f64 / 1e9,
+            r.low_watermark,
+            r.high_watermark,
+            r.hours_left.map(|h| format!("{h:.1}")).unwrap_or_else(|| "-".into())
+        );
+    }
+    Ok(())
+}
