@@ -15,6 +15,7 @@ CHANNELS=${CHANNELS:-8}
 REDIS_PORT=${REDIS_PORT:-6390}
 RTMP_PORT=${RTMP_PORT:-19350}
 HTTP_PORT=${HTTP_PORT:-18080}
+API_PORT=${API_PORT:-18088}
 SHARED=${CCTV_SHARED_DIR:-$ROOT/../shared}
 STATE=$ROOT/.local
 MODULE=/usr/lib/nginx/modules/ngx_rtmp_module.so
@@ -82,6 +83,8 @@ namespace = "local"
 publish_url = "rtmp://127.0.0.1:$RTMP_PORT/live"
 play_url = "rtmp://127.0.0.1:$RTMP_PORT/live"
 hls_url = "http://127.0.0.1:$HTTP_PORT/hls"
+[api]
+listen = "127.0.0.1:$API_PORT"
 [record]
 backup_dir = "$STATE/backups"
 [yolo]
@@ -129,6 +132,8 @@ app_pids+=($!)
 app_pids+=($!)
 
 cat <<MSG
+
+Dashboard:  http://127.0.0.1:$API_PORT/        (API: http://127.0.0.1:$API_PORT/api/openapi.json)
 
 Local cluster running: $CHANNELS cameras -> nginx-rtmp (rtmp://127.0.0.1:$RTMP_PORT/live/ch<N>)
   -> scheduler -> 2 motion workers + 1 YOLO worker + 1 record worker -> redis (127.0.0.1:$REDIS_PORT, namespace "local").
