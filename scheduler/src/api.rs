@@ -91,6 +91,7 @@ pub fn router(config: Arc<Config>, conn: ConnectionManager) -> Router {
         .route("/api/jobs/{queue}/{id}", get(job_show))
         .route("/api/jobs/{queue}/{id}/retry", post(job_retry))
         .route("/api/jobs/{queue}/purge", post(job_purge))
+        .route("/api/jobs/record/enqueue", post(job_enqueue_record))
         .route("/api/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no such endpoint (see /api/openapi.json)") })
@@ -587,6 +588,38 @@ async fn job_purge(State(s): State<ApiState>, headers: HeaderMap, Path(queue): P
         let n = q.purge_finished(zero, zero).await?;
         Ok(Json(json!({ "queue": queue, "purged": n })))
     })
+}
+
+#[derive(serde::Deserialize)]
+struct EnqueueRecord {
+    channel: u32,
+    #[serde(default = "default_seconds")]
+    seconds: f64,
+}
+
+fn default_seconds() -> f64 {
+    30.0
+}
+
+/// Back up a channel now (pre-roll included) for `seconds`.
+async fn job_enqueue_record(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Json<EnqueueRecord>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    require_token(&s, &headers)?;
+    let Json(req) =
+        body.map_err(|e| ApiError::bad(format!("body: {e} (expected {{\"channel\": N, \"seconds\": S}})")))?;
+    if s.config.channel(req.channel).is_none() {
+        return Err(ApiError::not_found(format!("channel {} is not configured", req.channel)));
+    }
+    if !(req.seconds > 0.0 && req.seconds <= 86_400.0) {
+        return Err(ApiError::bad(format!("seconds: {} is out of range (0, 86400]", req.seconds)));
+    }
+    let (rid, job) = crate::jobs_cli::enqueue_record(&s.config, &mut s.conn.clone(), &s.keys, req.channel, req.seconds)
+        .await
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")))?;
+    Ok(Json(json!({ "recording": rid, "job": job })))
 }
 
 /// Prometheus text format.

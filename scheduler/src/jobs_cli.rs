@@ -101,47 +101,13 @@ pub async fn run(config: &Config, mut conn: ConnectionManager, keys: &Keys, cmd:
             Ok(())
         }
         JobsCommand::Enqueue { kind, channel, seconds, image } => {
-            let ch = config.channel(channel).with_context(|| format!("channel {channel} is not in the config"))?;
+            config.channel(channel).with_context(|| format!("channel {channel} is not in the config"))?;
             let now = now_ms();
             let event = format!("manual-{}", uuid::Uuid::new_v4().simple());
             match kind.as_str() {
                 "record" => {
-                    anyhow::ensure!(
-                        seconds > 0.0 && seconds <= 86_400.0,
-                        "--seconds {seconds} is out of range (0, 86400]"
-                    );
-                    let rid = format!("ch{channel}-{event}");
-                    let start_ms = now - (config.record.pre_roll_secs * 1000.0) as i64;
-                    let trigger = RecordTrigger {
-                        kind: RecordPolicy::Motion,
-                        motion_event: event.clone(),
-                        ts_ms: now,
-                        labels: vec!["manual".into()],
-                    };
-                    let _: () = redis::pipe()
-                        .hset_multiple(
-                            keys.recording(&rid),
-                            &[
-                                ("channel", channel.to_string()),
-                                ("start_ms", start_ms.to_string()),
-                                ("end_ms", (now + (seconds * 1000.0) as i64).to_string()),
-                                ("open", "0".into()),
-                                ("trigger", serde_json::to_string(&trigger)?),
-                                ("events", serde_json::to_string(&[&event])?),
-                                ("created_ms", now.to_string()),
-                            ],
-                        )
-                        .query_async(&mut conn)
-                        .await?;
-                    let job = RecordJob {
-                        recording: rid.clone(),
-                        channel,
-                        playlist_url: config.hls_playlist_url(ch),
-                        start_ms,
-                        trigger,
-                    };
-                    let id = Queue::<RecordJob>::new(conn.clone(), keys, &config.queue).push_unique(&job, &rid).await?;
-                    println!("queued record job {} for channel {channel}: recording {rid}", id.unwrap_or_default());
+                    let (rid, id) = enqueue_record(config, &mut conn, keys, channel, seconds).await?;
+                    println!("queued record job {id} for channel {channel}: recording {rid}");
                 }
                 _ => {
                     let path = image.context("yolo needs --image <file.jpg>")?;
@@ -154,6 +120,48 @@ pub async fn run(config: &Config, mut conn: ConnectionManager, keys: &Keys, cmd:
             Ok(())
         }
     }
+}
+
+/// A manual recording of `channel` from now − pre-roll to now + `seconds`. Returns the
+/// recording id and the job id.
+pub async fn enqueue_record(
+    config: &Config,
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    channel: u32,
+    seconds: f64,
+) -> anyhow::Result<(String, String)> {
+    let ch = config.channel(channel).with_context(|| format!("channel {channel} is not in the config"))?;
+    anyhow::ensure!(seconds > 0.0 && seconds <= 86_400.0, "seconds: {seconds} is out of range (0, 86400]");
+    let now = now_ms();
+    let event = format!("manual-{}", uuid::Uuid::new_v4().simple());
+    let rid = format!("ch{channel}-{event}");
+    let start_ms = now - (config.record.pre_roll_secs * 1000.0) as i64;
+    let trigger = RecordTrigger {
+        kind: RecordPolicy::Motion,
+        motion_event: event.clone(),
+        ts_ms: now,
+        labels: vec!["manual".into()],
+    };
+    let _: () = redis::pipe()
+        .hset_multiple(
+            keys.recording(&rid),
+            &[
+                ("channel", channel.to_string()),
+                ("start_ms", start_ms.to_string()),
+                ("end_ms", (now + (seconds * 1000.0) as i64).to_string()),
+                ("open", "0".into()),
+                ("trigger", serde_json::to_string(&trigger)?),
+                ("events", serde_json::to_string(&[&event])?),
+                ("created_ms", now.to_string()),
+            ],
+        )
+        .query_async(conn)
+        .await?;
+    let job =
+        RecordJob { recording: rid.clone(), channel, playlist_url: config.hls_playlist_url(ch), start_ms, trigger };
+    let id = Queue::<RecordJob>::new(conn.clone(), keys, &config.queue).push_unique(&job, &rid).await?;
+    Ok((rid, id.unwrap_or_default()))
 }
 
 fn summary(payload: &serde_json::Value) -> String {

@@ -179,6 +179,8 @@ async fn api_serves_live_data_validates_input_and_guards_mutations() {
     assert_eq!(http.call("DELETE", &path, Some("wrong-token-wrong-token"), None).0, 401);
     assert_eq!(http.call("POST", "/api/jobs/record/purge", None, None).0, 401);
     assert_eq!(http.call("POST", "/api/jobs/record/purge", Some(TOKEN), None).0, 200);
+    assert_eq!(http.call("POST", "/api/jobs/record/enqueue", None, None).0, 401);
+    assert_eq!(http.call("POST", "/api/jobs/record/enqueue", Some(TOKEN), None).0, 400, "no body");
     assert_eq!(http.call("DELETE", &path, Some(TOKEN), None).0, 200);
     assert!(!backups.join(name).exists());
     let (_, list) = http.get("/api/backups?channel=1");
