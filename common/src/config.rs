@@ -39,6 +39,8 @@ pub struct Config {
     #[serde(default)]
     pub api: ApiConfig,
     #[serde(default)]
+    pub relay: RelayConfig,
+    #[serde(default)]
     pub logs: LogsConfig,
     #[serde(default, rename = "channel")]
     pub channels: Vec<ChannelConfig>,
@@ -320,6 +322,27 @@ impl Default for RecordConfig {
             stall_timeout_secs: 30.0,
         }
     }
+}
+
+/// What relays do with camera audio (FLV carries AAC/MP3; cameras often send G.711).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayAudio {
+    /// No audio in the relayed stream (and so in backups).
+    #[default]
+    Drop,
+    /// Copy the first audio track (it must be AAC or MP3).
+    Copy,
+    /// Transcode the first audio track to AAC (costs a little CPU per channel).
+    Aac,
+}
+
+/// The RTSP → RTMP relays (`scheduler relay`, next to nginx-rtmp).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// Default `drop`.
+    pub audio: RelayAudio,
 }
 
 /// The HTTP API and dashboard, served by `scheduler run`.

@@ -21,6 +21,7 @@
 //! | `<ns>:status:backup` | hash: worker → backup directory state JSON | worker-record | CLI, API |
 //! | `<ns>:storage:<node>` | string: `StorageReport` JSON, TTL | worker-record | CLI, API |
 //! | `<ns>:storagelock:<volume>` | string: worker id, TTL (one rotator per volume) | worker-record | worker-record |
+//! | `<ns>:status:relay:<id>` | string: relay state of main and sub-stream, TTL | scheduler relay | CLI, API |
 //! | `<ns>:status:channel:<id>` | string: `ChannelStatus` JSON, TTL | worker-motion | CLI |
 //! | `<ns>:scheduler:leader` | string: scheduler id, TTL | scheduler (one active at a time) | scheduler |
 //! | `<ns>:workers:<worker>` | string: `WorkerHeartbeat` JSON, TTL | every worker | CLI |
@@ -95,6 +96,9 @@ impl Keys {
     }
     pub fn storage_lock(&self, volume: &str) -> String {
         format!("{}:storagelock:{volume}", self.ns)
+    }
+    pub fn relay_status(&self, channel: u32) -> String {
+        format!("{}:status:relay:{channel}", self.ns)
     }
     pub fn channel_status(&self, channel: u32) -> String {
         format!("{}:status:channel:{channel}", self.ns)

@@ -15,6 +15,7 @@ pub mod decide;
 pub mod jobs_cli;
 pub mod nginx;
 pub mod plan;
+pub mod relay;
 
 use std::time::Duration;
 

@@ -19,8 +19,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the scheduler until SIGINT/SIGTERM.
+    /// Run the scheduler (and the HTTP API) until SIGINT/SIGTERM.
     Run,
+    /// Run the RTSP → RTMP relays of every channel (next to nginx-rtmp) until SIGINT/SIGTERM.
+    Relay,
     /// Validate the config file and list every problem.
     CheckConfig,
     /// Print the batches the config produces.
@@ -55,6 +57,7 @@ fn main() -> ExitCode {
         Command::CheckConfig => scheduler::cli::check_config(&cli.global.config),
         Command::Plan => print_plan(&cli.global.config),
         Command::Run => tokio_main(cli.global.config),
+        Command::Relay => relay_main(cli.global.config),
         Command::NginxConfig {
             rtmp_listen,
             http_listen,
@@ -92,6 +95,13 @@ async fn tokio_main(config: PathBuf) -> anyhow::Result<()> {
     let config = cctv_common::Config::load(&config)?;
     let shutdown = cctv_common::shutdown::install();
     scheduler::run(config, shutdown).await
+}
+
+#[tokio::main]
+async fn relay_main(config: PathBuf) -> anyhow::Result<()> {
+    let config = cctv_common::Config::load(&config)?;
+    let shutdown = cctv_common::shutdown::install();
+    scheduler::relay::run(config, shutdown).await
 }
 
 fn print_plan(path: &std::path::Path) -> anyhow::Result<()> {

@@ -30,6 +30,12 @@ impl Cluster {
         let redis = Redis::start();
         let nginx = Nginx::start();
         let dir = tempfile::tempdir().unwrap();
+        // Every scheduler serves the API: give each cluster its own port unless the test chose one.
+        let api = if extra.contains("[api]") {
+            String::new()
+        } else {
+            format!("[api]\nlisten = \"127.0.0.1:{}\"\n", crate::free_port())
+        };
         let text = format!(
             r#"
 [cluster]
@@ -44,7 +50,7 @@ reconcile_interval_secs = 1
 batch_size = {batch_size}
 [logs]
 dir = "{logs}"
-{extra}
+{api}{extra}
 {channels}
 "#,
             redis = redis.url(),

@@ -156,6 +156,63 @@ impl Nginx {
     }
 }
 
+/// Simulated IP cameras behind a real RTSP server (`loadtest/rtsp_cameras.py`, GStreamer's
+/// gst-rtsp-server): camera `i` (from 1) is `rtsp://127.0.0.1:<port>/cam<i>/main|sub`.
+pub struct RtspCameras {
+    pub port: u16,
+    _child: KillOnDrop,
+}
+
+impl RtspCameras {
+    /// `cameras`: per camera, its main and sub-stream clips (H.264 MP4).
+    pub fn start(cameras: &[(PathBuf, PathBuf)]) -> Self {
+        Self::start_on(free_port(), cameras)
+    }
+
+    /// Same, on a given port (to restart a "rebooted" camera server where clients expect it).
+    pub fn start_on(port: u16, cameras: &[(PathBuf, PathBuf)]) -> Self {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../loadtest/rtsp_cameras.py");
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.arg(&script).args(["--port", &port.to_string()]);
+        for (main, sub) in cameras {
+            cmd.arg("--camera").arg(format!("{},{}", main.display(), sub.display()));
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting the RTSP camera server (apt-get install python3-gi gir1.2-gst-rtsp-server-1.0)");
+        let child = KillOnDrop(child);
+        wait_for_port(port, Duration::from_secs(15), "RTSP camera server (python3-gi, gir1.2-gst-rtsp-server-1.0)");
+        Self { port, _child: child }
+    }
+
+    /// `rtsp://<userinfo>127.0.0.1:<port>/cam<i>/<stream>`.
+    pub fn url(&self, userinfo: &str, camera: u32, stream: &str) -> String {
+        format!("rtsp://{userinfo}127.0.0.1:{}/cam{camera}/{stream}", self.port)
+    }
+}
+
+/// Encodes a camera clip at a given size (H.264, 25 fps, GOP 25, no B-frames, no audio).
+pub fn make_camera_clip(source: &Path, out: &Path, loops: u32, width: u32, height: u32) {
+    encode(source, out, loops, &format!("fps=25,scale={width}:{height},format=yuv420p"), &["-bf", "0"]);
+}
+
+/// `ffmpeg -stream_loop <loops-1> -i source -vf <vf> -c:v libx264 -g 25 -an <extra> out`.
+fn encode(source: &Path, out: &Path, loops: u32, vf: &str, extra: &[&str]) {
+    require("ffmpeg", "ffmpeg");
+    let status = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
+        .args(["-stream_loop", &loops.saturating_sub(1).to_string(), "-i"])
+        .arg(source)
+        .args(["-vf", vf, "-c:v", "libx264", "-preset", "veryfast", "-g", "25", "-an"])
+        .args(extra)
+        .arg(out)
+        .status()
+        .expect("running ffmpeg");
+    assert!(status.success(), "ffmpeg could not make clip {} from {}", out.display(), source.display());
+}
+
 /// A simulated camera: ffmpeg loops a clip in real time and publishes it with stream copy.
 pub struct Pusher {
     process: FfmpegProcess,
@@ -188,38 +245,14 @@ impl Pusher {
 ///
 /// `quiet_before`/`quiet_after` seconds of frozen frames surround `loops` plays of `source`.
 pub fn make_clip(source: &Path, out: &Path, loops: u32, quiet_before: f64, quiet_after: f64) {
-    require("ffmpeg", "ffmpeg");
     let vf = format!(
         "fps=25,scale=trunc(iw/2)*2:trunc(ih/2)*2,tpad=start_mode=clone:start_duration={quiet_before}:stop_mode=clone:stop_duration={quiet_after},format=yuv420p"
     );
-    let status = Command::new("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-nostdin",
-            "-y",
-            "-stream_loop",
-            &loops.saturating_sub(1).to_string(),
-            "-i",
-        ])
-        .arg(source)
-        .args(["-vf", &vf, "-c:v", "libx264", "-preset", "veryfast", "-g", "25", "-an"])
-        .arg(out)
-        .status()
-        .expect("running ffmpeg");
-    assert!(status.success(), "ffmpeg could not make clip {} from {}", out.display(), source.display());
+    encode(source, out, loops, &vf, &[]);
 }
 
 /// A frozen clip: the first frame of `source` held for `seconds`.
 pub fn make_still_clip(source: &Path, out: &Path, seconds: f64) {
-    let status = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-i"])
-        .arg(source)
-        .args(["-vf", &format!("trim=end_frame=1,fps=25,tpad=stop_mode=clone:stop_duration={seconds},format=yuv420p")])
-        .args(["-c:v", "libx264", "-preset", "veryfast", "-g", "25", "-an"])
-        .arg(out)
-        .status()
-        .expect("running ffmpeg");
-    assert!(status.success(), "ffmpeg could not make still clip {}", out.display());
+    let vf = format!("trim=end_frame=1,fps=25,tpad=stop_mode=clone:stop_duration={seconds},format=yuv420p");
+    encode(source, out, 1, &vf, &[]);
 }

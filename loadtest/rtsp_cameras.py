@@ -1,0 +1,55 @@
+#!/usr/bin/python3
+"""Simulated IP cameras: a real RTSP server (GStreamer's gst-rtsp-server) serving N cameras,
+each with a main stream and a sub-stream, from H.264 MP4 clips, without re-encoding.
+
+    rtsp_cameras.py --port 8554 --camera main.mp4,sub.mp4 --camera main2.mp4,sub2.mp4 ...
+
+Camera i (from 1) is rtsp://<address>:<port>/cam<i>/main and .../cam<i>/sub. A clip that ends
+ends the RTSP session (as a camera reboot would); clients reconnect and it starts again.
+Debian packages: python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good
+gstreamer1.0-plugins-bad. Prints "ready" once listening.
+"""
+import argparse
+import sys
+
+import gi
+
+gi.require_version("Gst", "1.0")
+gi.require_version("GstRtspServer", "1.0")
+from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
+
+
+def factory(clip):
+    f = GstRtspServer.RTSPMediaFactory()
+    # Stream copy: demux the MP4, repeat SPS/PPS on every keyframe, packetise.
+    f.set_launch(
+        f'( filesrc location="{clip}" ! qtdemux ! h264parse config-interval=-1 ! rtph264pay name=pay0 pt=96 )'
+    )
+    f.set_shared(True)
+    return f
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--address", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--camera", action="append", required=True, help="main.mp4,sub.mp4 (sub optional)")
+    a = p.parse_args()
+    Gst.init(None)
+    server = GstRtspServer.RTSPServer()
+    server.set_address(a.address)
+    server.set_service(str(a.port))
+    mounts = server.get_mount_points()
+    for i, cam in enumerate(a.camera, start=1):
+        clips = cam.split(",")
+        mounts.add_factory(f"/cam{i}/main", factory(clips[0]))
+        mounts.add_factory(f"/cam{i}/sub", factory(clips[1] if len(clips) > 1 else clips[0]))
+    if server.attach(None) == 0:
+        print(f"cannot listen on {a.address}:{a.port}", file=sys.stderr)
+        sys.exit(1)
+    print("ready", flush=True)
+    GLib.MainLoop().run()
+
+
+if __name__ == "__main__":
+    main()

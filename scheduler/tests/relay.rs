@@ -1,0 +1,84 @@
+//! RTSP cameras (a real gst-rtsp-server) → `scheduler relay` → nginx-rtmp: main and sub-streams
+//! arrive with stream copy; a camera server that goes away is reported and the relays come
+//! back by themselves when it returns; no camera password in any status.
+
+use std::time::Duration;
+
+use cctv_common::shutdown::CancellationToken;
+use cctv_testkit::cluster::{wait_for, Cluster};
+use cctv_testkit::RtspCameras;
+use redis::AsyncCommands;
+use scheduler::relay::RelayStatus;
+
+fn probe_stream(url: &str) -> Option<(String, u64, u64)> {
+    let out = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-rw_timeout", "5000000", "-select_streams", "v:0"])
+        .args(["-show_entries", "stream=codec_name,width,height", "-of", "csv=p=0"])
+        .arg(url)
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut f = text.trim().split(',');
+    Some((f.next()?.to_string(), f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+}
+
+async fn status(cluster: &Cluster, id: u32) -> Option<RelayStatus> {
+    let mut c = cluster.conn().await;
+    let s: Option<String> = c.get(cluster.keys.relay_status(id)).await.unwrap();
+    s.map(|s| serde_json::from_str(&s).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtsp_cameras_are_relayed_into_nginx_and_relays_recover() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (main, sub) = (tmp.path().join("main.mp4"), tmp.path().join("sub.mp4"));
+    let source = cctv_testkit::media("worker-zone-detection.gif");
+    cctv_testkit::make_camera_clip(&source, &main, 6, 640, 360);
+    cctv_testkit::make_camera_clip(&source, &sub, 6, 320, 180);
+    let cams = vec![(main.clone(), sub.clone()), (main.clone(), sub.clone())];
+    let cameras = RtspCameras::start(&cams);
+    let port = cameras.port;
+    let channels: String = (1..=2)
+        .map(|i| {
+            format!(
+                "[[channel]]\nid = {i}\nname = \"cam {i}\"\nsource = \"{}\"\ndetect_source = \"{}\"\n",
+                cameras.url("admin:secret@", i, "main"),
+                cameras.url("admin:secret@", i, "sub")
+            )
+        })
+        .collect();
+    let cluster = Cluster::new(&channels, 8, "");
+    let stop = CancellationToken::new();
+    let relay = tokio::spawn(scheduler::relay::run(cluster.config.clone(), stop.clone()));
+
+    // Both streams of both cameras reach nginx-rtmp, unchanged (stream copy).
+    let live = cluster.nginx.live_url();
+    for i in 1..=2 {
+        let m = wait_for(Duration::from_secs(30), || async { probe_stream(&format!("{live}/ch{i}")) }).await;
+        assert_eq!(m, Some(("h264".into(), 640, 360)), "ch{i} main");
+        let s = wait_for(Duration::from_secs(30), || async { probe_stream(&format!("{live}/ch{i}_sub")) }).await;
+        assert_eq!(s, Some(("h264".into(), 320, 180)), "ch{i} sub");
+    }
+    let st = wait_for(Duration::from_secs(10), || async { status(&cluster, 1).await.filter(|s| s.main.running) }).await;
+    assert!(st.is_some(), "relay status reports ch1 running");
+
+    // The camera server goes away: relays report it (without the password)...
+    drop(cameras);
+    let down = wait_for(Duration::from_secs(30), || async {
+        status(&cluster, 1).await.filter(|s| !s.main.running && s.main.last_error.is_some())
+    })
+    .await
+    .expect("ch1 relay reported down");
+    let json = serde_json::to_string(&down).unwrap();
+    assert!(!json.contains("secret"), "password leaked: {json}");
+    eprintln!("relay down: {:?}", down.main.last_error);
+
+    // ...and come back by themselves when it returns on the same address.
+    let _cameras = RtspCameras::start_on(port, &cams);
+    let back = wait_for(Duration::from_secs(45), || async { probe_stream(&format!("{live}/ch1")) }).await;
+    assert_eq!(back, Some(("h264".into(), 640, 360)), "ch1 relayed again");
+    let st = status(&cluster, 1).await.unwrap();
+    assert!(st.main.restarts >= 1, "{st:?}");
+    stop.cancel();
+    let _ = relay.await;
+}
