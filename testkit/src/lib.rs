@@ -4,6 +4,7 @@
 //! a message naming the Debian package, never a skip.
 
 pub mod cluster;
+pub mod netns;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,285 @@
+//! Three hosts made of network namespaces: A runs redis-server, nginx-rtmp and the scheduler;
+//! B and C run workers only and reach A by its address. Workers on B and C share the motion
+//! batches, YOLO jobs and record jobs; killing every worker on B moves its batch to C within
+//! 15 s and no backup is lost or duplicated; a host D added later picks up work.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cctv_testkit::netns::{workspace_bin, Host, Network};
+use cctv_testkit::KillOnDrop;
+
+/// Redis as seen from host A.
+struct RedisCli<'a> {
+    host: &'a Host,
+    port: u16,
+}
+
+impl RedisCli<'_> {
+    fn run(&self, args: &[&str]) -> String {
+        let out = self
+            .host
+            .command("redis-cli")
+            .args(["--raw", "-h", &self.host.addr, "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+    fn get(&self, key: &str) -> Option<String> {
+        Some(self.run(&["GET", key]).trim().to_string()).filter(|s| !s.is_empty())
+    }
+    /// The JSON payloads of a stream.
+    fn stream(&self, key: &str) -> Vec<serde_json::Value> {
+        self.run(&["XRANGE", key, "-", "+"])
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+/// Which host a worker name belongs to (names carry the pid; namespaces share the host name).
+fn host_of(worker: &str, pids: &BTreeMap<u32, &'static str>) -> Option<&'static str> {
+    pids.iter().find(|(pid, _)| worker.contains(&format!("-{pid}-"))).map(|(_, h)| *h)
+}
+
+fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+struct Workers {
+    procs: Vec<KillOnDrop>,
+}
+
+fn start_workers(
+    host: &Host,
+    cfg: &Path,
+    logs: &Path,
+    motion_conc: &str,
+    record_conc: &str,
+    pids: &mut BTreeMap<u32, &'static str>,
+    name: &'static str,
+) -> Workers {
+    let cfg = cfg.to_str().unwrap();
+    let mut procs = Vec::new();
+    for (bin, args) in [
+        ("worker-motion", vec!["--config", cfg, "run", "--concurrency", motion_conc]),
+        ("worker-yolo", vec!["--config", cfg, "run"]),
+        ("worker-record", vec!["--config", cfg, "run", "--concurrency", record_conc]),
+    ] {
+        let p = host.spawn(workspace_bin(bin), &args, &logs.join(format!("{name}-{bin}.log")));
+        pids.insert(p.0.id(), name);
+        procs.push(p);
+    }
+    Workers { procs }
+}
+
+#[test]
+fn workers_on_several_hosts_share_work_and_take_over_a_lost_host() {
+    let tmp = tempfile::tempdir().unwrap();
+    let logs = tmp.path().join("proc-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let mut net = Network::new();
+    let (a, b, c) = (net.host("a", 1), net.host("b", 2), net.host("c", 3));
+    let (redis_port, rtmp_port, http_port) = (6379u16, 1935u16, 8080u16);
+
+    // Host A: redis-server, nginx-rtmp (config from the generator), cameras, scheduler.
+    let _redis = a.spawn(
+        "redis-server",
+        &[
+            "--bind",
+            &a.addr,
+            "--protected-mode",
+            "no",
+            "--port",
+            &redis_port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            tmp.path().to_str().unwrap(),
+        ],
+        &logs.join("redis.log"),
+    );
+    a.wait_port(&a.addr, redis_port, "redis-server");
+    let nginx_dir = tmp.path().join("nginx");
+    std::fs::create_dir_all(nginx_dir.join("hls")).unwrap();
+    let conf = scheduler::nginx::NginxConf {
+        rtmp_listen: format!("{}:{rtmp_port}", a.addr),
+        http_listen: format!("{}:{http_port}", a.addr),
+        hls_dir: nginx_dir.join("hls"),
+        work_dir: nginx_dir.clone(),
+        module: cctv_testkit::RTMP_MODULE.into(),
+        publish_allow: vec![format!("{}/32", a.addr)],
+        hls_playlist_secs: 90,
+        hls_fragment_secs: 2,
+    };
+    std::fs::write(nginx_dir.join("nginx.conf"), conf.render()).unwrap();
+    let _nginx = a.spawn(
+        "nginx",
+        &["-p", nginx_dir.to_str().unwrap(), "-c", nginx_dir.join("nginx.conf").to_str().unwrap(), "-e", "stderr"],
+        &logs.join("nginx.log"),
+    );
+    a.wait_port(&a.addr, rtmp_port, "nginx-rtmp");
+    let clip = tmp.path().join("cam.mp4");
+    // 8 s quiet, about a minute of people, then quiet.
+    cctv_testkit::make_clip(&cctv_testkit::media("worker-zone-detection.gif"), &clip, 12, 8.0, 90.0);
+    let _cams: Vec<KillOnDrop> = (1..=2)
+        .map(|i| {
+            a.spawn(
+                "ffmpeg",
+                &[
+                    "-nostdin",
+                    "-re",
+                    "-i",
+                    clip.to_str().unwrap(),
+                    "-c",
+                    "copy",
+                    "-f",
+                    "flv",
+                    &format!("rtmp://{}:{rtmp_port}/live/ch{i}", a.addr),
+                ],
+                &logs.join(format!("cam{i}.log")),
+            )
+        })
+        .collect();
+    let backups = tmp.path().join("backups");
+    let cfg = tmp.path().join("cctv.toml");
+    let mut text = format!(
+        "[cluster]\nredis_url = \"redis://{a}:{redis_port}\"\nnamespace = \"it\"\n\
+         [rtmp]\npublish_url = \"rtmp://{a}:{rtmp_port}/live\"\nplay_url = \"rtmp://{a}:{rtmp_port}/live\"\nhls_url = \"http://{a}:{http_port}/hls\"\n\
+         [scheduler]\nbatch_size = 1\nreconcile_interval_secs = 1\n[api]\nlisten = \"{a}:8088\"\n\
+         [record]\nbackup_dir = \"{bk}\"\ntimezone = \"UTC\"\npre_roll_secs = 5\npost_roll_secs = 5\n[logs]\ndir = \"{lg}\"\n\
+         [yolo]\nmodel = \"{model}\"\nsnapshot_dir = \"{snap}\"\n",
+        a = a.addr,
+        bk = backups.display(),
+        lg = tmp.path().join("logs").display(),
+        model = cctv_testkit::shared_dir().join("models/yolov5n.onnx").display(),
+        snap = tmp.path().join("snapshots").display(),
+    );
+    for i in 1..=2 {
+        text += &format!(
+            "[[channel]]\nid = {i}\nname = \"cam {i}\"\nsource = \"rtsp://127.0.0.1:1/cam{i}\"\npriority = true\n"
+        );
+    }
+    std::fs::write(&cfg, text).unwrap();
+    let _scheduler =
+        a.spawn(workspace_bin("scheduler"), &["--config", cfg.to_str().unwrap(), "run"], &logs.join("scheduler.log"));
+    let redis = RedisCli { host: &a, port: redis_port };
+
+    // B first, so it is sure to hold one batch and one recording; then C.
+    let mut pids: BTreeMap<u32, &'static str> = BTreeMap::new();
+    let b_workers = start_workers(&b, &cfg, &logs, "1", "1", &mut pids, "b");
+    let holders = |redis: &RedisCli| -> Vec<Option<String>> {
+        ["b0", "b1"].iter().map(|x| redis.get(&format!("it:motion:lease:{x}"))).collect()
+    };
+    wait_until(Duration::from_secs(30), || holders(&redis).iter().any(Option::is_some).then_some(()))
+        .expect("B holds a batch");
+    let _c_workers = start_workers(&c, &cfg, &logs, "2", "2", &mut pids, "c");
+
+    // 1. Both hosts hold a batch, run YOLO jobs and write recordings.
+    let shared_batches = wait_until(Duration::from_secs(30), || {
+        let h: Vec<_> = holders(&redis).into_iter().flatten().filter_map(|w| host_of(&w, &pids)).collect();
+        (h.len() == 2 && h.contains(&"b") && h.contains(&"c")).then_some(h)
+    });
+    assert!(shared_batches.is_some(), "batches not shared: {:?}", holders(&redis));
+    let yolo_hosts = wait_until(Duration::from_secs(40), || {
+        let hosts: HashSet<_> =
+            redis.stream("it:events:objects").iter().filter_map(|e| host_of(e["worker"].as_str()?, &pids)).collect();
+        (hosts.len() == 2).then_some(hosts)
+    });
+    assert!(yolo_hosts.is_some(), "YOLO jobs not shared between B and C");
+    let record_hosts = wait_until(Duration::from_secs(30), || {
+        let keys = redis.run(&["KEYS", "it:record:lease:*"]);
+        let hosts: HashSet<_> = keys.lines().filter_map(|k| redis.get(k)).filter_map(|w| host_of(&w, &pids)).collect();
+        (hosts.len() == 2).then_some(hosts)
+    });
+    assert!(record_hosts.is_some(), "recordings not shared between B and C");
+
+    // 2. Every worker on B is killed: B's batch moves to C within 15 s.
+    let b_batch = holders(&redis)
+        .into_iter()
+        .enumerate()
+        .find(|(_, w)| w.as_deref().and_then(|w| host_of(w, &pids)) == Some("b"))
+        .map(|(i, _)| i)
+        .unwrap();
+    for mut p in b_workers.procs {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.0.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+        let _ = p.0.wait();
+    }
+    let killed = Instant::now();
+    let taken = wait_until(Duration::from_secs(20), || {
+        let w = holders(&redis)[b_batch].clone()?;
+        (host_of(&w, &pids) == Some("c")).then(|| killed.elapsed())
+    })
+    .expect("C takes over B's batch");
+    eprintln!("B's batch b{b_batch} held by C {} ms after kill -9", taken.as_millis());
+    assert!(taken <= Duration::from_secs(15), "takeover took {taken:?}");
+
+    // 3. Host D joins without restarting anything and picks up YOLO work.
+    let d = net.host("d", 4);
+    let _d_workers = start_workers(&d, &cfg, &logs, "1", "1", &mut pids, "d");
+    let d_joined = Instant::now();
+    let d_work = wait_until(Duration::from_secs(40), || {
+        redis
+            .stream("it:events:objects")
+            .iter()
+            .any(|e| e["worker"].as_str().and_then(|w| host_of(w, &pids)) == Some("d"))
+            .then(|| d_joined.elapsed())
+    });
+    eprintln!("host D's first YOLO result {:?} after it started", d_work);
+    assert!(d_work.is_some(), "host D did not pick up work");
+
+    // No backup lost or duplicated: once motion is over, each channel has one recording whose
+    // files cover it from pre-roll to post-roll without gaps; nothing temporary is left.
+    let files = wait_until(Duration::from_secs(150), || {
+        let motion = redis.stream("it:events:motion");
+        let ended: HashSet<u64> =
+            motion.iter().filter(|m| m["kind"] == "end").filter_map(|m| m["channel"].as_u64()).collect();
+        let files: Vec<serde_json::Value> =
+            redis.stream("it:events:backup").into_iter().filter(|e| e["kind"] == "file").collect();
+        let open = redis.run(&["KEYS", "it:record:lease:*"]);
+        let done: HashSet<u64> = files.iter().filter_map(|f| f["channel"].as_u64()).collect();
+        (ended.len() == 2 && done.len() == 2 && open.trim().is_empty()).then_some(files)
+    })
+    .expect("both channels' backups written");
+    let motion = redis.stream("it:events:motion");
+    for ch in 1..=2u64 {
+        let mut parts: Vec<&serde_json::Value> = files.iter().filter(|f| f["channel"] == ch).collect();
+        parts.sort_by_key(|f| f["start_ms"].as_i64());
+        let recordings: HashSet<&str> = parts.iter().filter_map(|f| f["recording"].as_str()).collect();
+        let names: HashSet<&str> = parts.iter().filter_map(|f| f["file"].as_str()).collect();
+        eprintln!("ch{ch}: {} file(s), recordings {recordings:?}", parts.len());
+        assert_eq!(recordings.len(), 1, "ch{ch}: one activity, one recording: {parts:?}");
+        assert_eq!(names.len(), parts.len(), "ch{ch}: a file reported twice");
+        let first_start = motion
+            .iter()
+            .filter(|m| m["channel"] == ch && m["kind"] == "start")
+            .filter_map(|m| m["ts_ms"].as_i64())
+            .min()
+            .unwrap();
+        assert!(parts[0]["start_ms"].as_i64().unwrap() <= first_start - 5000, "ch{ch} pre-roll: {parts:?}");
+        for w in parts.windows(2) {
+            assert!(
+                w[1]["start_ms"].as_i64().unwrap() - w[0]["end_ms"].as_i64().unwrap() <= 1000,
+                "ch{ch} gap: {parts:?}"
+            );
+        }
+    }
+    let left: Vec<String> =
+        std::fs::read_dir(&backups).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(left.iter().all(|n| !n.ends_with(".part")), "{left:?}");
+    assert_eq!(left.len(), files.len(), "one file per reported backup: {left:?}");
+}
