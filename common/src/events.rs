@@ -172,6 +172,9 @@ pub struct BackupEvent {
     /// Video before the trigger in this file (first part only), ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pre_roll_ms: Option<i64>,
+    /// Wall-clock time the worker began writing this file (first fragment spooled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writing_since_ms: Option<i64>,
     /// ffprobe's verdict: codec, resolution, duration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation: Option<String>,

@@ -408,6 +408,7 @@ async fn delete_backup(
         trigger: None,
         events: vec![],
         pre_roll_ms: None,
+        writing_since_ms: None,
         validation: None,
         error: Some("deleted through the API".into()),
         worker: "api".into(),

@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 
 /// A relay running this long counts as healthy: its backoff resets.
 const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+/// A run this long that ends cleanly is not a failure.
+const CLEAN_RUN: Duration = Duration::from_secs(5);
 /// Status TTL; refreshed every 2 s.
 const STATUS_TTL_SECS: u64 = 10;
 
@@ -126,12 +128,13 @@ fn start_relay(label: String, source: String, publish: String, audio: RelayAudio
                 if stop.is_cancelled() {
                     break;
                 }
-                let healthy = started.elapsed() >= HEALTHY_AFTER;
-                if healthy {
+                // A clean end after a real run (a camera that closed the session, a clip that
+                // ended) is retried at once; failures back off.
+                let clean_end = reason == "stream ended" && started.elapsed() >= CLEAN_RUN;
+                if clean_end || started.elapsed() >= HEALTHY_AFTER {
                     backoff = Duration::from_secs(1);
                 }
-                // A clean end (a camera or file that ended) is retried at once.
-                let wait = if reason == "stream ended" && healthy { Duration::from_millis(200) } else { backoff };
+                let wait = if clean_end { Duration::from_millis(200) } else { backoff };
                 {
                     let mut s = st.lock().unwrap_or_else(|e| e.into_inner());
                     s.running = false;

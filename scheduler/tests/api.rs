@@ -159,6 +159,7 @@ async fn api_serves_live_data_validates_input_and_guards_mutations() {
         trigger: None,
         events: vec![],
         pre_roll_ms: Some(5000),
+        writing_since_ms: None,
         validation: Some("ok".into()),
         error: None,
         worker: "w".into(),

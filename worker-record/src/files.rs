@@ -62,6 +62,8 @@ pub struct Spool {
     pub last_start_ms: i64,
     pub end_ms: i64,
     pub fragments: usize,
+    /// When the first fragment was written (wall clock, ms).
+    pub created_ms: i64,
     bytes: u64,
 }
 
@@ -69,7 +71,16 @@ impl Spool {
     pub fn create(dir: &Path, recording: &str, part: u32, first_ms: i64) -> Result<Self, FileError> {
         let path = dir.join(format!(".{recording}.p{part}.ts.part"));
         let file = File::create(&path).map_err(|error| FileError::Write { path: path.clone(), error })?;
-        Ok(Self { path, file, first_ms, last_start_ms: first_ms, end_ms: first_ms, fragments: 0, bytes: 0 })
+        Ok(Self {
+            path,
+            file,
+            first_ms,
+            last_start_ms: first_ms,
+            end_ms: first_ms,
+            fragments: 0,
+            created_ms: cctv_common::events::now_ms(),
+            bytes: 0,
+        })
     }
 
     /// Appends a whole fragment, or nothing: a failed write (disk full) is cut back so the

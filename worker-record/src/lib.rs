@@ -177,6 +177,7 @@ fn error_event(ctx: &Ctx, job: &RecordJob, meta: &JobMeta, part: u32, error: Str
         trigger: Some(job.trigger.clone()),
         events: vec![],
         pre_roll_ms: None,
+        writing_since_ms: None,
         validation: None,
         error: Some(error),
         worker: ctx.worker.clone(),
@@ -409,7 +410,8 @@ impl<'a> Recorder<'a> {
     async fn finish_part(&mut self) -> Result<(), JobError> {
         let Some(spool) = self.spool.take() else { return Ok(()) };
         let part = self.parts.len() as u32 + 1;
-        let (first_ms, last_ms, end_ms) = (spool.first_ms, spool.last_start_ms, spool.end_ms);
+        let (first_ms, last_ms, end_ms, writing_since) =
+            (spool.first_ms, spool.last_start_ms, spool.end_ms, spool.created_ms);
         let stamp = cctv_common::timefmt::file_stamp(first_ms, &self.ctx.tz);
         let (dir, rid, ext, container) = (
             self.dir.clone(),
@@ -455,6 +457,7 @@ impl<'a> Recorder<'a> {
             trigger: Some(self.job.trigger.clone()),
             events: self.events.clone(),
             pre_roll_ms: (part == 1).then_some(self.job.trigger.ts_ms - first_ms),
+            writing_since_ms: Some(writing_since),
             validation: Some(probe.summary()),
             error: None,
             worker: self.ctx.worker.clone(),

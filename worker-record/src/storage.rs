@@ -259,6 +259,7 @@ impl Monitor {
                 trigger: None,
                 events: vec![],
                 pre_roll_ms: None,
+                writing_since_ms: None,
                 validation: None,
                 error: Some(why),
                 worker: self.worker.clone(),
