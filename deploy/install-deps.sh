@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 # iproute2: the multi-host (network namespace) test. docker-compose: validating the compose file.
 APT_PACKAGES=(ffmpeg nginx libnginx-mod-rtmp redis-server libopencv-dev clang libclang-dev pkg-config python3-pip unzip curl chromium
     python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad iproute2
-    docker-compose)
+    docker-compose fonts-dejavu-core)
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 

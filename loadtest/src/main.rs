@@ -1,12 +1,14 @@
-//! `loadtest`: Load and stability test harness (issue 7; this release only validates config).
+//! `loadtest`: the load and stability test (see `docs/loadtest.md`).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use cctv_common::cli::GlobalArgs;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Load and stability test harness (issue 7; this release only validates config)")]
+#[command(version, about = "CCTV load and stability test: 4 → 8 → 16 → 32 simulated cameras through the whole cluster")]
 struct Cli {
     #[command(flatten)]
     global: GlobalArgs,
@@ -16,6 +18,30 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Bring up a cluster and run the stages; exit 1 if a stage was unstable.
+    Run {
+        /// Channel counts, in order.
+        #[arg(long, value_delimiter = ',', default_values_t = vec![4, 8, 16, 32])]
+        stages: Vec<usize>,
+        /// Seconds each stage is held.
+        #[arg(long, default_value_t = 120)]
+        hold_secs: u64,
+        /// 4 channels for 30 s: checks the harness itself.
+        #[arg(long)]
+        quick: bool,
+        /// Where report.md, report.json and the plots go.
+        #[arg(long, default_value = "loadtest-report")]
+        report_dir: PathBuf,
+        /// Where encoded camera clips are cached between runs.
+        #[arg(long, default_value = ".local/loadtest-clips")]
+        cache_dir: PathBuf,
+        /// Motion worker processes.
+        #[arg(long, default_value_t = 2)]
+        motion_workers: usize,
+        /// No progress bars (logs and CI).
+        #[arg(long)]
+        no_progress: bool,
+    },
     /// Validate the config file and list every problem.
     CheckConfig,
 }
@@ -24,5 +50,42 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig => cctv_common::config::check_config_command(&cli.global.config),
+        Command::Run { stages, hold_secs, quick, report_dir, cache_dir, motion_workers, no_progress } => {
+            let (stages, hold) = if quick { (vec![4], 30) } else { (stages, hold_secs) };
+            if stages.is_empty() || stages.iter().any(|&n| n == 0 || n > 64) || hold < 10 {
+                eprintln!("error: --stages must be 1..=64 channels each and --hold-secs at least 10");
+                return ExitCode::from(2);
+            }
+            let opts = loadtest::Options {
+                stages,
+                hold: Duration::from_secs(hold),
+                report_dir,
+                cache_dir,
+                sample_every: Duration::from_secs(2),
+                motion_workers,
+                progress: !no_progress,
+            };
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(loadtest::run(opts.clone())) {
+                Ok(r) if r.stages.iter().all(|s| s.stable) => {
+                    println!("report: {}", opts.report_dir.join("report.md").display());
+                    ExitCode::SUCCESS
+                }
+                Ok(_) => {
+                    eprintln!("unstable stage(s); see {}", opts.report_dir.join("report.md").display());
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }

@@ -94,6 +94,10 @@ impl Redis {
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
+
+    pub fn pid(&self) -> u32 {
+        self._child.0.id()
+    }
 }
 
 /// nginx with the RTMP module (Debian's `libnginx-mod-rtmp`): the `live` application, its HLS
@@ -142,6 +146,10 @@ impl Nginx {
         Self { rtmp_port, http_port, dir, _child: child }
     }
 
+    pub fn pid(&self) -> u32 {
+        self._child.0.id()
+    }
+
     /// `http://127.0.0.1:<port>/hls`: the HLS buffer record workers read.
     pub fn hls_url(&self) -> String {
         format!("http://127.0.0.1:{}/hls", self.http_port)
@@ -186,6 +194,10 @@ impl RtspCameras {
         let child = KillOnDrop(child);
         wait_for_port(port, Duration::from_secs(15), "RTSP camera server (python3-gi, gir1.2-gst-rtsp-server-1.0)");
         Self { port, _child: child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self._child.0.id()
     }
 
     /// `rtsp://<userinfo>127.0.0.1:<port>/cam<i>/<stream>`.

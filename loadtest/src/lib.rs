@@ -1,0 +1,657 @@
+//! The load and stability test: N simulated RTSP cameras (main 1280x720 25 fps, sub 640x360
+//! 10 fps, about a quarter of them active) through the whole cluster — relays, nginx-rtmp,
+//! scheduler, motion, YOLO and record workers — in stages of growing N, sampling CPU and RSS
+//! per component, Redis, frames analysed vs expected, latencies and errors, and writing
+//! `report.md`, `report.json` and PNG plots.
+//!
+//! A stage is unstable when a process died, a channel was offline at its end, or more than 1 %
+//! of motion frames were not analysed; the run then exits non-zero.
+
+pub mod plot;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use cctv_common::events::{
+    decode_entry, now_ms, BackupEvent, BackupEventKind, ChannelStatus, MotionEvent, ObjectEvent,
+};
+use cctv_testkit::{Nginx, Redis, RtspCameras};
+use redis::AsyncCommands;
+use serde::Serialize;
+
+/// Motion analysis rate (the default `motion.fps`).
+const MOTION_FPS: f64 = 5.0;
+/// Seconds after a stage starts before frames are counted (readers connecting).
+const WARMUP_SECS: u64 = 20;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub stages: Vec<usize>,
+    pub hold: Duration,
+    pub report_dir: PathBuf,
+    /// Encoded camera clips are kept here between runs.
+    pub cache_dir: PathBuf,
+    pub sample_every: Duration,
+    pub motion_workers: usize,
+    pub progress: bool,
+}
+
+/// A process the load test started, stopped with SIGTERM (then SIGKILL) on drop.
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+impl Proc {
+    fn spawn(name: &str, bin: &Path, args: &[&str], log: &Path) -> anyhow::Result<Self> {
+        let err = std::fs::File::create(log)?;
+        let child = Command::new(bin)
+            .args(args)
+            .env("CCTV_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        Ok(Self { name: name.to_string(), child })
+    }
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A binary of this workspace next to the load test (`target/<profile>/`).
+fn workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(2) {
+        let p = dir.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    anyhow::bail!("{name} is not built next to {} (cargo build --workspace --bins)", exe.display())
+}
+
+/// One resource sample.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub t_secs: f64,
+    pub stage: usize,
+    /// Per component: CPU (% of one core) and RSS (MiB).
+    pub cpu: BTreeMap<String, f64>,
+    pub rss_mib: BTreeMap<String, f64>,
+    pub redis_used_mib: f64,
+    pub redis_ops_per_sec: f64,
+    pub backup_bytes: u64,
+    pub yolo_waiting: u64,
+}
+
+/// Percentiles of a latency list, ms.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    pub count: usize,
+    pub p50: Option<i64>,
+    pub p95: Option<i64>,
+    pub max: Option<i64>,
+}
+
+impl Latency {
+    fn of(mut v: Vec<i64>) -> Self {
+        v.sort_unstable();
+        let pick = |q: f64| v.get(((v.len() as f64 - 1.0) * q).round() as usize).copied();
+        Self { count: v.len(), p50: pick(0.5), p95: pick(0.95), max: v.last().copied() }
+    }
+}
+
+/// One stage's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageReport {
+    pub channels: usize,
+    pub seconds: f64,
+    /// Averages over the stage's samples: CPU % of one core and RSS MiB per component.
+    pub cpu: BTreeMap<String, f64>,
+    pub rss_mib: BTreeMap<String, f64>,
+    /// Cluster total (cameras excluded: they stand for the real cameras).
+    pub cluster_cpu_percent_of_machine: f64,
+    pub cluster_rss_mib: f64,
+    pub redis_used_mib: f64,
+    pub redis_ops_per_sec: f64,
+    pub backup_write_kib_per_sec: f64,
+    pub frames_expected: f64,
+    pub frames_analysed: u64,
+    pub frames_dropped_percent: f64,
+    pub motion_latency_ms: Latency,
+    pub yolo_latency_ms: Latency,
+    pub yolo_processed: i64,
+    pub yolo_dropped: i64,
+    pub yolo_max_waiting: u64,
+    pub record_start_latency_ms: Latency,
+    pub pre_roll_ms: Latency,
+    pub backups: usize,
+    pub backup_errors: usize,
+    pub offline_at_end: Vec<u32>,
+    pub dead_processes: Vec<String>,
+    pub stable: bool,
+    pub problems: Vec<String>,
+}
+
+/// The whole run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub machine: String,
+    pub started: String,
+    pub stages: Vec<StageReport>,
+    pub samples: Vec<Sample>,
+}
+
+/// Camera clips: an active scene and a still one, main and sub-stream, long enough for the run
+/// (a short encode, then stream-copied many times over, so clip ends are rare).
+fn prepare_clips(cache: &Path) -> anyhow::Result<[(PathBuf, PathBuf); 3]> {
+    std::fs::create_dir_all(cache)?;
+    let make = |name: &str, src: &str, vf_extra: &str| -> anyhow::Result<(PathBuf, PathBuf)> {
+        let mut out = Vec::new();
+        for (kind, w, h, fps, gop) in [("main", 1280, 720, 25, 50), ("sub", 640, 360, 10, 20)] {
+            let long = cache.join(format!("{name}-{kind}.mp4"));
+            if !long.is_file() {
+                let short = cache.join(format!("{name}-{kind}-short.mp4"));
+                let vf = format!("fps={fps},scale={w}:{h}{vf_extra},format=yuv420p");
+                let ok = Command::new("ffmpeg")
+                    .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-stream_loop", "3", "-i"])
+                    .arg(cctv_testkit::media(src))
+                    .args([
+                        "-vf",
+                        &vf,
+                        "-c:v",
+                        "libx264",
+                        "-preset",
+                        "veryfast",
+                        "-g",
+                        &gop.to_string(),
+                        "-bf",
+                        "0",
+                        "-an",
+                    ])
+                    .arg(&short)
+                    .status()?
+                    .success();
+                anyhow::ensure!(ok, "encoding {}", short.display());
+                let part = cache.join(format!("{name}-{kind}.part.mp4"));
+                let ok = Command::new("ffmpeg")
+                    .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-stream_loop", "60", "-i"])
+                    .arg(&short)
+                    .args(["-c", "copy"])
+                    .arg(&part)
+                    .status()?
+                    .success();
+                anyhow::ensure!(ok, "looping {}", part.display());
+                std::fs::rename(&part, &long)?;
+                let _ = std::fs::remove_file(&short);
+            }
+            out.push(long);
+        }
+        Ok((out[0].clone(), out[1].clone()))
+    };
+    Ok([
+        // Activity then 15 s of stillness, over and over: motion events start and end.
+        make("people-q", "worker-zone-detection.gif", ",tpad=stop_mode=clone:stop_duration=15")?,
+        make("shoppers-q", "store-aisle-detection.gif", ",tpad=stop_mode=clone:stop_duration=15")?,
+        make("still", "store-aisle-detection.gif", ",trim=end_frame=1,tpad=stop_mode=clone:stop_duration=20")?,
+    ])
+}
+
+/// Camera `i` (from 1): every fourth is active (alternating scenes), the rest still.
+fn camera_clip(i: usize, clips: &[(PathBuf, PathBuf); 3]) -> (PathBuf, PathBuf) {
+    match i % 8 {
+        1 => clips[0].clone(),
+        5 => clips[1].clone(),
+        _ => clips[2].clone(),
+    }
+}
+
+fn config_text(n: usize, redis: &Redis, nginx: &Nginx, cams: &RtspCameras, dir: &Path, api_port: u16) -> String {
+    let mut t = format!(
+        "[cluster]\nredis_url = \"{}\"\nnamespace = \"load\"\n\
+         [rtmp]\npublish_url = \"{live}\"\nplay_url = \"{live}\"\nhls_url = \"{}\"\n\
+         [scheduler]\nbatch_size = 8\nreconcile_interval_secs = 2\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n\
+         [record]\nbackup_dir = \"{}\"\ntimezone = \"UTC\"\n[logs]\ndir = \"{}\"\n\
+         [yolo]\nmodel = \"{}\"\nsnapshot_dir = \"{}\"\n",
+        redis.url(),
+        nginx.hls_url(),
+        dir.join("backups").display(),
+        dir.join("logs").display(),
+        cctv_testkit::shared_dir().join("models/yolov5n.onnx").display(),
+        dir.join("snapshots").display(),
+        live = nginx.live_url(),
+    );
+    for i in 1..=n {
+        let priority = i % 8 == 1;
+        t += &format!(
+            "[[channel]]\nid = {i}\nname = \"cam {i}\"\nsource = \"{}\"\ndetect_source = \"{}\"\npriority = {priority}\n",
+            cams.url("viewer:load@", i as u32, "main"),
+            cams.url("viewer:load@", i as u32, "sub"),
+        );
+    }
+    t
+}
+
+/// Which of our processes a pid belongs to (nearest ancestor we know), for CPU attribution.
+fn component_of(pid: sysinfo::Pid, sys: &sysinfo::System, roots: &HashMap<u32, String>) -> Option<String> {
+    let me = sys.process(pid)?;
+    let mut cur = Some(pid);
+    let mut descendant = false;
+    while let Some(p) = cur {
+        if let Some(name) = roots.get(&p.as_u32()) {
+            return Some(if descendant { format!("{} ({name})", me.name().to_string_lossy()) } else { name.clone() });
+        }
+        descendant = true;
+        cur = sys.process(p).and_then(|pr| pr.parent());
+    }
+    None
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map(|d| d.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum()).unwrap_or(0)
+}
+
+async fn stream<T: serde::de::DeserializeOwned>(
+    conn: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    from_ms: i64,
+) -> Vec<(i64, T)> {
+    let r: redis::streams::StreamRangeReply = conn.xrange(key, format!("{from_ms}-0"), "+").await.unwrap_or_default();
+    r.ids
+        .iter()
+        .filter_map(|e| {
+            let ms = e.id.split('-').next()?.parse().ok()?;
+            Some((ms, decode_entry::<T>(&e.map)?))
+        })
+        .collect()
+}
+
+async fn frames_total(conn: &mut redis::aio::MultiplexedConnection, n: usize) -> (u64, Vec<u32>) {
+    let mut total = 0;
+    let mut offline = Vec::new();
+    for i in 1..=n as u32 {
+        let s: Option<String> = conn.get(format!("load:status:channel:{i}")).await.unwrap_or(None);
+        match s.and_then(|s| serde_json::from_str::<ChannelStatus>(&s).ok()) {
+            Some(st) => {
+                total += st.frames_total;
+                if !st.online {
+                    offline.push(i);
+                }
+            }
+            None => offline.push(i),
+        }
+    }
+    (total, offline)
+}
+
+/// Runs the stages; returns the report (already written to `report_dir`).
+pub async fn run(opts: Options) -> anyhow::Result<Report> {
+    std::fs::create_dir_all(&opts.report_dir)?;
+    let work = tempfile_dir(&opts.report_dir)?;
+    let logs = work.join("process-logs");
+    std::fs::create_dir_all(&logs)?;
+    let max = *opts.stages.iter().max().context("no stage")?;
+    eprintln!("preparing camera clips in {} (first run only)...", opts.cache_dir.display());
+    let clips = prepare_clips(&opts.cache_dir)?;
+    let redis = Redis::start();
+    let nginx = Nginx::start();
+    let cams: Vec<(PathBuf, PathBuf)> = (1..=max).map(|i| camera_clip(i, &clips)).collect();
+    let cameras = RtspCameras::start(&cams);
+    let api_port = cctv_testkit::free_port();
+    let cfg = work.join("cctv.toml");
+    std::fs::write(&cfg, config_text(opts.stages[0], &redis, &nginx, &cameras, &work, api_port))?;
+    let cfgs = cfg.to_str().context("config path")?.to_string();
+
+    let mut workers: Vec<Proc> = Vec::new();
+    for w in 1..=opts.motion_workers {
+        workers.push(Proc::spawn(
+            &format!("worker-motion-{w}"),
+            &workspace_bin("worker-motion")?,
+            &["--config", &cfgs, "run", "--concurrency", "4"],
+            &logs.join(format!("motion-{w}.log")),
+        )?);
+    }
+    // The ONNX Runtime library install-deps puts in .ort/, unless ORT_DYLIB_PATH says otherwise.
+    if std::env::var_os("ORT_DYLIB_PATH").is_none() {
+        let local = std::path::Path::new(".ort/libonnxruntime.so.1.32.0");
+        if local.is_file() {
+            std::env::set_var("ORT_DYLIB_PATH", std::fs::canonicalize(local)?);
+        }
+    }
+    workers.push(Proc::spawn(
+        "worker-yolo",
+        &workspace_bin("worker-yolo")?,
+        &["--config", &cfgs, "run"],
+        &logs.join("yolo.log"),
+    )?);
+    workers.push(Proc::spawn(
+        "worker-record",
+        &workspace_bin("worker-record")?,
+        &["--config", &cfgs, "run"],
+        &logs.join("record.log"),
+    )?);
+
+    let mut conn = redis::Client::open(redis.url())?.get_multiplexed_async_connection().await?;
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    let mut stages = Vec::new();
+    let mut sys = sysinfo::System::new()?;
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+
+    for &n in &opts.stages {
+        std::fs::write(&cfg, config_text(n, &redis, &nginx, &cameras, &work, api_port))?;
+        // The scheduler and relays read the channel list at start: restart them per stage; the
+        // workers keep running and follow the new plan.
+        let mut stage_procs = vec![
+            Proc::spawn(
+                "relay",
+                &workspace_bin("scheduler")?,
+                &["--config", &cfgs, "relay"],
+                &logs.join(format!("relay-{n}.log")),
+            )?,
+            Proc::spawn(
+                "scheduler",
+                &workspace_bin("scheduler")?,
+                &["--config", &cfgs, "run"],
+                &logs.join(format!("scheduler-{n}.log")),
+            )?,
+        ];
+        let stage_start = Instant::now();
+        let stage_start_ms = now_ms();
+        let bar = if opts.progress {
+            let b = indicatif::ProgressBar::new(opts.hold.as_secs());
+            b.set_style(
+                indicatif::ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} s  {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            b.set_prefix(format!("{n} channels"));
+            Some(b)
+        } else {
+            None
+        };
+        let mut frames_at_warmup: Option<(u64, Instant)> = None;
+        let mut stage_samples: Vec<Sample> = Vec::new();
+        let mut dead = Vec::new();
+        let mut yolo_max_waiting = 0;
+        let backups_at_start = dir_bytes(&work.join("backups"));
+        let yolo_stats_start: HashMap<String, i64> = conn.hgetall("load:stats:yolo").await.unwrap_or_default();
+        while stage_start.elapsed() < opts.hold {
+            tokio::time::sleep(opts.sample_every).await;
+            if frames_at_warmup.is_none()
+                && stage_start.elapsed() >= Duration::from_secs(WARMUP_SECS.min(opts.hold.as_secs() / 3))
+            {
+                frames_at_warmup = Some((frames_total(&mut conn, n).await.0, Instant::now()));
+            }
+            let mut roots: HashMap<u32, String> = HashMap::new();
+            roots.insert(redis.pid(), "redis-server".into());
+            roots.insert(nginx.pid(), "nginx".into());
+            roots.insert(cameras.pid(), "cameras (simulator)".into());
+            for p in workers.iter_mut().chain(stage_procs.iter_mut()) {
+                if !p.alive() && !dead.contains(&p.name) {
+                    dead.push(p.name.clone());
+                }
+                roots.insert(p.pid(), p.name.clone());
+            }
+            sys.refresh_processes_specifics(
+                sysinfo::ProcessesToUpdate::All,
+                true,
+                sysinfo::ProcessRefreshKind::nothing().with_cpu().with_memory(),
+            );
+            let mut cpu: BTreeMap<String, f64> = BTreeMap::new();
+            let mut rss: BTreeMap<String, f64> = BTreeMap::new();
+            // Threads are listed as tasks of their process: count processes only.
+            for (pid, p) in sys.processes().iter().filter(|(_, p)| p.thread_kind().is_none()) {
+                if let Some(c) = component_of(*pid, &sys, &roots) {
+                    // Merge the two motion workers' figures under one name per kind.
+                    let c = c.replace(|ch: char| ch.is_ascii_digit(), "").trim_end_matches('-').replace("-)", ")");
+                    *cpu.entry(c.clone()).or_default() += p.cpu_usage() as f64;
+                    *rss.entry(c).or_default() += p.memory() as f64 / 1048576.0;
+                }
+            }
+            let info: String = redis::cmd("INFO").query_async(&mut conn).await.unwrap_or_default();
+            let field = |k: &str| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(&format!("{k}:")))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            let waiting: u64 = {
+                let a: u64 = conn.llen("load:queue:yolo:active").await.unwrap_or(0);
+                let s: u64 = conn.zcard("load:queue:yolo:scheduled").await.unwrap_or(0);
+                a + s
+            };
+            yolo_max_waiting = yolo_max_waiting.max(waiting);
+            let s = Sample {
+                t_secs: started.elapsed().as_secs_f64(),
+                stage: n,
+                cpu,
+                rss_mib: rss,
+                redis_used_mib: field("used_memory") / 1048576.0,
+                redis_ops_per_sec: field("instantaneous_ops_per_sec"),
+                backup_bytes: dir_bytes(&work.join("backups")),
+                yolo_waiting: waiting,
+            };
+            if let Some(b) = &bar {
+                let total: f64 = s.cpu.iter().filter(|(k, _)| !k.starts_with("cameras")).map(|(_, v)| v).sum();
+                b.set_position(stage_start.elapsed().as_secs().min(opts.hold.as_secs()));
+                b.set_message(format!(
+                    "cluster CPU {:.0} % of {} cores, RSS {:.0} MiB, yolo queue {waiting}, dead {}",
+                    total / cpus,
+                    cpus,
+                    s.rss_mib.iter().filter(|(k, _)| !k.starts_with("cameras")).map(|(_, v)| v).sum::<f64>(),
+                    dead.len()
+                ));
+            }
+            stage_samples.push(s);
+        }
+        if let Some(b) = &bar {
+            b.finish();
+        }
+        let (frames_end, offline) = frames_total(&mut conn, n).await;
+        let (frames_start, t0) = frames_at_warmup.unwrap_or((frames_end, Instant::now()));
+        let counted = t0.elapsed().as_secs_f64();
+        let expected = n as f64 * MOTION_FPS * counted;
+        let analysed = frames_end.saturating_sub(frames_start);
+        let dropped = if expected > 0.0 { ((expected - analysed as f64) / expected * 100.0).max(0.0) } else { 0.0 };
+
+        let motion: Vec<(i64, MotionEvent)> = stream(&mut conn, "load:events:motion", stage_start_ms).await;
+        let objects: Vec<(i64, ObjectEvent)> = stream(&mut conn, "load:events:objects", stage_start_ms).await;
+        let backups: Vec<(i64, BackupEvent)> = stream(&mut conn, "load:events:backup", stage_start_ms).await;
+        let yolo_stats: HashMap<String, i64> = conn.hgetall("load:stats:yolo").await.unwrap_or_default();
+        let delta = |k: &str| yolo_stats.get(k).copied().unwrap_or(0) - yolo_stats_start.get(k).copied().unwrap_or(0);
+        let files: Vec<&BackupEvent> =
+            backups.iter().map(|(_, b)| b).filter(|b| b.kind == BackupEventKind::File).collect();
+        let avg = |get: &dyn Fn(&Sample) -> &BTreeMap<String, f64>| -> BTreeMap<String, f64> {
+            let mut m: BTreeMap<String, f64> = BTreeMap::new();
+            for s in &stage_samples {
+                for (k, v) in get(s) {
+                    *m.entry(k.clone()).or_default() += v / stage_samples.len() as f64;
+                }
+            }
+            m
+        };
+        let cpu = avg(&|s| &s.cpu);
+        let rss = avg(&|s| &s.rss_mib);
+        let cluster_cpu: f64 =
+            cpu.iter().filter(|(k, _)| !k.starts_with("cameras")).map(|(_, v)| v).sum::<f64>() / cpus;
+        let cluster_rss: f64 = rss.iter().filter(|(k, _)| !k.starts_with("cameras")).map(|(_, v)| v).sum();
+        let secs = stage_start.elapsed().as_secs_f64();
+        let mut problems = Vec::new();
+        if !dead.is_empty() {
+            problems.push(format!("process(es) died: {}", dead.join(", ")));
+        }
+        if !offline.is_empty() {
+            problems.push(format!("channel(s) offline at the end: {offline:?}"));
+        }
+        if dropped > 1.0 {
+            problems.push(format!("{dropped:.1} % of motion frames not analysed"));
+        }
+        let report = StageReport {
+            channels: n,
+            seconds: secs,
+            cpu,
+            rss_mib: rss,
+            cluster_cpu_percent_of_machine: cluster_cpu,
+            cluster_rss_mib: cluster_rss,
+            redis_used_mib: stage_samples.iter().map(|s| s.redis_used_mib).fold(0.0, f64::max),
+            redis_ops_per_sec: stage_samples.iter().map(|s| s.redis_ops_per_sec).sum::<f64>()
+                / stage_samples.len().max(1) as f64,
+            backup_write_kib_per_sec: dir_bytes(&work.join("backups")).saturating_sub(backups_at_start) as f64
+                / 1024.0
+                / secs,
+            frames_expected: expected,
+            frames_analysed: analysed,
+            frames_dropped_percent: dropped,
+            motion_latency_ms: Latency::of(motion.iter().map(|(id, m)| id - m.ts_ms).collect()),
+            yolo_latency_ms: Latency::of(objects.iter().map(|(_, o)| o.latency_ms).collect()),
+            yolo_processed: delta("processed"),
+            yolo_dropped: delta("dropped_stale") + delta("dropped_full"),
+            yolo_max_waiting,
+            record_start_latency_ms: Latency::of(
+                files
+                    .iter()
+                    .filter(|b| b.part == 1)
+                    .filter_map(|b| Some(b.writing_since_ms? - b.trigger.as_ref()?.ts_ms))
+                    .collect(),
+            ),
+            pre_roll_ms: Latency::of(files.iter().filter_map(|b| b.pre_roll_ms).collect()),
+            backups: files.len(),
+            backup_errors: backups.iter().filter(|(_, b)| b.kind == BackupEventKind::Error).count(),
+            offline_at_end: offline,
+            dead_processes: dead,
+            stable: problems.is_empty(),
+            problems,
+        };
+        eprintln!(
+            "stage {n}: cluster CPU {:.1} % of the machine, RSS {:.0} MiB, frames dropped {:.2} %, motion p95 {:?} ms, {}",
+            report.cluster_cpu_percent_of_machine,
+            report.cluster_rss_mib,
+            report.frames_dropped_percent,
+            report.motion_latency_ms.p95,
+            if report.stable { "stable".to_string() } else { format!("UNSTABLE: {}", report.problems.join("; ")) }
+        );
+        stages.push(report);
+        samples.extend(stage_samples);
+        stage_procs.clear();
+    }
+    drop(workers);
+    eprintln!("process logs and backups of this run: {}", work.display());
+    let report = Report { machine: machine(), started: format!("{}", now_ms()), stages, samples };
+    write_report(&report, &opts.report_dir)?;
+    Ok(report)
+}
+
+/// The run's working directory (config, backups, process logs): a temp dir, not the report.
+fn tempfile_dir(_report_dir: &Path) -> anyhow::Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("cctv-loadtest-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d)?;
+    Ok(std::fs::canonicalize(d)?)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|k| k.parse::<f64>().ok()))
+        .map(|k| k / 1048576.0)
+        .unwrap_or(0.0);
+    format!("{cores} cores ({cpu}), {mem:.0} GiB RAM")
+}
+
+fn fmt_lat(l: &Latency) -> String {
+    match (l.p50, l.p95) {
+        (Some(a), Some(b)) => format!("{a} / {b} ({})", l.count),
+        _ => "–".into(),
+    }
+}
+
+/// `report.md`, `report.json`, and the plots.
+pub fn write_report(r: &Report, dir: &Path) -> anyhow::Result<()> {
+    std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(r)?)?;
+    let mut md = format!("# Load test report\n\nMachine: {}.\n\n", r.machine);
+    md += "| channels | stable | cluster CPU (% of machine) | cluster RSS (MiB) | frames analysed / expected | dropped | motion latency p50 / p95 ms | YOLO latency p50 / p95 ms | YOLO processed / dropped / max queue | backups (errors) | record start p50 / p95 ms | pre-roll p50 / p95 ms | backup write KiB/s | Redis MiB, ops/s |\n";
+    md += "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
+    for s in &r.stages {
+        md += &format!(
+            "| {} | {} | {:.1} | {:.0} | {} / {:.0} | {:.2} % | {} | {} | {} / {} / {} | {} ({}) | {} | {} | {:.0} | {:.1}, {:.0} |\n",
+            s.channels,
+            if s.stable { "yes".to_string() } else { format!("**no**: {}", s.problems.join("; ")) },
+            s.cluster_cpu_percent_of_machine,
+            s.cluster_rss_mib,
+            s.frames_analysed,
+            s.frames_expected,
+            s.frames_dropped_percent,
+            fmt_lat(&s.motion_latency_ms),
+            fmt_lat(&s.yolo_latency_ms),
+            s.yolo_processed,
+            s.yolo_dropped,
+            s.yolo_max_waiting,
+            s.backups,
+            s.backup_errors,
+            fmt_lat(&s.record_start_latency_ms),
+            fmt_lat(&s.pre_roll_ms),
+            s.backup_write_kib_per_sec,
+            s.redis_used_mib,
+            s.redis_ops_per_sec
+        );
+    }
+    md += "\n## CPU (% of one core) and RSS (MiB) per component, stage averages\n\n| component |";
+    for s in &r.stages {
+        md += &format!(" {} ch CPU | {} ch RSS |", s.channels, s.channels);
+    }
+    md += "\n| --- |";
+    md += &" --- | --- |".repeat(r.stages.len());
+    md += "\n";
+    let mut comps: Vec<&String> = r.stages.iter().flat_map(|s| s.cpu.keys()).collect();
+    comps.sort();
+    comps.dedup();
+    for c in comps {
+        md += &format!("| {c} |");
+        for s in &r.stages {
+            md += &format!(
+                " {:.1} | {:.0} |",
+                s.cpu.get(c).copied().unwrap_or(0.0),
+                s.rss_mib.get(c).copied().unwrap_or(0.0)
+            );
+        }
+        md += "\n";
+    }
+    md += "\nCameras (the RTSP simulator) stand for the real cameras and are not counted in the cluster totals. \
+Motion latency: decoded frame → event on the Redis stream. YOLO latency: frame → object event. Record start: trigger → first \
+fragment written. Plots: `cpu.png`, `ram.png`, `latency.png`.\n";
+    std::fs::write(dir.join("report.md"), md)?;
+    plot::plots(r, dir)?;
+    Ok(())
+}
