@@ -102,6 +102,8 @@ pub struct Sample {
     /// Per component: CPU (% of one core) and RSS (MiB).
     pub cpu: BTreeMap<String, f64>,
     pub rss_mib: BTreeMap<String, f64>,
+    /// Proportional set size (shared pages split between the processes sharing them), MiB.
+    pub pss_mib: BTreeMap<String, f64>,
     pub redis_used_mib: f64,
     pub redis_ops_per_sec: f64,
     pub backup_bytes: u64,
@@ -136,6 +138,9 @@ pub struct StageReport {
     /// Cluster total (cameras excluded: they stand for the real cameras).
     pub cluster_cpu_percent_of_machine: f64,
     pub cluster_rss_mib: f64,
+    pub pss_mib: BTreeMap<String, f64>,
+    /// Cluster memory with shared pages counted once (PSS), the fair total.
+    pub cluster_pss_mib: f64,
     pub redis_used_mib: f64,
     pub redis_ops_per_sec: f64,
     pub backup_write_kib_per_sec: f64,
@@ -269,6 +274,16 @@ fn component_of(pid: sysinfo::Pid, sys: &sysinfo::System, roots: &HashMap<u32, S
         cur = sys.process(p).and_then(|pr| pr.parent());
     }
     None
+}
+
+/// A process' proportional set size from `/proc/<pid>/smaps_rollup`, KiB (0 if unreadable).
+fn pss_kib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| l.strip_prefix("Pss:").and_then(|v| v.split_whitespace().next()?.parse().ok()))
+        })
+        .unwrap_or(0.0)
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
@@ -423,12 +438,14 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             );
             let mut cpu: BTreeMap<String, f64> = BTreeMap::new();
             let mut rss: BTreeMap<String, f64> = BTreeMap::new();
+            let mut pss: BTreeMap<String, f64> = BTreeMap::new();
             // Threads are listed as tasks of their process: count processes only.
             for (pid, p) in sys.processes().iter().filter(|(_, p)| p.thread_kind().is_none()) {
                 if let Some(c) = component_of(*pid, &sys, &roots) {
                     // Merge the two motion workers' figures under one name per kind.
                     let c = c.replace(|ch: char| ch.is_ascii_digit(), "").trim_end_matches('-').replace("-)", ")");
                     *cpu.entry(c.clone()).or_default() += p.cpu_usage() as f64;
+                    *pss.entry(c.clone()).or_default() += pss_kib(pid.as_u32()) / 1024.0;
                     *rss.entry(c).or_default() += p.memory() as f64 / 1048576.0;
                 }
             }
@@ -450,6 +467,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                 stage: n,
                 cpu,
                 rss_mib: rss,
+                pss_mib: pss,
                 redis_used_mib: field("used_memory") / 1048576.0,
                 redis_ops_per_sec: field("instantaneous_ops_per_sec"),
                 backup_bytes: dir_bytes(&work.join("backups")),
@@ -496,6 +514,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         };
         let cpu = avg(&|s| &s.cpu);
         let rss = avg(&|s| &s.rss_mib);
+        let pss = avg(&|s| &s.pss_mib);
+        let cluster_pss: f64 = pss.iter().filter(|(k, _)| !k.starts_with("cameras")).map(|(_, v)| v).sum();
         let cluster_cpu: f64 =
             cpu.iter().filter(|(k, _)| !k.starts_with("cameras")).map(|(_, v)| v).sum::<f64>() / cpus;
         let cluster_rss: f64 = rss.iter().filter(|(k, _)| !k.starts_with("cameras")).map(|(_, v)| v).sum();
@@ -517,6 +537,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             rss_mib: rss,
             cluster_cpu_percent_of_machine: cluster_cpu,
             cluster_rss_mib: cluster_rss,
+            pss_mib: pss,
+            cluster_pss_mib: cluster_pss,
             redis_used_mib: stage_samples.iter().map(|s| s.redis_used_mib).fold(0.0, f64::max),
             redis_ops_per_sec: stage_samples.iter().map(|s| s.redis_ops_per_sec).sum::<f64>()
                 / stage_samples.len().max(1) as f64,
@@ -547,9 +569,10 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             problems,
         };
         eprintln!(
-            "stage {n}: cluster CPU {:.1} % of the machine, RSS {:.0} MiB, frames dropped {:.2} %, motion p95 {:?} ms, {}",
+            "stage {n}: cluster CPU {:.1} % of the machine, RSS {:.0} MiB (PSS {:.0} MiB), frames dropped {:.2} %, motion p95 {:?} ms, {}",
             report.cluster_cpu_percent_of_machine,
             report.cluster_rss_mib,
+            report.cluster_pss_mib,
             report.frames_dropped_percent,
             report.motion_latency_ms.p95,
             if report.stable { "stable".to_string() } else { format!("UNSTABLE: {}", report.problems.join("; ")) }
@@ -601,15 +624,16 @@ fn fmt_lat(l: &Latency) -> String {
 pub fn write_report(r: &Report, dir: &Path) -> anyhow::Result<()> {
     std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(r)?)?;
     let mut md = format!("# Load test report\n\nMachine: {}.\n\n", r.machine);
-    md += "| channels | stable | cluster CPU (% of machine) | cluster RSS (MiB) | frames analysed / expected | dropped | motion latency p50 / p95 ms | YOLO latency p50 / p95 ms | YOLO processed / dropped / max queue | backups (errors) | record start p50 / p95 ms | pre-roll p50 / p95 ms | backup write KiB/s | Redis MiB, ops/s |\n";
+    md += "| channels | stable | cluster CPU (% of machine) | cluster RSS / PSS (MiB) | frames analysed / expected | dropped | motion latency p50 / p95 ms | YOLO latency p50 / p95 ms | YOLO processed / dropped / max queue | backups (errors) | record start p50 / p95 ms | pre-roll p50 / p95 ms | backup write KiB/s | Redis MiB, ops/s |\n";
     md += "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
     for s in &r.stages {
         md += &format!(
-            "| {} | {} | {:.1} | {:.0} | {} / {:.0} | {:.2} % | {} | {} | {} / {} / {} | {} ({}) | {} | {} | {:.0} | {:.1}, {:.0} |\n",
+            "| {} | {} | {:.1} | {:.0} / {:.0} | {} / {:.0} | {:.2} % | {} | {} | {} / {} / {} | {} ({}) | {} | {} | {:.0} | {:.1}, {:.0} |\n",
             s.channels,
             if s.stable { "yes".to_string() } else { format!("**no**: {}", s.problems.join("; ")) },
             s.cluster_cpu_percent_of_machine,
             s.cluster_rss_mib,
+            s.cluster_pss_mib,
             s.frames_analysed,
             s.frames_expected,
             s.frames_dropped_percent,
@@ -627,12 +651,12 @@ pub fn write_report(r: &Report, dir: &Path) -> anyhow::Result<()> {
             s.redis_ops_per_sec
         );
     }
-    md += "\n## CPU (% of one core) and RSS (MiB) per component, stage averages\n\n| component |";
+    md += "\n## CPU (% of one core), RSS and PSS (MiB) per component, stage averages\n\n| component |";
     for s in &r.stages {
-        md += &format!(" {} ch CPU | {} ch RSS |", s.channels, s.channels);
+        md += &format!(" {0} ch CPU | {0} ch RSS | {0} ch PSS |", s.channels);
     }
     md += "\n| --- |";
-    md += &" --- | --- |".repeat(r.stages.len());
+    md += &" --- | --- | --- |".repeat(r.stages.len());
     md += "\n";
     let mut comps: Vec<&String> = r.stages.iter().flat_map(|s| s.cpu.keys()).collect();
     comps.sort();

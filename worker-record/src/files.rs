@@ -64,6 +64,9 @@ pub struct Spool {
     pub fragments: usize,
     /// When the first fragment was written (wall clock, ms).
     pub created_ms: i64,
+    /// Sum of the fragments' own durations (`#EXTINF`): the video actually spooled, which is
+    /// less than the wall-clock span when the camera dropped out in between.
+    pub media_ms: i64,
     bytes: u64,
 }
 
@@ -79,6 +82,7 @@ impl Spool {
             end_ms: first_ms,
             fragments: 0,
             created_ms: cctv_common::events::now_ms(),
+            media_ms: 0,
             bytes: 0,
         })
     }
@@ -93,6 +97,7 @@ impl Spool {
         }
         self.bytes += data.len() as u64;
         self.last_start_ms = start_ms;
+        self.media_ms += end_ms - start_ms;
         self.end_ms = end_ms;
         self.fragments += 1;
         Ok(())
@@ -172,7 +177,7 @@ pub fn final_path(dir: &Path, channel: u32, stamp: &str, ext: &str, recording: &
 /// the result with ffprobe (video present, duration close to what was spooled), fsyncs it and
 /// only then gives it its final name.
 pub fn finish(spool: Spool, final_path: &Path, container: Container, recording: &str) -> Result<Probe, FileError> {
-    let expected = spool.duration_ms() as f64 / 1000.0;
+    let expected = spool.media_ms as f64 / 1000.0;
     let spool_path = spool.path.clone();
     drop(spool);
     let name = final_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
