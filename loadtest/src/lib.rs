@@ -95,7 +95,7 @@ fn workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// One resource sample.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Sample {
     pub t_secs: f64,
     pub stage: usize,
@@ -111,7 +111,7 @@ pub struct Sample {
 }
 
 /// Percentiles of a latency list, ms.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct Latency {
     pub count: usize,
     pub p50: Option<i64>,
@@ -128,7 +128,7 @@ impl Latency {
 }
 
 /// One stage's figures.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct StageReport {
     pub channels: usize,
     pub seconds: f64,
@@ -163,7 +163,7 @@ pub struct StageReport {
 }
 
 /// The whole run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Report {
     pub machine: String,
     pub started: String,
@@ -613,6 +613,14 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), {mem:.0} GiB RAM")
 }
 
+/// Re-renders `report.md` and the plots from a `report.json` (after a change to the rendering).
+pub fn render(dir: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(dir.join("report.json"))
+        .with_context(|| format!("reading {}/report.json", dir.display()))?;
+    let report: Report = serde_json::from_str(&text).context("report.json")?;
+    write_report(&report, dir)
+}
+
 fn fmt_lat(l: &Latency) -> String {
     match (l.p50, l.p95) {
         (Some(a), Some(b)) => format!("{a} / {b} ({})", l.count),
@@ -665,9 +673,10 @@ pub fn write_report(r: &Report, dir: &Path) -> anyhow::Result<()> {
         md += &format!("| {c} |");
         for s in &r.stages {
             md += &format!(
-                " {:.1} | {:.0} |",
+                " {:.1} | {:.0} | {:.0} |",
                 s.cpu.get(c).copied().unwrap_or(0.0),
-                s.rss_mib.get(c).copied().unwrap_or(0.0)
+                s.rss_mib.get(c).copied().unwrap_or(0.0),
+                s.pss_mib.get(c).copied().unwrap_or(0.0)
             );
         }
         md += "\n";

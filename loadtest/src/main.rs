@@ -42,6 +42,8 @@ enum Command {
         #[arg(long)]
         no_progress: bool,
     },
+    /// Re-render report.md and the plots of a report directory from its report.json.
+    Render { report_dir: PathBuf },
     /// Validate the config file and list every problem.
     CheckConfig,
 }
@@ -50,6 +52,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig => cctv_common::config::check_config_command(&cli.global.config),
+        Command::Render { report_dir } => match loadtest::render(&report_dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run { stages, hold_secs, quick, report_dir, cache_dir, motion_workers, no_progress } => {
             let (stages, hold) = if quick { (vec![4], 30) } else { (stages, hold_secs) };
             if stages.is_empty() || stages.iter().any(|&n| n == 0 || n > 64) || hold < 10 {
