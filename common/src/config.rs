@@ -154,6 +154,9 @@ pub struct MotionConfig {
     pub retry_max_secs: f64,
     /// ffmpeg decode threads per channel. Default 1.
     pub decode_threads: u32,
+    /// Decode keyframes only (`-skip_frame nokey`): ~30x cheaper, one frame per GOP, for cameras
+    /// without a sub-stream when CPU is short. Default false.
+    pub keyframes_only: bool,
 }
 
 impl Default for MotionConfig {
@@ -174,6 +177,7 @@ impl Default for MotionConfig {
             retry_initial_secs: 1.0,
             retry_max_secs: 30.0,
             decode_threads: 1,
+            keyframes_only: false,
         }
     }
 }

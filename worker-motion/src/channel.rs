@@ -202,17 +202,27 @@ fn read_stream(
     let mut cmd = ffmpeg::command();
     cmd.args(["-nostats", "-fflags", "nobuffer", "-analyzeduration", "1000000", "-probesize", "1000000"])
         .args(["-rw_timeout", &stall_us.to_string()])
-        .args(["-threads", &params.decode_threads.to_string()])
-        .input(url)
-        .args(["-an", "-sn", "-dn"]);
+        .args(["-threads", &params.decode_threads.to_string()]);
+    // Keyframes only: each decoded keyframe is analysed once (no `fps` filter, which would
+    // repeat it and make the scene look still between keyframes).
+    let rate = if params.keyframes_only {
+        cmd.args(["-skip_frame", "nokey"]);
+        String::new()
+    } else {
+        format!("fps={},", params.fps)
+    };
+    cmd.input(url).args(["-an", "-sn", "-dn"]);
+    if params.keyframes_only {
+        cmd.args(["-fps_mode", "passthrough"]);
+    }
     match yolo {
         // Colour at the detect stream's resolution (capped): motion scales it down itself, YOLO
         // gets it as JPEG.
         Some(y) => cmd
-            .args(["-vf", &format!("fps={},scale=w=-2:h=min(ih\\,{})", params.fps, y.max_frame_height)])
+            .args(["-vf", &format!("{rate}scale=w=-2:h=min(ih\\,{})", y.max_frame_height)])
             .args(["-pix_fmt", "bgr24", "-f", "rawvideo", "pipe:1"]),
         None => cmd
-            .args(["-vf", &format!("fps={},scale=-2:{}", params.fps, params.frame_height)])
+            .args(["-vf", &format!("{rate}scale=-2:{}", params.frame_height)])
             .args(["-pix_fmt", "gray", "-f", "rawvideo", "pipe:1"]),
     };
     let mut process = FfmpegProcess::spawn(format!("motion ch{}", ch.id), cmd, true).map_err(|e| e.to_string())?;

@@ -5,5 +5,6 @@
 mod config;
 /// kill -9 of a worker: its batch resumes on another worker (issue 2, test 2).
 mod failover;
-/// Motion start/end timing, a still stream, a missing stream (issue 2, tests 1 and 3).
+/// Motion start/end timing, a still stream, a missing stream (issue 2, tests 1 and 3);
+/// keyframe-only decoding.
 mod motion;

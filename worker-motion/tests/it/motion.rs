@@ -71,3 +71,22 @@ async fn motion_follows_activity_still_is_quiet_and_missing_is_offline() {
     let log = std::fs::read_to_string(cluster.dir.path().join("logs/motion.jsonl")).expect("motion log");
     assert_eq!(log.lines().filter(|l| l.contains("\"channel\":1")).count(), 2, "{log}");
 }
+
+/// `motion.keyframes_only`: only keyframes are decoded (one per GOP, here 1 s), yet activity
+/// still starts and ends a motion event, and the channel analyses about one frame per second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyframes_only_still_sees_activity_start_and_end() {
+    let mut cluster = Cluster::new(&channel(1), 8, "[motion]\nkeyframes_only = true\nend_quiet_secs = 4\n");
+    let clip = people_clip(cluster.dir.path(), "kf.mp4", 4, 6.0, 30.0);
+    let _p = Pusher::start(&clip, &cluster.nginx.live_url(), "ch1");
+    cluster.start_scheduler();
+    let _worker = cluster.spawn(env!("CARGO_BIN_EXE_worker-motion"), &["run", "--concurrency", "1"]);
+    let end = wait_for(Duration::from_secs(60), || async {
+        cluster.motion_events().await.into_iter().find(|e| e.channel == 1 && e.kind == MotionEventKind::End)
+    })
+    .await
+    .expect("a motion event that ends, from keyframes only");
+    assert!(end.ts_ms > end.started_ms);
+    let s = cluster.channel_status(1).await.expect("status");
+    assert!(s.online && s.fps > 0.5 && s.fps < 2.0, "about one keyframe per second: {s:?}");
+}
