@@ -210,6 +210,11 @@ pub struct YoloConfig {
     pub ort_library: Option<PathBuf>,
     /// Threads one inference uses. Default 2.
     pub intra_threads: usize,
+    /// Let ONNX Runtime's threads spin (busy-wait) between work items instead of sleeping.
+    /// Default false: on a machine shared with the decoders spinning burned about a sixth of a
+    /// core under load (`perf`, docs/profiling.md) for a few percent of latency; turn it on
+    /// for a machine that runs YOLO alone.
+    pub spin_wait: bool,
     /// Frames run through the model at once when several jobs wait. Default 1: on a 2-core CPU
     /// batches cost more per frame (27 ms at 1, 36 at 2, 33 at 4; docs/benchmarks.md); raise it
     /// where the execution provider gains from batches.
@@ -246,6 +251,7 @@ impl Default for YoloConfig {
             class_names: None,
             ort_library: None,
             intra_threads: 2,
+            spin_wait: false,
             max_batch: 1,
             fps: 2.0,
             max_age_secs: 2.0,

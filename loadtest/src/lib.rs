@@ -94,6 +94,9 @@ fn workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
     anyhow::bail!("{name} is not built next to {} (cargo build --workspace --bins)", exe.display())
 }
 
+/// PSS is read every this many samples.
+const PSS_EVERY: usize = 5;
+
 /// One resource sample.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Sample {
@@ -108,6 +111,13 @@ pub struct Sample {
     pub redis_ops_per_sec: f64,
     pub backup_bytes: u64,
     pub yolo_waiting: u64,
+    /// Processes per component.
+    #[serde(default)]
+    pub processes: BTreeMap<String, usize>,
+    /// The machine's memory in use (MemTotal − MemAvailable) above its level before the run
+    /// started, MiB: an independent check of the PSS total (cameras and the load test included).
+    #[serde(default)]
+    pub machine_used_above_idle_mib: f64,
 }
 
 /// Percentiles of a latency list, ms.
@@ -141,6 +151,12 @@ pub struct StageReport {
     pub pss_mib: BTreeMap<String, f64>,
     /// Cluster memory with shared pages counted once (PSS), the fair total.
     pub cluster_pss_mib: f64,
+    /// Processes per component (stage average, rounded).
+    #[serde(default)]
+    pub processes: BTreeMap<String, usize>,
+    /// Average of the samples' `machine_used_above_idle_mib`.
+    #[serde(default)]
+    pub machine_used_above_idle_mib: f64,
     pub redis_used_mib: f64,
     pub redis_ops_per_sec: f64,
     pub backup_write_kib_per_sec: f64,
@@ -286,6 +302,15 @@ fn pss_kib(pid: u32) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The machine's memory in use, MemTotal − MemAvailable from `/proc/meminfo`, MiB.
+fn machine_used_mib() -> f64 {
+    let m = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |k: &str| -> f64 {
+        m.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0.0)
+    };
+    (field("MemTotal:") - field("MemAvailable:")) / 1024.0
+}
+
 fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir).map(|d| d.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum()).unwrap_or(0)
 }
@@ -305,14 +330,19 @@ async fn stream<T: serde::de::DeserializeOwned>(
         .collect()
 }
 
-async fn frames_total(conn: &mut redis::aio::MultiplexedConnection, n: usize) -> (u64, Vec<u32>) {
-    let mut total = 0;
+/// Per channel: frames analysed so far and when that count was written.
+type FrameCounts = BTreeMap<u32, (u64, i64)>;
+
+/// Per channel: frames analysed so far and when that count was written (the status'
+/// `updated_ms`); and the channels offline or without status.
+async fn frames_total(conn: &mut redis::aio::MultiplexedConnection, n: usize) -> (FrameCounts, Vec<u32>) {
+    let mut counts = BTreeMap::new();
     let mut offline = Vec::new();
     for i in 1..=n as u32 {
         let s: Option<String> = conn.get(format!("load:status:channel:{i}")).await.unwrap_or(None);
         match s.and_then(|s| serde_json::from_str::<ChannelStatus>(&s).ok()) {
             Some(st) => {
-                total += st.frames_total;
+                counts.insert(i, (st.frames_total, st.updated_ms));
                 if !st.online {
                     offline.push(i);
                 }
@@ -320,12 +350,28 @@ async fn frames_total(conn: &mut redis::aio::MultiplexedConnection, n: usize) ->
             None => offline.push(i),
         }
     }
-    (total, offline)
+    (counts, offline)
+}
+
+/// Frames analysed and expected (`MOTION_FPS` over the time between the two counts, per
+/// channel: the counts are written every few seconds, so wall-clock time would be off by up to
+/// one status period). A counter that went backwards (the channel moved to another worker)
+/// counts from zero: frames before the move are then reported as dropped, on the safe side.
+fn frames_between(start: &FrameCounts, end: &FrameCounts, start_ms: i64) -> (u64, f64) {
+    let mut analysed = 0;
+    let mut expected = 0.0;
+    for (ch, &(frames_end, at_end)) in end {
+        let (frames_start, at_start) = start.get(ch).copied().unwrap_or((0, start_ms));
+        analysed += if frames_end >= frames_start { frames_end - frames_start } else { frames_end };
+        expected += MOTION_FPS * (at_end - at_start).max(0) as f64 / 1000.0;
+    }
+    (analysed, expected)
 }
 
 /// Runs the stages; returns the report (already written to `report_dir`).
 pub async fn run(opts: Options) -> anyhow::Result<Report> {
     std::fs::create_dir_all(&opts.report_dir)?;
+    let idle_used_mib = machine_used_mib();
     let work = tempfile_dir(&opts.report_dir)?;
     let logs = work.join("process-logs");
     std::fs::create_dir_all(&logs)?;
@@ -375,6 +421,10 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let mut samples = Vec::new();
     let mut stages = Vec::new();
     let mut sys = sysinfo::System::new()?;
+    // Reading smaps_rollup walks every page table: PSS is read every PSS_EVERY-th sample and
+    // carried between, so the measuring costs the machine little (it cost ~4 % of it at 2 s).
+    let mut pss_last: BTreeMap<String, f64> = BTreeMap::new();
+    let mut sample_no: usize;
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
 
     for &n in &opts.stages {
@@ -408,8 +458,9 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         } else {
             None
         };
-        let mut frames_at_warmup: Option<(u64, Instant)> = None;
+        let mut frames_at_warmup: Option<(FrameCounts, i64)> = None;
         let mut stage_samples: Vec<Sample> = Vec::new();
+        sample_no = 0;
         let mut dead = Vec::new();
         let mut yolo_max_waiting = 0;
         let backups_at_start = dir_bytes(&work.join("backups"));
@@ -419,7 +470,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             if frames_at_warmup.is_none()
                 && stage_start.elapsed() >= Duration::from_secs(WARMUP_SECS.min(opts.hold.as_secs() / 3))
             {
-                frames_at_warmup = Some((frames_total(&mut conn, n).await.0, Instant::now()));
+                frames_at_warmup = Some((frames_total(&mut conn, n).await.0, now_ms()));
             }
             let mut roots: HashMap<u32, String> = HashMap::new();
             roots.insert(redis.pid(), "redis-server".into());
@@ -439,15 +490,26 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             let mut cpu: BTreeMap<String, f64> = BTreeMap::new();
             let mut rss: BTreeMap<String, f64> = BTreeMap::new();
             let mut pss: BTreeMap<String, f64> = BTreeMap::new();
+            let read_pss = sample_no % PSS_EVERY == 0;
+            sample_no += 1;
+            let mut processes: BTreeMap<String, usize> = BTreeMap::new();
             // Threads are listed as tasks of their process: count processes only.
             for (pid, p) in sys.processes().iter().filter(|(_, p)| p.thread_kind().is_none()) {
                 if let Some(c) = component_of(*pid, &sys, &roots) {
                     // Merge the two motion workers' figures under one name per kind.
                     let c = c.replace(|ch: char| ch.is_ascii_digit(), "").trim_end_matches('-').replace("-)", ")");
                     *cpu.entry(c.clone()).or_default() += p.cpu_usage() as f64;
-                    *pss.entry(c.clone()).or_default() += pss_kib(pid.as_u32()) / 1024.0;
+                    if read_pss {
+                        *pss.entry(c.clone()).or_default() += pss_kib(pid.as_u32()) / 1024.0;
+                    }
+                    *processes.entry(c.clone()).or_default() += 1;
                     *rss.entry(c).or_default() += p.memory() as f64 / 1048576.0;
                 }
+            }
+            if read_pss {
+                pss_last = pss.clone();
+            } else {
+                pss = pss_last.clone();
             }
             let info: String = redis::cmd("INFO").query_async(&mut conn).await.unwrap_or_default();
             let field = |k: &str| {
@@ -472,6 +534,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                 redis_ops_per_sec: field("instantaneous_ops_per_sec"),
                 backup_bytes: dir_bytes(&work.join("backups")),
                 yolo_waiting: waiting,
+                processes,
+                machine_used_above_idle_mib: machine_used_mib() - idle_used_mib,
             };
             if let Some(b) = &bar {
                 let total: f64 = s.cpu.iter().filter(|(k, _)| !k.starts_with("cameras")).map(|(_, v)| v).sum();
@@ -490,10 +554,11 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             b.finish();
         }
         let (frames_end, offline) = frames_total(&mut conn, n).await;
-        let (frames_start, t0) = frames_at_warmup.unwrap_or((frames_end, Instant::now()));
-        let counted = t0.elapsed().as_secs_f64();
-        let expected = n as f64 * MOTION_FPS * counted;
-        let analysed = frames_end.saturating_sub(frames_start);
+        let (frames_start, warmup_ms) = frames_at_warmup.unwrap_or_else(|| (frames_end.clone(), now_ms()));
+        let (analysed, expected) = frames_between(&frames_start, &frames_end, warmup_ms);
+        // Channels without any status at the end were not analysed at all.
+        let expected =
+            expected + (n - frames_end.len()) as f64 * MOTION_FPS * (now_ms() - warmup_ms).max(0) as f64 / 1000.0;
         let dropped = if expected > 0.0 { ((expected - analysed as f64) / expected * 100.0).max(0.0) } else { 0.0 };
 
         let motion: Vec<(i64, MotionEvent)> = stream(&mut conn, "load:events:motion", stage_start_ms).await;
@@ -515,6 +580,13 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         let cpu = avg(&|s| &s.cpu);
         let rss = avg(&|s| &s.rss_mib);
         let pss = avg(&|s| &s.pss_mib);
+        let mut processes: BTreeMap<String, usize> = BTreeMap::new();
+        for c in cpu.keys() {
+            let total: usize = stage_samples.iter().map(|s| s.processes.get(c).copied().unwrap_or(0)).sum();
+            processes.insert(c.clone(), (total as f64 / stage_samples.len().max(1) as f64).round() as usize);
+        }
+        let machine_used = stage_samples.iter().map(|s| s.machine_used_above_idle_mib).sum::<f64>()
+            / stage_samples.len().max(1) as f64;
         let cluster_pss: f64 = pss.iter().filter(|(k, _)| !k.starts_with("cameras")).map(|(_, v)| v).sum();
         let cluster_cpu: f64 =
             cpu.iter().filter(|(k, _)| !k.starts_with("cameras")).map(|(_, v)| v).sum::<f64>() / cpus;
@@ -539,6 +611,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             cluster_rss_mib: cluster_rss,
             pss_mib: pss,
             cluster_pss_mib: cluster_pss,
+            processes,
+            machine_used_above_idle_mib: machine_used,
             redis_used_mib: stage_samples.iter().map(|s| s.redis_used_mib).fold(0.0, f64::max),
             redis_ops_per_sec: stage_samples.iter().map(|s| s.redis_ops_per_sec).sum::<f64>()
                 / stage_samples.len().max(1) as f64,
@@ -632,16 +706,17 @@ fn fmt_lat(l: &Latency) -> String {
 pub fn write_report(r: &Report, dir: &Path) -> anyhow::Result<()> {
     std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(r)?)?;
     let mut md = format!("# Load test report\n\nMachine: {}.\n\n", r.machine);
-    md += "| channels | stable | cluster CPU (% of machine) | cluster RSS / PSS (MiB) | frames analysed / expected | dropped | motion latency p50 / p95 ms | YOLO latency p50 / p95 ms | YOLO processed / dropped / max queue | backups (errors) | record start p50 / p95 ms | pre-roll p50 / p95 ms | backup write KiB/s | Redis MiB, ops/s |\n";
-    md += "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
+    md += "| channels | stable | cluster CPU (% of machine) | cluster RSS / PSS (MiB) | machine memory above idle (MiB) | frames analysed / expected | dropped | motion latency p50 / p95 ms | YOLO latency p50 / p95 ms | YOLO processed / dropped / max queue | backups (errors) | record start p50 / p95 ms | pre-roll p50 / p95 ms | backup write KiB/s | Redis MiB, ops/s |\n";
+    md += "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
     for s in &r.stages {
         md += &format!(
-            "| {} | {} | {:.1} | {:.0} / {:.0} | {} / {:.0} | {:.2} % | {} | {} | {} / {} / {} | {} ({}) | {} | {} | {:.0} | {:.1}, {:.0} |\n",
+            "| {} | {} | {:.1} | {:.0} / {:.0} | {:.0} | {} / {:.0} | {:.2} % | {} | {} | {} / {} / {} | {} ({}) | {} | {} | {:.0} | {:.1}, {:.0} |\n",
             s.channels,
             if s.stable { "yes".to_string() } else { format!("**no**: {}", s.problems.join("; ")) },
             s.cluster_cpu_percent_of_machine,
             s.cluster_rss_mib,
             s.cluster_pss_mib,
+            s.machine_used_above_idle_mib,
             s.frames_analysed,
             s.frames_expected,
             s.frames_dropped_percent,
@@ -659,12 +734,12 @@ pub fn write_report(r: &Report, dir: &Path) -> anyhow::Result<()> {
             s.redis_ops_per_sec
         );
     }
-    md += "\n## CPU (% of one core), RSS and PSS (MiB) per component, stage averages\n\n| component |";
+    md += "\n## Processes, CPU (% of one core), RSS and PSS (MiB) per component, stage averages\n\n| component |";
     for s in &r.stages {
-        md += &format!(" {0} ch CPU | {0} ch RSS | {0} ch PSS |", s.channels);
+        md += &format!(" {0} ch n | {0} ch CPU | {0} ch RSS | {0} ch PSS |", s.channels);
     }
     md += "\n| --- |";
-    md += &" --- | --- | --- |".repeat(r.stages.len());
+    md += &" --- | --- | --- | --- |".repeat(r.stages.len());
     md += "\n";
     let mut comps: Vec<&String> = r.stages.iter().flat_map(|s| s.cpu.keys()).collect();
     comps.sort();
@@ -673,7 +748,8 @@ pub fn write_report(r: &Report, dir: &Path) -> anyhow::Result<()> {
         md += &format!("| {c} |");
         for s in &r.stages {
             md += &format!(
-                " {:.1} | {:.0} | {:.0} |",
+                " {} | {:.1} | {:.0} | {:.0} |",
+                s.processes.get(c).map_or("–".to_string(), |n| n.to_string()),
                 s.cpu.get(c).copied().unwrap_or(0.0),
                 s.rss_mib.get(c).copied().unwrap_or(0.0),
                 s.pss_mib.get(c).copied().unwrap_or(0.0)
@@ -682,9 +758,28 @@ pub fn write_report(r: &Report, dir: &Path) -> anyhow::Result<()> {
         md += "\n";
     }
     md += "\nCameras (the RTSP simulator) stand for the real cameras and are not counted in the cluster totals. \
+RSS counts every shared page (ffmpeg's libraries, OpenCV, ONNX Runtime) once per process that maps it; PSS splits \
+shared pages between the processes sharing them, so the PSS total is the cluster's memory. Machine memory above idle: \
+MemTotal − MemAvailable minus its value before the run, cameras and the load test included. \
 Motion latency: decoded frame → event on the Redis stream. YOLO latency: frame → object event. Record start: trigger → first \
-fragment written. Plots: `cpu.png`, `ram.png`, `latency.png`.\n";
+fragment written. Plots: `cpu.png`, `ram.png` (RSS), `pss.png`, `latency.png`.\n";
     std::fs::write(dir.join("report.md"), md)?;
     plot::plots(r, dir)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_expected_over_the_time_between_the_counts_per_channel() {
+        let start = BTreeMap::from([(1, (100, 10_000)), (2, (500, 11_000))]);
+        // ch1: 10 s later, 50 frames (all of them); ch2: 9 s later, counter restarted at 30
+        // (moved to another worker); ch3: no count at the start (from the warm-up, 12 s before).
+        let end = BTreeMap::from([(1, (150, 20_000)), (2, (30, 20_000)), (3, (55, 24_000))]);
+        let (analysed, expected) = frames_between(&start, &end, 12_000);
+        assert_eq!(analysed, 50 + 30 + 55);
+        assert!((expected - (50.0 + 45.0 + 60.0)).abs() < 1e-9, "{expected}");
+    }
 }

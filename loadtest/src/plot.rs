@@ -66,6 +66,9 @@ pub fn plots(r: &Report, dir: &Path) -> anyhow::Result<()> {
     register_font()?;
     series_plot(r, &dir.join("cpu.png"), "CPU per component", "% of one core", |s| &s.cpu)?;
     series_plot(r, &dir.join("ram.png"), "RSS per component", "MiB", |s| &s.rss_mib)?;
+    series_plot(r, &dir.join("pss.png"), "PSS per component (shared pages split between sharers)", "MiB", |s| {
+        &s.pss_mib
+    })?;
 
     let latency_png = dir.join("latency.png");
     let root = BitMapBackend::new(&latency_png, (1000, 600)).into_drawing_area();

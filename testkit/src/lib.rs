@@ -206,6 +206,20 @@ impl RtspCameras {
     }
 }
 
+/// One JPEG frame, `width`x`height`, cut 1 s into a clip of `../shared/media` (benches, examples).
+pub fn media_frame_jpeg(name: &str, width: u32, height: u32) -> Vec<u8> {
+    require("ffmpeg", "ffmpeg");
+    let out = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-ss", "1", "-i"])
+        .arg(media(name))
+        .args(["-frames:v", "1", "-vf", &format!("scale={width}:{height}"), "-f", "image2pipe", "-c:v", "mjpeg"])
+        .arg("pipe:1")
+        .output()
+        .expect("running ffmpeg");
+    assert!(out.status.success(), "ffmpeg could not cut a frame of {name}");
+    out.stdout
+}
+
 /// Encodes a camera clip at a given size (H.264, 25 fps, GOP 25, no B-frames, no audio).
 pub fn make_camera_clip(source: &Path, out: &Path, loops: u32, width: u32, height: u32) {
     encode(source, out, loops, &format!("fps=25,scale={width}:{height},format=yuv420p"), &["-bf", "0"]);

@@ -175,8 +175,15 @@ pub fn final_path(dir: &Path, channel: u32, stamp: &str, ext: &str, recording: &
 
 /// Remuxes the spool into `final_path` with stream copy (no encoder in the pipeline), checks
 /// the result with ffprobe (video present, duration close to what was spooled), fsyncs it and
-/// only then gives it its final name.
-pub fn finish(spool: Spool, final_path: &Path, container: Container, recording: &str) -> Result<Probe, FileError> {
+/// only then gives it its final name. `audio`: the relays pass camera audio on, so look for it
+/// (one ffprobe run less per file when they drop it, the default).
+pub fn finish(
+    spool: Spool,
+    final_path: &Path,
+    container: Container,
+    recording: &str,
+    audio: bool,
+) -> Result<Probe, FileError> {
     let expected = spool.media_ms as f64 / 1000.0;
     let spool_path = spool.path.clone();
     drop(spool);
@@ -186,7 +193,7 @@ pub fn finish(spool: Spool, final_path: &Path, container: Container, recording: 
     cmd.args(["-nostats", "-y", "-f", "mpegts"]).input(&spool_path).args(["-map", "0:v"]);
     // nginx-rtmp's HLS declares an audio track even for cameras without audio; copying that
     // empty track fails, so audio is mapped only when it has real parameters.
-    if has_audio(&spool_path) {
+    if audio && has_audio(&spool_path) {
         cmd.args(["-map", "0:a"]);
     }
     cmd.args(["-c", "copy", "-metadata", &format!("title={recording}")]);

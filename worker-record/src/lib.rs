@@ -55,6 +55,8 @@ struct Ctx {
     keys: Keys,
     worker: String,
     record: RecordConfig,
+    /// The relays pass camera audio on (`relay.audio` is not `drop`): backups look for it.
+    audio: bool,
     tz: jiff::tz::TimeZone,
     hls: HlsClient,
     log: Arc<CategoryLog>,
@@ -79,6 +81,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         keys: keys.clone(),
         worker: worker.clone(),
         record: config.record.clone(),
+        audio: config.relay.audio != cctv_common::config::RelayAudio::Drop,
         tz,
         hls: HlsClient::default(),
         log: Arc::new(CategoryLog::open(&config.logs, "backup")?),
@@ -419,10 +422,10 @@ impl<'a> Recorder<'a> {
             self.ctx.record.container.extension(),
             self.ctx.record.container,
         );
-        let channel = self.job.channel;
+        let (channel, audio) = (self.job.channel, self.ctx.audio);
         let result = tokio::task::spawn_blocking(move || {
             let path = files::final_path(&dir, channel, &stamp, ext, &rid);
-            files::finish(spool, &path, container, &rid).map(|probe| (path, probe))
+            files::finish(spool, &path, container, &rid, audio).map(|probe| (path, probe))
         })
         .await
         .map_err(|e| self.transient(e))?;

@@ -1,10 +1,14 @@
 //! YOLO cost per frame, ours against plain ONNX Runtime on the same model, library and threads:
 //! `ORT_DYLIB_PATH=$PWD/.ort/libonnxruntime.so.1.32.0 cargo bench -p worker-yolo --bench yolo`.
 //!
-//! - `ours/batch{1,4}`: [`YoloModel::detect`] on decoded 640x360 camera frames: letterbox,
-//!   inference, decoding and NMS — everything the worker does per frame after JPEG decoding.
-//! - `plain_ort/batch{1,4}`: a bare `ort` session with the same intra-op threads running a
-//!   prepared input tensor — inference alone, the floor we are compared with.
+//! - `ours/batch{1,2,4}`: [`YoloModel::detect`] on decoded 640x360 camera frames: letterbox,
+//!   inference, decoding and NMS — everything the worker does per frame after JPEG decoding —
+//!   with the default config (`spin_wait = false`).
+//! - `ours_spinning/batch{1,2,4}`: the same with `spin_wait = true`, ONNX Runtime's own default,
+//!   which `plain_ort` uses too.
+//! - `plain_ort/batch{1,2,4}`: a bare `ort` session with the same intra-op threads running a
+//!   prepared input tensor — inference alone, the floor we are compared with — with ONNX
+//!   Runtime's defaults (spinning on); `plain_ort_no_spin` the same with spinning off.
 //!
 //! Throughput is frames, so criterion prints frames/s for each.
 
@@ -21,48 +25,50 @@ fn config() -> YoloConfig {
 
 /// A camera-sized frame (640x360) cut from real footage.
 fn frame() -> opencv::core::Mat {
-    let out = std::process::Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-ss", "1", "-i"])
-        .arg(cctv_testkit::media("worker-zone-detection.gif"))
-        .args(["-frames:v", "1", "-vf", "scale=640:360", "-f", "image2pipe", "-c:v", "mjpeg", "pipe:1"])
-        .output()
-        .expect("ffmpeg");
-    assert!(out.status.success());
-    model::decode_image(&out.stdout).expect("a frame")
+    model::decode_image(&cctv_testkit::media_frame_jpeg("worker-zone-detection.gif", 640, 360)).expect("a frame")
 }
 
 fn bench(c: &mut Criterion) {
-    let cfg = config();
-    let mut ours = YoloModel::load(&cfg).expect("model (is ORT_DYLIB_PATH set?)");
     let f = frame();
     assert_eq!((f.cols(), f.rows()), (640, 360));
-
-    let env = model::environment(None).unwrap();
-    let mut plain = Session::builder(&env)
-        .unwrap()
-        .with_intra_threads(cfg.intra_threads)
-        .unwrap()
-        .commit_from_file(&cfg.model)
-        .unwrap();
     let per = 3 * 640 * 640;
     let mut input = vec![0f32; 4 * per];
     for i in 0..4 {
         model::letterbox(&f, 640, &mut input[i * per..(i + 1) * per]).unwrap();
     }
-
     let mut g = c.benchmark_group("yolo");
     g.sample_size(10).measurement_time(std::time::Duration::from_secs(12));
-    for n in [1usize, 2, 4] {
-        g.throughput(Throughput::Elements(n as u64));
-        let frames: Vec<&opencv::core::Mat> = std::iter::repeat_n(&f, n).collect();
-        g.bench_function(format!("ours/batch{n}"), |b| b.iter(|| ours.detect(&frames).unwrap()));
-        g.bench_function(format!("plain_ort/batch{n}"), |b| {
-            b.iter(|| {
-                let t = TensorRef::from_array_view(([n, 3, 640, 640], &input[..n * per])).unwrap();
-                let out = plain.run(ort::inputs!["images" => t]).unwrap();
-                out[0].try_extract_tensor::<f32>().unwrap().1.len()
-            })
-        });
+    // One session alive at a time: an idle session's spinning threads would slow the measured one.
+    for (name, spin_wait) in [("ours", false), ("ours_spinning", true)] {
+        let mut m = YoloModel::load(&YoloConfig { spin_wait, ..config() }).expect("model (is ORT_DYLIB_PATH set?)");
+        for n in [1usize, 2, 4] {
+            g.throughput(Throughput::Elements(n as u64));
+            let frames: Vec<&opencv::core::Mat> = std::iter::repeat_n(&f, n).collect();
+            g.bench_function(format!("{name}/batch{n}"), |b| b.iter(|| m.detect(&frames).unwrap()));
+        }
+    }
+    let env = model::environment(None).unwrap();
+    for (name, spin) in [("plain_ort", true), ("plain_ort_no_spin", false)] {
+        let mut plain = Session::builder(&env)
+            .unwrap()
+            .with_intra_threads(config().intra_threads)
+            .unwrap()
+            .with_intra_op_spinning(spin)
+            .unwrap()
+            .with_inter_op_spinning(spin)
+            .unwrap()
+            .commit_from_file(&config().model)
+            .unwrap();
+        for n in [1usize, 2, 4] {
+            g.throughput(Throughput::Elements(n as u64));
+            g.bench_function(format!("{name}/batch{n}"), |b| {
+                b.iter(|| {
+                    let t = TensorRef::from_array_view(([n, 3, 640, 640], &input[..n * per])).unwrap();
+                    let out = plain.run(ort::inputs!["images" => t]).unwrap();
+                    out[0].try_extract_tensor::<f32>().unwrap().1.len()
+                })
+            });
+        }
     }
     g.finish();
 }

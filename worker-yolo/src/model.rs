@@ -343,6 +343,10 @@ impl YoloModel {
             .map_err(|e| load_err(e.to_string()))?
             .with_inter_threads(1)
             .map_err(|e| load_err(e.to_string()))?
+            .with_intra_op_spinning(cfg.spin_wait)
+            .map_err(|e| load_err(e.to_string()))?
+            .with_inter_op_spinning(cfg.spin_wait)
+            .map_err(|e| load_err(e.to_string()))?
             .commit_from_file(&cfg.model)
             .map_err(|e| load_err(e.to_string()))?;
         let input_name = session

@@ -85,3 +85,41 @@ async fn eight_channels_recording_at_once_all_produce_valid_files() {
     channels.dedup();
     assert_eq!(channels, (1..=8).collect::<Vec<_>>());
 }
+
+/// A camera with audio and relays that pass it on (`relay.audio = "copy"`): the backup carries
+/// the camera's AAC track beside the video, both stream-copied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn camera_audio_is_kept_when_relays_pass_it_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let extra =
+        format!("{}\n[relay]\naudio = \"copy\"\n", record_section(tmp.path(), "pre_roll_secs = 3\npost_roll_secs = 3"));
+    let cluster = Cluster::new(&channel(1), 8, &extra);
+    let video = cluster.path("event.mp4");
+    cctv_testkit::make_clip(&cctv_testkit::media("worker-zone-detection.gif"), &video, 1, 8.0, 30.0);
+    let clip = cluster.path("event-audio.mp4");
+    let status = std::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-i"])
+        .arg(&video)
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"])
+        .args(["-shortest", "-c:v", "copy", "-c:a", "aac", "-b:a", "64k"])
+        .arg(&clip)
+        .status()
+        .unwrap();
+    assert!(status.success(), "could not add audio to the clip");
+    let _p = Pusher::start(&clip, &cluster.nginx.live_url(), "ch1");
+    let run = Running::start(cluster);
+    let _record = run.record_worker();
+
+    let (_, _, file) = run.wait_backup(1, Duration::from_secs(60)).await;
+    let path = std::path::PathBuf::from(file.file.clone().unwrap());
+    let out = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-show_entries", "stream=codec_type,codec_name,sample_rate", "-of", "csv=p=0"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let streams = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("{}: {streams}", path.display());
+    assert!(streams.lines().any(|l| l.starts_with("h264,video")), "video stream: {streams}");
+    assert!(streams.lines().any(|l| l.starts_with("aac,audio,44100")), "the camera's AAC track: {streams}");
+    assert_playable(&path);
+}
