@@ -160,6 +160,17 @@ pub struct StageReport {
     pub redis_used_mib: f64,
     pub redis_ops_per_sec: f64,
     pub backup_write_kib_per_sec: f64,
+    /// Bytes worker-record and its ffmpeg/ffprobe children sent to storage (`/proc/<pid>/io`
+    /// write_bytes − cancelled_write_bytes; spool and final file), KiB/s.
+    #[serde(default)]
+    pub record_disk_write_kib_per_sec: f64,
+    /// worker-record's CPU with its reaped ffmpeg/ffprobe children (`/proc/<pid>/stat` utime +
+    /// stime + cutime + cstime over the stage), % of one core.
+    #[serde(default)]
+    pub record_cpu_with_children_percent: f64,
+    /// Recordings going on at once on average: the backup files' durations over the stage time.
+    #[serde(default)]
+    pub recordings_at_once: f64,
     pub frames_expected: f64,
     pub frames_analysed: u64,
     pub frames_dropped_percent: f64,
@@ -309,6 +320,26 @@ fn machine_used_mib() -> f64 {
         m.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0.0)
     };
     (field("MemTotal:") - field("MemAvailable:")) / 1024.0
+}
+
+/// Bytes a process (with its reaped children) sent to storage, less those cancelled by
+/// truncating or deleting dirty pages before writeback: `/proc/<pid>/io`.
+fn disk_write_bytes(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    let field = |k: &str| -> u64 {
+        io.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    };
+    field("write_bytes:").saturating_sub(field("cancelled_write_bytes:"))
+}
+
+/// A process' CPU time with its reaped children (utime + stime + cutime + cstime), seconds;
+/// Linux reports them in USER_HZ = 100 ticks per second.
+fn cpu_secs_with_children(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { return 0.0 };
+    // Fields after the command name start at field 3 (state); utime is field 14.
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f.get(11..15).map_or(0.0, |v| v.iter().filter_map(|x| x.parse::<f64>().ok()).sum::<f64>() / 100.0)
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
@@ -464,6 +495,9 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         let mut dead = Vec::new();
         let mut yolo_max_waiting = 0;
         let backups_at_start = dir_bytes(&work.join("backups"));
+        let record_pid = workers.iter().find(|w| w.name == "worker-record").map(|w| w.pid());
+        let record_written_at_start = record_pid.map_or(0, disk_write_bytes);
+        let record_cpu_at_start = record_pid.map_or(0.0, cpu_secs_with_children);
         let yolo_stats_start: HashMap<String, i64> = conn.hgetall("load:stats:yolo").await.unwrap_or_default();
         while stage_start.elapsed() < opts.hold {
             tokio::time::sleep(opts.sample_every).await;
@@ -616,6 +650,16 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             redis_used_mib: stage_samples.iter().map(|s| s.redis_used_mib).fold(0.0, f64::max),
             redis_ops_per_sec: stage_samples.iter().map(|s| s.redis_ops_per_sec).sum::<f64>()
                 / stage_samples.len().max(1) as f64,
+            record_cpu_with_children_percent: (record_pid.map_or(0.0, cpu_secs_with_children) - record_cpu_at_start)
+                / secs
+                * 100.0,
+            recordings_at_once: files.iter().map(|b| (b.end_ms - b.start_ms).max(0) as f64 / 1000.0).sum::<f64>()
+                / secs,
+            record_disk_write_kib_per_sec: record_pid
+                .map_or(0, disk_write_bytes)
+                .saturating_sub(record_written_at_start) as f64
+                / 1024.0
+                / secs,
             backup_write_kib_per_sec: dir_bytes(&work.join("backups")).saturating_sub(backups_at_start) as f64
                 / 1024.0
                 / secs,
@@ -706,11 +750,11 @@ fn fmt_lat(l: &Latency) -> String {
 pub fn write_report(r: &Report, dir: &Path) -> anyhow::Result<()> {
     std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(r)?)?;
     let mut md = format!("# Load test report\n\nMachine: {}.\n\n", r.machine);
-    md += "| channels | stable | cluster CPU (% of machine) | cluster RSS / PSS (MiB) | machine memory above idle (MiB) | frames analysed / expected | dropped | motion latency p50 / p95 ms | YOLO latency p50 / p95 ms | YOLO processed / dropped / max queue | backups (errors) | record start p50 / p95 ms | pre-roll p50 / p95 ms | backup write KiB/s | Redis MiB, ops/s |\n";
+    md += "| channels | stable | cluster CPU (% of machine) | cluster RSS / PSS (MiB) | machine memory above idle (MiB) | frames analysed / expected | dropped | motion latency p50 / p95 ms | YOLO latency p50 / p95 ms | YOLO processed / dropped / max queue | backups (errors) | record start p50 / p95 ms | pre-roll p50 / p95 ms | backup dir growth / recorder disk writes KiB/s | Redis MiB, ops/s |\n";
     md += "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
     for s in &r.stages {
         md += &format!(
-            "| {} | {} | {:.1} | {:.0} / {:.0} | {:.0} | {} / {:.0} | {:.2} % | {} | {} | {} / {} / {} | {} ({}) | {} | {} | {:.0} | {:.1}, {:.0} |\n",
+            "| {} | {} | {:.1} | {:.0} / {:.0} | {:.0} | {} / {:.0} | {:.2} % | {} | {} | {} / {} / {} | {} ({}) | {} | {} | {:.0} / {:.0} | {:.1}, {:.0} |\n",
             s.channels,
             if s.stable { "yes".to_string() } else { format!("**no**: {}", s.problems.join("; ")) },
             s.cluster_cpu_percent_of_machine,
@@ -730,8 +774,25 @@ pub fn write_report(r: &Report, dir: &Path) -> anyhow::Result<()> {
             fmt_lat(&s.record_start_latency_ms),
             fmt_lat(&s.pre_roll_ms),
             s.backup_write_kib_per_sec,
+            s.record_disk_write_kib_per_sec,
             s.redis_used_mib,
             s.redis_ops_per_sec
+        );
+    }
+    md += "\n## Recording\n\n| channels | recordings at once (avg) | worker-record CPU with its ffmpeg/ffprobe children (% of one core) | per recording (% of one core) | backup dir growth KiB/s | recorder disk writes KiB/s |\n| --- | --- | --- | --- | --- | --- |\n";
+    for s in &r.stages {
+        md += &format!(
+            "| {} | {:.1} | {:.2} | {} | {:.0} | {:.0} |\n",
+            s.channels,
+            s.recordings_at_once,
+            s.record_cpu_with_children_percent,
+            if s.recordings_at_once > 0.0 {
+                format!("{:.2}", s.record_cpu_with_children_percent / s.recordings_at_once)
+            } else {
+                "–".into()
+            },
+            s.backup_write_kib_per_sec,
+            s.record_disk_write_kib_per_sec
         );
     }
     md += "\n## Processes, CPU (% of one core), RSS and PSS (MiB) per component, stage averages\n\n| component |";
@@ -761,6 +822,8 @@ pub fn write_report(r: &Report, dir: &Path) -> anyhow::Result<()> {
 RSS counts every shared page (ffmpeg's libraries, OpenCV, ONNX Runtime) once per process that maps it; PSS splits \
 shared pages between the processes sharing them, so the PSS total is the cluster's memory. Machine memory above idle: \
 MemTotal − MemAvailable minus its value before the run, cameras and the load test included. \
+Recorder disk writes: what worker-record and its ffmpeg/ffprobe children sent to storage (spool and final file, less \
+pages deleted before writeback), from `/proc/<pid>/io`. \
 Motion latency: decoded frame → event on the Redis stream. YOLO latency: frame → object event. Record start: trigger → first \
 fragment written. Plots: `cpu.png`, `ram.png` (RSS), `pss.png`, `latency.png`.\n";
     std::fs::write(dir.join("report.md"), md)?;

@@ -81,7 +81,19 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(loadtest::run(opts.clone())) {
+            // Ctrl-C / SIGTERM drops the run: every server and process it started is stopped
+            // by its destructor, nothing is left running.
+            let outcome = rt.block_on(async {
+                tokio::select! {
+                    r = loadtest::run(opts.clone()) => Some(r),
+                    _ = cctv_common::shutdown::wait_for_signal() => None,
+                }
+            });
+            let Some(outcome) = outcome else {
+                eprintln!("interrupted; the cluster was stopped and no report written");
+                return ExitCode::from(130);
+            };
+            match outcome {
                 Ok(r) if r.stages.iter().all(|s| s.stable) => {
                     println!("report: {}", opts.report_dir.join("report.md").display());
                     ExitCode::SUCCESS
