@@ -303,33 +303,31 @@ fn component_of(pid: sysinfo::Pid, sys: &sysinfo::System, roots: &HashMap<u32, S
     None
 }
 
+/// The first number after `key` on its line in a `/proc` key/value file (`Pss:`, `MemTotal:`,
+/// `write_bytes:`, ...).
+fn proc_field<T: std::str::FromStr>(text: &str, key: &str) -> Option<T> {
+    text.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
 /// A process' proportional set size from `/proc/<pid>/smaps_rollup`, KiB (0 if unreadable).
 fn pss_kib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .ok()
-        .and_then(|t| {
-            t.lines().find_map(|l| l.strip_prefix("Pss:").and_then(|v| v.split_whitespace().next()?.parse().ok()))
-        })
-        .unwrap_or(0.0)
+    let t = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    proc_field(&t, "Pss:").unwrap_or(0.0)
 }
 
 /// The machine's memory in use, MemTotal − MemAvailable from `/proc/meminfo`, MiB.
 fn machine_used_mib() -> f64 {
     let m = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let field = |k: &str| -> f64 {
-        m.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0.0)
-    };
-    (field("MemTotal:") - field("MemAvailable:")) / 1024.0
+    let kib = |k: &str| proc_field::<f64>(&m, k).unwrap_or(0.0);
+    (kib("MemTotal:") - kib("MemAvailable:")) / 1024.0
 }
 
 /// Bytes a process (with its reaped children) sent to storage, less those cancelled by
 /// truncating or deleting dirty pages before writeback: `/proc/<pid>/io`.
 fn disk_write_bytes(pid: u32) -> u64 {
     let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
-    let field = |k: &str| -> u64 {
-        io.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
-    };
-    field("write_bytes:").saturating_sub(field("cancelled_write_bytes:"))
+    let bytes = |k: &str| proc_field::<u64>(&io, k).unwrap_or(0);
+    bytes("write_bytes:").saturating_sub(bytes("cancelled_write_bytes:"))
 }
 
 /// A process' CPU time with its reaped children (utime + stime + cutime + cstime), seconds;
@@ -452,10 +450,6 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let mut samples = Vec::new();
     let mut stages = Vec::new();
     let mut sys = sysinfo::System::new()?;
-    // Reading smaps_rollup walks every page table: PSS is read every PSS_EVERY-th sample and
-    // carried between, so the measuring costs the machine little (it cost ~4 % of it at 2 s).
-    let mut pss_last: BTreeMap<String, f64> = BTreeMap::new();
-    let mut sample_no: usize;
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
 
     for &n in &opts.stages {
@@ -491,7 +485,6 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         };
         let mut frames_at_warmup: Option<(FrameCounts, i64)> = None;
         let mut stage_samples: Vec<Sample> = Vec::new();
-        sample_no = 0;
         let mut dead = Vec::new();
         let mut yolo_max_waiting = 0;
         let backups_at_start = dir_bytes(&work.join("backups"));
@@ -524,8 +517,11 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             let mut cpu: BTreeMap<String, f64> = BTreeMap::new();
             let mut rss: BTreeMap<String, f64> = BTreeMap::new();
             let mut pss: BTreeMap<String, f64> = BTreeMap::new();
-            let read_pss = sample_no % PSS_EVERY == 0;
-            sample_no += 1;
+            // Reading smaps_rollup walks every page table: PSS is read every PSS_EVERY-th sample
+            // of a stage and carried between, so measuring costs the machine little (it cost ~4 %
+            // of it at every sample).
+            let carried_pss = stage_samples.last().filter(|_| stage_samples.len() % PSS_EVERY != 0);
+            let read_pss = carried_pss.is_none();
             let mut processes: BTreeMap<String, usize> = BTreeMap::new();
             // Threads are listed as tasks of their process: count processes only.
             for (pid, p) in sys.processes().iter().filter(|(_, p)| p.thread_kind().is_none()) {
@@ -540,10 +536,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                     *rss.entry(c).or_default() += p.memory() as f64 / 1048576.0;
                 }
             }
-            if read_pss {
-                pss_last = pss.clone();
-            } else {
-                pss = pss_last.clone();
+            if let Some(last) = carried_pss {
+                pss = last.pss_mib.clone();
             }
             let info: String = redis::cmd("INFO").query_async(&mut conn).await.unwrap_or_default();
             let field = |k: &str| {
@@ -834,6 +828,16 @@ fragment written. Plots: `cpu.png`, `ram.png` (RSS), `pss.png`, `latency.png`.\n
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_fields_are_read_by_key() {
+        let meminfo = "MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   20000000 kB\n";
+        assert_eq!(proc_field::<f64>(meminfo, "MemAvailable:"), Some(20_000_000.0));
+        let io = "write_bytes: 20987904\ncancelled_write_bytes: 20971520\n";
+        assert_eq!(proc_field::<u64>(io, "write_bytes:"), Some(20_987_904));
+        assert_eq!(proc_field::<u64>(io, "cancelled_write_bytes:"), Some(20_971_520));
+        assert_eq!(proc_field::<u64>(io, "read_bytes:"), None);
+    }
 
     #[test]
     fn frames_are_expected_over_the_time_between_the_counts_per_channel() {
