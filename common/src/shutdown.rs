@@ -23,9 +23,18 @@ pub fn install() -> CancellationToken {
             _ = wait_for_signal() => tracing::warn!("second signal; exiting now"),
             _ = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::error!(timeout_s = DRAIN_TIMEOUT.as_secs(), "drain took too long; exiting now"),
         }
-        std::process::exit(130);
+        exit_now(130);
     });
     token
+}
+
+/// Ends the process at once with `code`, running no exit handlers. `std::process::exit` runs the
+/// C++ static destructors of OpenCV / ONNX Runtime while channel threads still use them, which
+/// crashed a motion worker (SIGSEGV) on a second signal.
+#[allow(unsafe_code)]
+fn exit_now(code: i32) -> ! {
+    // SAFETY: `_exit` takes no pointers and does not return; no Rust state is observed after it.
+    unsafe { libc::_exit(code) }
 }
 
 /// Resolves on SIGINT or SIGTERM.
