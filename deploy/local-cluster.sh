@@ -44,8 +44,13 @@ stop_group() { # pids...: SIGTERM, up to 10 s to finish, then SIGKILL
     done
     kill -KILL "$@" 2>/dev/null || true
 }
+# Every process runs in its own session (setsid): Ctrl-C in the terminal reaches this script only,
+# and cleanup() stops them in order with one SIGTERM each, so workers drain while Redis is up.
 cleanup() {
-    trap - INT TERM EXIT
+    # A second Ctrl-C (or a signal to the whole process group) must not cut the cleanup short:
+    # it would leave the servers running. The cleanup is bounded (SIGKILL after 10 s a group).
+    trap '' INT TERM
+    trap - EXIT
     echo; echo "stopping..."
     # Workers and scheduler first, while Redis is still up (they hand their batches back and
     # close motion events in progress), then cameras and servers.
@@ -116,13 +121,13 @@ for i in $(seq 1 "$CHANNELS"); do
 done
 "$BIN/scheduler" --config "$STATE/cctv.toml" check-config
 
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$STATE/redis" --save "" --appendonly no --daemonize no \
+setsid redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$STATE/redis" --save "" --appendonly no --daemonize no \
     > "$STATE/logs/redis.log" 2>&1 &
 infra_pids+=($!)
 # nginx-rtmp config from the generator: RTMP app, HLS rolling buffer (pre-roll), HTTP for it.
 "$BIN/scheduler" nginx-config --rtmp-listen "127.0.0.1:$RTMP_PORT" --http-listen "127.0.0.1:$HTTP_PORT" \
     --hls-dir "$STATE/hls" --work-dir "$STATE/nginx" > "$STATE/nginx/nginx.conf"
-nginx -p "$STATE/nginx" -c "$STATE/nginx/nginx.conf" -e stderr 2>>"$STATE/logs/nginx.log" &
+setsid nginx -p "$STATE/nginx" -c "$STATE/nginx/nginx.conf" -e stderr 2>>"$STATE/logs/nginx.log" &
 infra_pids+=($!)
 for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$RTMP_PORT) 2>/dev/null && break; sleep 0.1; done
 
@@ -132,23 +137,23 @@ for i in $(seq 1 "$CHANNELS"); do
     c=${CLIPS[$(( (i - 1) % ${#CLIPS[@]} ))]}
     cams+=(--camera "$STATE/clips/$c-main.mp4,$STATE/clips/$c-sub.mp4")
 done
-/usr/bin/python3 loadtest/rtsp_cameras.py --port "$RTSP_PORT" "${cams[@]}" > /dev/null 2>>"$STATE/logs/cameras.log" &
+setsid /usr/bin/python3 loadtest/rtsp_cameras.py --port "$RTSP_PORT" "${cams[@]}" > /dev/null 2>>"$STATE/logs/cameras.log" &
 infra_pids+=($!)
 for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$RTSP_PORT) 2>/dev/null && break; sleep 0.1; done
 
 export CCTV_CONFIG=$STATE/cctv.toml
 # Relays: RTSP cameras -> nginx-rtmp (stream copy), restarted with backoff when they fail.
-"$BIN/scheduler" relay 2>>"$STATE/logs/relay.log" &
+setsid "$BIN/scheduler" relay 2>>"$STATE/logs/relay.log" &
 app_pids+=($!)
-"$BIN/scheduler" run 2>>"$STATE/logs/scheduler.log" &
+setsid "$BIN/scheduler" run 2>>"$STATE/logs/scheduler.log" &
 app_pids+=($!)
 for w in 1 2; do
-    "$BIN/worker-motion" run --concurrency 2 2>>"$STATE/logs/worker-motion-$w.log" &
+    setsid "$BIN/worker-motion" run --concurrency 2 2>>"$STATE/logs/worker-motion-$w.log" &
     app_pids+=($!)
 done
-"$BIN/worker-yolo" run 2>>"$STATE/logs/worker-yolo.log" &
+setsid "$BIN/worker-yolo" run 2>>"$STATE/logs/worker-yolo.log" &
 app_pids+=($!)
-"$BIN/worker-record" run 2>>"$STATE/logs/worker-record.log" &
+setsid "$BIN/worker-record" run 2>>"$STATE/logs/worker-record.log" &
 app_pids+=($!)
 
 cat <<MSG
