@@ -157,6 +157,12 @@ pub struct MotionConfig {
     /// Decode keyframes only (`-skip_frame nokey`): ~30x cheaper, one frame per GOP, for cameras
     /// without a sub-stream when CPU is short. Default false.
     pub keyframes_only: bool,
+    /// Presence: while a motion event is in progress it is held as long as a region of at least
+    /// `min_area` still differs from the scene as it was before the event (a person who stopped
+    /// moving), for at most this many seconds after the last frame-to-frame motion; then the
+    /// new scene becomes the reference (a parked car does not record forever). 0 turns presence
+    /// off. Default 60.
+    pub max_hold_secs: f64,
 }
 
 impl Default for MotionConfig {
@@ -178,6 +184,7 @@ impl Default for MotionConfig {
             retry_max_secs: 30.0,
             decode_threads: 1,
             keyframes_only: false,
+            max_hold_secs: 60.0,
         }
     }
 }
@@ -221,6 +228,10 @@ pub struct YoloConfig {
     pub max_batch: usize,
     /// Frames per second sent per channel while it is in motion. Default 2.
     pub fps: f64,
+    /// Frames per second sent per priority channel while it has a backup open but no motion
+    /// (post-roll, a person standing still): a wanted object in view keeps the backup going, up
+    /// to `motion.max_hold_secs` after the last motion. 0 turns it off. Default 1.
+    pub recording_fps: f64,
     /// A job older than this (frame time to claim) is dropped unprocessed, seconds. Default 2.
     pub max_age_secs: f64,
     /// Jobs allowed to wait in the queue; frames beyond it are dropped at the source. Default 64.
@@ -254,6 +265,7 @@ impl Default for YoloConfig {
             spin_wait: false,
             max_batch: 1,
             fps: 2.0,
+            recording_fps: 1.0,
             max_age_secs: 2.0,
             max_queue: 64,
             min_score: 0.4,
@@ -591,6 +603,7 @@ impl Config {
             p.add("motion.start_frames", "must be at least 1".into());
         }
         range(&mut p, "motion.end_quiet_secs", m.end_quiet_secs, 0.2, 600.0);
+        range(&mut p, "motion.max_hold_secs", m.max_hold_secs, 0.0, 86_400.0);
         range(&mut p, "motion.recalibrate_fraction", m.recalibrate_fraction, 0.05, 1.0);
         range(&mut p, "motion.stall_timeout_secs", m.stall_timeout_secs, 1.0, 600.0);
         range(&mut p, "motion.retry_initial_secs", m.retry_initial_secs, 0.1, 600.0);
@@ -612,6 +625,7 @@ impl Config {
             p.add("yolo.max_batch", format!("{} is out of range 1..=32", y.max_batch));
         }
         range(&mut p, "yolo.fps", y.fps, 0.1, 30.0);
+        range(&mut p, "yolo.recording_fps", y.recording_fps, 0.0, 30.0);
         range(&mut p, "yolo.max_age_secs", y.max_age_secs, 0.1, 600.0);
         if y.max_queue == 0 {
             p.add("yolo.max_queue", "must be at least 1".into());

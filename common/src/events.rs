@@ -45,11 +45,17 @@ pub struct MotionEvent {
     /// Changed fraction of the frame (start: at the start frame; end: the largest seen).
     pub area: f32,
     pub boxes: Vec<NormBox>,
-    /// For `end`: the last frame that showed motion (post-roll counts from here).
+    /// For `end`: the last frame that showed activity — motion, or presence of something that
+    /// stopped moving (post-roll counts from here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_motion_ms: Option<i64>,
     pub worker: String,
     pub job: String,
+    /// Per channel and worker, counts the motion events this worker published (from 1). The
+    /// channel status carries the latest one, so the scheduler can tell an event whose `end`
+    /// will never come (its worker is gone or published no `end`) from one still running.
+    #[serde(default)]
+    pub seq: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -79,6 +85,13 @@ pub struct ChannelStatus {
     pub worker: String,
     pub batch: String,
     pub updated_ms: i64,
+    /// The motion event in progress as published on `<ns>:events:motion` (its `start` was
+    /// published before this status was written, its `end` not yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_event: Option<String>,
+    /// `seq` of the last motion event published for this channel by `worker`.
+    #[serde(default)]
+    pub seq: u64,
 }
 
 /// `<ns>:workers:<worker>`: which worker holds what, refreshed with a TTL.

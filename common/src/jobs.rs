@@ -60,13 +60,21 @@ pub struct MotionJob {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct YoloFrames {
     pub fps: f64,
+    /// Rate while the channel has a backup open but no motion (0: none).
+    #[serde(default)]
+    pub recording_fps: f64,
     pub max_frame_height: u32,
     pub jpeg_quality: u32,
 }
 
 impl YoloFrames {
     pub fn from_config(y: &YoloConfig) -> Option<Self> {
-        y.enabled.then_some(Self { fps: y.fps, max_frame_height: y.max_frame_height, jpeg_quality: y.jpeg_quality })
+        y.enabled.then_some(Self {
+            fps: y.fps,
+            recording_fps: y.recording_fps,
+            max_frame_height: y.max_frame_height,
+            jpeg_quality: y.jpeg_quality,
+        })
     }
 }
 
@@ -102,11 +110,22 @@ impl std::fmt::Debug for YoloJob {
     }
 }
 
+/// What kind of activity made a channel record.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TriggerKind {
+    /// A motion start on a `record = "motion"` channel.
+    Motion,
+    /// A wanted object on a `record = "objects"` channel.
+    Objects,
+    /// Asked for by a person (API, `cctv jobs enqueue record`).
+    Manual,
+}
+
 /// What made a channel record.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RecordTrigger {
-    /// `motion` or `objects`.
-    pub kind: RecordPolicy,
+    pub kind: TriggerKind,
     /// The motion event that triggered the recording.
     pub motion_event: String,
     /// Time of the triggering detection, ms since epoch (pre-roll counts back from here).

@@ -12,6 +12,7 @@ pub mod jobs;
 pub mod keys;
 pub mod naming;
 pub mod queue;
+pub mod recording;
 pub mod redact;
 pub mod shutdown;
 pub mod system;

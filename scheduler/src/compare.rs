@@ -180,6 +180,7 @@ mod tests {
             last_motion_ms: None,
             worker: "w".into(),
             job: "j".into(),
+            seq: 1,
         }
     }
 

@@ -1,72 +1,229 @@
 //! Backup decisions: the leader reads the motion and object result streams and applies each
-//! channel's `record` policy, turning results into record jobs.
+//! channel's `record` policy, turning results into recordings ([`cctv_common::recording`]) and
+//! record jobs.
 //!
-//! - `motion`: a motion `start` opens a recording (start = detection − pre-roll); its `end`
-//!   closes it at last motion + post-roll.
-//! - `objects`: the first object event of a motion event with a wanted label opens a recording
-//!   (start = that frame − pre-roll); the motion event's end closes it.
+//! The decision itself is [`decide`], a pure function of (input, the channel's active
+//! recording, channel policy, rules, now) → action, unit-tested over event sequences below.
+//! [`Decider`] feeds it from the streams and writes its actions through the recording store's
+//! compare-and-set (a decision made on a stale view is made again on the fresh one).
+//!
+//! - `motion`: a motion `start` opens a recording (start = detection − pre-roll) or joins the
+//!   channel's recording when it is open and the activity comes before its end + pre-roll; the
+//!   recording stays open while any of its motion events is in progress and ends at last
+//!   activity + post-roll.
+//! - `objects`: the first wanted object of a motion event opens (or joins) a recording the same
+//!   way; later motion starts join it while it is open.
+//! - priority channels: a wanted object in view extends the open recording (YOLO keeps sampling
+//!   while it is open), at most `motion.max_hold_secs` after its last motion.
 //! - `off`: nothing.
 //!
-//! A motion event on a channel whose latest recording is still running (open, or inside its
-//! post-roll) joins that recording instead of starting a new one: one recording per ongoing
-//! activity. Recordings live in Redis (`<ns>:record:rec:<id>`); the record worker follows
-//! `end_ms` there. Stream positions are kept in `<ns>:record:cursor`, so a new leader carries on
-//! where the old one stopped; recording ids derive from the triggering motion event and jobs are
-//! pushed with the recording id as idempotency key, so re-reading an event creates nothing twice.
+//! Stream positions are kept in `<ns>:record:cursor`, so a new leader carries on where the old
+//! one stopped; recording ids derive from the triggering motion event and jobs are pushed with
+//! the recording id as idempotency key, so re-reading an event creates nothing twice.
+//!
+//! **Orphans.** A motion event whose `end` never comes (its worker was killed, or Redis lost
+//! the `end`) would keep its recording open forever. Workers publish, per channel, the event in
+//! progress and a sequence number in the channel status *after* the events themselves, so once
+//! the decider has read the stream up to what a status covers, an event the status no longer
+//! shows is over. The watchdog closes an event only then, or when no worker has reported the
+//! channel for [`ORPHAN_GRACE`] on the decider's own clock — never because of a motion state,
+//! and never right after Redis came back.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use cctv_common::config::{Config, RecordPolicy};
-use cctv_common::events::{
-    decode_entry, now_ms, ChannelState, ChannelStatus, MotionEvent, MotionEventKind, ObjectEvent,
-};
-use cctv_common::jobs::{RecordJob, RecordTrigger};
+use cctv_common::events::{decode_entry, now_ms, ChannelStatus, MotionEvent, MotionEventKind, ObjectEvent};
+use cctv_common::jobs::{RecordJob, RecordTrigger, TriggerKind};
 use cctv_common::keys::Keys;
 use cctv_common::queue::Queue;
+use cctv_common::recording::{Recording, RecordingState, RecordingStore, Rules};
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::AsyncCommands;
 
 /// Motion-event bookkeeping lives a day.
 const STATE_TTL_SECS: i64 = 86_400;
-/// Closed recordings' hashes are kept a week for inspection.
-const CLOSED_TTL_SECS: i64 = 7 * 86_400;
+/// A channel no worker reported for this long (as seen by the decider) has lost its worker:
+/// its events in progress are over. Longer than the status TTL plus a reconnect after a Redis
+/// restart.
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(15);
+
+/// One result, as the decision sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    MotionStart {
+        event: String,
+        ts_ms: i64,
+    },
+    MotionEnd {
+        event: String,
+        last_motion_ms: i64,
+    },
+    /// Wanted labels seen in a frame of motion event `event` (labels never empty).
+    Objects {
+        event: String,
+        frame_ts_ms: i64,
+        labels: Vec<String>,
+        view: EventView,
+    },
+    /// The watchdog found `event` over without its `end`.
+    Orphan {
+        event: String,
+    },
+}
+
+/// What the decider knows of the motion event an object frame belongs to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EventView {
+    pub in_progress: bool,
+    /// Its last activity when it ended, else its start.
+    pub last_motion_ms: i64,
+}
+
+/// A channel as the decision needs it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ChannelRules {
+    pub channel: u32,
+    pub policy: RecordPolicy,
+    pub priority: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Nothing,
+    /// Write the channel's active recording as changed.
+    Update(Recording),
+    /// A new recording, which becomes the channel's active one and gets a record job.
+    Create(Recording),
+}
+
+/// The backup decision for one input.
+pub fn decide(input: &Input, active: Option<&Recording>, ch: &ChannelRules, rules: &Rules, now: i64) -> Action {
+    if ch.policy == RecordPolicy::Off {
+        return Action::Nothing;
+    }
+    let open = active.filter(|r| r.state == RecordingState::Open);
+    match input {
+        Input::MotionStart { event, ts_ms } => {
+            if let Some(rec) = open.filter(|r| r.accepts(*ts_ms, rules)) {
+                let mut rec = rec.clone();
+                rec.join_event(event, *ts_ms);
+                return Action::Update(rec);
+            }
+            if ch.policy != RecordPolicy::Motion {
+                return Action::Nothing; // `objects` waits for a wanted object
+            }
+            let trigger =
+                RecordTrigger { kind: TriggerKind::Motion, motion_event: event.clone(), ts_ms: *ts_ms, labels: vec![] };
+            Action::Create(Recording::new(ch.channel, trigger, Some(event), *ts_ms, active, rules, now))
+        }
+        Input::MotionEnd { event, .. } | Input::Orphan { event } => {
+            let Some(rec) = active.filter(|r| r.events.contains(event)) else { return Action::Nothing };
+            let mut rec = rec.clone();
+            let last = match input {
+                Input::MotionEnd { last_motion_ms, .. } => *last_motion_ms,
+                // Its last activity known to the recording: nothing later was seen.
+                _ => rec.last_activity_ms,
+            };
+            if matches!(input, Input::Orphan { .. }) {
+                if !rec.open_events.contains(event) {
+                    return Action::Nothing;
+                }
+                rec.notes.push(format!("motion event {event} closed without its end (worker lost?)"));
+            }
+            rec.end_event(event, last, rules);
+            if rec == *active.expect("filtered above") {
+                Action::Nothing
+            } else {
+                Action::Update(rec)
+            }
+        }
+        Input::Objects { event: motion, frame_ts_ms, labels, view } => {
+            let wants = ch.policy == RecordPolicy::Objects || ch.priority;
+            if !wants || labels.is_empty() {
+                return Action::Nothing;
+            }
+            if let Some(rec) = open.filter(|r| r.accepts(*frame_ts_ms, rules)) {
+                let mut rec = rec.clone();
+                if view.in_progress && rec.open_events.contains(motion) {
+                    rec.extend(*frame_ts_ms, false, rules);
+                } else if view.in_progress && ch.policy == RecordPolicy::Objects {
+                    // The activity's motion event keeps the recording open until it ends.
+                    rec.join_event(motion, *frame_ts_ms);
+                } else if *frame_ts_ms - rec.last_motion_ms <= rules.max_hold_ms {
+                    // A wanted object still in view (YOLO samples while the backup is open).
+                    rec.extend(*frame_ts_ms, false, rules);
+                } else {
+                    return Action::Nothing; // held long enough without motion
+                }
+                return if rec == *open.expect("filtered above") { Action::Nothing } else { Action::Update(rec) };
+            }
+            if ch.policy != RecordPolicy::Objects || *frame_ts_ms - view.last_motion_ms > rules.max_hold_ms {
+                return Action::Nothing;
+            }
+            let trigger = RecordTrigger {
+                kind: TriggerKind::Objects,
+                motion_event: motion.clone(),
+                ts_ms: *frame_ts_ms,
+                labels: labels.clone(),
+            };
+            let open_event = view.in_progress.then_some(motion.as_str());
+            // A verdict for an event already over: its end is known.
+            let last = if view.in_progress { *frame_ts_ms } else { view.last_motion_ms };
+            Action::Create(Recording::new(ch.channel, trigger, open_event, last, active, rules, now))
+        }
+    }
+}
+
+/// Per channel: since when the decider has seen no worker report it.
+#[derive(Default)]
+struct Watch {
+    unreported_since: HashMap<u32, Instant>,
+}
 
 pub struct Decider {
     conn: ConnectionManager,
     keys: Keys,
     config: Config,
+    rules: Rules,
+    store: RecordingStore,
     queue: Queue<RecordJob>,
+    watch: Watch,
 }
 
 impl Decider {
     pub fn new(config: &Config, conn: ConnectionManager, keys: Keys) -> Self {
         let queue = Queue::new(conn.clone(), &keys, &config.queue);
-        Self { conn, keys, config: config.clone(), queue }
+        let store = RecordingStore::new(conn.clone(), keys.clone());
+        Self {
+            conn,
+            keys,
+            rules: Rules::from_config(config),
+            config: config.clone(),
+            store,
+            queue,
+            watch: Watch::default(),
+        }
     }
 
     /// Reads what arrived on the result streams (waiting up to `block_ms`) and acts on it.
     /// Returns how many entries were handled.
     pub async fn step(&mut self, block_ms: usize) -> anyhow::Result<usize> {
-        let streams = [self.keys.motion_events(), self.keys.object_events()];
-        let cursor_key = self.keys.record_cursor();
-        let cursors: HashMap<String, String> = self.conn.hgetall(&cursor_key).await?;
-        // A fresh cluster starts at the streams' ends: history is not re-decided.
-        let mut ids = Vec::new();
-        for s in &streams {
-            let id = match cursors.get(s) {
-                Some(id) => id.clone(),
-                None => {
-                    let last: redis::streams::StreamRangeReply = self.conn.xrevrange_count(s, "+", "-", 1).await?;
-                    let id = last.ids.first().map(|e| e.id.clone()).unwrap_or_else(|| "0-0".into());
-                    let _: () = self.conn.hset(&cursor_key, s, &id).await?;
-                    id
-                }
-            };
-            ids.push(id);
+        let result = self.step_inner(block_ms).await;
+        if result.is_err() {
+            // Redis blinked: what the watchdog saw before no longer counts.
+            self.watch = Watch::default();
         }
+        result
+    }
+
+    async fn step_inner(&mut self, block_ms: usize) -> anyhow::Result<usize> {
+        let streams = [self.keys.motion_events(), self.keys.object_events()];
+        let ids = self.cursors(&streams).await?;
         let opts = StreamReadOptions::default().block(block_ms).count(200);
         let reply: Option<StreamReadReply> = self.conn.xread_options(&streams, &ids, &opts).await?;
+        let cursor_key = self.keys.record_cursor();
         let mut handled = 0;
         for key in reply.map(|r| r.keys).unwrap_or_default() {
             for entry in &key.ids {
@@ -85,26 +242,53 @@ impl Decider {
         Ok(handled)
     }
 
+    /// Stream positions; a fresh cluster starts at the streams' ends (history is not re-decided).
+    async fn cursors(&mut self, streams: &[String]) -> anyhow::Result<Vec<String>> {
+        let cursor_key = self.keys.record_cursor();
+        let cursors: HashMap<String, String> = self.conn.hgetall(&cursor_key).await?;
+        let mut ids = Vec::new();
+        for s in streams {
+            let id = match cursors.get(s) {
+                Some(id) => id.clone(),
+                None => {
+                    let id = self.last_id(s).await?;
+                    let _: () = self.conn.hset(&cursor_key, s, &id).await?;
+                    id
+                }
+            };
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    async fn last_id(&mut self, stream: &str) -> anyhow::Result<String> {
+        let last: redis::streams::StreamRangeReply = self.conn.xrevrange_count(stream, "+", "-", 1).await?;
+        Ok(last.ids.first().map(|e| e.id.clone()).unwrap_or_else(|| "0-0".into()))
+    }
+
+    fn channel_rules(&self, channel: u32) -> Option<ChannelRules> {
+        self.config.channel(channel).map(|c| ChannelRules { channel, policy: c.record, priority: c.priority })
+    }
+
     async fn on_motion(&mut self, m: &MotionEvent) -> anyhow::Result<()> {
-        let Some(ch) = self.config.channel(m.channel) else { return Ok(()) };
-        let policy = ch.record;
         let state = self.keys.record_motion_event(&m.event_id);
-        match m.kind {
+        let input = match m.kind {
             MotionEventKind::Start => {
                 let _: () = redis::pipe()
-                    .hset_multiple(&state, &[("channel", m.channel as i64), ("started_ms", m.ts_ms), ("ended", 0)])
+                    .hset_multiple(
+                        &state,
+                        &[
+                            ("channel", m.channel.to_string()),
+                            ("started_ms", m.ts_ms.to_string()),
+                            ("ended", "0".into()),
+                            ("worker", m.worker.clone()),
+                            ("seq", m.seq.to_string()),
+                        ],
+                    )
                     .expire(&state, STATE_TTL_SECS)
                     .query_async(&mut self.conn)
                     .await?;
-                if policy == RecordPolicy::Motion {
-                    let trigger = RecordTrigger {
-                        kind: RecordPolicy::Motion,
-                        motion_event: m.event_id.clone(),
-                        ts_ms: m.ts_ms,
-                        labels: vec![],
-                    };
-                    self.open(m.channel, trigger, true).await?;
-                }
+                Input::MotionStart { event: m.event_id.clone(), ts_ms: m.ts_ms }
             }
             MotionEventKind::End => {
                 let last = m.last_motion_ms.unwrap_or(m.ts_ms);
@@ -113,20 +297,14 @@ impl Decider {
                     .expire(&state, STATE_TTL_SECS)
                     .query_async(&mut self.conn)
                     .await?;
-                let rid: Option<String> = self.conn.get(self.keys.record_event(&m.event_id)).await?;
-                if let Some(rid) = rid {
-                    self.event_ended(&rid, last).await?;
-                }
+                Input::MotionEnd { event: m.event_id.clone(), last_motion_ms: last }
             }
-        }
-        Ok(())
+        };
+        self.apply(m.channel, &input).await
     }
 
     async fn on_objects(&mut self, o: &ObjectEvent) -> anyhow::Result<()> {
         let Some(ch) = self.config.channel(o.channel) else { return Ok(()) };
-        if ch.record != RecordPolicy::Objects {
-            return Ok(());
-        }
         let wanted = self.config.wanted_labels(ch);
         let mut labels: Vec<String> =
             o.detections.iter().map(|d| d.label.clone()).filter(|l| wanted.contains(l)).collect();
@@ -135,143 +313,306 @@ impl Decider {
         if labels.is_empty() {
             return Ok(());
         }
-        let mapped: Option<String> = self.conn.get(self.keys.record_event(&o.motion_event)).await?;
-        if mapped.is_some() {
-            return Ok(()); // this activity is already being recorded
-        }
         let state = self.keys.record_motion_event(&o.motion_event);
-        let (ended, last_motion): (Option<i64>, Option<i64>) =
-            redis::pipe().hget(&state, "ended").hget(&state, "last_motion_ms").query_async(&mut self.conn).await?;
-        let still_open = ended != Some(1);
-        let trigger = RecordTrigger {
-            kind: RecordPolicy::Objects,
-            motion_event: o.motion_event.clone(),
-            ts_ms: o.frame_ts_ms,
-            labels,
-        };
-        let rid = self.open(o.channel, trigger, still_open).await?;
-        if !still_open {
-            // The verdict came after the motion ended: the end is already known.
-            self.set_end(&rid, last_motion.unwrap_or(o.frame_ts_ms)).await?;
-        }
-        Ok(())
-    }
-
-    /// Opens a recording for the trigger, or joins the channel's running one. `ongoing`: the
-    /// triggering motion event has not ended yet (it keeps the recording open until it does).
-    async fn open(&mut self, channel: u32, trigger: RecordTrigger, ongoing: bool) -> anyhow::Result<String> {
-        let event = trigger.motion_event.clone();
-        let active: Option<String> = self.conn.get(self.keys.record_active(channel)).await?;
-        if let Some(rid) = active {
-            let key = self.keys.recording(&rid);
-            let end: Option<i64> = self.conn.hget(&key, "end_ms").await?;
-            // Running: open (0), or closing at a time not yet reached by the new detection.
-            if end.is_some_and(|e| e == 0 || e >= trigger.ts_ms) {
-                let mut pipe = redis::pipe();
-                pipe.hset(&key, "end_ms", 0).persist(&key);
-                if ongoing {
-                    pipe.hincr(&key, "open", 1);
-                }
-                pipe.set_ex(self.keys.record_event(&event), &rid, STATE_TTL_SECS as u64);
-                let _: () = pipe.query_async(&mut self.conn).await?;
-                self.add_event(&rid, &event).await?;
-                tracing::info!(channel, recording = %rid, event = %event, "activity joins the running recording");
-                return Ok(rid);
-            }
-        }
-        let rid = format!("ch{channel}-{event}");
-        let start_ms = trigger.ts_ms - (self.config.record.pre_roll_secs * 1000.0) as i64;
-        let key = self.keys.recording(&rid);
-        let created: bool = self.conn.hset_nx(&key, "channel", channel).await?;
-        if created {
-            let _: () = redis::pipe()
-                .hset_multiple(
-                    &key,
-                    &[
-                        ("start_ms", start_ms.to_string()),
-                        ("end_ms", "0".to_string()),
-                        ("open", if ongoing { "1" } else { "0" }.to_string()),
-                        ("trigger", serde_json::to_string(&trigger)?),
-                        ("events", serde_json::to_string(&[&event])?),
-                        ("created_ms", now_ms().to_string()),
-                    ],
-                )
-                .set(self.keys.record_active(channel), &rid)
-                .set_ex(self.keys.record_event(&event), &rid, STATE_TTL_SECS as u64)
-                .query_async(&mut self.conn)
-                .await?;
-        }
-        let job = RecordJob {
-            recording: rid.clone(),
-            channel,
-            playlist_url: self.config.channel(channel).map(|c| self.config.hls_playlist_url(c)).unwrap_or_default(),
-            start_ms,
-            trigger: trigger.clone(),
-        };
-        if let Some(id) = self.queue.push_unique(&job, &rid).await? {
-            tracing::info!(channel, recording = %rid, job = %id, trigger = ?trigger.kind, labels = ?trigger.labels,
-                "backup started");
-        }
-        Ok(rid)
-    }
-
-    async fn add_event(&mut self, rid: &str, event: &str) -> anyhow::Result<()> {
-        let key = self.keys.recording(rid);
-        let events: Option<String> = self.conn.hget(&key, "events").await?;
-        let mut list: Vec<String> = events.and_then(|e| serde_json::from_str(&e).ok()).unwrap_or_default();
-        if !list.iter().any(|e| e == event) {
-            list.push(event.to_string());
-            let _: () = self.conn.hset(&key, "events", serde_json::to_string(&list)?).await?;
-        }
-        Ok(())
-    }
-
-    /// One motion event of the recording ended at `last_motion_ms`; the last one to end sets the
-    /// recording's end (plus post-roll).
-    async fn event_ended(&mut self, rid: &str, last_motion_ms: i64) -> anyhow::Result<()> {
-        let key = self.keys.recording(rid);
-        let open: i64 = self.conn.hincr(&key, "open", -1).await?;
-        if open <= 0 {
-            self.set_end(rid, last_motion_ms).await?;
-        }
-        Ok(())
-    }
-
-    async fn set_end(&mut self, rid: &str, last_activity_ms: i64) -> anyhow::Result<()> {
-        let key = self.keys.recording(rid);
-        let end = last_activity_ms + (self.config.record.post_roll_secs * 1000.0) as i64;
-        let _: () = redis::pipe()
-            .hset(&key, "end_ms", end)
-            .hset(&key, "open", 0)
-            .expire(&key, CLOSED_TTL_SECS)
+        let (ended, started, last_motion): (Option<i64>, Option<i64>, Option<i64>) = redis::pipe()
+            .hget(&state, "ended")
+            .hget(&state, "started_ms")
+            .hget(&state, "last_motion_ms")
             .query_async(&mut self.conn)
             .await?;
-        tracing::info!(recording = %rid, end_ms = end, "backup end set (last activity + post-roll)");
+        let view = EventView {
+            in_progress: ended == Some(0),
+            last_motion_ms: last_motion.or(started).unwrap_or(o.frame_ts_ms),
+        };
+        let input = Input::Objects { event: o.motion_event.clone(), frame_ts_ms: o.frame_ts_ms, labels, view };
+        self.apply(o.channel, &input).await
+    }
+
+    /// Decides on `input` against the channel's current recording and writes the result; a
+    /// conflicting write (the record worker changed it meanwhile) re-reads and decides again.
+    async fn apply(&mut self, channel: u32, input: &Input) -> anyhow::Result<()> {
+        let Some(rules) = self.channel_rules(channel) else { return Ok(()) };
+        for _ in 0..20 {
+            let active = self.store.active(channel).await?;
+            let action = decide(input, active.as_ref().map(|v| &v.rec), &rules, &self.rules, now_ms());
+            match action {
+                Action::Nothing => return Ok(()),
+                Action::Update(rec) => {
+                    let version = active.as_ref().map_or(0, |v| v.version);
+                    if self.store.put(version, &rec, false).await?.is_some() {
+                        tracing::info!(channel, recording = %rec.id, end_ms = ?rec.end_ms, open_events = rec.open_events.len(),
+                            input = ?InputKind(input), "recording updated");
+                        return Ok(());
+                    }
+                }
+                Action::Create(rec) => {
+                    if self.store.put(0, &rec, true).await?.is_none() {
+                        // Created before: this event was read again (a new leader). Its job
+                        // was pushed with the recording id as key, so pushing again is a no-op.
+                        tracing::debug!(channel, recording = %rec.id, "recording exists already");
+                    }
+                    self.push_job(&rec).await?;
+                    return Ok(());
+                }
+            }
+        }
+        anyhow::bail!("channel {channel}: recording changed under every attempt to decide on it")
+    }
+
+    async fn push_job(&mut self, rec: &Recording) -> anyhow::Result<()> {
+        let Some(ch) = self.config.channel(rec.channel) else { return Ok(()) };
+        let job = RecordJob {
+            recording: rec.id.clone(),
+            channel: rec.channel,
+            playlist_url: self.config.hls_playlist_url(ch),
+            start_ms: rec.start_ms,
+            trigger: rec.trigger.clone(),
+        };
+        if let Some(id) = self.queue.push_unique(&job, &rec.id).await? {
+            tracing::info!(channel = rec.channel, recording = %rec.id, job = %id, trigger = ?rec.trigger.kind,
+                labels = ?rec.trigger.labels, start_ms = rec.start_ms, floor_ms = rec.floor_ms, "backup started");
+        }
         Ok(())
     }
 
-    /// A recording whose motion never ended (its motion worker was killed mid-event) is closed
-    /// once its channel reports no motion (or nothing) for longer than the motion end delay.
+    /// Ends motion events that will never end by themselves (see the module docs).
     async fn close_orphans(&mut self) -> anyhow::Result<()> {
-        let quiet_ms = ((self.config.motion.end_quiet_secs + 2.0) * 1000.0) as i64;
-        let now = now_ms();
-        for ch in self.config.channels.clone() {
-            let active: Option<String> = self.conn.get(self.keys.record_active(ch.id)).await?;
-            let Some(rid) = active else { continue };
-            let end: Option<i64> = self.conn.hget(self.keys.recording(&rid), "end_ms").await?;
-            if end != Some(0) {
+        let mut candidates = Vec::new();
+        for ch in self.config.channels.iter().map(|c| c.id).collect::<Vec<_>>() {
+            let Some(active) = self.store.active(ch).await? else { continue };
+            if active.rec.state != RecordingState::Open || active.rec.open_events.is_empty() {
+                self.watch.unreported_since.remove(&ch);
                 continue;
             }
-            let status: Option<String> = self.conn.get(self.keys.channel_status(ch.id)).await?;
+            let status: Option<String> = self.conn.get(self.keys.channel_status(ch)).await?;
             let status: Option<ChannelStatus> = status.and_then(|s| serde_json::from_str(&s).ok());
-            let last = status.as_ref().and_then(|s| s.last_motion_ms).unwrap_or(0);
-            let moving = status.as_ref().is_some_and(|s| s.state == ChannelState::Motion);
-            let created: Option<i64> = self.conn.hget(self.keys.recording(&rid), "created_ms").await?;
-            if !moving && now - last.max(created.unwrap_or(0)) > quiet_ms {
-                tracing::warn!(channel = ch.id, recording = %rid, "motion end never came (worker lost?); closing");
-                self.set_end(&rid, if last > 0 { last } else { now }).await?;
+            candidates.push((ch, active.rec, status));
+        }
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        // The statuses were read first: if the stream holds nothing past the cursor now, every
+        // event a status covers has been decided on.
+        let motion = self.keys.motion_events();
+        let cursor: Option<String> = self.conn.hget(self.keys.record_cursor(), &motion).await?;
+        let last = self.last_id(&motion).await?;
+        if last != "0-0" && cursor.as_deref() != Some(last.as_str()) {
+            return Ok(());
+        }
+        for (ch, rec, status) in candidates {
+            let mut over = Vec::new();
+            match status {
+                Some(s) => {
+                    self.watch.unreported_since.remove(&ch);
+                    for event in &rec.open_events {
+                        let (worker, seq) = self.event_origin(event).await?;
+                        let other_worker = worker.as_deref().is_some_and(|w| w != s.worker);
+                        let passed = seq.is_some_and(|q| s.seq >= q) && s.active_event.as_deref() != Some(event);
+                        if other_worker || passed {
+                            over.push(event.clone());
+                        }
+                    }
+                }
+                None => {
+                    let since = *self.watch.unreported_since.entry(ch).or_insert_with(Instant::now);
+                    if since.elapsed() >= ORPHAN_GRACE {
+                        over.extend(rec.open_events.iter().cloned());
+                    }
+                }
+            }
+            for event in over {
+                tracing::warn!(channel = ch, recording = %rec.id, event = %event,
+                    "motion event over without its end (its worker is gone); the recording ends after its last activity");
+                self.apply(ch, &Input::Orphan { event }).await?;
             }
         }
         Ok(())
+    }
+
+    async fn event_origin(&mut self, event: &str) -> anyhow::Result<(Option<String>, Option<u64>)> {
+        let state = self.keys.record_motion_event(event);
+        let (worker, seq): (Option<String>, Option<u64>) =
+            redis::pipe().hget(&state, "worker").hget(&state, "seq").query_async(&mut self.conn).await?;
+        Ok((worker, seq.filter(|&s| s > 0)))
+    }
+}
+
+/// Input names for logs, without their payload.
+struct InputKind<'a>(&'a Input);
+
+impl std::fmt::Debug for InputKind<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            Input::MotionStart { .. } => "motion start",
+            Input::MotionEnd { .. } => "motion end",
+            Input::Objects { .. } => "objects",
+            Input::Orphan { .. } => "orphan",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULES: Rules = Rules { pre_roll_ms: 5_000, post_roll_ms: 5_000, max_hold_ms: 60_000 };
+    const MOTION: ChannelRules = ChannelRules { channel: 1, policy: RecordPolicy::Motion, priority: false };
+    const OBJECTS: ChannelRules = ChannelRules { channel: 1, policy: RecordPolicy::Objects, priority: true };
+
+    /// Feeds inputs at their times through `decide`, keeping the channel's recordings as the
+    /// store would; `close_at` lets the record worker close what is closable at that time.
+    struct Sim {
+        ch: ChannelRules,
+        recs: Vec<Recording>,
+    }
+
+    impl Sim {
+        fn new(ch: ChannelRules) -> Self {
+            Self { ch, recs: Vec::new() }
+        }
+        fn feed(&mut self, input: Input, now: i64) -> &'static str {
+            match decide(&input, self.recs.last(), &self.ch, &RULES, now) {
+                Action::Nothing => "nothing",
+                Action::Update(r) => {
+                    *self.recs.last_mut().unwrap() = r;
+                    "update"
+                }
+                Action::Create(r) => {
+                    self.recs.push(r);
+                    "create"
+                }
+            }
+        }
+        fn close_at(&mut self, now: i64) {
+            if let Some(r) = self.recs.last_mut() {
+                if r.closable(now, &RULES) {
+                    r.close(now, None);
+                }
+            }
+        }
+        fn start(&mut self, e: &str, t: i64) -> &'static str {
+            self.close_at(t);
+            self.feed(Input::MotionStart { event: e.into(), ts_ms: t }, t)
+        }
+        fn end(&mut self, e: &str, last: i64) -> &'static str {
+            self.close_at(last + 3_000);
+            self.feed(Input::MotionEnd { event: e.into(), last_motion_ms: last }, last + 3_000)
+        }
+        fn objects(&mut self, e: &str, t: i64, in_progress: bool, last_motion: i64) -> &'static str {
+            self.close_at(t);
+            let view = EventView { in_progress, last_motion_ms: last_motion };
+            self.feed(Input::Objects { event: e.into(), frame_ts_ms: t, labels: vec!["person".into()], view }, t)
+        }
+    }
+
+    #[test]
+    fn continuous_activity_in_several_events_is_one_recording() {
+        let mut s = Sim::new(MOTION);
+        assert_eq!(s.start("a", 10_000), "create");
+        assert_eq!(s.end("a", 20_000), "update");
+        // Resumes 8 s after a's last motion: before end (25 s) + pre-roll (30 s).
+        assert_eq!(s.start("b", 28_000), "update");
+        assert_eq!(s.end("b", 40_000), "update");
+        assert_eq!(s.start("c", 49_000), "update", "49 s < 45 s end + 5 s window");
+        assert_eq!(s.end("c", 60_000), "update");
+        assert_eq!(s.recs.len(), 1);
+        let r = &s.recs[0];
+        assert_eq!((r.start_ms, r.end_ms), (5_000, Some(65_000)));
+        assert_eq!(r.events, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn activity_after_the_join_window_starts_back_to_back_never_overlapping() {
+        let mut s = Sim::new(MOTION);
+        s.start("a", 10_000);
+        s.end("a", 20_000); // end 25 s, closable after 30 s
+        assert_eq!(s.start("b", 33_000), "create");
+        assert_eq!(s.recs[0].state, RecordingState::Closed);
+        let b = &s.recs[1];
+        assert_eq!(b.floor_ms, 25_000);
+        assert_eq!(b.start_ms, 28_000, "its own pre-roll, after a's end");
+        assert!(b.start_ms >= s.recs[0].end_ms.unwrap());
+    }
+
+    #[test]
+    fn a_closed_recording_is_never_joined() {
+        let mut s = Sim::new(MOTION);
+        s.start("a", 10_000);
+        s.end("a", 20_000);
+        s.recs[0].close(26_000, Some("stalled".into())); // closed early by its worker
+                                                         // Activity inside the old join window: a new recording, starting at a's end.
+        assert_eq!(s.feed(Input::MotionStart { event: "b".into(), ts_ms: 27_000 }, 27_000), "create");
+        assert_eq!(s.recs[1].start_ms, 25_000);
+        assert_eq!(s.recs[0].events, ["a"]);
+    }
+
+    #[test]
+    fn an_orphaned_event_ends_the_recording_at_its_last_activity() {
+        let mut s = Sim::new(MOTION);
+        s.start("a", 10_000);
+        assert_eq!(s.feed(Input::Orphan { event: "a".into() }, 40_000), "update");
+        assert_eq!(s.recs[0].end_ms, Some(15_000));
+        assert_eq!(s.feed(Input::Orphan { event: "a".into() }, 41_000), "nothing");
+        // The orphan watchdog never touches an event that is not in progress.
+        let mut t = Sim::new(MOTION);
+        t.start("a", 10_000);
+        t.start("b", 12_000);
+        assert_eq!(t.feed(Input::Orphan { event: "a".into() }, 13_000), "update");
+        assert_eq!(t.recs[0].end_ms, None, "b still holds it open");
+    }
+
+    #[test]
+    fn objects_policy_opens_on_a_wanted_object_and_follows_motion() {
+        let mut s = Sim::new(OBJECTS);
+        assert_eq!(s.start("a", 10_000), "nothing");
+        assert_eq!(s.objects("a", 11_000, true, 10_000), "create");
+        assert_eq!(s.recs[0].start_ms, 6_000);
+        assert_eq!(s.end("a", 20_000), "update");
+        // Next person within the window: their motion joins before YOLO even answers.
+        assert_eq!(s.start("b", 27_000), "update");
+        assert_eq!(s.end("b", 35_000), "update");
+        assert_eq!(s.recs.len(), 1);
+        assert_eq!(s.recs[0].end_ms, Some(40_000));
+    }
+
+    #[test]
+    fn a_wanted_object_in_view_holds_the_recording_up_to_max_hold() {
+        let mut s = Sim::new(OBJECTS);
+        s.objects("a", 10_000, true, 10_000);
+        s.end("a", 12_000); // end 17 s
+                            // YOLO keeps sampling at 1 fps: a person standing still.
+        for t in (13_000..=72_000).step_by(1_000) {
+            assert_eq!(s.objects("a", t, false, 12_000), "update", "{t}");
+        }
+        assert_eq!(s.objects("a", 73_000, false, 12_000), "nothing", "60 s after the last motion");
+        assert_eq!(s.recs[0].end_ms, Some(72_000 + RULES.post_roll_ms));
+        assert_eq!(s.recs.len(), 1);
+    }
+
+    #[test]
+    fn late_verdict_for_an_event_already_over_records_it_with_its_end() {
+        let mut s = Sim::new(OBJECTS);
+        s.start("a", 10_000);
+        s.feed(Input::MotionEnd { event: "a".into(), last_motion_ms: 12_000 }, 15_000);
+        assert_eq!(s.objects("a", 11_000, false, 12_000), "create");
+        assert_eq!(s.recs[0].end_ms, Some(17_000));
+        assert!(s.recs[0].open_events.is_empty());
+    }
+
+    #[test]
+    fn off_channels_never_record_and_motion_channels_ignore_objects_unless_priority() {
+        let off = ChannelRules { channel: 1, policy: RecordPolicy::Off, priority: true };
+        let mut s = Sim::new(off);
+        assert_eq!(s.start("a", 10_000), "nothing");
+        assert_eq!(s.objects("a", 10_500, true, 10_000), "nothing");
+        let mut m = Sim::new(MOTION);
+        m.start("a", 10_000);
+        m.end("a", 11_000);
+        assert_eq!(m.objects("a", 13_000, false, 11_000), "nothing", "not a priority channel");
+        let mut p = Sim::new(ChannelRules { priority: true, ..MOTION });
+        p.start("a", 10_000);
+        p.end("a", 11_000);
+        assert_eq!(p.objects("a", 13_000, false, 11_000), "update");
+        assert_eq!(p.recs[0].end_ms, Some(18_000));
     }
 }

@@ -4,11 +4,12 @@
 use std::collections::HashSet;
 
 use anyhow::Context;
-use cctv_common::config::{Config, RecordPolicy};
+use cctv_common::config::Config;
 use cctv_common::events::{decode_entry, now_ms, BackupEvent, BackupEventKind, StorageReport};
-use cctv_common::jobs::{MotionJob, RecordJob, RecordTrigger, YoloJob};
+use cctv_common::jobs::{MotionJob, RecordJob, RecordTrigger, TriggerKind, YoloJob};
 use cctv_common::keys::Keys;
 use cctv_common::queue::{JobInfo, Queue};
+use cctv_common::recording::{Recording, RecordingStore};
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 
@@ -136,28 +137,25 @@ pub async fn enqueue_record(
     let now = now_ms();
     let event = format!("manual-{}", uuid::Uuid::new_v4().simple());
     let rid = format!("ch{channel}-{event}");
-    let start_ms = now - (config.record.pre_roll_secs * 1000.0) as i64;
+    let rules = cctv_common::recording::Rules::from_config(config);
     let trigger = RecordTrigger {
-        kind: RecordPolicy::Motion,
+        kind: TriggerKind::Manual,
         motion_event: event.clone(),
         ts_ms: now,
         labels: vec!["manual".into()],
     };
-    let _: () = redis::pipe()
-        .hset_multiple(
-            keys.recording(&rid),
-            &[
-                ("channel", channel.to_string()),
-                ("start_ms", start_ms.to_string()),
-                ("end_ms", (now + (seconds * 1000.0) as i64).to_string()),
-                ("open", "0".into()),
-                ("trigger", serde_json::to_string(&trigger)?),
-                ("events", serde_json::to_string(&[&event])?),
-                ("created_ms", now.to_string()),
-            ],
-        )
-        .query_async(conn)
-        .await?;
+    // Manual recordings cover exactly what was asked: never the channel's active recording, so
+    // no activity joins or closes them early.
+    let end = now + (seconds * 1000.0) as i64;
+    let mut rec = Recording::new(channel, trigger.clone(), None, now, None, &rules, now);
+    rec.manual = true;
+    rec.end_ms = Some(end);
+    rec.last_activity_ms = end - rules.post_roll_ms;
+    let start_ms = rec.start_ms;
+    RecordingStore::new(conn.clone(), keys.clone())
+        .put(0, &rec, false)
+        .await?
+        .with_context(|| format!("recording {rid} exists already"))?;
     let job =
         RecordJob { recording: rid.clone(), channel, playlist_url: config.hls_playlist_url(ch), start_ms, trigger };
     let id = Queue::<RecordJob>::new(conn.clone(), keys, &config.queue).push_unique(&job, &rid).await?;

@@ -51,11 +51,17 @@ pub struct ChannelShared {
     stopper: Mutex<Option<Stopper>>,
     stalled: AtomicBool,
     status: Mutex<(ChannelState, Option<String>)>,
+    /// A priority channel whose frames YOLO samples while its backup is open.
+    samples_recordings: bool,
+    /// Set by the batch supervisor from the recording store.
+    recording_open: AtomicBool,
 }
 
 impl ChannelShared {
-    fn new(id: u32) -> Self {
+    fn new(id: u32, samples_recordings: bool) -> Self {
         Self {
+            samples_recordings,
+            recording_open: AtomicBool::new(false),
             id,
             stop: AtomicBool::new(false),
             last_frame_ms: AtomicI64::new(0),
@@ -65,6 +71,15 @@ impl ChannelShared {
             stalled: AtomicBool::new(false),
             status: Mutex::new((ChannelState::Connecting, None)),
         }
+    }
+
+    /// Does this channel send YOLO frames while its backup is open (priority, `recording_fps`)?
+    pub fn samples_recordings(&self) -> bool {
+        self.samples_recordings
+    }
+
+    pub fn set_recording_open(&self, open: bool) {
+        self.recording_open.store(open, Ordering::Relaxed);
     }
 
     fn set_status(&self, state: ChannelState, reason: Option<String>) {
@@ -132,7 +147,8 @@ impl ChannelHandle {
     ) -> Self {
         // Only priority channels send frames to YOLO.
         let yolo = yolo.filter(|_| channel.priority);
-        let shared = Arc::new(ChannelShared::new(channel.id));
+        let samples = yolo.as_ref().is_some_and(|y| y.recording_fps > 0.0);
+        let shared = Arc::new(ChannelShared::new(channel.id, samples));
         let url = format!("{}/{}", play_url.trim_end_matches('/'), channel.detect_stream);
         let s = shared.clone();
         let thread = std::thread::Builder::new()
@@ -265,6 +281,8 @@ fn analyse(
     let bytes_per_pixel = if colour.is_some() { 3 } else { 1 };
     let mut frame = vec![0u8; (size.width * size.height) as usize * bytes_per_pixel];
     tracing::info!(width = size.width, height = size.height, yolo = colour.is_some(), "channel online");
+    // The latest motion event: frames sampled after it ended still belong to it.
+    let mut last_event: Option<String> = None;
     let result = loop {
         if shared.stopping() {
             break Ok(());
@@ -283,7 +301,8 @@ fn analyse(
             Ok(g) => g,
             Err(e) => break Err(format!("converting a colour frame: {e}")),
         };
-        let verdict = match detector.process(grey.unwrap_or(&frame)) {
+        detector.set_in_event(hysteresis.active().is_some());
+        let verdict = match detector.process(grey.unwrap_or(&frame), ts) {
             Ok(v) => v,
             Err(e) => break Err(format!("motion detector: {e}")),
         };
@@ -293,16 +312,28 @@ fn analyse(
         if verdict.motion {
             shared.last_motion_ms.store(ts, Ordering::Relaxed);
         }
-        let transition = hysteresis.update(ts, verdict.motion, verdict.area);
+        let transition = hysteresis.update(ts, verdict.motion, verdict.present, verdict.area);
         shared.set_status(if hysteresis.active().is_some() { ChannelState::Motion } else { ChannelState::Idle }, None);
-        if let (Some(c), Some(active)) = (colour.as_mut(), hysteresis.active()) {
-            if c.due(ts) {
+        if let Some(active) = hysteresis.active() {
+            last_event = Some(active.event_id.clone());
+        }
+        // YOLO frames: at `fps` during motion; at `recording_fps` while the channel's backup is
+        // open without motion, so a wanted object in view keeps it going.
+        let sample = match (hysteresis.active(), yolo) {
+            (Some(active), Some(y)) => Some((active.event_id.clone(), y.fps)),
+            (None, Some(y)) if y.recording_fps > 0.0 && shared.recording_open.load(Ordering::Relaxed) => {
+                last_event.clone().map(|e| (e, y.recording_fps))
+            }
+            _ => None,
+        };
+        if let (Some(c), Some((event, fps))) = (colour.as_mut(), sample) {
+            if c.due(ts, fps) {
                 match c.jpeg(&frame) {
                     Ok(jpeg) => {
                         let _ = out.send(ChannelMsg::Frame {
                             channel: ch.id,
                             ts_ms: ts,
-                            motion_event: active.event_id.clone(),
+                            motion_event: event,
                             boxes: verdict.boxes.clone(),
                             jpeg,
                         });
@@ -329,7 +360,6 @@ struct ColourFrames {
     grey_w: u32,
     grey_h: u32,
     quality: i32,
-    every_ms: i64,
     last_sent_ms: i64,
     grey_full: Mat,
     grey_small: Mat,
@@ -345,7 +375,6 @@ impl ColourFrames {
             grey_w,
             grey_h,
             quality: y.jpeg_quality as i32,
-            every_ms: (1000.0 / y.fps) as i64,
             last_sent_ms: 0,
             grey_full: Mat::default(),
             grey_small: Mat::default(),
@@ -364,9 +393,9 @@ impl ColourFrames {
         self.grey_small.data_bytes()
     }
 
-    /// True when the next YOLO frame is due (and counts it as sent).
-    fn due(&mut self, ts_ms: i64) -> bool {
-        if ts_ms - self.last_sent_ms >= self.every_ms {
+    /// True when the next YOLO frame is due at `fps` (and counts it as sent).
+    fn due(&mut self, ts_ms: i64, fps: f64) -> bool {
+        if ts_ms - self.last_sent_ms >= (1000.0 / fps) as i64 {
             self.last_sent_ms = ts_ms;
             true
         } else {

@@ -1,4 +1,4 @@
-//! Frame differencing with OpenCV, in the manner of Frigate, without its ghosts.
+//! Frame differencing with OpenCV, in the manner of Frigate, without its ghosts, plus presence.
 //!
 //! Per grey frame: Gaussian blur → `absdiff` against a running-average background → threshold →
 //! dilate → external contours above `min_area` → motion boxes and changed-area fraction.
@@ -11,8 +11,18 @@
 //! - a change above `recalibrate_fraction` of the frame (lights, IR switch) resets it instead of
 //!   raising motion.
 //!
+//! **Presence.** Settling absorbs a person who stops moving within a second, so motion alone
+//! would end an event while they stand there. While an event is in progress the detector also
+//! compares each frame with the *reference*: the scene as it was on the last quiet frame before
+//! the event. A region of at least `min_area` that still differs from it (after matching overall
+//! brightness, so auto-exposure does not count) is presence, and holds the event. Pixels that
+//! changed on their own while the scene was quiet in the last minute (a burnt-in clock, leaves,
+//! flicker) never count. A person who left makes the scene match the reference again, so nothing
+//! lingers; something that stays (a parked car) becomes the reference `max_hold_secs` after the
+//! last motion.
+//!
 //! [`Hysteresis`] turns per-frame motion into start/end events: start after `start_frames`
-//! consecutive motion frames, end after `end_quiet_secs` without motion.
+//! consecutive motion frames, end after `end_quiet_secs` without motion or presence.
 
 use cctv_common::config::MotionConfig;
 use cctv_common::events::NormBox;
@@ -24,6 +34,8 @@ use opencv::prelude::*;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FrameMotion {
     pub motion: bool,
+    /// During an event: something still differs from the scene before it (see the module docs).
+    pub present: bool,
     /// Changed fraction of the frame (0..1) counted over contours above `min_area`.
     pub area: f32,
     pub boxes: Vec<NormBox>,
@@ -56,7 +68,23 @@ pub struct MotionDetector {
     diff_f32: Mat,
     mask: Mat,
     dilated: Mat,
+    /// The scene on the last quiet frame outside an event (blurred grey).
+    reference: Option<Mat>,
+    /// Per pixel, 1.0 when it changed frame-to-frame on a quiet frame, decaying over about a
+    /// minute: pixels that change on their own never count as presence.
+    unstable: Mat,
+    unstable_u8: Mat,
+    in_event: bool,
+    last_motion_ms: i64,
+    scratch: Mat,
+    #[cfg(test)]
+    frame_clock: i64,
 }
+
+/// Per-frame decay of [`MotionDetector::unstable`] at 5 fps: 1.0 → 0.05 in about a minute.
+const UNSTABLE_DECAY: f64 = 0.99;
+/// Above this a pixel is unstable.
+const UNSTABLE_LEVEL: f64 = 0.05;
 
 impl MotionDetector {
     pub fn new(params: &MotionConfig, width: u32, height: u32) -> Self {
@@ -74,11 +102,25 @@ impl MotionDetector {
             diff_f32: Mat::default(),
             mask: Mat::default(),
             dilated: Mat::default(),
+            reference: None,
+            unstable: Mat::default(),
+            unstable_u8: Mat::default(),
+            in_event: false,
+            last_motion_ms: 0,
+            scratch: Mat::default(),
+            #[cfg(test)]
+            frame_clock: 0,
         }
     }
 
-    /// Analyses one grey frame (`width * height` bytes, row-major).
-    pub fn process(&mut self, grey: &[u8]) -> Result<FrameMotion, DetectorError> {
+    /// Tells the detector whether a motion event is in progress: the reference of the quiet
+    /// scene is kept only outside events, and presence is looked for only inside them.
+    pub fn set_in_event(&mut self, in_event: bool) {
+        self.in_event = in_event;
+    }
+
+    /// Analyses one grey frame (`width * height` bytes, row-major) taken at `ts_ms`.
+    pub fn process(&mut self, grey: &[u8], ts_ms: i64) -> Result<FrameMotion, DetectorError> {
         let expected = (self.width * self.height) as usize;
         if grey.len() != expected {
             return Err(DetectorError::FrameSize {
@@ -93,9 +135,11 @@ impl MotionDetector {
         imgproc::gaussian_blur_def(&frame, &mut self.blurred, Size::new(k, k), 0.0)?;
         let total = f64::from(self.width * self.height);
 
-        let Some(background) = self.background.as_mut() else {
+        let Some(background) = self.background.as_ref() else {
             self.reset_background()?;
             self.previous = Some(self.blurred.clone());
+            self.reference = Some(self.blurred.clone());
+            self.unstable = Mat::new_rows_cols_with_default(self.height, self.width, CV_32F, Scalar::all(0.0))?;
             return Ok(FrameMotion::default());
         };
 
@@ -107,8 +151,49 @@ impl MotionDetector {
         if changed > self.params.recalibrate_fraction {
             self.reset_background()?;
             self.previous = Some(self.blurred.clone());
+            // The scene changed as a whole: compare with the new one from now on.
+            self.reference = Some(self.blurred.clone());
             return Ok(FrameMotion { recalibrated: true, ..FrameMotion::default() });
         }
+        let (boxes, area) = self.regions()?;
+        let motion = !boxes.is_empty();
+        if motion {
+            self.last_motion_ms = ts_ms;
+        }
+
+        // Stillness, per pixel: difference against the previous frame.
+        let previous = self.previous.as_ref().expect("set together with the background");
+        core::absdiff(&self.blurred, previous, &mut self.diff)?;
+        imgproc::threshold(&self.diff, &mut self.mask, self.params.pixel_threshold, 255.0, imgproc::THRESH_BINARY)?;
+        core::add(&self.still_count, &Scalar::all(1.0), &mut self.dilated, &core::no_array(), -1)?;
+        std::mem::swap(&mut self.still_count, &mut self.dilated);
+        self.still_count.set_to(&Scalar::all(0.0), &self.mask)?;
+        let quiet = !motion && !self.in_event;
+        if quiet {
+            // Frame-to-frame change while nothing happens: this pixel changes on its own.
+            core::multiply(&self.unstable, &Scalar::all(UNSTABLE_DECAY), &mut self.scratch, 1.0, -1)?;
+            std::mem::swap(&mut self.unstable, &mut self.scratch);
+            self.unstable.set_to(&Scalar::all(1.0), &self.mask)?;
+            self.reference = Some(self.blurred.clone());
+        }
+        let present = self.in_event && self.params.max_hold_secs > 0.0 && self.presence(ts_ms)?;
+        std::mem::swap(self.previous.as_mut().expect("checked above"), &mut self.blurred);
+
+        // Background update: running average everywhere, then pixels still for `settle_frames`
+        // take the current value (a ghost or a parked object is absorbed at once).
+        let current = self.previous.as_ref().expect("checked above");
+        let background = self.background.as_mut().expect("checked above");
+        imgproc::accumulate_weighted(current, background, self.params.background_alpha, &core::no_array())?;
+        let settle = f64::from(self.params.settle_frames.min(255));
+        core::compare(&self.still_count, &Scalar::all(settle), &mut self.mask, core::CMP_GE)?;
+        current.convert_to(&mut self.diff_f32, CV_32F, 1.0, 0.0)?;
+        self.diff_f32.copy_to_masked(background, &self.mask)?;
+        Ok(FrameMotion { motion, present, area: (area / total) as f32, boxes, recalibrated: false })
+    }
+
+    /// Dilates `self.mask` into `self.dilated` and returns the boxes and total area of the
+    /// contours of at least `min_area`.
+    fn regions(&mut self) -> Result<(Vec<NormBox>, f64), DetectorError> {
         imgproc::dilate(
             &self.mask,
             &mut self.dilated,
@@ -126,6 +211,7 @@ impl MotionDetector {
             imgproc::CHAIN_APPROX_SIMPLE,
             Point::new(0, 0),
         )?;
+        let total = f64::from(self.width * self.height);
         let min_area = self.params.min_area * total;
         let mut boxes = Vec::new();
         let mut area = 0.0;
@@ -142,25 +228,36 @@ impl MotionDetector {
                 });
             }
         }
+        Ok((boxes, area))
+    }
 
-        // Stillness, per pixel: difference against the previous frame.
-        let previous = self.previous.as_ref().expect("set together with the background");
-        core::absdiff(&self.blurred, previous, &mut self.diff)?;
+    /// Does a region of at least `min_area` of the current (blurred) frame still differ from the
+    /// reference, leaving out unstable pixels and overall brightness? After `max_hold_secs`
+    /// without motion the current scene becomes the reference instead.
+    fn presence(&mut self, ts_ms: i64) -> Result<bool, DetectorError> {
+        let Some(reference) = self.reference.as_ref() else { return Ok(false) };
+        if ts_ms - self.last_motion_ms > (self.params.max_hold_secs * 1000.0) as i64 {
+            self.reference = Some(self.blurred.clone());
+            return Ok(false);
+        }
+        let offset = core::mean_def(&self.blurred)?[0] - core::mean_def(reference)?[0];
+        reference.convert_to(&mut self.scratch, CV_8U, 1.0, offset)?;
+        core::absdiff(&self.blurred, &self.scratch, &mut self.diff)?;
         imgproc::threshold(&self.diff, &mut self.mask, self.params.pixel_threshold, 255.0, imgproc::THRESH_BINARY)?;
-        core::add(&self.still_count, &Scalar::all(1.0), &mut self.dilated, &core::no_array(), -1)?;
-        std::mem::swap(&mut self.still_count, &mut self.dilated);
-        self.still_count.set_to(&Scalar::all(0.0), &self.mask)?;
-        std::mem::swap(self.previous.as_mut().expect("checked above"), &mut self.blurred);
-
-        // Background update: running average everywhere, then pixels still for `settle_frames`
-        // take the current value (a ghost or a parked object is absorbed at once).
-        let current = self.previous.as_ref().expect("checked above");
-        imgproc::accumulate_weighted(current, background, self.params.background_alpha, &core::no_array())?;
-        let settle = f64::from(self.params.settle_frames.min(255));
-        core::compare(&self.still_count, &Scalar::all(settle), &mut self.mask, core::CMP_GE)?;
-        current.convert_to(&mut self.diff_f32, CV_32F, 1.0, 0.0)?;
-        self.diff_f32.copy_to_masked(background, &self.mask)?;
-        Ok(FrameMotion { motion: !boxes.is_empty(), area: (area / total) as f32, boxes, recalibrated: false })
+        imgproc::threshold(&self.unstable, &mut self.scratch, UNSTABLE_LEVEL, 255.0, imgproc::THRESH_BINARY)?;
+        self.scratch.convert_to(&mut self.unstable_u8, CV_8U, 1.0, 0.0)?;
+        imgproc::dilate(
+            &self.unstable_u8,
+            &mut self.scratch,
+            &self.kernel,
+            Point::new(-1, -1),
+            self.params.dilate_iterations + 1,
+            BORDER_CONSTANT,
+            imgproc::morphology_default_border_value()?,
+        )?;
+        self.mask.set_to(&Scalar::all(0.0), &self.scratch)?;
+        let (boxes, _) = self.regions()?;
+        Ok(!boxes.is_empty())
     }
 
     fn reset_background(&mut self) -> Result<(), DetectorError> {
@@ -212,7 +309,8 @@ impl Hysteresis {
     }
 
     /// Feeds one frame's verdict at `ts_ms`; returns a transition when an event starts or ends.
-    pub fn update(&mut self, ts_ms: i64, motion: bool, area: f32) -> Option<Transition> {
+    /// Only motion starts an event; motion or presence keeps it going.
+    pub fn update(&mut self, ts_ms: i64, motion: bool, present: bool, area: f32) -> Option<Transition> {
         self.consecutive = if motion { self.consecutive + 1 } else { 0 };
         match &mut self.active {
             None if self.consecutive >= self.start_frames => {
@@ -226,7 +324,7 @@ impl Hysteresis {
                 Some(Transition::Start(a))
             }
             None => None,
-            Some(a) if motion => {
+            Some(a) if motion || present => {
                 a.last_motion_ms = ts_ms;
                 a.max_area = a.max_area.max(area);
                 None
@@ -246,6 +344,21 @@ impl Hysteresis {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl MotionDetector {
+        /// Frames at 5 fps from t = 0.
+        fn process_t(&mut self, grey: &[u8]) -> Result<FrameMotion, DetectorError> {
+            self.frame_clock += 200;
+            let t = self.frame_clock;
+            self.process(grey, t)
+        }
+    }
+
+    impl Hysteresis {
+        fn update_t(&mut self, ts: i64, motion: bool, area: f32) -> Option<Transition> {
+            self.update(ts, motion, false, area)
+        }
+    }
 
     fn params() -> MotionConfig {
         MotionConfig::default()
@@ -268,17 +381,17 @@ mod tests {
         let mut d = MotionDetector::new(&params(), 160, 90);
         let f = frame_with_square(10, 10);
         for _ in 0..50 {
-            assert!(!d.process(&f).unwrap().motion);
+            assert!(!d.process_t(&f).unwrap().motion);
         }
     }
 
     #[test]
     fn moving_square_is_motion_with_a_box_where_it_is() {
         let mut d = MotionDetector::new(&params(), 160, 90);
-        d.process(&frame_with_square(0, 30)).unwrap();
+        d.process_t(&frame_with_square(0, 30)).unwrap();
         let mut seen = None;
         for step in 1..10 {
-            let r = d.process(&frame_with_square(step * 12, 30)).unwrap();
+            let r = d.process_t(&frame_with_square(step * 12, 30)).unwrap();
             assert!(r.motion, "step {step}");
             seen = Some(r);
         }
@@ -295,12 +408,12 @@ mod tests {
         // Empty scene long enough to be the background, then a square appears and stays.
         let empty = vec![60u8; 160 * 90];
         for _ in 0..20 {
-            d.process(&empty).unwrap();
+            d.process_t(&empty).unwrap();
         }
         let parked = frame_with_square(70, 30);
         let mut motion_frames = 0;
         for _ in 0..20 {
-            if d.process(&parked).unwrap().motion {
+            if d.process_t(&parked).unwrap().motion {
                 motion_frames += 1;
             }
         }
@@ -309,25 +422,123 @@ mod tests {
         // It leaves: a little motion, then quiet again within settle_frames.
         let mut after = Vec::new();
         for _ in 0..20 {
-            after.push(d.process(&empty).unwrap().motion);
+            after.push(d.process_t(&empty).unwrap().motion);
         }
         assert!(after[0], "departure is motion");
         assert!(after[p.settle_frames as usize + 1..].iter().all(|m| !m), "{after:?}");
     }
 
+    /// Runs frames through detector and hysteresis as the channel loop does; returns, per frame,
+    /// whether an event was in progress after it.
+    fn run_event(d: &mut MotionDetector, h: &mut Hysteresis, frames: &[Vec<u8>]) -> Vec<bool> {
+        frames
+            .iter()
+            .map(|f| {
+                d.set_in_event(h.active().is_some());
+                let v = d.process_t(f).unwrap();
+                h.update(d.frame_clock, v.motion, v.present, v.area);
+                h.active().is_some()
+            })
+            .collect()
+    }
+
+    /// Empty scene, a square walks in from the left and stops at `stop_x`.
+    fn arrive_and_stand(stop_x: usize, stand_frames: usize) -> Vec<Vec<u8>> {
+        let empty = vec![60u8; 160 * 90];
+        let mut frames = vec![empty; 20];
+        frames.extend((0..=stop_x).step_by(10).map(|x| frame_with_square(x, 30)));
+        frames.extend(std::iter::repeat_n(frame_with_square(stop_x, 30), stand_frames));
+        frames
+    }
+
+    #[test]
+    fn a_person_who_stands_still_keeps_the_event_and_ends_it_by_leaving() {
+        let p = params();
+        let (mut d, mut h) = (MotionDetector::new(&p, 160, 90), Hysteresis::new(&p));
+        // Stands 15 s (75 frames at 5 fps), then walks out of the frame.
+        let mut frames = arrive_and_stand(80, 75);
+        frames.extend((90..=160).step_by(10).map(|x| frame_with_square(x, 30)));
+        let leave_at = frames.len();
+        frames.extend(std::iter::repeat_n(vec![60u8; 160 * 90], 30));
+        let active = run_event(&mut d, &mut h, &frames);
+        let arrived = active.iter().position(|a| *a).expect("arrival starts an event");
+        assert!(active[arrived..leave_at].iter().all(|a| *a), "held while standing: {active:?}");
+        // Quiet after leaving: ends after end_quiet (3 s = 15 frames) plus settling.
+        let ended = active[leave_at..].iter().position(|a| !a).expect("ends after leaving");
+        assert!(ended <= 15 + p.settle_frames as usize + 2, "ended {ended} frames after leaving");
+        // Without presence the same footage ends the event while the square stands there.
+        let (mut d, mut h) =
+            (MotionDetector::new(&MotionConfig { max_hold_secs: 0.0, ..p.clone() }, 160, 90), Hysteresis::new(&p));
+        let active = run_event(&mut d, &mut h, &frames[..leave_at]);
+        let stood_until = 20 + 9 + 75;
+        assert!(!active[stood_until - 1], "motion alone loses the standing person");
+    }
+
+    #[test]
+    fn something_that_stays_becomes_the_scene_after_max_hold() {
+        let p = MotionConfig { max_hold_secs: 10.0, ..params() };
+        let (mut d, mut h) = (MotionDetector::new(&p, 160, 90), Hysteresis::new(&p));
+        let frames = arrive_and_stand(80, 150); // parked for 30 s
+        let active = run_event(&mut d, &mut h, &frames);
+        let arrived = active.iter().position(|a| *a).unwrap();
+        let ended = active[arrived..].iter().position(|a| !a).expect("the event ends while it is parked");
+        // max_hold (10 s) after the last motion, then end_quiet (3 s): about 65 frames.
+        assert!((55..=80).contains(&ended), "ended {ended} frames after it began");
+    }
+
+    #[test]
+    fn a_ticking_clock_and_a_brighter_picture_do_not_hold_an_event() {
+        // min_area as for a small clock on a 320x180 frame.
+        let p = MotionConfig { min_area: 0.006, ..params() };
+        let (mut d, mut h) = (MotionDetector::new(&p, 160, 90), Hysteresis::new(&p));
+        // A burnt-in clock: two tiny "digits" side by side, seconds (every 5 frames) and tens
+        // (every 50). Each change alone is below min_area; both differ from a frozen reference.
+        let clock = |f: &mut Vec<u8>, i: usize| {
+            for row in 2..4 {
+                for (col, period) in [(2, 5), (3, 5), (4, 50), (5, 50)] {
+                    f[row * 160 + col] = if (i / period) % 2 == 0 { 220 } else { 40 };
+                }
+            }
+        };
+        let mut frames = Vec::new();
+        for i in 0..100 {
+            let mut f = vec![60u8; 160 * 90];
+            clock(&mut f, i);
+            frames.push(f);
+        }
+        // Someone crosses the frame and leaves; then the picture gets a little brighter
+        // (auto-exposure), the clock keeps ticking.
+        for (k, x) in (0..=160).step_by(10).enumerate() {
+            let mut f = frame_with_square(x, 50);
+            clock(&mut f, 100 + k);
+            frames.push(f);
+        }
+        let left = frames.len();
+        for i in 0..60 {
+            let mut f = vec![72u8; 160 * 90];
+            clock(&mut f, 200 + i);
+            frames.push(f);
+        }
+        let active = run_event(&mut d, &mut h, &frames);
+        assert!(!active[..100].iter().any(|a| *a), "the clock alone is no motion");
+        assert!(active[100..left].iter().any(|a| *a), "the crossing is");
+        let ended = active[left..].iter().position(|a| !a).expect("the event ends");
+        assert!(ended <= 15 + p.settle_frames as usize + 2, "lingered {ended} frames");
+    }
+
     #[test]
     fn global_change_recalibrates_instead_of_motion() {
         let mut d = MotionDetector::new(&params(), 160, 90);
-        d.process(&vec![40u8; 160 * 90]).unwrap();
-        let r = d.process(&vec![200u8; 160 * 90]).unwrap();
+        d.process_t(&vec![40u8; 160 * 90]).unwrap();
+        let r = d.process_t(&vec![200u8; 160 * 90]).unwrap();
         assert!(r.recalibrated && !r.motion);
-        assert!(!d.process(&vec![200u8; 160 * 90]).unwrap().motion);
+        assert!(!d.process_t(&vec![200u8; 160 * 90]).unwrap().motion);
     }
 
     #[test]
     fn wrong_frame_size_is_an_error() {
         let mut d = MotionDetector::new(&params(), 160, 90);
-        let e = d.process(&[0u8; 10]).unwrap_err().to_string();
+        let e = d.process_t(&[0u8; 10]).unwrap_err().to_string();
         assert!(e.contains("160x90"), "{e}");
     }
 
@@ -335,25 +546,25 @@ mod tests {
     fn hysteresis_starts_after_n_frames_and_ends_after_quiet() {
         let p = MotionConfig { start_frames: 2, end_quiet_secs: 3.0, ..params() };
         let mut h = Hysteresis::new(&p);
-        assert_eq!(h.update(0, true, 0.1), None);
-        assert!(matches!(h.update(200, true, 0.2), Some(Transition::Start(a)) if a.started_ms == 200));
-        assert_eq!(h.update(400, true, 0.3), None);
-        assert_eq!(h.update(3_300, false, 0.0), None);
-        match h.update(3_400, false, 0.0) {
+        assert_eq!(h.update_t(0, true, 0.1), None);
+        assert!(matches!(h.update_t(200, true, 0.2), Some(Transition::Start(a)) if a.started_ms == 200));
+        assert_eq!(h.update_t(400, true, 0.3), None);
+        assert_eq!(h.update_t(3_300, false, 0.0), None);
+        match h.update_t(3_400, false, 0.0) {
             Some(Transition::End(a)) => {
                 assert_eq!(a.last_motion_ms, 400);
                 assert_eq!(a.max_area, 0.3);
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(h.update(3_600, false, 0.0), None);
+        assert_eq!(h.update_t(3_600, false, 0.0), None);
     }
 
     #[test]
     fn single_motion_frame_does_not_start_an_event() {
         let mut h = Hysteresis::new(&MotionConfig { start_frames: 2, ..params() });
         for t in 0..10 {
-            assert_eq!(h.update(t * 400, t % 2 == 0, 0.1), None);
+            assert_eq!(h.update_t(t * 400, t % 2 == 0, 0.1), None);
         }
     }
 }

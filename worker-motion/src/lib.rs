@@ -15,11 +15,12 @@ use std::time::Duration;
 
 use cctv_common::catlog::CategoryLog;
 use cctv_common::config::Config;
-use cctv_common::events::{now_ms, ChannelStatus, MotionEvent};
+use cctv_common::events::{now_ms, ChannelStatus, MotionEvent, MotionEventKind};
 use cctv_common::heartbeat;
 use cctv_common::jobs::{JobError, MotionJob, YoloJob};
 use cctv_common::keys::Keys;
 use cctv_common::queue::{self, JobMeta, Queue};
+use cctv_common::recording::{RecordingState, RecordingStore};
 use cctv_common::shutdown::CancellationToken;
 use cctv_common::system::{SystemEventKind, SystemLog};
 use redis::aio::ConnectionManager;
@@ -158,11 +159,14 @@ async fn watch_batch(ctx: &Ctx, job: &MotionJob, meta: &JobMeta) -> Release {
     let stall = Duration::from_secs_f64(job.motion.stall_timeout_secs);
     let mut tick = tokio::time::interval(SUPERVISE_EVERY);
     let mut frames_at_last_tick: HashMap<u32, (u64, i64)> = HashMap::new();
+    let mut published: HashMap<u32, Published> = HashMap::new();
+    let store = RecordingStore::new(ctx.conn.clone(), ctx.keys.clone());
     let release = loop {
         tokio::select! {
+            // The tick first: a steady flow of messages must never starve the lease renewal
+            // and the status (a status that expires reads as a lost worker).
             biased;
             _ = ctx.shutdown.cancelled() => break Release::Shutdown,
-            Some(msg) = rx.recv() => publish_event(ctx, &mut conn, meta, msg).await,
             _ = tick.tick() => {
                 match renew_lease(&mut conn, &ctx.keys, &job.batch, &ctx.worker).await {
                     Ok(true) => {}
@@ -176,21 +180,47 @@ async fn watch_batch(ctx: &Ctx, job: &MotionJob, meta: &JobMeta) -> Release {
                 }
                 for ch in &channels {
                     ch.shared.check_stall(stall, ch.started_ms.load(std::sync::atomic::Ordering::Relaxed));
-                    publish_status(ctx, &mut conn, job, ch, &mut frames_at_last_tick).await;
+                    let p = published.get(&ch.shared.id).cloned().unwrap_or_default();
+                    publish_status(ctx, &mut conn, job, ch, &p, &mut frames_at_last_tick).await;
+                    if ch.shared.samples_recordings() {
+                        // Priority channels keep YOLO sampling while their backup is open.
+                        match store.active(ch.shared.id).await {
+                            Ok(rec) => ch.shared.set_recording_open(
+                                rec.is_some_and(|r| r.rec.state == RecordingState::Open),
+                            ),
+                            Err(e) => tracing::debug!(channel = ch.shared.id, error = %e, "cannot read the channel's recording"),
+                        }
+                    }
                 }
             }
+            Some(msg) = rx.recv() => publish_event(ctx, &mut conn, meta, msg, &mut published).await,
         }
     };
     // Stop the readers off the async executor (joining threads blocks), then flush what they
     // said on the way out (motion `end` of events in progress).
     let _ = tokio::task::spawn_blocking(move || channels.into_iter().for_each(ChannelHandle::stop)).await;
     while let Ok(msg) = rx.try_recv() {
-        publish_event(ctx, &mut conn, meta, msg).await;
+        publish_event(ctx, &mut conn, meta, msg, &mut published).await;
     }
     release
 }
 
-async fn publish_event(ctx: &Ctx, conn: &mut ConnectionManager, meta: &JobMeta, msg: ChannelMsg) {
+/// What this worker has published on the motion stream for one channel: the status reports it,
+/// in publication order, so the scheduler can tell an event in progress from one whose end will
+/// never come.
+#[derive(Debug, Clone, Default)]
+struct Published {
+    seq: u64,
+    active_event: Option<String>,
+}
+
+async fn publish_event(
+    ctx: &Ctx,
+    conn: &mut ConnectionManager,
+    meta: &JobMeta,
+    msg: ChannelMsg,
+    published: &mut HashMap<u32, Published>,
+) {
     let (channel, kind, event_id, ts_ms, started_ms, last_motion_ms, area, boxes) = match msg {
         ChannelMsg::Motion { channel, kind, event_id, ts_ms, started_ms, last_motion_ms, area, boxes } => {
             (channel, kind, event_id, ts_ms, started_ms, last_motion_ms, area, boxes)
@@ -200,7 +230,11 @@ async fn publish_event(ctx: &Ctx, conn: &mut ConnectionManager, meta: &JobMeta, 
             return send_to_yolo(ctx, conn, job).await;
         }
     };
+    let p = published.entry(channel).or_default();
+    p.seq += 1;
+    p.active_event = (kind == MotionEventKind::Start).then(|| event_id.clone());
     let event = MotionEvent {
+        seq: p.seq,
         event_id,
         channel,
         kind,
@@ -265,6 +299,7 @@ async fn publish_status(
     conn: &mut ConnectionManager,
     job: &MotionJob,
     ch: &ChannelHandle,
+    published: &Published,
     last: &mut HashMap<u32, (u64, i64)>,
 ) {
     let s = &ch.shared;
@@ -285,6 +320,8 @@ async fn publish_status(
         worker: ctx.worker.clone(),
         batch: job.batch.clone(),
         updated_ms: now,
+        active_event: published.active_event.clone(),
+        seq: published.seq,
     };
     if let Ok(json) = serde_json::to_string(&status) {
         let r: Result<(), _> = conn.set_ex(ctx.keys.channel_status(s.id), json, STATUS_TTL_SECS).await;

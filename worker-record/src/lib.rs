@@ -10,7 +10,6 @@ pub mod files;
 pub mod hls;
 pub mod storage;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,11 +21,11 @@ use cctv_common::heartbeat;
 use cctv_common::jobs::{JobError, RecordJob};
 use cctv_common::keys::Keys;
 use cctv_common::queue::{self, JobMeta, Queue};
+use cctv_common::recording::{Recording, RecordingState, RecordingStore, Rules};
 use cctv_common::shutdown::CancellationToken;
 use cctv_common::system::{SystemEventKind, SystemLog};
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
-use serde::{Deserialize, Serialize};
 
 use files::Spool;
 use hls::{Fragment, HlsClient, HlsError};
@@ -38,16 +37,7 @@ const LEASE_TTL_MS: u64 = 10_000;
 /// Playlist poll period.
 const POLL_EVERY: Duration = Duration::from_millis(500);
 
-/// A finished part, recorded in the recording's hash so retries skip it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct PartDone {
-    pub part: u32,
-    pub file: String,
-    pub first_ms: i64,
-    /// Start of the last fragment in the file: a retry continues after it.
-    pub last_fragment_ms: i64,
-    pub end_ms: i64,
-}
+pub use cctv_common::recording::PartDone;
 
 #[derive(Clone)]
 struct Ctx {
@@ -63,6 +53,8 @@ struct Ctx {
     held: heartbeat::Held,
     shutdown: CancellationToken,
     storage: Arc<storage::Shared>,
+    store: RecordingStore,
+    rules: Rules,
 }
 
 /// Runs a record worker until `shutdown` is cancelled. An unusable backup directory is reported
@@ -88,6 +80,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         held: heartbeat::Held::default(),
         shutdown: shutdown.clone(),
         storage: Arc::default(),
+        store: RecordingStore::new(conn.clone(), keys.clone()),
+        rules: Rules::from_config(&config),
     };
     check_backup_dir(&ctx).await;
     tracing::info!(worker = %worker, dir = %config.record.backup_dir.display(), concurrency = config.record.concurrency,
@@ -241,6 +235,12 @@ struct Recorder<'a> {
     last_taken_ms: Option<i64>,
     /// End of the video taken so far.
     taken_end_ms: i64,
+    /// The recording's first instant, and the previous recording's end: fragments that start
+    /// before `floor_ms` are in that recording's file.
+    start_ms: i64,
+    floor_ms: i64,
+    /// The recording's end as last read (`None` while activity goes on).
+    end_ms: Option<i64>,
     events: Vec<String>,
     last_write_error: Option<Instant>,
 }
@@ -256,6 +256,9 @@ impl<'a> Recorder<'a> {
             spool: None,
             last_taken_ms: None,
             taken_end_ms: 0,
+            start_ms: job.start_ms,
+            floor_ms: 0,
+            end_ms: None,
             events: Vec::new(),
             last_write_error: None,
         }
@@ -271,21 +274,37 @@ impl<'a> Recorder<'a> {
         self.transient(message)
     }
 
+    async fn read(&self) -> Result<Recording, JobError> {
+        match self.ctx.store.get(&self.job.recording).await {
+            Ok(Some(v)) => Ok(v.rec),
+            Ok(None) => Err(JobError::Permanent(format!("recording {} is unknown (expired?)", self.job.recording))),
+            Err(e) => Err(self.transient(e)),
+        }
+    }
+
+    /// Is everything that starts before the end taken?
+    fn complete(&self) -> bool {
+        self.end_ms.is_some_and(|end| self.taken_end_ms >= end)
+    }
+
     async fn run(mut self) -> Result<(), JobError> {
         if let Some(e) = check_backup_dir(self.ctx).await {
             return Err(self.fail(e).await);
         }
-        let key = self.ctx.keys.recording(&self.job.recording);
-        let mut conn = self.ctx.conn.clone();
-        let rec: HashMap<String, String> = conn.hgetall(&key).await.map_err(|e| self.transient(e))?;
-        if rec.is_empty() {
-            return Err(JobError::Permanent(format!("recording {} is unknown (expired?)", self.job.recording)));
-        }
-        self.parts = rec.get("parts").and_then(|p| serde_json::from_str(p).ok()).unwrap_or_default();
+        let rec = self.read().await?;
+        self.parts = rec.parts.clone();
+        self.start_ms = rec.start_ms;
+        self.floor_ms = rec.floor_ms;
+        self.end_ms = rec.end_ms;
+        self.events = rec.events.clone();
         if let Some(last) = self.parts.last() {
             self.last_taken_ms = Some(last.last_fragment_ms);
             self.taken_end_ms = last.end_ms;
             tracing::info!(parts_done = self.parts.len(), "resuming after the finished parts");
+        }
+        if rec.state == RecordingState::Closed && self.complete() {
+            tracing::info!("recording was finished before");
+            return Ok(());
         }
         let (dir, rid) = (self.dir.clone(), self.job.recording.clone());
         let removed = tokio::task::spawn_blocking(move || files::remove_leftovers(&dir, &rid)).await.unwrap_or(0);
@@ -296,6 +315,7 @@ impl<'a> Recorder<'a> {
         let stall = Duration::from_secs_f64(self.ctx.record.stall_timeout_secs);
         let mut last_progress = Instant::now();
         let mut last_lease = Instant::now();
+        let mut closed = rec.state == RecordingState::Closed;
         loop {
             if self.ctx.shutdown.is_cancelled() {
                 // Keep what is spooled as a finished part; another worker continues after it.
@@ -314,16 +334,27 @@ impl<'a> Recorder<'a> {
                 Err(HlsError::NotFound { url }) => tracing::debug!(url = %url, "playlist not found (yet)"),
                 Err(e) => tracing::warn!(error = %e, "HLS buffer unavailable; will retry"),
             }
-            let end: Option<i64> = conn.hget(&key, "end_ms").await.map_err(|e| self.transient(e))?;
-            let end = end.unwrap_or(0);
-            if end > 0 && self.taken_end_ms >= end {
-                self.finish_part().await?;
-                tracing::info!(parts = self.parts.len(), "recording complete");
-                return Ok(());
+            if !closed {
+                let rec = self.read().await?;
+                self.end_ms = rec.end_ms;
+                self.events = rec.events.clone();
+                closed = rec.state == RecordingState::Closed;
+            }
+            if self.complete() {
+                if closed || self.close(None).await? {
+                    self.finish_part().await?;
+                    tracing::info!(parts = self.parts.len(), "recording complete");
+                    return Ok(());
+                }
+                // Waiting out the join window: activity may still extend it.
+                last_progress = Instant::now();
             }
             if last_progress.elapsed() > stall {
-                self.finish_part().await?;
                 let msg = format!("no new video for {} s; recording closed with what it had", stall.as_secs());
+                if !closed {
+                    self.close(Some(msg.clone())).await?;
+                }
+                self.finish_part().await?;
                 publish(self.ctx, &error_event(self.ctx, self.job, self.meta, self.parts.len() as u32 + 1, msg)).await;
                 return Ok(());
             }
@@ -334,6 +365,44 @@ impl<'a> Recorder<'a> {
         }
     }
 
+    /// Closes the recording in the store: with `note` (stalled) whatever its state, else only
+    /// once its join window is over. Returns whether it is closed; a recording that activity
+    /// extended meanwhile stays open.
+    async fn close(&mut self, note: Option<String>) -> Result<bool, JobError> {
+        let now = now_ms();
+        let rules = self.ctx.rules;
+        let taken_end = self.taken_end_ms;
+        let forced = note.is_some();
+        let mut result = false;
+        let stored = self
+            .ctx
+            .store
+            .update(&self.job.recording, |r| {
+                if r.state == RecordingState::Closed {
+                    result = true;
+                    return false;
+                }
+                if forced {
+                    if r.end_ms.is_none_or(|e| e > taken_end) {
+                        r.end_ms = Some(taken_end.max(r.start_ms));
+                    }
+                } else if !r.closable(now, &rules) || r.end_ms.is_none_or(|e| taken_end < e) {
+                    result = false;
+                    return false;
+                }
+                r.close(now, note.clone());
+                result = true;
+                true
+            })
+            .await
+            .map_err(|e| self.transient(e))?;
+        if let Some(r) = stored {
+            self.end_ms = r.end_ms;
+            self.events = r.events;
+        }
+        Ok(result)
+    }
+
     /// Fetches fragments not yet taken that belong to the recording; returns how many.
     async fn take_new_fragments(&mut self) -> Result<usize, HlsError> {
         let hls = self.ctx.hls.clone();
@@ -341,12 +410,15 @@ impl<'a> Recorder<'a> {
         let list = tokio::task::spawn_blocking(move || hls.playlist(&url))
             .await
             .map_err(|e| HlsError::Http { url: self.job.playlist_url.clone(), message: e.to_string() })??;
+        let (start, floor, end) = (self.start_ms, self.floor_ms, self.end_ms);
         let wanted: Vec<Fragment> = list
             .into_iter()
             .filter(|f| match self.last_taken_ms {
                 Some(last) => f.start_ms > last,
-                None => f.end_ms() > self.job.start_ms,
+                None => f.end_ms() > start && f.start_ms >= floor,
             })
+            // A fragment that starts at or after the end belongs to the next recording, if any.
+            .filter(|f| end.is_none_or(|e| f.start_ms < e))
             .collect();
         let mut taken = 0;
         for f in wanted {
@@ -364,9 +436,9 @@ impl<'a> Recorder<'a> {
             };
             if self.spool.is_none() {
                 let part = self.parts.len() as u32 + 1;
-                if part == 1 && f.start_ms > self.job.start_ms + 500 {
+                if part == 1 && f.start_ms > self.start_ms + 500 {
                     tracing::warn!(
-                        wanted_ms = self.job.start_ms,
+                        wanted_ms = self.start_ms,
                         first_ms = f.start_ms,
                         "the buffer no longer holds the whole pre-roll"
                     );
@@ -409,6 +481,38 @@ impl<'a> Recorder<'a> {
         Ok(taken)
     }
 
+    /// Records the finished parts in the recording, so a retry never writes one twice. Redis
+    /// may be away for a while: retried with backoff, then the job fails (transient) rather than
+    /// going on with an unrecorded part.
+    async fn save_parts(&mut self) -> Result<(), JobError> {
+        let mut delay = Duration::from_millis(200);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let parts = self.parts.clone();
+            match self
+                .ctx
+                .store
+                .update(&self.job.recording, |r| {
+                    r.parts = parts.clone();
+                    true
+                })
+                .await
+            {
+                Ok(Some(r)) => {
+                    self.events = r.events;
+                    return Ok(());
+                }
+                Ok(None) => return Err(JobError::Permanent(format!("recording {} vanished", self.job.recording))),
+                Err(e) if Instant::now() < deadline => {
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot record a finished part; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(self.transient(format!("cannot record finished part {}: {e}", self.parts.len()))),
+            }
+        }
+    }
+
     /// Remuxes, validates and publishes the spooled part (if any), and records it as done.
     async fn finish_part(&mut self) -> Result<(), JobError> {
         let Some(spool) = self.spool.take() else { return Ok(()) };
@@ -439,13 +543,8 @@ impl<'a> Recorder<'a> {
         };
         let done = PartDone { part, file: path.display().to_string(), first_ms, last_fragment_ms: last_ms, end_ms };
         self.parts.push(done);
-        let key = self.ctx.keys.recording(&self.job.recording);
-        let mut conn = self.ctx.conn.clone();
-        let parts_json = serde_json::to_string(&self.parts).unwrap_or_default();
-        let _: redis::RedisResult<()> = conn.hset(&key, "parts", parts_json).await;
-        let events: Option<String> = conn.hget(&key, "events").await.unwrap_or(None);
-        self.events = events.and_then(|e| serde_json::from_str(&e).ok()).unwrap_or_default();
-        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        self.save_parts().await?;
+        let size = tokio::fs::metadata(&path).await.map(|m| m.len()).unwrap_or(0);
         self.ctx.storage.written.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
         let event = BackupEvent {
             kind: BackupEventKind::File,
