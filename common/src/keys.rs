@@ -5,24 +5,23 @@
 //! | --- | --- | --- | --- |
 //! | `<ns>:queue:<kind>:*` | apalis queue | scheduler (push), workers (claim) | workers, CLI |
 //! | `<ns>:motion:plan` | hash `hash`, `batches` | scheduler | workers (stale-job check), CLI |
-//! | `<ns>:motion:batch:<batch>` | string: job id | scheduler | scheduler (reconcile) |
+//! | `<ns>:motion:batch:<batch>` | hash: `plan`, `generation`, `job` | scheduler | scheduler (reconcile) |
 //! | `<ns>:motion:lease:<batch>` | string: worker id, TTL | worker-motion | worker-motion, CLI |
 //! | `<ns>:events:motion` | stream of `MotionEvent` | worker-motion | scheduler, CLI |
 //! | `<ns>:events:objects` | stream of `ObjectEvent` | worker-yolo | scheduler, CLI |
 //! | `<ns>:stats:yolo` | hash of counters (`sent`, `dropped_full`, `dropped_stale`, `processed`, `positive`, `failed`, `batches`) | worker-motion, worker-yolo | CLI |
 //! | `<ns>:events:system` | stream of `SystemEvent` (start, stop, error) | every process | CLI, API |
 //! | `<ns>:events:backup` | stream of `BackupEvent` | worker-record (files, errors), rotation | CLI, API |
-//! | `<ns>:record:rec:<recording>` | hash: `channel`, `start_ms`, `end_ms` (0 while open), `open` (motion events in progress), `events`, `parts` | scheduler (decisions), worker-record (`parts`) | worker-record |
-//! | `<ns>:record:active:<channel>` | string: the channel's latest recording | scheduler | scheduler |
-//! | `<ns>:record:event:<motion event>` | string: recording the event belongs to, TTL | scheduler | scheduler |
-//! | `<ns>:record:mevent:<motion event>` | hash: `channel`, `started_ms`, `ended`, `last_motion_ms`, TTL | scheduler | scheduler |
+//! | `<ns>:record:rec:<recording>` | hash: `version`, `data` (a `recording::Recording` as JSON); written only through `recording::RecordingStore` (compare-and-set) | scheduler (decisions, manual recordings), worker-record (parts, close) | scheduler, worker-record, worker-motion (is a backup open?) |
+//! | `<ns>:record:active:<channel>` | string: the channel's latest (non-manual) recording, set with it | scheduler (through the store) | scheduler, worker-motion |
+//! | `<ns>:record:mevent:<motion event>` | hash: `channel`, `started_ms`, `ended`, `last_motion_ms`, `worker`, `seq`, TTL | scheduler | scheduler (orphan watchdog, object verdicts) |
 //! | `<ns>:record:cursor` | hash: last stream id read per result stream | scheduler | scheduler |
 //! | `<ns>:record:lease:<recording>` | string: worker id, TTL | worker-record | worker-record |
 //! | `<ns>:status:backup` | hash: worker → backup directory state JSON | worker-record | CLI, API |
 //! | `<ns>:storage:<node>` | string: `StorageReport` JSON, TTL | worker-record | CLI, API |
 //! | `<ns>:storagelock:<volume>` | string: worker id, TTL (one rotator per volume) | worker-record | worker-record |
-//! | `<ns>:status:relay:<id>` | string: relay state of main and sub-stream, TTL | scheduler relay | CLI, API |
-//! | `<ns>:status:channel:<id>` | string: `ChannelStatus` JSON, TTL | worker-motion | CLI |
+//! | `<ns>:status:relay:<id>` | string: relay state of main and sub-stream, TTL | scheduler relay | nothing yet (issue 15) |
+//! | `<ns>:status:channel:<id>` | string: `ChannelStatus` JSON (with the published event in progress and its `seq`), TTL | worker-motion | CLI, API, scheduler (orphan watchdog) |
 //! | `<ns>:scheduler:leader` | string: scheduler id, TTL | scheduler (one active at a time) | scheduler |
 //! | `<ns>:workers:<worker>` | string: `WorkerHeartbeat` JSON, TTL | every worker | CLI |
 
@@ -72,9 +71,6 @@ impl Keys {
     }
     pub fn record_active(&self, channel: u32) -> String {
         format!("{}:record:active:{channel}", self.ns)
-    }
-    pub fn record_event(&self, motion_event: &str) -> String {
-        format!("{}:record:event:{motion_event}", self.ns)
     }
     pub fn record_motion_event(&self, motion_event: &str) -> String {
         format!("{}:record:mevent:{motion_event}", self.ns)
@@ -133,7 +129,6 @@ mod tests {
             k.backup_events(),
             k.recording("r"),
             k.record_active(1),
-            k.record_event("e"),
             k.record_motion_event("e"),
             k.record_cursor(),
             k.record_lease("r"),

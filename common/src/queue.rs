@@ -397,14 +397,46 @@ impl<J: Job> Queue<J> {
                 }
             }
         };
-        let backend = self.storage.poll_with_interval(self.poll_every);
-        let built = WorkerBuilder::new(worker.as_str()).backend(backend).concurrency(concurrency).build(handler);
-        built
-            .run_until(async move {
-                shutdown.cancelled().await;
-                Ok::<(), std::io::Error>(())
-            })
-            .await
-            .map_err(|e| QueueError::Worker { worker, queue, message: e.to_string() })
+        // apalis-redis stops a worker for good on a backend error (a Redis restart, failover or
+        // network cut: "PollNextError: broken pipe"), and refuses to re-register its name until
+        // the old registration expires. So the worker is supervised here: when it stops while
+        // the process is not shutting down, a new one with a fresh name starts after a backoff.
+        // The process itself never exits because Redis blinked.
+        let mut generation = 0u32;
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let name = if generation == 0 { worker.clone() } else { format!("{worker}-r{generation}") };
+            let backend = self.storage.clone().poll_with_interval(self.poll_every);
+            let built =
+                WorkerBuilder::new(name.as_str()).backend(backend).concurrency(concurrency).build(handler.clone());
+            let stop = shutdown.clone();
+            let started = std::time::Instant::now();
+            let result = built
+                .run_until(async move {
+                    stop.cancelled().await;
+                    Ok::<(), std::io::Error>(())
+                })
+                .await;
+            if shutdown.is_cancelled() {
+                return result.map_err(|e| QueueError::Worker { worker: name, queue, message: e.to_string() });
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                backoff = Duration::from_secs(1);
+            }
+            match &result {
+                Err(e) => {
+                    tracing::warn!(worker = %name, queue = %queue, error = %e, retry_in_ms = backoff.as_millis() as u64,
+                    "queue worker stopped (Redis unavailable?); starting a new one")
+                }
+                Ok(()) => tracing::warn!(worker = %name, queue = %queue, retry_in_ms = backoff.as_millis() as u64,
+                    "queue worker ended by itself; starting a new one"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+            generation += 1;
+        }
     }
 }

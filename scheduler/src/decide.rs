@@ -340,8 +340,12 @@ impl Decider {
                 Action::Update(rec) => {
                     let version = active.as_ref().map_or(0, |v| v.version);
                     if self.store.put(version, &rec, false).await?.is_some() {
-                        tracing::info!(channel, recording = %rec.id, end_ms = ?rec.end_ms, open_events = rec.open_events.len(),
-                            input = ?InputKind(input), "recording updated");
+                        if matches!(input, Input::Objects { .. }) {
+                            tracing::debug!(channel, recording = %rec.id, end_ms = ?rec.end_ms, "wanted object in view");
+                        } else {
+                            tracing::info!(channel, recording = %rec.id, end_ms = ?rec.end_ms,
+                                open_events = rec.open_events.len(), input = ?InputKind(input), "recording updated");
+                        }
                         return Ok(());
                     }
                 }

@@ -270,12 +270,67 @@ impl Pusher {
 
 /// Encodes test footage as a camera would send it: H.264, 25 fps, GOP 25, no audio.
 ///
-/// `quiet_before`/`quiet_after` seconds of frozen frames surround `loops` plays of `source`.
+/// `quiet_before`/`quiet_after` seconds of the quiet scene (the source's first frame, frozen)
+/// surround `loops` plays of `source`: afterwards the scene is as it was before, as when people
+/// walked out of view.
 pub fn make_clip(source: &Path, out: &Path, loops: u32, quiet_before: f64, quiet_after: f64) {
+    activity_clip(
+        source,
+        out,
+        &[Segment::Quiet(quiet_before), Segment::Play { loops, hold: 0.0 }, Segment::Quiet(quiet_after)],
+    );
+}
+
+/// `loops` plays of `source` with its first frame held `before` and its last frame held `hold`
+/// seconds after (whoever is in view stops and stands still).
+fn play_clip(source: &Path, out: &Path, loops: u32, before: f64, hold: f64) {
+    let (quiet_before, quiet_after) = (before, hold);
     let vf = format!(
         "fps=25,scale=trunc(iw/2)*2:trunc(ih/2)*2,tpad=start_mode=clone:start_duration={quiet_before}:stop_mode=clone:stop_duration={quiet_after},format=yuv420p"
     );
     encode(source, out, loops, &vf, &[]);
+}
+
+/// One part of an [`activity_clip`].
+#[derive(Debug, Clone, Copy)]
+pub enum Segment {
+    /// The first frame of the source held this many seconds: the scene before and after.
+    Quiet(f64),
+    /// The source played `loops` times, then its last frame held `hold` seconds (whoever is in
+    /// view stands perfectly still).
+    Play { loops: u32, hold: f64 },
+}
+
+/// Concatenates segments of `source` into one camera clip (same encoding as [`make_clip`]).
+/// Every quiet segment shows the same frame, so a scene that is quiet again looks as before.
+pub fn activity_clip(source: &Path, out: &Path, segments: &[Segment]) {
+    let dir = out.with_extension("parts");
+    std::fs::create_dir_all(&dir).expect("clip parts dir");
+    let mut list = String::new();
+    for (i, seg) in segments.iter().enumerate() {
+        let part = dir.join(format!("{i}.mp4"));
+        match *seg {
+            Segment::Quiet(secs) => encode(
+                source,
+                &part,
+                1,
+                &format!("trim=end_frame=1,fps=25,scale=trunc(iw/2)*2:trunc(ih/2)*2,tpad=stop_mode=clone:stop_duration={secs},format=yuv420p"),
+                &[],
+            ),
+            Segment::Play { loops, hold } => play_clip(source, &part, loops, 0.0, hold),
+        }
+        list.push_str(&format!("file '{}'\n", part.display()));
+    }
+    let list_path = dir.join("list.txt");
+    std::fs::write(&list_path, list).expect("concat list");
+    let status = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-f", "concat", "-safe", "0", "-i"])
+        .arg(&list_path)
+        .args(["-c", "copy"])
+        .arg(out)
+        .status()
+        .expect("running ffmpeg");
+    assert!(status.success(), "ffmpeg could not concatenate {}", list_path.display());
 }
 
 /// A frozen clip: the first frame of `source` held for `seconds`.

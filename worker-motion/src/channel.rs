@@ -160,10 +160,22 @@ impl ChannelHandle {
 
     /// Stops the thread and waits for it (its ffmpeg gets SIGTERM).
     pub fn stop(mut self) {
+        self.join();
+    }
+
+    fn join(&mut self) {
         self.shared.request_stop();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// A batch whose future is dropped (its queue worker stopped under it) must not leave its
+/// reader threads and their ffmpegs behind: they are told to stop (not waited for).
+impl Drop for ChannelHandle {
+    fn drop(&mut self) {
+        self.shared.request_stop();
     }
 }
 

@@ -1,6 +1,8 @@
 //! Integration tests of selective backups on real servers (redis-server, nginx-rtmp with its
 //! HLS buffer, ffmpeg), each on random loopback ports with its own temp dir.
 
+/// Recordings follow activity whole: standing still, pauses, continuous activity (issue 12).
+mod activity;
 /// Exactly one playable, stream-copied backup with pre- and post-roll (issue 4, test 1);
 /// 8 channels at once (test 3).
 mod backup;
