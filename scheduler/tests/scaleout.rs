@@ -162,6 +162,7 @@ fn workers_on_several_hosts_share_work_and_take_over_a_lost_host() {
          [rtmp]\npublish_url = \"rtmp://{a}:{rtmp_port}/live\"\nplay_url = \"rtmp://{a}:{rtmp_port}/live\"\nhls_url = \"http://{a}:{http_port}/hls\"\n\
          [scheduler]\nbatch_size = 1\nreconcile_interval_secs = 1\n[api]\nlisten = \"{a}:8088\"\n\
          [record]\nbackup_dir = \"{bk}\"\ntimezone = \"UTC\"\npre_roll_secs = 5\npost_roll_secs = 5\n[logs]\ndir = \"{lg}\"\n\
+         [motion]\nmax_hold_secs = 10\n\
          [yolo]\nmodel = \"{model}\"\nsnapshot_dir = \"{snap}\"\n",
         a = a.addr,
         bk = backups.display(),
