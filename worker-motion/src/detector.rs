@@ -488,40 +488,44 @@ mod tests {
 
     #[test]
     fn a_ticking_clock_and_a_brighter_picture_do_not_hold_an_event() {
-        // min_area as for a small clock on a 320x180 frame.
-        let p = MotionConfig { min_area: 0.006, ..params() };
+        // A burnt-in clock of two 3x5 "digits" that change 5 frames apart, one every 10 frames
+        // and one every 50. With this min_area one digit changing is no motion (0.0043
+        // of the frame); both digits differing from a frozen reference would be presence (0.0068).
+        let p = MotionConfig { min_area: 0.0055, ..params() };
         let (mut d, mut h) = (MotionDetector::new(&p, 160, 90), Hysteresis::new(&p));
-        // A burnt-in clock: two tiny "digits" side by side, seconds (every 5 frames) and tens
-        // (every 50). Each change alone is below min_area; both differ from a frozen reference.
         let clock = |f: &mut Vec<u8>, i: usize| {
-            for row in 2..4 {
-                for (col, period) in [(2, 5), (3, 5), (4, 50), (5, 50)] {
-                    f[row * 160 + col] = if (i / period) % 2 == 0 { 220 } else { 40 };
+            for row in 2..7 {
+                for (cols, period, phase) in [(2..5, 10, 0), (6..9, 50, 45)] {
+                    for col in cols {
+                        f[row * 160 + col] = if ((i + phase) / period) % 2 == 0 { 220 } else { 40 };
+                    }
                 }
             }
         };
+        // A minute of the quiet scene with the clock ticking.
         let mut frames = Vec::new();
-        for i in 0..100 {
+        for i in 0..300 {
             let mut f = vec![60u8; 160 * 90];
             clock(&mut f, i);
             frames.push(f);
         }
-        // Someone crosses the frame and leaves; then the picture gets a little brighter
-        // (auto-exposure), the clock keeps ticking.
-        for (k, x) in (0..=160).step_by(10).enumerate() {
+        // Someone crosses the frame and leaves; then the picture brightens slowly by 40 grey
+        // levels (sun, auto-exposure): never motion, but far from the frozen reference. The
+        // clock keeps ticking.
+        for x in (0..=160).step_by(10) {
             let mut f = frame_with_square(x, 50);
-            clock(&mut f, 100 + k);
+            clock(&mut f, frames.len());
             frames.push(f);
         }
         let left = frames.len();
-        for i in 0..60 {
-            let mut f = vec![72u8; 160 * 90];
-            clock(&mut f, 200 + i);
+        for k in 0..30u8 {
+            let mut f = vec![60 + 2 * k.min(20); 160 * 90];
+            clock(&mut f, frames.len());
             frames.push(f);
         }
         let active = run_event(&mut d, &mut h, &frames);
-        assert!(!active[..100].iter().any(|a| *a), "the clock alone is no motion");
-        assert!(active[100..left].iter().any(|a| *a), "the crossing is");
+        assert!(!active[..300].iter().any(|a| *a), "the clock alone is no motion");
+        assert!(active[300..left].iter().any(|a| *a), "the crossing is");
         let ended = active[left..].iter().position(|a| !a).expect("the event ends");
         assert!(ended <= 15 + p.settle_frames as usize + 2, "lingered {ended} frames");
     }
