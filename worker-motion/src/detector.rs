@@ -138,7 +138,7 @@ impl MotionDetector {
         let Some(background) = self.background.as_ref() else {
             self.reset_background()?;
             self.previous = Some(self.blurred.clone());
-            self.reference = Some(self.blurred.clone());
+            self.reference_is_current()?;
             self.unstable = Mat::new_rows_cols_with_default(self.height, self.width, CV_32F, Scalar::all(0.0))?;
             return Ok(FrameMotion::default());
         };
@@ -152,7 +152,7 @@ impl MotionDetector {
             self.reset_background()?;
             self.previous = Some(self.blurred.clone());
             // The scene changed as a whole: compare with the new one from now on.
-            self.reference = Some(self.blurred.clone());
+            self.reference_is_current()?;
             return Ok(FrameMotion { recalibrated: true, ..FrameMotion::default() });
         }
         let (boxes, area) = self.regions()?;
@@ -174,7 +174,7 @@ impl MotionDetector {
             core::multiply(&self.unstable, &Scalar::all(UNSTABLE_DECAY), &mut self.scratch, 1.0, -1)?;
             std::mem::swap(&mut self.unstable, &mut self.scratch);
             self.unstable.set_to(&Scalar::all(1.0), &self.mask)?;
-            self.reference = Some(self.blurred.clone());
+            self.reference_is_current()?;
         }
         let present = self.in_event && self.params.max_hold_secs > 0.0 && self.presence(ts_ms)?;
         std::mem::swap(self.previous.as_mut().expect("checked above"), &mut self.blurred);
@@ -237,7 +237,7 @@ impl MotionDetector {
     fn presence(&mut self, ts_ms: i64) -> Result<bool, DetectorError> {
         let Some(reference) = self.reference.as_ref() else { return Ok(false) };
         if ts_ms - self.last_motion_ms > (self.params.max_hold_secs * 1000.0) as i64 {
-            self.reference = Some(self.blurred.clone());
+            self.reference_is_current()?;
             return Ok(false);
         }
         let offset = core::mean_def(&self.blurred)?[0] - core::mean_def(reference)?[0];
@@ -258,6 +258,16 @@ impl MotionDetector {
         self.mask.set_to(&Scalar::all(0.0), &self.scratch)?;
         let (boxes, _) = self.regions()?;
         Ok(!boxes.is_empty())
+    }
+
+    /// The current (blurred) frame becomes the reference, reusing its buffer: this runs on
+    /// every quiet frame.
+    fn reference_is_current(&mut self) -> Result<(), DetectorError> {
+        match self.reference.as_mut() {
+            Some(r) => self.blurred.copy_to(r)?,
+            None => self.reference = Some(self.blurred.clone()),
+        }
+        Ok(())
     }
 
     fn reset_background(&mut self) -> Result<(), DetectorError> {
