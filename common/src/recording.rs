@@ -205,16 +205,16 @@ impl Recording {
         self.state == RecordingState::Open && self.end_ms.is_some_and(|end| now_ms > end + rules.join_window_ms())
     }
 
-    pub fn close(&mut self, now_ms: i64, note: Option<String>) {
+    /// Closes it with the video written up to `video_end_ms`. A recording closed before its end
+    /// (a stalled stream) ends where its video ended, so the next one starts there.
+    pub fn close(&mut self, now_ms: i64, video_end_ms: i64, note: Option<String>) {
         if self.state == RecordingState::Closed {
             return;
         }
         self.state = RecordingState::Closed;
         self.closed_ms = Some(now_ms);
-        if self.end_ms.is_none() {
-            // Closed while open (stalled stream, shutdown of the site): ends where video ended.
-            self.end_ms = Some(self.parts.last().map_or(self.start_ms, |p| p.end_ms).max(self.start_ms));
-        }
+        let end = self.end_ms.map_or(video_end_ms, |e| e.min(video_end_ms));
+        self.end_ms = Some(end.max(self.start_ms));
         if let Some(n) = note {
             self.notes.push(n);
         }
@@ -349,7 +349,7 @@ mod tests {
         assert!(!r.closable(30_000, &RULES), "join window (pre-roll) not over");
         assert!(r.accepts(29_000, &RULES));
         assert!(r.closable(30_001, &RULES));
-        r.close(30_001, None);
+        r.close(30_001, 26_000, None);
         assert!(!r.accepts(26_000, &RULES), "a closed recording accepts nothing");
     }
 
@@ -357,7 +357,7 @@ mod tests {
     fn next_recording_starts_at_the_previous_end_never_before() {
         let mut a = Recording::new(1, trigger("a", 10_000), Some("a"), 10_000, None, &RULES, 10_000);
         a.end_event("a", 20_000, &RULES);
-        a.close(31_000, None);
+        a.close(31_000, 26_000, None);
         // Activity 7 s after a's end: its pre-roll would reach back into a.
         let b = Recording::new(1, trigger("b", 32_000), Some("b"), 32_000, Some(&a), &RULES, 32_000);
         assert_eq!(b.floor_ms, 25_000);
@@ -389,8 +389,7 @@ mod tests {
     #[test]
     fn closing_an_open_recording_ends_it_at_its_video() {
         let mut r = Recording::new(1, trigger("a", 10_000), Some("a"), 10_000, None, &RULES, 10_000);
-        r.parts.push(PartDone { part: 1, file: "f".into(), first_ms: 5_000, last_fragment_ms: 14_000, end_ms: 16_000 });
-        r.close(40_000, Some("stalled".into()));
+        r.close(40_000, 16_000, Some("stalled".into()));
         assert_eq!((r.state, r.end_ms), (RecordingState::Closed, Some(16_000)));
     }
 }

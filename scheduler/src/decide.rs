@@ -490,7 +490,8 @@ mod tests {
         fn close_at(&mut self, now: i64) {
             if let Some(r) = self.recs.last_mut() {
                 if r.closable(now, &RULES) {
-                    r.close(now, None);
+                    let end = r.end_ms.expect("closable");
+                    r.close(now, end, None);
                 }
             }
         }
@@ -543,8 +544,8 @@ mod tests {
         let mut s = Sim::new(MOTION);
         s.start("a", 10_000);
         s.end("a", 20_000);
-        s.recs[0].close(26_000, Some("stalled".into())); // closed early by its worker
-                                                         // Activity inside the old join window: a new recording, starting at a's end.
+        s.recs[0].close(26_000, 26_000, Some("stalled".into())); // closed early by its worker
+                                                                 // Activity inside the old join window: a new recording, starting at a's end.
         assert_eq!(s.feed(Input::MotionStart { event: "b".into(), ts_ms: 27_000 }, 27_000), "create");
         assert_eq!(s.recs[1].start_ms, 25_000);
         assert_eq!(s.recs[0].events, ["a"]);

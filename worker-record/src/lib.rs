@@ -365,33 +365,26 @@ impl<'a> Recorder<'a> {
         }
     }
 
-    /// Closes the recording in the store: with `note` (stalled) whatever its state, else only
-    /// once its join window is over. Returns whether it is closed; a recording that activity
-    /// extended meanwhile stays open.
+    /// Closes the recording in the store: with `note` (stalled) whatever its state, at the video
+    /// taken so far; else only once everything before its end is taken and its join window is
+    /// over. Returns whether it is closed; a recording that activity extended meanwhile stays open.
     async fn close(&mut self, note: Option<String>) -> Result<bool, JobError> {
-        let now = now_ms();
-        let rules = self.ctx.rules;
-        let taken_end = self.taken_end_ms;
-        let forced = note.is_some();
-        let mut result = false;
+        let (now, rules, taken_end) = (now_ms(), self.ctx.rules, self.taken_end_ms);
+        let mut closed = false;
         let stored = self
             .ctx
             .store
             .update(&self.job.recording, |r| {
                 if r.state == RecordingState::Closed {
-                    result = true;
+                    closed = true;
                     return false;
                 }
-                if forced {
-                    if r.end_ms.is_none_or(|e| e > taken_end) {
-                        r.end_ms = Some(taken_end.max(r.start_ms));
-                    }
-                } else if !r.closable(now, &rules) || r.end_ms.is_none_or(|e| taken_end < e) {
-                    result = false;
+                let due = r.closable(now, &rules) && r.end_ms.is_some_and(|e| taken_end >= e);
+                if note.is_none() && !due {
                     return false;
                 }
-                r.close(now, note.clone());
-                result = true;
+                r.close(now, taken_end, note.clone());
+                closed = true;
                 true
             })
             .await
@@ -400,7 +393,7 @@ impl<'a> Recorder<'a> {
             self.end_ms = r.end_ms;
             self.events = r.events;
         }
-        Ok(result)
+        Ok(closed)
     }
 
     /// Fetches fragments not yet taken that belong to the recording; returns how many.
