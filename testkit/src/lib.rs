@@ -281,13 +281,11 @@ pub fn make_clip(source: &Path, out: &Path, loops: u32, quiet_before: f64, quiet
     );
 }
 
-/// `loops` plays of `source` with its first frame held `before` and its last frame held `hold`
-/// seconds after (whoever is in view stops and stands still).
-fn play_clip(source: &Path, out: &Path, loops: u32, before: f64, hold: f64) {
-    let (quiet_before, quiet_after) = (before, hold);
-    let vf = format!(
-        "fps=25,scale=trunc(iw/2)*2:trunc(ih/2)*2,tpad=start_mode=clone:start_duration={quiet_before}:stop_mode=clone:stop_duration={quiet_after},format=yuv420p"
-    );
+/// `loops` plays of `source` with its last frame held `hold` seconds after (whoever is in view
+/// stops and stands still).
+fn play_clip(source: &Path, out: &Path, loops: u32, hold: f64) {
+    let vf =
+        format!("fps=25,scale=trunc(iw/2)*2:trunc(ih/2)*2,tpad=stop_mode=clone:stop_duration={hold},format=yuv420p");
     encode(source, out, loops, &vf, &[]);
 }
 
@@ -310,14 +308,8 @@ pub fn activity_clip(source: &Path, out: &Path, segments: &[Segment]) {
     for (i, seg) in segments.iter().enumerate() {
         let part = dir.join(format!("{i}.mp4"));
         match *seg {
-            Segment::Quiet(secs) => encode(
-                source,
-                &part,
-                1,
-                &format!("trim=end_frame=1,fps=25,scale=trunc(iw/2)*2:trunc(ih/2)*2,tpad=stop_mode=clone:stop_duration={secs},format=yuv420p"),
-                &[],
-            ),
-            Segment::Play { loops, hold } => play_clip(source, &part, loops, 0.0, hold),
+            Segment::Quiet(secs) => make_still_clip(source, &part, secs),
+            Segment::Play { loops, hold } => play_clip(source, &part, loops, hold),
         }
         list.push_str(&format!("file '{}'\n", part.display()));
     }
@@ -335,6 +327,8 @@ pub fn activity_clip(source: &Path, out: &Path, segments: &[Segment]) {
 
 /// A frozen clip: the first frame of `source` held for `seconds`.
 pub fn make_still_clip(source: &Path, out: &Path, seconds: f64) {
-    let vf = format!("trim=end_frame=1,fps=25,tpad=stop_mode=clone:stop_duration={seconds},format=yuv420p");
+    let vf = format!(
+        "trim=end_frame=1,fps=25,scale=trunc(iw/2)*2:trunc(ih/2)*2,tpad=stop_mode=clone:stop_duration={seconds},format=yuv420p"
+    );
     encode(source, out, 1, &vf, &[]);
 }
