@@ -53,21 +53,21 @@ fn assert_covered_once(files: &[BackupEvent], from: i64, to: i64) {
     }
 }
 
-/// Someone walks, stops perfectly still for 15 s, walks on: one recording that covers the
+/// Someone walks, stops perfectly still for 20 s, walks on: one recording that covers the
 /// standing, never two.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_standing_still_between_walking_is_one_recording() {
     let (run, _p, t0, _tmp) = start(&[
         Segment::Quiet(10.0),
-        Segment::Play { loops: 2, hold: 15.0 },
+        Segment::Play { loops: 2, hold: 20.0 },
         Segment::Play { loops: 2, hold: 0.0 },
         Segment::Quiet(90.0),
     ])
     .await;
     let _record = run.record_worker();
     let (rec, files) = closed_recording(&run, Duration::from_secs(90)).await;
-    // Activity from 10 s to 10 + 4 + 15 + 4 = 33 s of the clip.
-    assert_covered_once(&files, t0 + 10_000, t0 + 33_000);
+    // Activity from 10 s to 10 + 4 + 20 + 4 = 38 s of the clip.
+    assert_covered_once(&files, t0 + 10_000, t0 + 38_000);
     assert_eq!(files.len(), 1, "{files:?}");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let recordings: std::collections::HashSet<_> = run.files().await.into_iter().map(|f| f.recording).collect();
