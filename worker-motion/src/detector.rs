@@ -19,7 +19,9 @@
 //! changed on their own while the scene was quiet in the last minute (a burnt-in clock, leaves,
 //! flicker) never count. A person who left makes the scene match the reference again, so nothing
 //! lingers; something that stays (a parked car) becomes the reference `max_hold_secs` after the
-//! last motion.
+//! last motion. A reference counts only once the scene has been quiet for `end_quiet_secs` (what
+//! the detector itself calls a quiet scene): a detector that starts, or recalibrates, while
+//! someone is in view would otherwise hold every later event on the ghost of where they stood.
 //!
 //! [`Hysteresis`] turns per-frame motion into start/end events: start after `start_frames`
 //! consecutive motion frames, end after `end_quiet_secs` without motion or presence.
@@ -74,6 +76,10 @@ pub struct MotionDetector {
     /// minute: pixels that change on their own never count as presence.
     unstable: Mat,
     unstable_u8: Mat,
+    /// Start of the current run of quiet frames; `None` during motion or an event.
+    quiet_since_ms: Option<i64>,
+    /// The reference was taken after `end_quiet_secs` of quiet: presence may use it.
+    reference_trusted: bool,
     in_event: bool,
     last_motion_ms: i64,
     scratch: Mat,
@@ -105,6 +111,8 @@ impl MotionDetector {
             reference: None,
             unstable: Mat::default(),
             unstable_u8: Mat::default(),
+            quiet_since_ms: None,
+            reference_trusted: false,
             in_event: false,
             last_motion_ms: 0,
             scratch: Mat::default(),
@@ -138,7 +146,8 @@ impl MotionDetector {
         let Some(background) = self.background.as_ref() else {
             self.reset_background()?;
             self.previous = Some(self.blurred.clone());
-            self.reference_is_current()?;
+            self.quiet_since_ms = Some(ts_ms);
+            self.reference_is_current(ts_ms)?;
             self.unstable = Mat::new_rows_cols_with_default(self.height, self.width, CV_32F, Scalar::all(0.0))?;
             return Ok(FrameMotion::default());
         };
@@ -151,8 +160,10 @@ impl MotionDetector {
         if changed > self.params.recalibrate_fraction {
             self.reset_background()?;
             self.previous = Some(self.blurred.clone());
-            // The scene changed as a whole: compare with the new one from now on.
-            self.reference_is_current()?;
+            // The scene changed as a whole: compare with the new one from now on, once it has
+            // proved quiet.
+            self.quiet_since_ms = Some(ts_ms);
+            self.reference_is_current(ts_ms)?;
             return Ok(FrameMotion { recalibrated: true, ..FrameMotion::default() });
         }
         let (boxes, area) = self.regions()?;
@@ -174,7 +185,10 @@ impl MotionDetector {
             core::multiply(&self.unstable, &Scalar::all(UNSTABLE_DECAY), &mut self.scratch, 1.0, -1)?;
             std::mem::swap(&mut self.unstable, &mut self.scratch);
             self.unstable.set_to(&Scalar::all(1.0), &self.mask)?;
-            self.reference_is_current()?;
+            self.quiet_since_ms.get_or_insert(ts_ms);
+            self.reference_is_current(ts_ms)?;
+        } else {
+            self.quiet_since_ms = None;
         }
         let present = self.in_event && self.params.max_hold_secs > 0.0 && self.presence(ts_ms)?;
         std::mem::swap(self.previous.as_mut().expect("checked above"), &mut self.blurred);
@@ -235,11 +249,15 @@ impl MotionDetector {
     /// reference, leaving out unstable pixels and overall brightness? After `max_hold_secs`
     /// without motion the current scene becomes the reference instead.
     fn presence(&mut self, ts_ms: i64) -> Result<bool, DetectorError> {
-        let Some(reference) = self.reference.as_ref() else { return Ok(false) };
-        if ts_ms - self.last_motion_ms > (self.params.max_hold_secs * 1000.0) as i64 {
-            self.reference_is_current()?;
+        if !self.reference_trusted {
             return Ok(false);
         }
+        if ts_ms - self.last_motion_ms > (self.params.max_hold_secs * 1000.0) as i64 {
+            // Whatever stays is the scene now; trusted, since it has been still this long.
+            self.blurred.copy_to(self.reference.as_mut().expect("trusted implies set"))?;
+            return Ok(false);
+        }
+        let Some(reference) = self.reference.as_ref() else { return Ok(false) };
         let offset = core::mean_def(&self.blurred)?[0] - core::mean_def(reference)?[0];
         reference.convert_to(&mut self.scratch, CV_8U, 1.0, offset)?;
         core::absdiff(&self.blurred, &self.scratch, &mut self.diff)?;
@@ -260,13 +278,15 @@ impl MotionDetector {
         Ok(!boxes.is_empty())
     }
 
-    /// The current (blurred) frame becomes the reference, reusing its buffer: this runs on
-    /// every quiet frame.
-    fn reference_is_current(&mut self) -> Result<(), DetectorError> {
+    /// The current (blurred) frame at `ts_ms` becomes the reference, reusing its buffer (this runs
+    /// on every quiet frame); trusted once the scene has been quiet for `end_quiet_secs`.
+    fn reference_is_current(&mut self, ts_ms: i64) -> Result<(), DetectorError> {
         match self.reference.as_mut() {
             Some(r) => self.blurred.copy_to(r)?,
             None => self.reference = Some(self.blurred.clone()),
         }
+        let quiet_for = self.quiet_since_ms.map_or(0, |since| ts_ms - since);
+        self.reference_trusted = quiet_for >= (self.params.end_quiet_secs * 1000.0) as i64;
         Ok(())
     }
 
@@ -482,6 +502,22 @@ mod tests {
         let active = run_event(&mut d, &mut h, &frames[..leave_at]);
         let stood_until = 20 + 9 + 75;
         assert!(!active[stood_until - 1], "motion alone loses the standing person");
+    }
+
+    #[test]
+    fn a_detector_started_while_someone_walks_leaves_no_hold_on_their_ghost() {
+        let p = params();
+        let (mut d, mut h) = (MotionDetector::new(&p, 160, 90), Hysteresis::new(&p));
+        // The first frame already shows the square (a worker restarted mid-activity); it walks
+        // out and the scene stays empty. Its first position differs from the empty scene for
+        // good, but that reference never proved quiet.
+        let mut frames: Vec<_> = (0..=160).step_by(10).map(|x| frame_with_square(x, 30)).collect();
+        let left_at = frames.len();
+        frames.extend(std::iter::repeat_n(vec![60u8; 160 * 90], 60));
+        let active = run_event(&mut d, &mut h, &frames);
+        assert!(active[..left_at].iter().any(|a| *a), "walking is an event: {active:?}");
+        let ended = active[left_at..].iter().position(|a| !a).expect("the event ends once the scene is empty");
+        assert!(ended <= 15 + p.settle_frames as usize + 2, "ended {ended} frames after leaving: {active:?}");
     }
 
     #[test]
