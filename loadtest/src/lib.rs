@@ -8,6 +8,7 @@
 //! of motion frames were not analysed; the run then exits non-zero.
 
 pub mod plot;
+pub mod quality;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

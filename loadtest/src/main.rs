@@ -42,6 +42,19 @@ enum Command {
         #[arg(long)]
         no_progress: bool,
     },
+    /// The selective-backup quality harness: scripted real footage through the cluster, scored
+    /// against YOLO ground truth (docs/quality.md); exit 1 if a target was missed.
+    Quality {
+        /// One scene, shorter script (the test suite runs this).
+        #[arg(long)]
+        quick: bool,
+        /// Where report.md and report.json go.
+        #[arg(long, default_value = "quality-report")]
+        report_dir: PathBuf,
+        /// Where scene clips and their ground truth are cached between runs.
+        #[arg(long, default_value = ".local/quality-clips")]
+        cache_dir: PathBuf,
+    },
     /// Re-render report.md and the plots of a report directory from its report.json.
     Render { report_dir: PathBuf },
     /// Validate the config file and list every problem.
@@ -52,6 +65,41 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig => cctv_common::config::check_config_command(&cli.global.config),
+        Command::Quality { quick, report_dir, cache_dir } => {
+            let opts = loadtest::quality::QualityOptions { quick, report_dir: report_dir.clone(), cache_dir };
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let outcome = rt.block_on(async {
+                tokio::select! {
+                    r = loadtest::quality::quality(opts) => Some(r),
+                    _ = cctv_common::shutdown::wait_for_signal() => None,
+                }
+            });
+            match outcome {
+                None => {
+                    eprintln!("interrupted; the cluster was stopped and no report written");
+                    ExitCode::from(130)
+                }
+                Some(Ok(r)) => {
+                    println!("report: {}", report_dir.join("report.md").display());
+                    if r.targets_met {
+                        ExitCode::SUCCESS
+                    } else {
+                        eprintln!("targets missed; see {}", report_dir.join("report.md").display());
+                        ExitCode::FAILURE
+                    }
+                }
+                Some(Err(e)) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Render { report_dir } => match loadtest::render(&report_dir) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -258,6 +258,19 @@ impl Pusher {
         Self { process }
     }
 
+    /// A camera with a sub-stream: `main` to `<live_url>/<stream>` and `sub` to
+    /// `<live_url>/<stream>_sub`, looped forever, paced by one ffmpeg so the two stay in step
+    /// (the quality harness maps recorded frames back to the clip with them).
+    pub fn start_with_sub(main: &Path, sub: &Path, live_url: &str, stream: &str) -> Self {
+        require("ffmpeg", "ffmpeg");
+        let mut cmd = ffmpeg::command();
+        cmd.args(["-nostats", "-re", "-stream_loop", "-1"]).input(main).args(["-re", "-stream_loop", "-1"]).input(sub);
+        cmd.args(["-map", "0:v", "-c", "copy", "-f", "flv"]).output(format!("{live_url}/{stream}"));
+        cmd.args(["-map", "1:v", "-c", "copy", "-f", "flv"]).output(format!("{live_url}/{stream}_sub"));
+        let process = FfmpegProcess::spawn(format!("pusher {stream}+sub"), cmd, false).expect("starting ffmpeg pusher");
+        Self { process }
+    }
+
     /// Waits until ffmpeg has opened the RTMP output and starts pacing the clip; returns that
     /// wall-clock time (ms), the clip's time zero as players see it.
     pub fn wait_publishing(&self) -> i64 {

@@ -19,9 +19,11 @@
 //! changed on their own while the scene was quiet in the last minute (a burnt-in clock, leaves,
 //! flicker) never count. A person who left makes the scene match the reference again, so nothing
 //! lingers; something that stays (a parked car) becomes the reference `max_hold_secs` after the
-//! last motion. A reference counts only once the scene has been quiet for `end_quiet_secs` (what
-//! the detector itself calls a quiet scene): a detector that starts, or recalibrates, while
-//! someone is in view would otherwise hold every later event on the ghost of where they stood.
+//! last motion. The reference is only ever a scene that stayed quiet for `end_quiet_secs` (what
+//! the detector itself calls a quiet scene): a short pause between two people keeps the
+//! reference from before the first, and a detector that starts, or recalibrates, while someone
+//! walks has none (no presence) until the scene has been quiet that long — else every later
+//! event would be held on the ghost of where they were.
 //!
 //! [`Hysteresis`] turns per-frame motion into start/end events: start after `start_frames`
 //! consecutive motion frames, end after `end_quiet_secs` without motion or presence.
@@ -70,7 +72,8 @@ pub struct MotionDetector {
     diff_f32: Mat,
     mask: Mat,
     dilated: Mat,
-    /// The scene on the last quiet frame outside an event (blurred grey).
+    /// The scene on the last frame of a quiet stretch (outside events) of at least
+    /// `end_quiet_secs` (blurred grey).
     reference: Option<Mat>,
     /// Per pixel, 1.0 when it changed frame-to-frame on a quiet frame, decaying over about a
     /// minute: pixels that change on their own never count as presence.
@@ -78,8 +81,6 @@ pub struct MotionDetector {
     unstable_u8: Mat,
     /// Start of the current run of quiet frames; `None` during motion or an event.
     quiet_since_ms: Option<i64>,
-    /// The reference was taken after `end_quiet_secs` of quiet: presence may use it.
-    reference_trusted: bool,
     in_event: bool,
     last_motion_ms: i64,
     scratch: Mat,
@@ -112,7 +113,6 @@ impl MotionDetector {
             unstable: Mat::default(),
             unstable_u8: Mat::default(),
             quiet_since_ms: None,
-            reference_trusted: false,
             in_event: false,
             last_motion_ms: 0,
             scratch: Mat::default(),
@@ -147,7 +147,6 @@ impl MotionDetector {
             self.reset_background()?;
             self.previous = Some(self.blurred.clone());
             self.quiet_since_ms = Some(ts_ms);
-            self.reference_is_current(ts_ms)?;
             self.unstable = Mat::new_rows_cols_with_default(self.height, self.width, CV_32F, Scalar::all(0.0))?;
             return Ok(FrameMotion::default());
         };
@@ -160,10 +159,10 @@ impl MotionDetector {
         if changed > self.params.recalibrate_fraction {
             self.reset_background()?;
             self.previous = Some(self.blurred.clone());
-            // The scene changed as a whole: compare with the new one from now on, once it has
-            // proved quiet.
+            // The scene changed as a whole: the old reference is void; the new scene becomes it
+            // once it has proved quiet.
+            self.reference = None;
             self.quiet_since_ms = Some(ts_ms);
-            self.reference_is_current(ts_ms)?;
             return Ok(FrameMotion { recalibrated: true, ..FrameMotion::default() });
         }
         let (boxes, area) = self.regions()?;
@@ -185,8 +184,10 @@ impl MotionDetector {
             core::multiply(&self.unstable, &Scalar::all(UNSTABLE_DECAY), &mut self.scratch, 1.0, -1)?;
             std::mem::swap(&mut self.unstable, &mut self.scratch);
             self.unstable.set_to(&Scalar::all(1.0), &self.mask)?;
-            self.quiet_since_ms.get_or_insert(ts_ms);
-            self.reference_is_current(ts_ms)?;
+            let since = *self.quiet_since_ms.get_or_insert(ts_ms);
+            if ts_ms - since >= (self.params.end_quiet_secs * 1000.0) as i64 {
+                self.reference_is_current()?;
+            }
         } else {
             self.quiet_since_ms = None;
         }
@@ -249,12 +250,12 @@ impl MotionDetector {
     /// reference, leaving out unstable pixels and overall brightness? After `max_hold_secs`
     /// without motion the current scene becomes the reference instead.
     fn presence(&mut self, ts_ms: i64) -> Result<bool, DetectorError> {
-        if !self.reference_trusted {
+        if self.reference.is_none() {
             return Ok(false);
         }
         if ts_ms - self.last_motion_ms > (self.params.max_hold_secs * 1000.0) as i64 {
-            // Whatever stays is the scene now; trusted, since it has been still this long.
-            self.blurred.copy_to(self.reference.as_mut().expect("trusted implies set"))?;
+            // Whatever stays is the scene now: it has been still this long.
+            self.reference_is_current()?;
             return Ok(false);
         }
         let Some(reference) = self.reference.as_ref() else { return Ok(false) };
@@ -278,15 +279,13 @@ impl MotionDetector {
         Ok(!boxes.is_empty())
     }
 
-    /// The current (blurred) frame at `ts_ms` becomes the reference, reusing its buffer (this runs
-    /// on every quiet frame); trusted once the scene has been quiet for `end_quiet_secs`.
-    fn reference_is_current(&mut self, ts_ms: i64) -> Result<(), DetectorError> {
+    /// The current (blurred) frame becomes the reference, reusing its buffer (this runs on
+    /// every frame of a long enough quiet stretch).
+    fn reference_is_current(&mut self) -> Result<(), DetectorError> {
         match self.reference.as_mut() {
             Some(r) => self.blurred.copy_to(r)?,
             None => self.reference = Some(self.blurred.clone()),
         }
-        let quiet_for = self.quiet_since_ms.map_or(0, |since| ts_ms - since);
-        self.reference_trusted = quiet_for >= (self.params.end_quiet_secs * 1000.0) as i64;
         Ok(())
     }
 
@@ -518,6 +517,33 @@ mod tests {
         assert!(active[..left_at].iter().any(|a| *a), "walking is an event: {active:?}");
         let ended = active[left_at..].iter().position(|a| !a).expect("the event ends once the scene is empty");
         assert!(ended <= 15 + p.settle_frames as usize + 2, "ended {ended} frames after leaving: {active:?}");
+    }
+
+    #[test]
+    fn someone_who_comes_back_right_after_an_event_ended_is_held_while_standing() {
+        let p = params();
+        let (mut d, mut h) = (MotionDetector::new(&p, 160, 90), Hysteresis::new(&p));
+        let walk_out =
+            |frames: &mut Vec<Vec<u8>>| frames.extend((90..=160).step_by(10).map(|x| frame_with_square(x, 30)));
+        // A first visit (3 s standing), then the empty scene until that event has just ended.
+        let mut frames = arrive_and_stand(80, 15);
+        walk_out(&mut frames);
+        assert!(*run_event(&mut d, &mut h, &frames).last().unwrap(), "the first visit is an event");
+        let empty = vec![vec![60u8; 160 * 90]];
+        let empty_until_end = (1..40).find(|_| !run_event(&mut d, &mut h, &empty)[0]);
+        assert!(empty_until_end.is_some(), "the first event ends once the scene is empty");
+        // Half a second later the second visit: walks in, stands 20 s, leaves.
+        let mut second: Vec<Vec<u8>> = std::iter::repeat_n(vec![60u8; 160 * 90], 2).collect();
+        second.extend((0..=80).step_by(10).map(|x| frame_with_square(x, 30)));
+        let standing_from = second.len();
+        second.extend(std::iter::repeat_n(frame_with_square(80, 30), 100));
+        let leave_at = second.len();
+        walk_out(&mut second);
+        second.extend(std::iter::repeat_n(vec![60u8; 160 * 90], 30));
+        let active = run_event(&mut d, &mut h, &second);
+        assert!(active[standing_from..leave_at].iter().all(|a| *a), "held while standing: {active:?}");
+        let ended = active[leave_at..].iter().position(|a| !a).expect("ends after leaving");
+        assert!(ended <= 8 + 15 + p.settle_frames as usize + 2, "ended {ended} frames after leaving");
     }
 
     #[test]
