@@ -27,7 +27,11 @@ pub struct Cluster {
 impl Cluster {
     /// `channels` is the TOML of the `[[channel]]` entries; `extra` any other sections.
     pub fn new(channels: &str, batch_size: usize, extra: &str) -> Self {
-        let redis = Redis::start();
+        Self::with_redis(Redis::start(), channels, batch_size, extra)
+    }
+
+    /// Same, on a given Redis (e.g. [`Redis::start_persistent`] for fault tests).
+    pub fn with_redis(redis: Redis, channels: &str, batch_size: usize, extra: &str) -> Self {
         let nginx = Nginx::start();
         let dir = tempfile::tempdir().unwrap();
         // Every scheduler serves the API: give each cluster its own port unless the test chose one.

@@ -67,28 +67,66 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// A `redis-server` with no persistence on a random port.
+/// A `redis-server` on a random port: without persistence ([`Redis::start`]) or with an
+/// append-only file fsynced on every write, as docker-compose runs it ([`Redis::start_persistent`]).
+/// Fault tests kill it and start it again on the same port.
 pub struct Redis {
     pub port: u16,
-    _dir: TempDir,
-    _child: KillOnDrop,
+    dir: TempDir,
+    persistent: bool,
+    child: KillOnDrop,
 }
 
 impl Redis {
     pub fn start() -> Self {
+        Self::launch(false)
+    }
+
+    pub fn start_persistent() -> Self {
+        Self::launch(true)
+    }
+
+    fn launch(persistent: bool) -> Self {
         require("redis-server", "redis-server");
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
+        let child = Self::spawn(port, dir.path(), persistent);
+        Self { port, dir, persistent, child }
+    }
+
+    fn spawn(port: u16, dir: &Path, persistent: bool) -> KillOnDrop {
+        let aof: &[&str] =
+            if persistent { &["--appendonly", "yes", "--appendfsync", "always"] } else { &["--appendonly", "no"] };
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(aof)
             .arg("--dir")
-            .arg(dir.path())
+            .arg(dir)
             .stdout(Stdio::null())
             .spawn()
             .expect("starting redis-server");
         let child = KillOnDrop(child);
         wait_for_port(port, Duration::from_secs(10), "redis-server");
-        Self { port, _dir: dir, _child: child }
+        child
+    }
+
+    /// `kill -9`: no shutdown, no final save.
+    pub fn kill(&mut self) {
+        let _ = self.child.0.kill();
+        let _ = self.child.0.wait();
+    }
+
+    /// Starts it again on the same port after [`Redis::kill`]: with its data when persistent.
+    pub fn restart(&mut self) {
+        self.child = Self::spawn(self.port, self.dir.path(), self.persistent);
+    }
+
+    /// Starts it again on the same port with no data at all (a replacement server).
+    pub fn restart_empty(&mut self) {
+        for e in std::fs::read_dir(self.dir.path()).expect("redis dir").flatten() {
+            let _ = if e.path().is_dir() { std::fs::remove_dir_all(e.path()) } else { std::fs::remove_file(e.path()) };
+        }
+        self.restart();
     }
 
     pub fn url(&self) -> String {
@@ -96,7 +134,7 @@ impl Redis {
     }
 
     pub fn pid(&self) -> u32 {
-        self._child.0.id()
+        self.child.0.id()
     }
 }
 

@@ -1,0 +1,103 @@
+//! Redis going away under a running cluster of real processes (scheduler, motion, YOLO and
+//! record workers; redis-server, nginx-rtmp, an ffmpeg camera): `kill -9` and a restart from its
+//! append-only file, then a replacement server with no data at all. Every process must ride it
+//! out — none exits — and motion events, object events and backup files must come again, and
+//! the recording open when Redis died must be finished.
+
+use std::time::Duration;
+
+use cctv_common::events::{now_ms, BackupEventKind, MotionEventKind};
+use cctv_common::recording::{RecordingState, RecordingStore};
+use cctv_testkit::cluster::{channel_with, record_section, wait_for, yolo_section, Cluster};
+use cctv_testkit::netns::workspace_bin;
+use cctv_testkit::{KillOnDrop, Pusher, Redis};
+
+struct Procs(Vec<(&'static str, KillOnDrop)>);
+
+impl Procs {
+    fn assert_alive(&mut self, when: &str) {
+        for (name, p) in &mut self.0 {
+            assert!(matches!(p.0.try_wait(), Ok(None)), "{name} exited {when}: {:?}", p.0.try_wait());
+        }
+    }
+}
+
+/// After `since_ms`: a motion start, an object event on the priority channel and a backup file
+/// (all written to the new Redis, so each process reconnected and its job loop runs again).
+async fn cluster_works_again(cluster: &Cluster, since_ms: i64, what: &str) {
+    let motion = wait_for(Duration::from_secs(60), || async {
+        cluster.motion_events().await.into_iter().find(|e| e.kind == MotionEventKind::Start && e.ts_ms > since_ms)
+    })
+    .await;
+    assert!(motion.is_some(), "{what}: no motion event within 60 s");
+    let objects = wait_for(Duration::from_secs(30), || async {
+        cluster.object_events().await.into_iter().find(|e| e.channel == 1 && e.frame_ts_ms > since_ms)
+    })
+    .await;
+    assert!(objects.is_some(), "{what}: no object event within 30 s of motion");
+    let file = wait_for(Duration::from_secs(60), || async {
+        cluster.backup_events().await.into_iter().find(|e| e.kind == BackupEventKind::File && e.ts_ms > since_ms)
+    })
+    .await;
+    assert!(file.is_some(), "{what}: no backup file within 60 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_process_rides_out_redis_restarts_with_and_without_its_data() {
+    cctv_common::telemetry::init(None);
+    let tmp = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "{}{}",
+        record_section(tmp.path(), "pre_roll_secs = 3\npost_roll_secs = 3"),
+        yolo_section(tmp.path(), "")
+    );
+    let channels = [channel_with(1, "priority = true\nrecord = \"objects\""), channel_with(2, "")].concat();
+    let cluster = Cluster::with_redis(Redis::start_persistent(), &channels, 8, &extra);
+    let mut cluster = cluster;
+    // Workers walk through every 19 s or so.
+    let clip = cluster.path("cycle.mp4");
+    cctv_testkit::make_clip(&cctv_testkit::media("worker-zone-detection.gif"), &clip, 1, 6.0, 8.0);
+    let _p1 = Pusher::start(&clip, &cluster.nginx.live_url(), "ch1");
+    let _p2 = Pusher::start(&clip, &cluster.nginx.live_url(), "ch2");
+    let mut procs = Procs(
+        ["scheduler", "worker-motion", "worker-yolo", "worker-record"]
+            .into_iter()
+            .map(|bin| (bin, cluster.spawn(workspace_bin(bin).to_str().unwrap(), &["run"])))
+            .collect(),
+    );
+    cluster_works_again(&cluster, 0, "before any fault").await;
+
+    // 1. kill -9 while a recording is open; back 5 s later with its data (AOF).
+    let store = RecordingStore::new(cluster.conn_manager().await, cluster.keys.clone());
+    let open = wait_for(Duration::from_secs(60), || async {
+        store.active(2).await.ok().flatten().filter(|v| v.rec.state == RecordingState::Open).map(|v| v.rec.id)
+    })
+    .await
+    .expect("a recording opens on channel 2");
+    cluster.redis.kill();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    procs.assert_alive("while Redis was down");
+    cluster.redis.restart();
+    let back = now_ms();
+    cluster_works_again(&cluster, back, "after a restart with data").await;
+    procs.assert_alive("after a restart with data");
+    let store = RecordingStore::new(cluster.conn_manager().await, cluster.keys.clone());
+    let finished = wait_for(Duration::from_secs(60), || async {
+        store.get(&open).await.ok().flatten().filter(|v| v.rec.state == RecordingState::Closed)
+    })
+    .await;
+    assert!(finished.is_some(), "recording {open}, open when Redis died, was never finished");
+    let files = cluster.backup_events().await;
+    assert!(
+        files.iter().any(|e| e.recording == open && e.kind == BackupEventKind::File),
+        "recording {open} has no file: {files:?}"
+    );
+
+    // 2. A replacement server with no data: the scheduler re-plans, the workers claim again.
+    cluster.redis.kill();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    cluster.redis.restart_empty();
+    let back = now_ms();
+    cluster_works_again(&cluster, back, "after a restart without data").await;
+    procs.assert_alive("after a restart without data");
+}
