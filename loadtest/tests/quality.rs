@@ -1,6 +1,6 @@
 //! `loadtest quality --quick` on real servers: scripted real footage (an empty room, a person who
-//! walks in, stands still 12 s, leaves, and comes back after 4 s; an OSD clock; the lights going
-//! down) through the whole cluster, scored from the backup files' frames against YOLO ground
+//! walks in, stands still 12 s, leaves, passes through again after 4 s, and comes back 3 s later
+//! to stand 10 s; an OSD clock; the lights going down) through the whole cluster, scored from the backup files' frames against YOLO ground
 //! truth. Every target of docs/quality.md must hold on both policies.
 
 #[test]

@@ -52,8 +52,7 @@ async fn every_process_rides_out_redis_restarts_with_and_without_its_data() {
         yolo_section(tmp.path(), "")
     );
     let channels = [channel_with(1, "priority = true\nrecord = \"objects\""), channel_with(2, "")].concat();
-    let cluster = Cluster::with_redis(Redis::start_persistent(), &channels, 8, &extra);
-    let mut cluster = cluster;
+    let mut cluster = Cluster::with_redis(Redis::start_persistent(), &channels, 8, &extra);
     // Workers walk through every 19 s or so.
     let clip = cluster.path("cycle.mp4");
     cctv_testkit::make_clip(&cctv_testkit::media("worker-zone-detection.gif"), &clip, 1, 6.0, 8.0);
@@ -81,17 +80,15 @@ async fn every_process_rides_out_redis_restarts_with_and_without_its_data() {
     let back = now_ms();
     cluster_works_again(&cluster, back, "after a restart with data").await;
     procs.assert_alive("after a restart with data");
-    let store = RecordingStore::new(cluster.conn_manager().await, cluster.keys.clone());
-    let finished = wait_for(Duration::from_secs(60), || async {
-        store.get(&open).await.ok().flatten().filter(|v| v.rec.state == RecordingState::Closed)
+    // The recording open when Redis died is finished: a file, then closed in the store.
+    let file = wait_for(Duration::from_secs(60), || async {
+        cluster.backup_events().await.into_iter().find(|e| e.recording == open && e.kind == BackupEventKind::File)
     })
     .await;
-    assert!(finished.is_some(), "recording {open}, open when Redis died, was never finished");
-    let files = cluster.backup_events().await;
-    assert!(
-        files.iter().any(|e| e.recording == open && e.kind == BackupEventKind::File),
-        "recording {open} has no file: {files:?}"
-    );
+    assert!(file.is_some(), "recording {open}, open when Redis died, has no file");
+    let store = RecordingStore::new(cluster.conn_manager().await, cluster.keys.clone());
+    let state = store.get(&open).await.unwrap().map(|v| v.rec.state);
+    assert_eq!(state, Some(RecordingState::Closed), "recording {open}");
 
     // 2. A replacement server with no data: the scheduler re-plans, the workers claim again.
     cluster.redis.kill();
