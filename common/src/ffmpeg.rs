@@ -36,6 +36,56 @@ pub enum FfmpegError {
     Failed { label: String, message: String, tail: String },
 }
 
+/// Runs `ffprobe <args> <path>` and returns what it printed. It is killed after `timeout`: a
+/// file on a storage that hangs (a dead network mount) must not hold a worker thread forever.
+pub fn ffprobe(args: &[&str], path: &std::path::Path, timeout: Duration) -> Result<String, FfmpegError> {
+    use std::io::Read;
+    let label = format!("ffprobe {}", path.display());
+    let mut child = std::process::Command::new("ffprobe")
+        .args(args)
+        .arg(path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| FfmpegError::Spawn { label: label.clone(), source })?;
+    // Drained on their own threads: a full pipe would stall ffprobe.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let err = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let (out, err) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
+    let tail = redact_text(String::from_utf8_lossy(&err).trim()).into_owned();
+    match status {
+        None => Err(FfmpegError::Failed {
+            label,
+            message: format!("no answer within {} s; killed", timeout.as_secs()),
+            tail,
+        }),
+        Some(s) if !s.success() => Err(FfmpegError::Exited { label, status: s.to_string(), tail }),
+        Some(_) => Ok(String::from_utf8_lossy(&out).into_owned()),
+    }
+}
+
 /// Size of a raw video output stream, parsed from ffmpeg's log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VideoSize {
@@ -258,6 +308,20 @@ fn drain_stderr(stderr: std::process::ChildStderr, shared: &Shared, label: &str)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ffprobe_that_hangs_is_killed_and_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // A FIFO nobody writes to: ffprobe blocks opening it, as on a dead network mount.
+        let fifo = dir.path().join("stuck.ts");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let started = Instant::now();
+        let err = ffprobe(&["-v", "error"], &fifo, Duration::from_secs(1)).unwrap_err().to_string();
+        assert!(err.contains("stuck.ts") && err.contains("no answer within 1 s"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(20), "not killed");
+        let missing = ffprobe(&["-v", "error"], &dir.path().join("missing.mp4"), Duration::from_secs(10));
+        assert!(missing.unwrap_err().to_string().contains("No such file"));
+    }
 
     #[test]
     fn failure_carries_redacted_stderr_tail() {

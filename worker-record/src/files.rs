@@ -8,7 +8,7 @@
 use std::fs::File;
 use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::time::Duration;
 
 use cctv_common::config::Container;
 use cctv_common::ffmpeg::{self, FfmpegProcess};
@@ -124,18 +124,27 @@ impl Probe {
     }
 }
 
+/// The longest an ffprobe of a backup file may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// ffprobe's view of a file's first video stream and duration.
 pub fn probe(path: &Path) -> Result<Probe, String> {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "v:0"])
-        .args(["-show_entries", "stream=codec_name,width,height:format=duration:format_tags=title", "-of", "json"])
-        .arg(path)
-        .output()
-        .map_err(|e| format!("cannot run ffprobe: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("ffprobe: {}", String::from_utf8_lossy(&out.stderr).trim()));
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("ffprobe output: {e}"))?;
+    let out = ffmpeg::ffprobe(
+        &[
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=codec_name,width,height:format=duration:format_tags=title",
+            "-of",
+            "json",
+        ],
+        path,
+        PROBE_TIMEOUT,
+    )
+    .map_err(|e| e.to_string())?;
+    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| format!("ffprobe output: {e}"))?;
     let s = v["streams"].get(0).ok_or("no video stream")?;
     Ok(Probe {
         codec: s["codec_name"].as_str().unwrap_or("?").to_string(),
@@ -148,11 +157,9 @@ pub fn probe(path: &Path) -> Result<Probe, String> {
 
 /// True when the file has an audio stream with a sample rate (a real one).
 fn has_audio(path: &Path) -> bool {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "a", "-show_entries", "stream=sample_rate", "-of", "csv=p=0"])
-        .arg(path)
-        .output();
-    out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim().parse::<u32>().is_ok_and(|r| r > 0)))
+    let args = ["-v", "error", "-select_streams", "a", "-show_entries", "stream=sample_rate", "-of", "csv=p=0"];
+    ffmpeg::ffprobe(&args, path, PROBE_TIMEOUT)
+        .is_ok_and(|o| o.lines().any(|l| l.trim().parse::<u32>().is_ok_and(|r| r > 0)))
 }
 
 /// The final file name: the seed's `Channel<id>_<YYYY-MM-DD_HH-MM-SS>.<ext>`, with `_2`, `_3`,

@@ -448,8 +448,18 @@ impl<'a> Recorder<'a> {
                     }
                 }
             }
-            let spool = self.spool.as_mut().expect("spool just created");
-            if let Err(e) = spool.append(&data, f.start_ms, f.end_ms()) {
+            // A write can block on a slow or full disk: off the async threads, which also
+            // serve the lease and the other recordings.
+            let mut spool = self.spool.take().expect("spool just created");
+            let (start_ms, end_ms, len) = (f.start_ms, f.end_ms(), data.len());
+            let (spool, appended) = tokio::task::spawn_blocking(move || {
+                let r = spool.append(&data, start_ms, end_ms);
+                (spool, r)
+            })
+            .await
+            .map_err(|e| HlsError::Http { url: f.url.clone(), message: format!("spool writer: {e}") })?;
+            let spool = self.spool.insert(spool);
+            if let Err(e) = appended {
                 // Typically ENOSPC: the spool was cut back to its last whole fragment; ask for
                 // rotation now and take this fragment again next round (it is still buffered).
                 self.ctx.storage.rotate_now.notify_one();
@@ -462,7 +472,7 @@ impl<'a> Recorder<'a> {
                 }
                 return Ok(taken);
             }
-            self.ctx.storage.written.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            self.ctx.storage.written.fetch_add(len as u64, std::sync::atomic::Ordering::Relaxed);
             self.last_taken_ms = Some(f.start_ms);
             self.taken_end_ms = f.end_ms();
             taken += 1;
