@@ -168,11 +168,16 @@ impl Nginx {
         };
         std::fs::create_dir_all(dir.path().join("hls")).expect("hls dir");
         std::fs::write(dir.path().join("nginx.conf"), conf.render()).expect("writing nginx.conf");
+        let child = Self::spawn(dir.path(), rtmp_port, http_port);
+        Self { rtmp_port, http_port, dir, _child: child }
+    }
+
+    fn spawn(dir: &Path, rtmp_port: u16, http_port: u16) -> KillOnDrop {
         let child = Command::new("nginx")
             .arg("-p")
-            .arg(dir.path())
+            .arg(dir)
             .arg("-c")
-            .arg(dir.path().join("nginx.conf"))
+            .arg(dir.join("nginx.conf"))
             .args(["-e", "stderr"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -181,7 +186,17 @@ impl Nginx {
         let child = KillOnDrop(child);
         wait_for_port(rtmp_port, Duration::from_secs(10), "nginx-rtmp");
         wait_for_port(http_port, Duration::from_secs(10), "nginx http");
-        Self { rtmp_port, http_port, dir, _child: child }
+        child
+    }
+
+    /// Stops it (SIGTERM: nginx's fast shutdown, which also ends its worker processes), then
+    /// `down` later starts the same server again on the same ports (a container restart).
+    pub fn restart(&mut self, down: Duration) {
+        let pid = nix::unistd::Pid::from_raw(self._child.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self._child.0.wait();
+        std::thread::sleep(down);
+        self._child = Self::spawn(self.dir.path(), self.rtmp_port, self.http_port);
     }
 
     pub fn pid(&self) -> u32 {

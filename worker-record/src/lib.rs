@@ -350,7 +350,11 @@ impl<'a> Recorder<'a> {
                 last_progress = Instant::now();
             }
             if last_progress.elapsed() > stall {
-                let msg = format!("no new video for {} s; recording closed with what it had", stall.as_secs());
+                let msg = format!(
+                    "gap in the stream: no new video for {} s (camera, relay or RTMP server down?); recording \
+                     closed with what it had, later activity starts a new one",
+                    stall.as_secs()
+                );
                 if !closed {
                     self.close(Some(msg.clone())).await?;
                 }
