@@ -119,6 +119,62 @@ pub struct Sample {
     /// started, MiB: an independent check of the PSS total (cameras and the load test included).
     #[serde(default)]
     pub machine_used_above_idle_mib: f64,
+    /// Open file descriptors per component (`/proc/<pid>/fd`).
+    #[serde(default)]
+    pub fds: BTreeMap<String, usize>,
+}
+
+/// How one component's footprint moved over a stage: the average of its first samples after
+/// warm-up against that of its last ones (a soak run's leak check).
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct Drift {
+    pub rss_start_mib: f64,
+    pub rss_end_mib: f64,
+    pub pss_start_mib: f64,
+    pub pss_end_mib: f64,
+    pub fds_start: f64,
+    pub fds_end: f64,
+    /// The largest of the RSS, PSS and fd growths, %.
+    pub growth_percent: f64,
+}
+
+/// Samples averaged at each end of a stage for [`Drift`].
+const DRIFT_SAMPLES: usize = 10;
+
+fn drift(samples: &[Sample]) -> BTreeMap<String, Drift> {
+    let n = DRIFT_SAMPLES.min(samples.len() / 2);
+    if n == 0 {
+        return BTreeMap::new();
+    }
+    let (first, last) = (&samples[..n], &samples[samples.len() - n..]);
+    let mean = |set: &[Sample], f: &dyn Fn(&Sample) -> f64| set.iter().map(f).sum::<f64>() / set.len() as f64;
+    let growth = |a: f64, b: f64| if a > 0.0 { (b - a) / a * 100.0 } else { 0.0 };
+    let mut out = BTreeMap::new();
+    for c in samples[0].rss_mib.keys() {
+        let rss = |s: &Sample| s.rss_mib.get(c).copied().unwrap_or(0.0);
+        let pss = |s: &Sample| s.pss_mib.get(c).copied().unwrap_or(0.0);
+        let fds = |s: &Sample| s.fds.get(c).copied().unwrap_or(0) as f64;
+        let mut d = Drift {
+            rss_start_mib: mean(first, &rss),
+            rss_end_mib: mean(last, &rss),
+            pss_start_mib: mean(first, &pss),
+            pss_end_mib: mean(last, &pss),
+            fds_start: mean(first, &fds),
+            fds_end: mean(last, &fds),
+            growth_percent: 0.0,
+        };
+        d.growth_percent = growth(d.rss_start_mib, d.rss_end_mib)
+            .max(growth(d.pss_start_mib, d.pss_end_mib))
+            .max(growth(d.fds_start, d.fds_end));
+        out.insert(c.clone(), d);
+    }
+    let redis = |s: &Sample| s.redis_used_mib;
+    let (a, b) = (mean(first, &redis), mean(last, &redis));
+    out.insert(
+        "redis used_memory".into(),
+        Drift { rss_start_mib: a, rss_end_mib: b, growth_percent: growth(a, b), ..Drift::default() },
+    );
+    out
 }
 
 /// Percentiles of a latency list, ms.
@@ -188,6 +244,9 @@ pub struct StageReport {
     pub dead_processes: Vec<String>,
     pub stable: bool,
     pub problems: Vec<String>,
+    /// Footprint at the start and end of the stage, per component (after warm-up).
+    #[serde(default)]
+    pub drift: BTreeMap<String, Drift>,
 }
 
 /// The whole run.
@@ -524,6 +583,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             let carried_pss = stage_samples.last().filter(|_| stage_samples.len() % PSS_EVERY != 0);
             let read_pss = carried_pss.is_none();
             let mut processes: BTreeMap<String, usize> = BTreeMap::new();
+            let mut fds: BTreeMap<String, usize> = BTreeMap::new();
             // Threads are listed as tasks of their process: count processes only.
             for (pid, p) in sys.processes().iter().filter(|(_, p)| p.thread_kind().is_none()) {
                 if let Some(c) = component_of(*pid, &sys, &roots) {
@@ -534,6 +594,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                         *pss.entry(c.clone()).or_default() += pss_kib(pid.as_u32()) / 1024.0;
                     }
                     *processes.entry(c.clone()).or_default() += 1;
+                    *fds.entry(c.clone()).or_default() +=
+                        std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
                     *rss.entry(c).or_default() += p.memory() as f64 / 1048576.0;
                 }
             }
@@ -565,6 +627,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                 yolo_waiting: waiting,
                 processes,
                 machine_used_above_idle_mib: machine_used_mib() - idle_used_mib,
+                fds,
             };
             if let Some(b) = &bar {
                 let total: f64 = s.cpu.iter().filter(|(k, _)| !k.starts_with("cameras")).map(|(_, v)| v).sum();
@@ -610,6 +673,10 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             }
             m
         };
+        let warmup = WARMUP_SECS.min(opts.hold.as_secs() / 3) as f64;
+        let stage_t0 = stage_samples.first().map_or(0.0, |s| s.t_secs);
+        let after_warmup: Vec<Sample> =
+            stage_samples.iter().filter(|s| s.t_secs - stage_t0 >= warmup).cloned().collect();
         let cpu = avg(&|s| &s.cpu);
         let rss = avg(&|s| &s.rss_mib);
         let pss = avg(&|s| &s.pss_mib);
@@ -684,6 +751,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             dead_processes: dead,
             stable: problems.is_empty(),
             problems,
+            drift: drift(&after_warmup),
         };
         eprintln!(
             "stage {n}: cluster CPU {:.1} % of the machine, RSS {:.0} MiB (PSS {:.0} MiB), frames dropped {:.2} %, motion p95 {:?} ms, {}",
@@ -825,6 +893,28 @@ Recorder disk writes: what worker-record and its ffmpeg/ffprobe children sent to
 pages deleted before writeback), from `/proc/<pid>/io`. \
 Motion latency: decoded frame → event on the Redis stream. YOLO latency: frame → object event. Record start: trigger → first \
 fragment written. Plots: `cpu.png`, `ram.png` (RSS), `pss.png`, `latency.png`.\n";
+    // The leak check, for stages long enough to mean something (a soak run).
+    for s in r.stages.iter().filter(|s| s.seconds >= 600.0 && !s.drift.is_empty()) {
+        md += &format!(
+            "\n## Drift over the {}-channel stage ({:.0} s)\n\nAverage of the first and last {DRIFT_SAMPLES} samples \
+             after warm-up; growth is the largest of RSS, PSS and open fds (Redis: used_memory).\n\n\
+             | component | RSS MiB start → end | PSS MiB start → end | open fds start → end | growth |\n\
+             | --- | --- | --- | --- | --- |\n",
+            s.channels, s.seconds
+        );
+        for (c, d) in &s.drift {
+            md += &format!(
+                "| {c} | {:.0} → {:.0} | {:.0} → {:.0} | {:.0} → {:.0} | {:+.1} % |\n",
+                d.rss_start_mib,
+                d.rss_end_mib,
+                d.pss_start_mib,
+                d.pss_end_mib,
+                d.fds_start,
+                d.fds_end,
+                d.growth_percent
+            );
+        }
+    }
     std::fs::write(dir.join("report.md"), md)?;
     plot::plots(r, dir)?;
     Ok(())

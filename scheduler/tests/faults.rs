@@ -66,7 +66,8 @@ async fn every_process_rides_out_redis_restarts_with_and_without_its_data() {
     );
     cluster_works_again(&cluster, 0, "before any fault").await;
 
-    // 1. kill -9 while a recording is open; back 5 s later with its data (AOF).
+    // 1. kill -9 while a recording is open; back 20 s later with its data (AOF). Workers walk
+    // through meanwhile (the clip cycles in under 20 s).
     let store = RecordingStore::new(cluster.conn_manager().await, cluster.keys.clone());
     let open = wait_for(Duration::from_secs(60), || async {
         store.active(2).await.ok().flatten().filter(|v| v.rec.state == RecordingState::Open).map(|v| v.rec.id)
@@ -74,11 +75,27 @@ async fn every_process_rides_out_redis_restarts_with_and_without_its_data() {
     .await
     .expect("a recording opens on channel 2");
     cluster.redis.kill();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let down = now_ms();
+    tokio::time::sleep(Duration::from_secs(20)).await;
     procs.assert_alive("while Redis was down");
     cluster.redis.restart();
     let back = now_ms();
     cluster_works_again(&cluster, back, "after a restart with data").await;
+    // Motion during the outage reaches the scheduler afterwards and is backed up from the HLS
+    // buffer.
+    let during = cluster
+        .motion_events()
+        .await
+        .into_iter()
+        .find(|e| e.channel == 2 && e.kind == MotionEventKind::Start && (down..back).contains(&e.ts_ms));
+    let during = during.expect("the motion that started while Redis was down is published once it is back");
+    let covered = wait_for(Duration::from_secs(60), || async {
+        cluster.backup_events().await.into_iter().find(|e| {
+            e.channel == 2 && e.kind == BackupEventKind::File && (e.start_ms..=e.end_ms).contains(&during.ts_ms)
+        })
+    })
+    .await;
+    assert!(covered.is_some(), "no backup covers the motion at {} (during the outage)", during.ts_ms);
     procs.assert_alive("after a restart with data");
     // The recording open when Redis died is finished: a file, then closed in the store.
     let file = wait_for(Duration::from_secs(60), || async {

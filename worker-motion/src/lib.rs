@@ -4,12 +4,14 @@
 //! A batch is held under a Redis lease (`<ns>:motion:lease:<batch>`) on top of apalis' own
 //! claim, so a batch is never processed twice at once, even if apalis handed a slow worker's job
 //! to another one. Motion events go to `<ns>:events:motion` and the motion log; channel status
-//! to `<ns>:status:channel:<id>` with a TTL.
+//! to `<ns>:status:channel:<id>` with a TTL. Events that cannot reach Redis (it is down) wait in
+//! an outbox and are published, in order, before anything newer once it is back: the scheduler
+//! then makes their recordings from the HLS buffer, as far back as it reaches.
 
 pub mod channel;
 pub mod detector;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +39,8 @@ const SUPERVISE_EVERY: Duration = Duration::from_secs(2);
 const STATUS_TTL_SECS: u64 = 10;
 /// Motion events kept on the stream (approximate trim).
 const EVENTS_MAXLEN: usize = 100_000;
+/// Motion events held while Redis is unreachable (the oldest give way; all are in the motion log).
+const OUTBOX_MAX: usize = 10_000;
 
 /// Everything a motion job needs besides the job itself.
 #[derive(Clone)]
@@ -49,6 +53,22 @@ struct Ctx {
     held: heartbeat::Held,
     yolo: Queue<YoloJob>,
     yolo_max_queue: u64,
+    /// Encoded motion events not yet on the stream, oldest first. Locked for the whole of a
+    /// publication, so events of all batches reach the stream in the order they happened.
+    outbox: Arc<tokio::sync::Mutex<VecDeque<String>>>,
+    watchers: Watchers,
+}
+
+/// The batches this worker watches, by batch id. A watcher is a task of its own that outlives
+/// the apalis job that started it — apalis drops its jobs when it loses Redis, and motion
+/// detection must go on meanwhile — and a later delivery of the same batch and plan attaches to
+/// it instead of starting the channels again.
+type Watchers = Arc<std::sync::Mutex<HashMap<String, Watcher>>>;
+
+#[derive(Clone)]
+struct Watcher {
+    plan: String,
+    done: tokio::sync::watch::Receiver<Option<Release>>,
 }
 
 /// Runs a motion worker until `shutdown` is cancelled: batches in hand are handed back.
@@ -68,6 +88,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         held: Arc::default(),
         yolo: Queue::new(conn.clone(), &keys, &config.queue),
         yolo_max_queue: config.yolo.max_queue,
+        outbox: Arc::default(),
+        watchers: Arc::default(),
     };
     tracing::info!(worker = %worker, concurrency = config.worker_motion.concurrency, "motion worker started");
 
@@ -80,6 +102,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             hold_batch(handler_ctx.clone(), job, meta)
         })
         .await;
+    // Watchers whose job apalis dropped (during a Redis outage) end on the same shutdown; let
+    // them hand their batches back and flush their last events.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !ctx.watchers.lock().unwrap_or_else(|e| e.into_inner()).is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     heartbeat.abort();
     heartbeat::remove(&mut ctx.conn.clone(), &keys, &worker).await;
     let message = match &result {
@@ -92,6 +120,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 }
 
 /// Why a batch stopped being held.
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum Release {
     PlanChanged,
     Shutdown,
@@ -104,45 +133,98 @@ async fn hold_batch(ctx: Ctx, job: MotionJob, meta: JobMeta) -> Result<(), JobEr
         if job.channels.is_empty() {
             return Err(JobError::Permanent(format!("batch {} has no channels", job.batch)));
         }
-        let mut conn = ctx.conn.clone();
-        // Wait for the lease: another worker may still hold this batch (a stalled worker whose
-        // job apalis already re-queued).
-        loop {
-            if !plan_is_current(&mut conn, &ctx.keys, &job.plan).await? {
-                tracing::info!("job belongs to an old plan; ending it");
-                return Ok(());
+        let running = ctx.watchers.lock().unwrap_or_else(|e| e.into_inner()).get(&job.batch).cloned();
+        let done = match running.filter(|w| w.plan == job.plan) {
+            Some(w) => {
+                tracing::info!("batch already watched here (its job was lost with Redis); attaching");
+                w.done
             }
-            if acquire_lease(&mut conn, &ctx.keys, &job.batch, &ctx.worker).await? {
-                break;
+            None => {
+                if !take_lease(&ctx, &job).await? {
+                    tracing::info!("job belongs to an old plan; ending it");
+                    return Ok(());
+                }
+                start_watcher(&ctx, job.clone(), meta.clone(), tracing::Span::current())
             }
-            tokio::select! {
-                biased;
-                _ = ctx.shutdown.cancelled() => return Err(JobError::Transient("worker shutting down before the batch lease was free".into())),
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
+        };
+        match wait_release(done).await {
+            Release::PlanChanged => Ok(()),
+            Release::Shutdown => Err(JobError::Transient("worker shut down; batch handed back to the queue".into())),
+            Release::LeaseLost => Err(JobError::Transient("batch lease lost".into())),
         }
+    };
+    tracing::Instrument::instrument(inner, span).await
+}
+
+/// Waits for the batch lease: another worker may still hold this batch (a stalled worker whose
+/// job apalis already re-queued). False when the job belongs to an old plan.
+async fn take_lease(ctx: &Ctx, job: &MotionJob) -> Result<bool, JobError> {
+    let mut conn = ctx.conn.clone();
+    loop {
+        if !plan_is_current(&mut conn, &ctx.keys, &job.plan).await? {
+            return Ok(false);
+        }
+        if acquire_lease(&mut conn, &ctx.keys, &job.batch, &ctx.worker).await? {
+            return Ok(true);
+        }
+        tokio::select! {
+            biased;
+            _ = ctx.shutdown.cancelled() => return Err(JobError::Transient("worker shutting down before the batch lease was free".into())),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Starts watching the batch (lease taken) on a task of its own; returns where its release
+/// will be announced.
+fn start_watcher(
+    ctx: &Ctx,
+    job: MotionJob,
+    meta: JobMeta,
+    span: tracing::Span,
+) -> tokio::sync::watch::Receiver<Option<Release>> {
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let watcher = Watcher { plan: job.plan.clone(), done: rx.clone() };
+    ctx.watchers.lock().unwrap_or_else(|e| e.into_inner()).insert(job.batch.clone(), watcher);
+    let ctx = ctx.clone();
+    let task = async move {
         ctx.held.lock().unwrap_or_else(|e| e.into_inner()).push(job.batch.clone());
         tracing::info!(channels = ?job.channels.iter().map(|c| c.id).collect::<Vec<_>>(), "holding batch");
         let release = watch_batch(&ctx, &job, &meta).await;
         ctx.held.lock().unwrap_or_else(|e| e.into_inner()).retain(|b| b != &job.batch);
+        let mut conn = ctx.conn.clone();
         match release {
             Release::PlanChanged => {
                 release_lease(&mut conn, &ctx.keys, &job.batch, &ctx.worker).await;
                 tracing::info!("plan changed; batch released");
-                Ok(())
             }
             Release::Shutdown => {
                 release_lease(&mut conn, &ctx.keys, &job.batch, &ctx.worker).await;
                 tracing::info!("worker shutting down; batch handed back");
-                Err(JobError::Transient("worker shut down; batch handed back to the queue".into()))
             }
-            Release::LeaseLost => {
-                tracing::warn!("batch lease lost (this worker was presumed dead); stopping");
-                Err(JobError::Transient("batch lease lost".into()))
-            }
+            Release::LeaseLost => tracing::warn!("batch lease lost (another worker holds it); stopping"),
         }
+        let mut watchers = ctx.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        if watchers.get(&job.batch).is_some_and(|w| w.plan == job.plan) {
+            watchers.remove(&job.batch);
+        }
+        drop(watchers);
+        let _ = tx.send(Some(release));
     };
-    tracing::Instrument::instrument(inner, span).await
+    tokio::spawn(tracing::Instrument::instrument(task, span));
+    rx
+}
+
+async fn wait_release(mut done: tokio::sync::watch::Receiver<Option<Release>>) -> Release {
+    loop {
+        if let Some(r) = *done.borrow_and_update() {
+            return r;
+        }
+        if done.changed().await.is_err() {
+            // The watcher task is gone without a word (it panicked): its lease expires.
+            return Release::LeaseLost;
+        }
+    }
 }
 
 /// Runs the channels of the batch until the plan changes, the worker shuts down or the lease is
@@ -161,6 +243,7 @@ async fn watch_batch(ctx: &Ctx, job: &MotionJob, meta: &JobMeta) -> Release {
     let mut frames_at_last_tick: HashMap<u32, (u64, i64)> = HashMap::new();
     let mut published: HashMap<u32, Published> = HashMap::new();
     let store = RecordingStore::new(ctx.conn.clone(), ctx.keys.clone());
+    let mut lease_failing = false;
     let release = loop {
         tokio::select! {
             // The tick first: a steady flow of messages must never starve the lease renewal
@@ -169,15 +252,31 @@ async fn watch_batch(ctx: &Ctx, job: &MotionJob, meta: &JobMeta) -> Release {
             _ = ctx.shutdown.cancelled() => break Release::Shutdown,
             _ = tick.tick() => {
                 match renew_lease(&mut conn, &ctx.keys, &job.batch, &ctx.worker).await {
-                    Ok(true) => {}
-                    Ok(false) => break Release::LeaseLost,
-                    Err(e) => tracing::warn!(error = %e, "cannot renew batch lease; will retry"),
+                    Ok(true) => lease_failing = false,
+                    // Expired while Redis was away (or Redis came back empty): take it back
+                    // unless another worker has it by now.
+                    Ok(false) => match acquire_lease(&mut conn, &ctx.keys, &job.batch, &ctx.worker).await {
+                        Ok(true) => {
+                            tracing::info!("batch lease taken back after a Redis outage");
+                            lease_failing = false;
+                        }
+                        Ok(false) => break Release::LeaseLost,
+                        Err(e) => tracing::debug!(error = %e, "cannot take the batch lease back; will retry"),
+                    },
+                    Err(e) => {
+                        if !lease_failing {
+                            tracing::warn!(error = %e, "cannot renew batch lease (Redis unavailable?); watching on, will retry");
+                        }
+                        lease_failing = true;
+                    }
                 }
                 match plan_is_current(&mut conn, &ctx.keys, &job.plan).await {
                     Ok(false) => break Release::PlanChanged,
                     Ok(true) => {}
                     Err(e) => tracing::warn!(error = %e, "cannot read the plan; will retry"),
                 }
+                // Events held during an outage go out before the status that counts them.
+                publish_motion(ctx, &mut conn, None).await;
                 for ch in &channels {
                     ch.shared.check_stall(stall, ch.started_ms.load(std::sync::atomic::Ordering::Relaxed));
                     let p = published.get(&ch.shared.id).cloned().unwrap_or_default();
@@ -250,18 +349,46 @@ async fn publish_event(
         Ok(j) => j,
         Err(e) => return tracing::error!(error = %e, "cannot encode motion event"),
     };
-    let r: Result<String, _> = conn
-        .xadd_maxlen(
-            ctx.keys.motion_events(),
-            redis::streams::StreamMaxlen::Approx(EVENTS_MAXLEN),
-            "*",
-            &[("data", json.as_str())],
-        )
-        .await;
-    if let Err(e) = r {
-        tracing::error!(channel, error = %e, "cannot publish motion event to redis (kept in the motion log)");
-    }
+    publish_motion(ctx, conn, Some(json.clone())).await;
     ctx.log.append(&json);
+}
+
+/// Publishes the outbox, oldest first, then `event` (encoded); what cannot be published stays
+/// in the outbox for the next call. The outage is logged when it starts and when it ends.
+async fn publish_motion(ctx: &Ctx, conn: &mut ConnectionManager, event: Option<String>) {
+    let mut outbox = ctx.outbox.lock().await;
+    let was_held = outbox.len();
+    if let Some(json) = event {
+        if outbox.len() >= OUTBOX_MAX {
+            outbox.pop_front();
+            tracing::warn!(kept = OUTBOX_MAX, "motion outbox full; the oldest event is only in the motion log");
+        }
+        outbox.push_back(json);
+    }
+    while let Some(json) = outbox.front() {
+        let r: Result<String, _> = conn
+            .xadd_maxlen(
+                ctx.keys.motion_events(),
+                redis::streams::StreamMaxlen::Approx(EVENTS_MAXLEN),
+                "*",
+                &[("data", json.as_str())],
+            )
+            .await;
+        match r {
+            Ok(_) => {
+                outbox.pop_front();
+            }
+            Err(e) => {
+                if was_held == 0 {
+                    tracing::error!(error = %e, "cannot publish motion events to redis; holding them (also in the motion log)");
+                }
+                return;
+            }
+        }
+    }
+    if was_held > 0 {
+        tracing::info!(events = was_held, "redis is back; motion events held during the outage published");
+    }
 }
 
 /// Queues a frame for YOLO unless the queue is already full (YOLO slower than the cameras):
