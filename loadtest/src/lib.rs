@@ -485,13 +485,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             &logs.join(format!("motion-{w}.log")),
         )?);
     }
-    // The ONNX Runtime library install-deps puts in .ort/, unless ORT_DYLIB_PATH says otherwise.
-    if std::env::var_os("ORT_DYLIB_PATH").is_none() {
-        let local = std::path::Path::new(".ort/libonnxruntime.so.1.32.0");
-        if local.is_file() {
-            std::env::set_var("ORT_DYLIB_PATH", std::fs::canonicalize(local)?);
-        }
-    }
+    default_ort_path()?;
     workers.push(Proc::spawn(
         "worker-yolo",
         &workspace_bin("worker-yolo")?,
@@ -771,6 +765,17 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let report = Report { machine: machine(), started: format!("{}", now_ms()), stages, samples };
     write_report(&report, &opts.report_dir)?;
     Ok(report)
+}
+
+/// The ONNX Runtime library install-deps puts in .ort/, unless ORT_DYLIB_PATH says otherwise.
+fn default_ort_path() -> anyhow::Result<()> {
+    if std::env::var_os("ORT_DYLIB_PATH").is_none() {
+        let local = Path::new(".ort/libonnxruntime.so.1.32.0");
+        if local.is_file() {
+            std::env::set_var("ORT_DYLIB_PATH", std::fs::canonicalize(local)?);
+        }
+    }
+    Ok(())
 }
 
 /// The run's working directory (config, backups, process logs): a temp dir, not the report.

@@ -653,12 +653,7 @@ pub async fn quality(opts: QualityOptions) -> anyhow::Result<QualityReport> {
     let cfg = work.join("cctv.toml");
     std::fs::write(&cfg, config_text(&redis, &nginx, &work, &channels))?;
     let config = cctv_common::config::Config::load(&cfg)?;
-    if std::env::var_os("ORT_DYLIB_PATH").is_none() {
-        let local = Path::new(".ort/libonnxruntime.so.1.32.0");
-        if local.is_file() {
-            std::env::set_var("ORT_DYLIB_PATH", std::fs::canonicalize(local)?);
-        }
-    }
+    crate::default_ort_path()?;
     eprintln!("preparing scenes and their ground truth in {} (first run only)...", opts.cache_dir.display());
     let clips: Vec<SceneClips> =
         scenes.iter().map(|s| prepare_scene(s, &opts.cache_dir, &cfg)).collect::<Result<_, _>>()?;
