@@ -186,6 +186,13 @@ pub fn yolo_section(dir: &Path, fields: &str) -> String {
     )
 }
 
+/// How far a backup's reported end may fall short of the instant it was asked to cover up to.
+/// nginx names each HLS fragment by its clock when it opens the fragment, while durations come
+/// from the stream's timestamps, so one fragment's end and the next one's start differ by a few
+/// ms (more on a loaded machine); the fragment that starts at or after the end belongs to the
+/// next recording. Far below one GOP: no video is missing.
+pub const FRAGMENT_CLOCK_SLACK_MS: i64 = 500;
+
 /// A `[record]` section writing backups under `dir/backups` (UTC names), plus `fields`.
 pub fn record_section(dir: &Path, fields: &str) -> String {
     format!("[record]\nbackup_dir = \"{}\"\ntimezone = \"UTC\"\n{fields}\n", dir.join("backups").display())

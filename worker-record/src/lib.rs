@@ -223,6 +223,12 @@ async fn record(ctx: Ctx, job: RecordJob, meta: JobMeta) -> Result<(), JobError>
     tracing::Instrument::instrument(inner, span).await
 }
 
+/// Is a recording that ends at `end_ms` fully taken: the video taken reaches its end, or the
+/// first fragment not taken starts at or after it (it belongs to whatever comes next)?
+fn video_complete(end_ms: i64, taken_end_ms: i64, next_fragment_ms: Option<i64>) -> bool {
+    taken_end_ms >= end_ms || next_fragment_ms.is_some_and(|n| n >= end_ms)
+}
+
 /// One attempt at one recording.
 struct Recorder<'a> {
     ctx: &'a Ctx,
@@ -235,6 +241,11 @@ struct Recorder<'a> {
     last_taken_ms: Option<i64>,
     /// End of the video taken so far.
     taken_end_ms: i64,
+    /// Start of the first buffered fragment not taken, as of the last complete pass over the
+    /// playlist. Fragment names are nginx's clock and durations the stream's, so one fragment's
+    /// end and the next one's start differ by a few ms: the recording is complete once the next
+    /// fragment starts at or after its end, not only once the taken video reaches it.
+    next_fragment_ms: Option<i64>,
     /// The recording's first instant, and the previous recording's end: fragments that start
     /// before `floor_ms` are in that recording's file.
     start_ms: i64,
@@ -256,6 +267,7 @@ impl<'a> Recorder<'a> {
             spool: None,
             last_taken_ms: None,
             taken_end_ms: 0,
+            next_fragment_ms: None,
             start_ms: job.start_ms,
             floor_ms: 0,
             end_ms: None,
@@ -284,7 +296,7 @@ impl<'a> Recorder<'a> {
 
     /// Is everything that starts before the end taken?
     fn complete(&self) -> bool {
-        self.end_ms.is_some_and(|end| self.taken_end_ms >= end)
+        self.end_ms.is_some_and(|end| video_complete(end, self.taken_end_ms, self.next_fragment_ms))
     }
 
     async fn run(mut self) -> Result<(), JobError> {
@@ -373,7 +385,7 @@ impl<'a> Recorder<'a> {
     /// taken so far; else only once everything before its end is taken and its join window is
     /// over. Returns whether it is closed; a recording that activity extended meanwhile stays open.
     async fn close(&mut self, note: Option<String>) -> Result<bool, JobError> {
-        let (now, rules, taken_end) = (now_ms(), self.ctx.rules, self.taken_end_ms);
+        let (now, rules, taken_end, next) = (now_ms(), self.ctx.rules, self.taken_end_ms, self.next_fragment_ms);
         let mut closed = false;
         let stored = self
             .ctx
@@ -383,7 +395,7 @@ impl<'a> Recorder<'a> {
                     closed = true;
                     return false;
                 }
-                let due = r.closable(now, &rules) && r.end_ms.is_some_and(|e| taken_end >= e);
+                let due = r.closable(now, &rules) && r.end_ms.is_some_and(|e| video_complete(e, taken_end, next));
                 if note.is_none() && !due {
                     return false;
                 }
@@ -409,13 +421,14 @@ impl<'a> Recorder<'a> {
             .map_err(|e| HlsError::Http { url: self.job.playlist_url.clone(), message: e.to_string() })??;
         let (start, floor, end) = (self.start_ms, self.floor_ms, self.end_ms);
         let wanted: Vec<Fragment> = list
-            .into_iter()
+            .iter()
             .filter(|f| match self.last_taken_ms {
                 Some(last) => f.start_ms > last,
                 None => f.end_ms() > start && f.start_ms >= floor,
             })
             // A fragment that starts at or after the end belongs to the next recording, if any.
             .filter(|f| end.is_none_or(|e| f.start_ms < e))
+            .cloned()
             .collect();
         let mut taken = 0;
         for f in wanted {
@@ -484,6 +497,11 @@ impl<'a> Recorder<'a> {
                 // Split here: the next fragment opens the next part, so there is no gap.
                 self.finish_part().await.map_err(|e| HlsError::Http { url: f.url.clone(), message: e.to_string() })?;
             }
+        }
+        // Only once video was taken: a recording whose window holds no fragment at all is a gap,
+        // reported as such by the stall timeout.
+        if let Some(last) = self.last_taken_ms {
+            self.next_fragment_ms = list.iter().map(|f| f.start_ms).filter(|s| *s > last).min();
         }
         Ok(taken)
     }
@@ -576,5 +594,23 @@ impl<'a> Recorder<'a> {
         tracing::info!(file = %path.display(), part, duration_s = probe.duration_secs, size, "backup written");
         publish(self.ctx, &event).await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::video_complete;
+
+    #[test]
+    fn a_recording_is_complete_once_the_next_fragment_starts_at_its_end_though_the_taken_video_falls_short() {
+        // The taken fragment's stream duration ends 2 ms before the recording's end; nginx named
+        // the next fragment 3 ms after it: nothing that starts before the end is missing.
+        assert!(video_complete(411_127, 411_125, Some(411_130)));
+        assert!(video_complete(411_127, 411_125, Some(411_127)));
+        // A fragment that starts before the end is still to be taken.
+        assert!(!video_complete(411_127, 411_125, Some(411_126)));
+        // Nothing buffered after the taken video yet: wait for it.
+        assert!(!video_complete(411_127, 411_125, None));
+        assert!(video_complete(411_127, 411_200, None));
     }
 }
