@@ -150,7 +150,8 @@ pub struct MotionConfig {
     pub stall_timeout_secs: f64,
     /// First retry delay after a channel fails, seconds; doubles up to `retry_max_secs`. Default 1.
     pub retry_initial_secs: f64,
-    /// Longest retry delay, seconds. Default 30.
+    /// Longest retry delay, seconds: a stream back after an outage is watched again within
+    /// this (a retry is one ffmpeg start against the local RTMP server). Default 5.
     pub retry_max_secs: f64,
     /// ffmpeg decode threads per channel. Default 1.
     pub decode_threads: u32,
@@ -181,7 +182,7 @@ impl Default for MotionConfig {
             recalibrate_fraction: 0.6,
             stall_timeout_secs: 20.0,
             retry_initial_secs: 1.0,
-            retry_max_secs: 30.0,
+            retry_max_secs: 5.0,
             decode_threads: 1,
             keyframes_only: false,
             max_hold_secs: 60.0,

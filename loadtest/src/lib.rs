@@ -27,6 +27,9 @@ use serde::Serialize;
 const MOTION_FPS: f64 = 5.0;
 /// Seconds after a stage starts before frames are counted (readers connecting).
 const WARMUP_SECS: u64 = 20;
+/// A channel not analysing this long after the warm-up makes the stage unstable (its frames
+/// before are not counted as dropped).
+const LATE_ONLINE_MS: i64 = 10_000;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -537,7 +540,11 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         } else {
             None
         };
-        let mut frames_at_warmup: Option<(FrameCounts, i64)> = None;
+        // Each channel's frames are counted from its first status after the warm-up that says it
+        // is online and analysing: a count written while it was still connecting would charge
+        // the connecting time as lost frames.
+        let mut warmup_ms: Option<i64> = None;
+        let mut frames_start: FrameCounts = BTreeMap::new();
         let mut stage_samples: Vec<Sample> = Vec::new();
         let mut dead = Vec::new();
         let mut yolo_max_waiting = 0;
@@ -548,10 +555,18 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         let yolo_stats_start: HashMap<String, i64> = conn.hgetall("load:stats:yolo").await.unwrap_or_default();
         while stage_start.elapsed() < opts.hold {
             tokio::time::sleep(opts.sample_every).await;
-            if frames_at_warmup.is_none()
+            if warmup_ms.is_none()
                 && stage_start.elapsed() >= Duration::from_secs(WARMUP_SECS.min(opts.hold.as_secs() / 3))
             {
-                frames_at_warmup = Some((frames_total(&mut conn, n).await.0, now_ms()));
+                warmup_ms = Some(now_ms());
+            }
+            if warmup_ms.is_some() && frames_start.len() < n {
+                let (counts, offline) = frames_total(&mut conn, n).await;
+                for (ch, (frames, at)) in counts {
+                    if frames > 0 && !offline.contains(&ch) {
+                        frames_start.entry(ch).or_insert((frames, at));
+                    }
+                }
             }
             let mut roots: HashMap<u32, String> = HashMap::new();
             roots.insert(redis.pid(), "redis-server".into());
@@ -640,8 +655,11 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             b.finish();
         }
         let (frames_end, offline) = frames_total(&mut conn, n).await;
-        let (frames_start, warmup_ms) = frames_at_warmup.unwrap_or_else(|| (frames_end.clone(), now_ms()));
+        // A channel that never counted after the warm-up is charged all of it.
+        let warmup_ms = warmup_ms.unwrap_or_else(now_ms);
         let (analysed, expected) = frames_between(&frames_start, &frames_end, warmup_ms);
+        let late: Vec<u32> =
+            frames_start.iter().filter(|(_, (_, at))| *at > warmup_ms + LATE_ONLINE_MS).map(|(ch, _)| *ch).collect();
         // Channels without any status at the end were not analysed at all.
         let expected =
             expected + (n - frames_end.len()) as f64 * MOTION_FPS * (now_ms() - warmup_ms).max(0) as f64 / 1000.0;
@@ -692,6 +710,12 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         }
         if !offline.is_empty() {
             problems.push(format!("channel(s) offline at the end: {offline:?}"));
+        }
+        if !late.is_empty() {
+            problems.push(format!(
+                "channel(s) analysed only more than {} s after the warm-up: {late:?}",
+                LATE_ONLINE_MS / 1000
+            ));
         }
         if dropped > 1.0 {
             problems.push(format!("{dropped:.1} % of motion frames not analysed"));
