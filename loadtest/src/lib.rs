@@ -102,7 +102,7 @@ fn workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
 const PSS_EVERY: usize = 5;
 
 /// One resource sample.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct Sample {
     pub t_secs: f64,
     pub stage: usize,
@@ -139,6 +139,33 @@ pub struct Drift {
     pub fds_end: f64,
     /// The largest of the RSS, PSS and fd growths, %.
     pub growth_percent: f64,
+    /// Least-squares slope of PSS (Redis: used_memory) over the stage's second half, MiB per
+    /// hour: a leak keeps growing at the same pace, a warm-up (allocator arenas, buffers, streams
+    /// filling to their caps) levels off.
+    #[serde(default)]
+    pub late_slope_mib_per_hour: f64,
+}
+
+impl Drift {
+    /// Still growing in the second half by more than 5 % of its final size per hour.
+    pub fn growing(&self) -> bool {
+        let size = if self.pss_end_mib > 0.0 { self.pss_end_mib } else { self.rss_end_mib };
+        self.late_slope_mib_per_hour > 0.05 * size
+    }
+}
+
+/// Least-squares slope of `(t_secs, value)` points, per hour.
+fn slope_per_hour(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    if points.len() < 2 {
+        return 0.0;
+    }
+    let (mt, mv) = (points.iter().map(|p| p.0).sum::<f64>() / n, points.iter().map(|p| p.1).sum::<f64>() / n);
+    let var: f64 = points.iter().map(|p| (p.0 - mt).powi(2)).sum();
+    if var == 0.0 {
+        return 0.0;
+    }
+    points.iter().map(|p| (p.0 - mt) * (p.1 - mv)).sum::<f64>() / var * 3600.0
 }
 
 /// Samples averaged at each end of a stage for [`Drift`].
@@ -150,6 +177,7 @@ fn drift(samples: &[Sample]) -> BTreeMap<String, Drift> {
         return BTreeMap::new();
     }
     let (first, last) = (&samples[..n], &samples[samples.len() - n..]);
+    let late = &samples[samples.len() / 2..];
     let mean = |set: &[Sample], f: &dyn Fn(&Sample) -> f64| set.iter().map(f).sum::<f64>() / set.len() as f64;
     let growth = |a: f64, b: f64| if a > 0.0 { (b - a) / a * 100.0 } else { 0.0 };
     let mut out = BTreeMap::new();
@@ -165,17 +193,25 @@ fn drift(samples: &[Sample]) -> BTreeMap<String, Drift> {
             fds_start: mean(first, &fds),
             fds_end: mean(last, &fds),
             growth_percent: 0.0,
+            late_slope_mib_per_hour: 0.0,
         };
         d.growth_percent = growth(d.rss_start_mib, d.rss_end_mib)
             .max(growth(d.pss_start_mib, d.pss_end_mib))
             .max(growth(d.fds_start, d.fds_end));
+        d.late_slope_mib_per_hour = slope_per_hour(&late.iter().map(|s| (s.t_secs, pss(s))).collect::<Vec<_>>());
         out.insert(c.clone(), d);
     }
     let redis = |s: &Sample| s.redis_used_mib;
     let (a, b) = (mean(first, &redis), mean(last, &redis));
     out.insert(
         "redis used_memory".into(),
-        Drift { rss_start_mib: a, rss_end_mib: b, growth_percent: growth(a, b), ..Drift::default() },
+        Drift {
+            rss_start_mib: a,
+            rss_end_mib: b,
+            growth_percent: growth(a, b),
+            late_slope_mib_per_hour: slope_per_hour(&late.iter().map(|s| (s.t_secs, redis(s))).collect::<Vec<_>>()),
+            ..Drift::default()
+        },
     );
     out
 }
@@ -250,6 +286,52 @@ pub struct StageReport {
     /// Footprint at the start and end of the stage, per component (after warm-up).
     #[serde(default)]
     pub drift: BTreeMap<String, Drift>,
+    /// Redis memory at the end of the stage by key family (ids replaced by `*`).
+    #[serde(default)]
+    pub redis_keys: BTreeMap<String, KeyFamily>,
+}
+
+/// Keys of one family in Redis: how many, their memory (`MEMORY USAGE`), and for streams their
+/// entries, so a stream's size at its length cap can be told from its size now.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct KeyFamily {
+    pub keys: u64,
+    pub bytes: u64,
+    pub stream_entries: u64,
+}
+
+/// A key's family: every `:`-separated part holding a digit becomes `*`
+/// (`load:status:channel:12` → `load:status:channel:*`).
+fn key_family(key: &str) -> String {
+    key.split(':').map(|p| if p.bytes().any(|b| b.is_ascii_digit()) { "*" } else { p }).collect::<Vec<_>>().join(":")
+}
+
+/// Memory of every key in Redis, by family.
+async fn redis_keys(conn: &mut redis::aio::MultiplexedConnection) -> BTreeMap<String, KeyFamily> {
+    let mut out: BTreeMap<String, KeyFamily> = BTreeMap::new();
+    let mut cursor = 0u64;
+    loop {
+        let Ok((next, keys)): redis::RedisResult<(u64, Vec<String>)> =
+            redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(1000).query_async(conn).await
+        else {
+            break;
+        };
+        for k in keys {
+            let bytes: Option<u64> =
+                redis::cmd("MEMORY").arg("USAGE").arg(&k).arg("SAMPLES").arg(0).query_async(conn).await.unwrap_or(None);
+            let kind: String = redis::cmd("TYPE").arg(&k).query_async(conn).await.unwrap_or_default();
+            let entries: u64 = if kind == "stream" { conn.xlen(&k).await.unwrap_or(0) } else { 0 };
+            let f = out.entry(key_family(&k)).or_default();
+            f.keys += 1;
+            f.bytes += bytes.unwrap_or(0);
+            f.stream_entries += entries;
+        }
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    out
 }
 
 /// The whole run.
@@ -770,6 +852,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             stable: problems.is_empty(),
             problems,
             drift: drift(&after_warmup),
+            redis_keys: redis_keys(&mut conn).await,
         };
         eprintln!(
             "stage {n}: cluster CPU {:.1} % of the machine, RSS {:.0} MiB (PSS {:.0} MiB), frames dropped {:.2} %, motion p95 {:?} ms, {}",
@@ -831,7 +914,17 @@ fn machine() -> String {
 pub fn render(dir: &Path) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(dir.join("report.json"))
         .with_context(|| format!("reading {}/report.json", dir.display()))?;
-    let report: Report = serde_json::from_str(&text).context("report.json")?;
+    let mut report: Report = serde_json::from_str(&text).context("report.json")?;
+    // The drift analysis is recomputed from the samples, so older reports get its newer columns.
+    for stage in &mut report.stages {
+        let of_stage: Vec<Sample> = report.samples.iter().filter(|s| s.stage == stage.channels).cloned().collect();
+        let warmup = WARMUP_SECS.min(stage.seconds as u64 / 3) as f64;
+        let t0 = of_stage.first().map_or(0.0, |s| s.t_secs);
+        let after: Vec<Sample> = of_stage.into_iter().filter(|s| s.t_secs - t0 >= warmup).collect();
+        if !after.is_empty() {
+            stage.drift = drift(&after);
+        }
+    }
     write_report(&report, dir)
 }
 
@@ -922,25 +1015,53 @@ Recorder disk writes: what worker-record and its ffmpeg/ffprobe children sent to
 pages deleted before writeback), from `/proc/<pid>/io`. \
 Motion latency: decoded frame → event on the Redis stream. YOLO latency: frame → object event. Record start: trigger → first \
 fragment written. Plots: `cpu.png`, `ram.png` (RSS), `pss.png`, `latency.png`.\n";
+    if let Some(s) = r.stages.iter().rev().find(|s| !s.redis_keys.is_empty()) {
+        md += &format!(
+            "\n## Redis memory by key family, end of the {}-channel stage\n\n`MEMORY USAGE` of every key; ids \
+             replaced by `*`. Event streams are capped by length, so their size at the cap is the entries' average \
+             size times the cap.\n\n| keys | count | MiB | stream entries |\n| --- | --- | --- | --- |\n",
+            s.channels
+        );
+        let mut families: Vec<(&String, &KeyFamily)> = s.redis_keys.iter().collect();
+        families.sort_by_key(|(_, f)| std::cmp::Reverse(f.bytes));
+        for (name, f) in families {
+            md += &format!(
+                "| `{name}` | {} | {:.2} | {} |\n",
+                f.keys,
+                f.bytes as f64 / 1048576.0,
+                if f.stream_entries > 0 { f.stream_entries.to_string() } else { "–".into() }
+            );
+        }
+    }
     // The leak check, for stages long enough to mean something (a soak run).
     for s in r.stages.iter().filter(|s| s.seconds >= 600.0 && !s.drift.is_empty()) {
         md += &format!(
             "\n## Drift over the {}-channel stage ({:.0} s)\n\nAverage of the first and last {DRIFT_SAMPLES} samples \
-             after warm-up; growth is the largest of RSS, PSS and open fds (Redis: used_memory).\n\n\
-             | component | RSS MiB start → end | PSS MiB start → end | open fds start → end | growth |\n\
-             | --- | --- | --- | --- | --- |\n",
+             after warm-up; growth is the largest of RSS, PSS and open fds (Redis: used_memory). Second half: \
+             least-squares slope of PSS (Redis: used_memory) over the stage's second half; a leak keeps its \
+             pace, a warm-up levels off. Still growing: more than 5 % of the final size per hour.\n\n\
+             | component | RSS MiB start → end | PSS MiB start → end | open fds start → end | growth | second half MiB/h | verdict |\n\
+             | --- | --- | --- | --- | --- | --- | --- |\n",
             s.channels, s.seconds
         );
         for (c, d) in &s.drift {
             md += &format!(
-                "| {c} | {:.0} → {:.0} | {:.0} → {:.0} | {:.0} → {:.0} | {:+.1} % |\n",
+                "| {c} | {:.0} → {:.0} | {:.0} → {:.0} | {:.0} → {:.0} | {:+.1} % | {:+.1} | {} |\n",
                 d.rss_start_mib,
                 d.rss_end_mib,
                 d.pss_start_mib,
                 d.pss_end_mib,
                 d.fds_start,
                 d.fds_end,
-                d.growth_percent
+                d.growth_percent,
+                d.late_slope_mib_per_hour,
+                if d.growing() {
+                    "**still growing**"
+                } else if d.growth_percent > 10.0 {
+                    "levelled off"
+                } else {
+                    "flat"
+                }
             );
         }
     }
@@ -952,6 +1073,33 @@ fragment written. Plots: `cpu.png`, `ram.png` (RSS), `pss.png`, `latency.png`.\n
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_leak_is_still_growing_in_the_second_half_a_warm_up_levels_off() {
+        let sample = |t: f64, pss: f64| Sample {
+            t_secs: t,
+            pss_mib: BTreeMap::from([("w".to_string(), pss)]),
+            rss_mib: BTreeMap::from([("w".to_string(), pss)]),
+            ..Sample::default()
+        };
+        // 20 MiB growing 12 MiB an hour, steadily.
+        let leak: Vec<Sample> = (0..360).map(|i| sample(i as f64 * 10.0, 20.0 + i as f64 * 10.0 / 300.0)).collect();
+        let d = &drift(&leak)["w"];
+        assert!((d.late_slope_mib_per_hour - 12.0).abs() < 0.1, "{d:?}");
+        assert!(d.growing());
+        // The same 12 MiB gained in the first quarter hour, then flat.
+        let warm: Vec<Sample> =
+            (0..360).map(|i| sample(i as f64 * 10.0, 20.0 + (i as f64 * 10.0 / 75.0).min(12.0))).collect();
+        let d = &drift(&warm)["w"];
+        assert!(d.growth_percent > 10.0 && !d.growing(), "{d:?}");
+    }
+
+    #[test]
+    fn keys_are_grouped_with_their_ids_starred() {
+        assert_eq!(key_family("load:status:channel:12"), "load:status:channel:*");
+        assert_eq!(key_family("load:record:ch1-a43dcc3b"), "load:record:*");
+        assert_eq!(key_family("load:events:motion"), "load:events:motion");
+    }
 
     #[test]
     fn proc_fields_are_read_by_key() {

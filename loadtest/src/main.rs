@@ -61,31 +61,42 @@ enum Command {
     CheckConfig,
 }
 
+/// Runs `work` on a new runtime, raced against Ctrl-C / SIGTERM. Interrupted, the run is
+/// dropped: every server and process it started is stopped by its destructor, nothing is left
+/// running. Returns the exit code for an interruption or a failure to start, else the result.
+fn until_interrupted<T>(work: impl std::future::Future<Output = anyhow::Result<T>>) -> Result<T, ExitCode> {
+    let rt = tokio::runtime::Runtime::new().map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    })?;
+    let outcome = rt.block_on(async {
+        tokio::select! {
+            r = work => Some(r),
+            _ = cctv_common::shutdown::wait_for_signal() => None,
+        }
+    });
+    match outcome {
+        None => {
+            eprintln!("interrupted; the cluster was stopped and no report written");
+            Err(ExitCode::from(130))
+        }
+        Some(Err(e)) => {
+            eprintln!("error: {e:#}");
+            Err(ExitCode::FAILURE)
+        }
+        Some(Ok(v)) => Ok(v),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig => cctv_common::config::check_config_command(&cli.global.config),
         Command::Quality { quick, report_dir, cache_dir } => {
             let opts = loadtest::quality::QualityOptions { quick, report_dir: report_dir.clone(), cache_dir };
-            let rt = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let outcome = rt.block_on(async {
-                tokio::select! {
-                    r = loadtest::quality::quality(opts) => Some(r),
-                    _ = cctv_common::shutdown::wait_for_signal() => None,
-                }
-            });
-            match outcome {
-                None => {
-                    eprintln!("interrupted; the cluster was stopped and no report written");
-                    ExitCode::from(130)
-                }
-                Some(Ok(r)) => {
+            match until_interrupted(loadtest::quality::quality(opts)) {
+                Err(code) => code,
+                Ok(r) => {
                     println!("report: {}", report_dir.join("report.md").display());
                     if r.targets_met {
                         ExitCode::SUCCESS
@@ -93,10 +104,6 @@ fn main() -> ExitCode {
                         eprintln!("targets missed; see {}", report_dir.join("report.md").display());
                         ExitCode::FAILURE
                     }
-                }
-                Some(Err(e)) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
                 }
             }
         }
@@ -122,36 +129,14 @@ fn main() -> ExitCode {
                 motion_workers,
                 progress: !no_progress,
             };
-            let rt = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            // Ctrl-C / SIGTERM drops the run: every server and process it started is stopped
-            // by its destructor, nothing is left running.
-            let outcome = rt.block_on(async {
-                tokio::select! {
-                    r = loadtest::run(opts.clone()) => Some(r),
-                    _ = cctv_common::shutdown::wait_for_signal() => None,
-                }
-            });
-            let Some(outcome) = outcome else {
-                eprintln!("interrupted; the cluster was stopped and no report written");
-                return ExitCode::from(130);
-            };
-            match outcome {
+            match until_interrupted(loadtest::run(opts.clone())) {
+                Err(code) => code,
                 Ok(r) if r.stages.iter().all(|s| s.stable) => {
                     println!("report: {}", opts.report_dir.join("report.md").display());
                     ExitCode::SUCCESS
                 }
                 Ok(_) => {
                     eprintln!("unstable stage(s); see {}", opts.report_dir.join("report.md").display());
-                    ExitCode::FAILURE
-                }
-                Err(e) => {
-                    eprintln!("error: {e:#}");
                     ExitCode::FAILURE
                 }
             }

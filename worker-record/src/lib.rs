@@ -229,6 +229,18 @@ fn video_complete(end_ms: i64, taken_end_ms: i64, next_fragment_ms: Option<i64>)
     taken_end_ms >= end_ms || next_fragment_ms.is_some_and(|n| n >= end_ms)
 }
 
+/// Fragment boundaries closer than this are continuous video (clock jitter between nginx's
+/// fragment names and the stream's durations); a larger hole is video that never arrived.
+const CONTINUITY_SLACK_MS: i64 = 1000;
+
+/// The span at the end of a complete recording that no video covers, `(from, to)` ms, when the
+/// next buffered fragment starts well after the video taken (the stream was down).
+fn missing_tail(end_ms: i64, taken_end_ms: i64, next_fragment_ms: Option<i64>) -> Option<(i64, i64)> {
+    let next = next_fragment_ms?;
+    (taken_end_ms < end_ms && next >= end_ms && next - taken_end_ms > CONTINUITY_SLACK_MS)
+        .then_some((taken_end_ms, end_ms.min(next)))
+}
+
 /// One attempt at one recording.
 struct Recorder<'a> {
     ctx: &'a Ctx,
@@ -353,9 +365,21 @@ impl<'a> Recorder<'a> {
                 closed = rec.state == RecordingState::Closed;
             }
             if self.complete() {
+                // Read before closing: a close ends the recording where its video ended.
+                let hole = self.end_ms.and_then(|end| missing_tail(end, self.taken_end_ms, self.next_fragment_ms));
                 if closed || self.close(None).await? {
                     self.finish_part().await?;
                     tracing::info!(parts = self.parts.len(), "recording complete");
+                    if let Some((from, to)) = hole {
+                        let msg = format!(
+                            "gap in the stream: no video for the last {:.1} s of the recording (camera, relay or RTMP \
+                             server down?); the file ends where the video stopped",
+                            (to - from) as f64 / 1000.0
+                        );
+                        tracing::warn!(from_ms = from, to_ms = to, "{msg}");
+                        publish(self.ctx, &error_event(self.ctx, self.job, self.meta, self.parts.len() as u32, msg))
+                            .await;
+                    }
                     return Ok(());
                 }
                 // Waiting out the join window: activity may still extend it.
@@ -599,7 +623,18 @@ impl<'a> Recorder<'a> {
 
 #[cfg(test)]
 mod tests {
-    use super::video_complete;
+    use super::{missing_tail, video_complete};
+
+    #[test]
+    fn a_hole_before_the_end_is_reported_clock_jitter_is_not() {
+        // The stream stopped 5 s before the recording's end and came back after it.
+        assert_eq!(missing_tail(420_000, 415_000, Some(430_000)), Some((415_000, 420_000)));
+        // Jitter of a few ms between fragments: continuous video.
+        assert_eq!(missing_tail(411_127, 411_125, Some(411_130)), None);
+        // Video reaches the end, or more is still to come before it.
+        assert_eq!(missing_tail(420_000, 421_000, Some(421_000)), None);
+        assert_eq!(missing_tail(420_000, 415_000, Some(418_000)), None);
+    }
 
     #[test]
     fn a_recording_is_complete_once_the_next_fragment_starts_at_its_end_though_the_taken_video_falls_short() {
