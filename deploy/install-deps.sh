@@ -8,10 +8,12 @@ cd "$(dirname "$0")/.."
 
 # chromium: the dashboard test renders the page headless.
 # python3-gi + gir1.2-gst-rtsp-server-1.0 + gstreamer plugins: the simulated RTSP cameras.
-# iproute2: the multi-host (network namespace) test. docker-compose: validating the compose file.
+# iproute2: the multi-host (network namespace) test. docker.io + docker-compose + debootstrap:
+# the compose test builds the images (base image from Debian packages when no registry answers)
+# and runs the stack.
 APT_PACKAGES=(ffmpeg nginx libnginx-mod-rtmp redis-server libopencv-dev clang libclang-dev pkg-config python3-pip unzip curl chromium
     python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad iproute2
-    docker-compose fonts-dejavu-core)
+    docker.io docker-compose debootstrap binutils fonts-dejavu-core)
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
@@ -30,6 +32,18 @@ for svc in nginx redis-server; do
         $SUDO systemctl stop "$svc" || true
     fi
 done
+
+# A Docker engine for the compose test: started when none answers (systemd where it runs,
+# else dockerd in the background).
+if ! docker info >/dev/null 2>&1; then
+    if [ -d /run/systemd/system ]; then
+        $SUDO systemctl start docker
+    else
+        $SUDO sh -c 'nohup dockerd >/var/log/dockerd.log 2>&1 &'
+    fi
+    for _ in $(seq 1 30); do docker info >/dev/null 2>&1 && break; sleep 1; done
+    docker info >/dev/null 2>&1 || { echo "error: the Docker engine did not start (see /var/log/dockerd.log)" >&2; exit 1; }
+fi
 
 # ONNX Runtime 1.32.0 (C library) from the PyPI wheel; ORT_DYLIB_PATH points at it.
 ORT_DIR=.ort

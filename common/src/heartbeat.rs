@@ -54,3 +54,105 @@ pub async fn run(mut conn: ConnectionManager, keys: Keys, worker: String, kind: 
 pub async fn remove(conn: &mut ConnectionManager, keys: &Keys, worker: &str) {
     let _: Result<(), _> = conn.del(keys.worker(worker)).await;
 }
+
+/// Why a process on this host is not healthy.
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    #[error("redis {url}: {source}")]
+    Redis { url: String, source: redis::RedisError },
+    #[error("redis {url}: no answer within {secs} s")]
+    Timeout { url: String, secs: u64 },
+    #[error(
+        "no {kind} heartbeat from host {host} in the last {ttl} s (process stopped, stuck, or cut off from Redis)"
+    )]
+    Missing { kind: String, host: String, ttl: u64 },
+    #[error("{kind} heartbeat of {worker} on {host} is {age_secs} s old (more than {max_secs} s)")]
+    Stale { kind: String, worker: String, host: String, age_secs: i64, max_secs: i64 },
+}
+
+/// The health check of a container or unit: a `kind` process on this host wrote its heartbeat
+/// in Redis within `max_age`. A live PID alone says nothing; the heartbeat says the process
+/// runs and reaches Redis. Returns the worker's name.
+pub async fn check_local(
+    cluster: &crate::config::ClusterConfig,
+    kind: &str,
+    max_age: Duration,
+) -> Result<String, HealthError> {
+    let url = crate::redact::redact_url(&cluster.redis_url);
+    let timeout = Duration::from_secs(5);
+    let check = async {
+        let client = redis::Client::open(cluster.redis_url.as_str())
+            .map_err(|source| HealthError::Redis { url: url.clone(), source })?;
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|source| HealthError::Redis { url: url.clone(), source })?;
+        let keys = Keys::new(&cluster.namespace);
+        let names: Vec<String> = {
+            let mut iter: redis::AsyncIter<String> = conn
+                .scan_match(keys.worker_pattern())
+                .await
+                .map_err(|source| HealthError::Redis { url: url.clone(), source })?;
+            let mut names = Vec::new();
+            while let Some(n) = iter.next_item().await {
+                names.push(n.map_err(|source| HealthError::Redis { url: url.clone(), source })?);
+            }
+            names
+        };
+        let host = crate::host_name();
+        let mut newest: Option<WorkerHeartbeat> = None;
+        for name in names {
+            let json: Option<String> = conn.get(&name).await.unwrap_or(None);
+            let Some(hb) = json.and_then(|j| serde_json::from_str::<WorkerHeartbeat>(&j).ok()) else { continue };
+            if hb.kind == kind && hb.host == host && newest.as_ref().is_none_or(|n| hb.updated_ms > n.updated_ms) {
+                newest = Some(hb);
+            }
+        }
+        let hb = newest.ok_or_else(|| HealthError::Missing {
+            kind: kind.into(),
+            host: host.clone(),
+            ttl: HEARTBEAT_TTL_SECS,
+        })?;
+        let age_ms = now_ms() - hb.updated_ms;
+        if age_ms > max_age.as_millis() as i64 {
+            return Err(HealthError::Stale {
+                kind: kind.into(),
+                worker: hb.worker,
+                host,
+                age_secs: age_ms / 1000,
+                max_secs: max_age.as_secs() as i64,
+            });
+        }
+        Ok(hb.worker)
+    };
+    tokio::time::timeout(timeout, check).await.map_err(|_| HealthError::Timeout { url, secs: timeout.as_secs() })?
+}
+
+/// `<binary> health`: exit 0 with the worker's name when [`check_local`] passes, else 1 with
+/// the reason on stderr (what `docker inspect` shows as the health log).
+pub fn health_command(config_path: &std::path::Path, kind: &str) -> std::process::ExitCode {
+    let config = match crate::Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("unhealthy: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("unhealthy: cannot start a runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(check_local(&config.cluster, kind, Duration::from_secs(3 * HEARTBEAT_EVERY.as_secs()))) {
+        Ok(worker) => {
+            println!("healthy: {worker}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

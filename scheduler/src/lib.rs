@@ -59,6 +59,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     } else {
         None
     };
+    // Its heartbeat is what `scheduler health` (the container health check) looks for.
+    let hb = tokio::spawn(cctv_common::heartbeat::run(
+        conn.clone(),
+        keys.clone(),
+        scheduler.id.clone(),
+        "scheduler",
+        Default::default(),
+    ));
     let mut leading = false;
     let leader_flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let decider = tokio::spawn(decide_loop(
@@ -89,6 +97,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         let _ = api.await;
     }
     scheduler.resign().await;
+    hb.abort();
+    cctv_common::heartbeat::remove(&mut conn.clone(), &keys, &scheduler.id).await;
     system.emit(SystemEventKind::Stop, "scheduler stopped", None).await;
     tracing::info!("scheduler stopped");
     Ok(())

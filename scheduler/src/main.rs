@@ -17,6 +17,13 @@ struct Cli {
     command: Command,
 }
 
+/// Which process `health` checks.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum HealthKind {
+    Scheduler,
+    Relay,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the scheduler (and the HTTP API) until SIGINT/SIGTERM.
@@ -25,6 +32,12 @@ enum Command {
     Relay,
     /// Validate the config file and list every problem.
     CheckConfig,
+    /// Exit 0 if a scheduler (or relay) process on this host wrote its heartbeat in Redis in the
+    /// last 6 s, else 1 with the reason (container and unit health checks).
+    Health {
+        #[arg(long, value_enum, default_value = "scheduler")]
+        kind: HealthKind,
+    },
     /// Print the batches the config produces.
     Plan,
     /// Print the nginx-rtmp configuration (RTMP application, HLS rolling buffer, HTTP server).
@@ -44,6 +57,10 @@ enum Command {
         /// Addresses allowed to publish (repeat); default 127.0.0.1.
         #[arg(long = "publish-allow", default_values_t = vec!["127.0.0.1".to_string()])]
         publish_allow: Vec<String>,
+        /// Addresses allowed to play streams and read the HLS buffer (repeat; the workers'
+        /// hosts); default 127.0.0.1.
+        #[arg(long = "play-allow", default_values_t = vec!["127.0.0.1".to_string()])]
+        play_allow: Vec<String>,
         /// Seconds of video the HLS buffer holds (≥ 30; pre-roll and retries read from it).
         #[arg(long, default_value_t = 60)]
         hls_playlist_secs: u32,
@@ -55,6 +72,13 @@ fn main() -> ExitCode {
     telemetry::init(cli.global.log_format);
     let result = match cli.command {
         Command::CheckConfig => scheduler::cli::check_config(&cli.global.config),
+        Command::Health { kind } => {
+            let kind = match kind {
+                HealthKind::Scheduler => "scheduler",
+                HealthKind::Relay => "relay",
+            };
+            return cctv_common::heartbeat::health_command(&cli.global.config, kind);
+        }
         Command::Plan => print_plan(&cli.global.config),
         Command::Run => tokio_main(cli.global.config),
         Command::Relay => relay_main(cli.global.config),
@@ -65,6 +89,7 @@ fn main() -> ExitCode {
             work_dir,
             module,
             publish_allow,
+            play_allow,
             hls_playlist_secs,
         } => {
             if hls_playlist_secs < 30 {
@@ -80,6 +105,7 @@ fn main() -> ExitCode {
                 work_dir,
                 module,
                 publish_allow,
+                play_allow,
                 hls_playlist_secs,
                 hls_fragment_secs: 2,
             };

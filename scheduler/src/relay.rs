@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use cctv_common::config::{Config, RelayAudio};
 use cctv_common::events::now_ms;
 use cctv_common::ffmpeg::{self, FfmpegProcess, Stopper};
+use cctv_common::heartbeat;
 use cctv_common::keys::Keys;
 use cctv_common::shutdown::CancellationToken;
 use redis::AsyncCommands;
@@ -190,6 +191,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         relays.push((ch.id, main, sub));
     }
     tracing::info!(channels = relays.len(), publish = %publish, "relays started");
+    // A heartbeat like the workers' one: `scheduler health --kind relay` (the container health
+    // check) and `cctv status` see the relay host alive.
+    let worker = cctv_common::worker_name("relay");
+    let held: heartbeat::Held = Default::default();
+    *held.lock().unwrap_or_else(|e| e.into_inner()) = relays.iter().map(|(id, ..)| format!("ch{id}")).collect();
+    let hb = tokio::spawn(heartbeat::run(conn.clone(), keys.clone(), worker.clone(), "relay", held));
     let host = cctv_common::host_name();
     loop {
         for (id, main, sub) in &relays {
@@ -213,6 +220,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
     }
     stop.cancel();
+    hb.abort();
+    heartbeat::remove(&mut conn, &keys, &worker).await;
     tokio::task::spawn_blocking(move || {
         for (_, main, sub) in relays {
             main.stop();

@@ -123,6 +123,7 @@ fn workers_on_several_hosts_share_work_and_take_over_a_lost_host() {
         work_dir: nginx_dir.clone(),
         module: cctv_testkit::RTMP_MODULE.into(),
         publish_allow: vec![format!("{}/32", a.addr)],
+        play_allow: [&a, &b, &c].iter().map(|h| format!("{}/32", h.addr)).collect(),
         hls_playlist_secs: 90,
         hls_fragment_secs: 2,
     };

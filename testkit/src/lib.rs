@@ -163,6 +163,7 @@ impl Nginx {
             work_dir: dir.path().to_owned(),
             module: RTMP_MODULE.into(),
             publish_allow: vec!["127.0.0.1".into()],
+            play_allow: vec!["127.0.0.1".into()],
             hls_playlist_secs: 60,
             hls_fragment_secs: 2,
         };

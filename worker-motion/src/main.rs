@@ -26,6 +26,9 @@ enum Command {
     },
     /// Validate the config file and list every problem.
     CheckConfig,
+    /// Exit 0 if this host's worker wrote its heartbeat in Redis in the last 6 s, else 1 with
+    /// the reason (container and unit health checks).
+    Health,
 }
 
 fn main() -> ExitCode {
@@ -33,6 +36,7 @@ fn main() -> ExitCode {
     telemetry::init(cli.global.log_format);
     let result = match cli.command {
         Command::CheckConfig => return cctv_common::config::check_config_command(&cli.global.config),
+        Command::Health => return cctv_common::heartbeat::health_command(&cli.global.config, "motion"),
         Command::Run { concurrency } => run(cli.global.config, concurrency),
     };
     cctv_common::cli::exit_code(result)

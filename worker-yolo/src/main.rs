@@ -38,6 +38,9 @@ enum Command {
     },
     /// Validate the config file and list every problem.
     CheckConfig,
+    /// Exit 0 if this host's worker wrote its heartbeat in Redis in the last 6 s, else 1 with
+    /// the reason (container and unit health checks).
+    Health,
 }
 
 fn main() -> ExitCode {
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
     telemetry::init(cli.global.log_format);
     let result = match cli.command {
         Command::CheckConfig => return cctv_common::config::check_config_command(&cli.global.config),
+        Command::Health => return cctv_common::heartbeat::health_command(&cli.global.config, "yolo"),
         Command::Run { max_batch, threads } => run(cli.global.config, max_batch, threads),
         Command::Detect { images, min_score, json } => detect(cli.global.config, images, min_score, json),
     };

@@ -1,0 +1,279 @@
+//! The Docker Compose deployment, really running on a Docker engine: the images built from this
+//! checkout's binaries (`deploy/docker/build.sh`), `deploy/docker-compose.yml` brought up as a
+//! user would (plus a test override that mounts a camera clip and picks free host ports), a
+//! camera relayed into nginx-rtmp, motion and objects seen, a backup written by the non-root
+//! record container and downloaded through the API on the host's 127.0.0.1; publishing from
+//! outside the relay refused; health checks that go unhealthy when Redis goes away and healthy
+//! again when it is back.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use cctv_testkit::{free_port, make_clip, media, shared_dir};
+
+const TAG: &str = "test";
+
+struct Compose {
+    project: String,
+    files: Vec<PathBuf>,
+    env: Vec<(&'static str, String)>,
+}
+
+impl Compose {
+    fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new("docker-compose");
+        cmd.arg("-p").arg(&self.project);
+        for f in &self.files {
+            cmd.arg("-f").arg(f);
+        }
+        cmd.args(args).envs(self.env.iter().map(|(k, v)| (*k, v.as_str())));
+        cmd.output().expect("running docker-compose")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "docker-compose {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Health of every container of the project, by container name.
+    fn health(&self) -> BTreeMap<String, String> {
+        let ids = self.ok(&["ps", "-q"]);
+        let mut out = BTreeMap::new();
+        for id in ids.split_whitespace() {
+            let o = Command::new("docker")
+                .args([
+                    "inspect",
+                    "-f",
+                    "{{.Name}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}",
+                    id,
+                ])
+                .output()
+                .expect("docker inspect");
+            let line = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            if let Some((name, status)) = line.split_once(' ') {
+                out.insert(name.trim_start_matches('/').to_string(), status.to_string());
+            }
+        }
+        out
+    }
+
+    fn wait_health(&self, wanted: impl Fn(&BTreeMap<String, String>) -> bool, timeout: Duration, what: &str) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let h = self.health();
+            if wanted(&h) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what} within {timeout:?}: {h:?}\n{}", self.logs());
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+
+    fn logs(&self) -> String {
+        let out = self.run(&["logs", "--no-color", "--tail", "30"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Compose {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+        let _ = self.run(&["down", "-v", "--remove-orphans", "-t", "10"]);
+    }
+}
+
+fn docker_engine() {
+    let ok = Command::new("docker").arg("info").output().is_ok_and(|o| o.status.success());
+    assert!(ok, "no Docker engine answers `docker info`: deploy/install-deps.sh installs docker.io and starts dockerd");
+}
+
+fn get(url: &str) -> Option<Vec<u8>> {
+    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(10))).build().into();
+    let mut resp = agent.get(url).call().ok()?;
+    resp.body_mut().with_config().limit(1 << 30).read_to_vec().ok()
+}
+
+fn get_json(url: &str) -> Option<serde_json::Value> {
+    get(url).and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+fn wait<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what} within {timeout:?}");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// World-readable: the containers run as a non-root user.
+fn readable(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn compose_stack_builds_runs_backs_up_and_reports_health() {
+    docker_engine();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let bin_dir = cctv_testkit::netns::workspace_bin("scheduler").parent().unwrap().to_path_buf();
+    let build = Command::new(repo.join("deploy/docker/build.sh"))
+        .args(["--no-cargo", "--bin-dir"])
+        .arg(&bin_dir)
+        .args(["--tag", TAG])
+        .output()
+        .expect("running deploy/docker/build.sh");
+    assert!(
+        build.status.success(),
+        "deploy/docker/build.sh failed: {}{}",
+        String::from_utf8_lossy(&build.stdout),
+        String::from_utf8_lossy(&build.stderr)
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    readable(tmp.path(), 0o755);
+    let (config_dir, clips) = (tmp.path().join("config"), tmp.path().join("clips"));
+    std::fs::create_dir_all(&config_dir).unwrap();
+    std::fs::create_dir_all(&clips).unwrap();
+    // A camera: quiet, workers walking through, quiet again; looped by the relay.
+    let clip = clips.join("cam1.mp4");
+    make_clip(&media("worker-zone-detection.gif"), &clip, 3, 8.0, 30.0);
+    for p in [&config_dir, &clips] {
+        readable(p, 0o755);
+    }
+    readable(&clip, 0o644);
+    let config = config_dir.join("cctv.toml");
+    std::fs::write(
+        &config,
+        r#"[cluster]
+redis_url = "redis://redis:6379"
+namespace = "cctv"
+
+[rtmp]
+publish_url = "rtmp://127.0.0.1:1935/live"
+play_url = "rtmp://rtmp:1935/live"
+hls_url = "http://rtmp:8080/hls"
+
+[api]
+listen = "0.0.0.0:8088"
+
+[yolo]
+model = "/var/lib/cctv/models/yolov5n.onnx"
+snapshot_dir = "/var/lib/cctv/snapshots"
+
+[record]
+backup_dir = "/var/lib/cctv/backups"
+pre_roll_secs = 4
+post_roll_secs = 4
+
+[logs]
+dir = "/var/lib/cctv/logs"
+
+# Backed up on motion. Not priority: the clip's quiet frame shows workers standing, whom YOLO
+# would rightly count as activity on a priority channel, holding the recording open.
+[[channel]]
+id = 1
+name = "Yard"
+source = "file:///clips/cam1.mp4"
+record = "motion"
+
+# The same camera as a priority channel that only runs YOLO.
+[[channel]]
+id = 2
+name = "Yard (objects)"
+source = "file:///clips/cam1.mp4"
+priority = true
+record = "off"
+"#,
+    )
+    .unwrap();
+    readable(&config, 0o644);
+    let over = tmp.path().join("docker-compose.test.yml");
+    std::fs::write(
+        &over,
+        format!("services:\n  relay:\n    volumes:\n      - {}:/clips:ro\n  worker-motion:\n    deploy: {{ replicas: 1 }}\n", clips.display()),
+    )
+    .unwrap();
+
+    let (api_port, rtmp_port, hls_port) = (free_port(), free_port(), free_port());
+    let compose = Compose {
+        project: format!("cctvtest{}", std::process::id()),
+        files: vec![repo.join("deploy/docker-compose.yml"), over],
+        env: vec![
+            ("CCTV_TAG", TAG.into()),
+            ("CCTV_CONFIG_DIR", config_dir.display().to_string()),
+            ("CCTV_MODELS_DIR", shared_dir().join("models").display().to_string()),
+            ("CCTV_API_PORT", api_port.to_string()),
+            ("CCTV_RTMP_PORT", rtmp_port.to_string()),
+            ("CCTV_HLS_PORT", hls_port.to_string()),
+            ("CCTV_LOG_FORMAT", "text".into()),
+        ],
+    };
+    compose.ok(&["up", "-d"]);
+
+    // Every service has a health check, and every one turns healthy.
+    let services = ["redis", "rtmp", "relay", "scheduler", "worker-motion", "worker-yolo", "worker-record"];
+    let all_healthy = |h: &BTreeMap<String, String>| {
+        services.iter().all(|s| h.iter().any(|(n, st)| n.contains(&format!("_{s}_")) && st == "healthy"))
+            && h.values().all(|st| st == "healthy")
+    };
+    compose.wait_health(all_healthy, Duration::from_secs(120), "every container healthy");
+
+    // Published on the host's loopback only.
+    for (svc, port) in [("scheduler", "8088"), ("rtmp", "1935"), ("rtmp", "8080")] {
+        let mapped = compose.ok(&["port", svc, port]);
+        assert!(mapped.trim().starts_with("127.0.0.1:"), "{svc}:{port} published as {mapped:?}");
+    }
+
+    // The camera is relayed, motion and objects are seen, a backup is written by the record
+    // container (non-root, on the named volume) and served by the API.
+    let api = format!("http://127.0.0.1:{api_port}");
+    let backup = wait(Duration::from_secs(150), "a backup file of channel 1 listed by the API", || {
+        let list = get_json(&format!("{api}/api/backups"))?;
+        list["items"].as_array()?.iter().find(|b| b["download"].is_string() && b["channel"] == 1).cloned()
+    });
+    let objects = get_json(&format!("{api}/api/events?category=objects")).unwrap();
+    assert!(
+        objects["items"]
+            .as_array()
+            .is_some_and(|i| i.iter().any(|e| e["event"]["detections"].to_string().contains("\"person\""))),
+        "worker-yolo found the people: {objects}"
+    );
+    let file = get(&format!("{api}{}", backup["download"].as_str().unwrap())).expect("downloading the backup");
+    let local = tmp.path().join("backup.mkv");
+    std::fs::write(&local, &file).unwrap();
+    let secs = cctv_testkit::cluster::probe_duration(&local);
+    assert!(secs >= 8.0, "backup plays {secs} s: {backup}");
+
+    // Nobody but the relay may publish into nginx-rtmp.
+    let intruder = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re", "-t", "3", "-i"])
+        .arg(&clip)
+        .args(["-c", "copy", "-f", "flv"])
+        .arg(format!("rtmp://127.0.0.1:{rtmp_port}/live/intruder"))
+        .output()
+        .unwrap();
+    assert!(!intruder.status.success(), "publishing from the host was accepted");
+
+    // Health follows the processes' real state: Redis gone → workers unhealthy; back → healthy.
+    compose.ok(&["stop", "redis"]);
+    compose.wait_health(
+        |h| h.iter().filter(|(n, _)| n.contains("_worker-record_")).all(|(_, s)| s == "unhealthy"),
+        Duration::from_secs(60),
+        "worker-record unhealthy without Redis",
+    );
+    compose.ok(&["start", "redis"]);
+    compose.wait_health(all_healthy, Duration::from_secs(90), "every container healthy again after Redis returned");
+}
