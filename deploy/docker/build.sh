@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the cluster's Docker images: cctv/{redis,rtmp,scheduler,worker-motion,worker-yolo,
-# worker-record}:<tag>.
+# worker-record}:<tag>, and cctv/camera-sim:<tag> (simulated RTSP cameras, to try the stack).
 #
 # The binaries are built here with cargo (the toolchain this repository needs; Debian 12's rustc
 # is too old to build inside a Debian image) and copied into runtime images (Dockerfile next to
@@ -11,6 +11,7 @@
 #
 # --no-cargo uses the binaries already in target/<profile> (or --bin-dir; the tests build them).
 set -euo pipefail
+trap 'echo "error: deploy/docker/build.sh failed at line $LINENO (command: $BASH_COMMAND)" >&2' ERR
 cd "$(dirname "$0")/../.."
 
 tag=latest profile=release cargo_build=1 base="" bin_dir=""
@@ -54,7 +55,7 @@ for b in "${bins[@]}"; do
     strip -o "$ctx/bin/$b" "$target_dir/$b"
 done
 cp "$ort" "$ctx/ort/"
-cp deploy/docker/rtmp-start.sh "$ctx/"
+cp deploy/docker/rtmp-start.sh loadtest/rtsp_cameras.py "$ctx/"
 
 # The base image.
 if [ -z "$base" ]; then
@@ -65,8 +66,8 @@ if [ -z "$base" ]; then
         if ! $DOCKER image inspect "$base" >/dev/null 2>&1; then
             command -v debootstrap >/dev/null || { echo "error: no registry and no debootstrap (apt-get install debootstrap)" >&2; exit 1; }
             # The mirror apt uses here (deb.debian.org if none is configured).
-            mirror=$(grep -rhoE '^(URIs:|deb) +https?://[^ ]+' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null \
-                | grep -v security | head -n1 | awk '{print $2}')
+            mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null \
+                | grep -oE '^(URIs:|deb) +https?://[^ ]+' | awk '{print $2}' | grep -E '/debian/?$' | head -n1 || true)
             mirror=${mirror:-http://deb.debian.org/debian}
             echo "making $base from Debian packages ($mirror)..."
             rootfs=$(mktemp -d)
@@ -83,8 +84,9 @@ if [ -z "$base" ]; then
 fi
 echo "base image: $base"
 
-for t in redis rtmp scheduler worker-motion worker-yolo worker-record; do
+# camera-sim: simulated RTSP cameras for trying the stack (and the compose test).
+for t in redis rtmp scheduler worker-motion worker-yolo worker-record camera-sim; do
     echo "building cctv/$t:$tag"
     $DOCKER build -q -f deploy/docker/Dockerfile --build-arg "BASE=$base" --target "$t" -t "cctv/$t:$tag" "$ctx" >/dev/null
 done
-echo "images built: cctv/{redis,rtmp,scheduler,worker-motion,worker-yolo,worker-record}:$tag"
+echo "images built: cctv/{redis,rtmp,scheduler,worker-motion,worker-yolo,worker-record,camera-sim}:$tag"

@@ -139,19 +139,31 @@ pub struct Drift {
     pub fds_end: f64,
     /// The largest of the RSS, PSS and fd growths, %.
     pub growth_percent: f64,
-    /// Least-squares slope of PSS (Redis: used_memory) over the stage's second half, MiB per
-    /// hour: a leak keeps growing at the same pace, a warm-up (allocator arenas, buffers, streams
-    /// filling to their caps) levels off.
+    /// Least-squares slope of PSS (Redis: used_memory) in each quarter of the stage, MiB per
+    /// hour: a leak keeps growing at the same pace, a warm-up (allocator arenas, buffers)
+    /// levels off.
     #[serde(default)]
-    pub late_slope_mib_per_hour: f64,
+    pub quarter_slopes_mib_per_hour: Vec<f64>,
 }
 
 impl Drift {
-    /// Still growing in the second half by more than 5 % of its final size per hour.
+    /// Still growing in the last quarter by more than 5 % of its final size per hour.
     pub fn growing(&self) -> bool {
         let size = if self.pss_end_mib > 0.0 { self.pss_end_mib } else { self.rss_end_mib };
-        self.late_slope_mib_per_hour > 0.05 * size
+        self.quarter_slopes_mib_per_hour.last().is_some_and(|s| *s > 0.05 * size)
     }
+}
+
+/// Slopes of `value` over each quarter of `samples`, MiB per hour.
+fn quarter_slopes(samples: &[Sample], value: &dyn Fn(&Sample) -> f64) -> Vec<f64> {
+    let n = samples.len();
+    (0..4)
+        .map(|q| {
+            slope_per_hour(
+                &samples[q * n / 4..(q + 1) * n / 4].iter().map(|s| (s.t_secs, value(s))).collect::<Vec<_>>(),
+            )
+        })
+        .collect()
 }
 
 /// Least-squares slope of `(t_secs, value)` points, per hour.
@@ -177,7 +189,6 @@ fn drift(samples: &[Sample]) -> BTreeMap<String, Drift> {
         return BTreeMap::new();
     }
     let (first, last) = (&samples[..n], &samples[samples.len() - n..]);
-    let late = &samples[samples.len() / 2..];
     let mean = |set: &[Sample], f: &dyn Fn(&Sample) -> f64| set.iter().map(f).sum::<f64>() / set.len() as f64;
     let growth = |a: f64, b: f64| if a > 0.0 { (b - a) / a * 100.0 } else { 0.0 };
     let mut out = BTreeMap::new();
@@ -193,12 +204,12 @@ fn drift(samples: &[Sample]) -> BTreeMap<String, Drift> {
             fds_start: mean(first, &fds),
             fds_end: mean(last, &fds),
             growth_percent: 0.0,
-            late_slope_mib_per_hour: 0.0,
+            quarter_slopes_mib_per_hour: Vec::new(),
         };
         d.growth_percent = growth(d.rss_start_mib, d.rss_end_mib)
             .max(growth(d.pss_start_mib, d.pss_end_mib))
             .max(growth(d.fds_start, d.fds_end));
-        d.late_slope_mib_per_hour = slope_per_hour(&late.iter().map(|s| (s.t_secs, pss(s))).collect::<Vec<_>>());
+        d.quarter_slopes_mib_per_hour = quarter_slopes(samples, &pss);
         out.insert(c.clone(), d);
     }
     let redis = |s: &Sample| s.redis_used_mib;
@@ -209,7 +220,7 @@ fn drift(samples: &[Sample]) -> BTreeMap<String, Drift> {
             rss_start_mib: a,
             rss_end_mib: b,
             growth_percent: growth(a, b),
-            late_slope_mib_per_hour: slope_per_hour(&late.iter().map(|s| (s.t_secs, redis(s))).collect::<Vec<_>>()),
+            quarter_slopes_mib_per_hour: quarter_slopes(samples, &redis),
             ..Drift::default()
         },
     );
@@ -1037,16 +1048,17 @@ fragment written. Plots: `cpu.png`, `ram.png` (RSS), `pss.png`, `latency.png`.\n
     for s in r.stages.iter().filter(|s| s.seconds >= 600.0 && !s.drift.is_empty()) {
         md += &format!(
             "\n## Drift over the {}-channel stage ({:.0} s)\n\nAverage of the first and last {DRIFT_SAMPLES} samples \
-             after warm-up; growth is the largest of RSS, PSS and open fds (Redis: used_memory). Second half: \
-             least-squares slope of PSS (Redis: used_memory) over the stage's second half; a leak keeps its \
-             pace, a warm-up levels off. Still growing: more than 5 % of the final size per hour.\n\n\
-             | component | RSS MiB start → end | PSS MiB start → end | open fds start → end | growth | second half MiB/h | verdict |\n\
+             after warm-up; growth is the largest of RSS, PSS and open fds (Redis: used_memory). Slopes: \
+             least-squares slope of PSS (Redis: used_memory) in each quarter of the stage; a leak keeps its \
+             pace, a warm-up levels off. Still growing: the last quarter's slope is more than 5 % of the \
+             final size per hour.\n\n\
+             | component | RSS MiB start → end | PSS MiB start → end | open fds start → end | growth | slope per quarter MiB/h | verdict |\n\
              | --- | --- | --- | --- | --- | --- | --- |\n",
             s.channels, s.seconds
         );
         for (c, d) in &s.drift {
             md += &format!(
-                "| {c} | {:.0} → {:.0} | {:.0} → {:.0} | {:.0} → {:.0} | {:+.1} % | {:+.1} | {} |\n",
+                "| {c} | {:.0} → {:.0} | {:.0} → {:.0} | {:.0} → {:.0} | {:+.1} % | {} | {} |\n",
                 d.rss_start_mib,
                 d.rss_end_mib,
                 d.pss_start_mib,
@@ -1054,7 +1066,7 @@ fragment written. Plots: `cpu.png`, `ram.png` (RSS), `pss.png`, `latency.png`.\n
                 d.fds_start,
                 d.fds_end,
                 d.growth_percent,
-                d.late_slope_mib_per_hour,
+                d.quarter_slopes_mib_per_hour.iter().map(|v| format!("{v:+.1}")).collect::<Vec<_>>().join(", "),
                 if d.growing() {
                     "**still growing**"
                 } else if d.growth_percent > 10.0 {
@@ -1075,7 +1087,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_leak_is_still_growing_in_the_second_half_a_warm_up_levels_off() {
+    fn a_leak_is_still_growing_in_the_last_quarter_a_warm_up_levels_off() {
         let sample = |t: f64, pss: f64| Sample {
             t_secs: t,
             pss_mib: BTreeMap::from([("w".to_string(), pss)]),
@@ -1085,7 +1097,7 @@ mod tests {
         // 20 MiB growing 12 MiB an hour, steadily.
         let leak: Vec<Sample> = (0..360).map(|i| sample(i as f64 * 10.0, 20.0 + i as f64 * 10.0 / 300.0)).collect();
         let d = &drift(&leak)["w"];
-        assert!((d.late_slope_mib_per_hour - 12.0).abs() < 0.1, "{d:?}");
+        assert!(d.quarter_slopes_mib_per_hour.iter().all(|s| (s - 12.0).abs() < 0.1), "{d:?}");
         assert!(d.growing());
         // The same 12 MiB gained in the first quarter hour, then flat.
         let warm: Vec<Sample> =

@@ -147,9 +147,19 @@ fn compose_stack_builds_runs_backs_up_and_reports_health() {
     let (config_dir, clips) = (tmp.path().join("config"), tmp.path().join("clips"));
     std::fs::create_dir_all(&config_dir).unwrap();
     std::fs::create_dir_all(&clips).unwrap();
-    // A camera: quiet, workers walking through, quiet again; looped by the relay.
+    // A camera: quiet, workers walking through, quiet again, looped by the camera simulator;
+    // H.264 without B-frames, as IP cameras send it over RTSP.
+    let raw = tmp.path().join("raw.mp4");
+    make_clip(&media("worker-zone-detection.gif"), &raw, 3, 8.0, 30.0);
     let clip = clips.join("cam1.mp4");
-    make_clip(&media("worker-zone-detection.gif"), &clip, 3, 8.0, 30.0);
+    let encoded = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-i"])
+        .arg(&raw)
+        .args(["-c:v", "libx264", "-preset", "veryfast", "-g", "25", "-bf", "0", "-an"])
+        .arg(&clip)
+        .status()
+        .unwrap();
+    assert!(encoded.success(), "re-encoding the camera clip");
     for p in [&config_dir, &clips] {
         readable(p, 0o755);
     }
@@ -186,14 +196,14 @@ dir = "/var/lib/cctv/logs"
 [[channel]]
 id = 1
 name = "Yard"
-source = "file:///clips/cam1.mp4"
+source = "rtsp://camera:8554/cam1/main"
 record = "motion"
 
 # The same camera as a priority channel that only runs YOLO.
 [[channel]]
 id = 2
 name = "Yard (objects)"
-source = "file:///clips/cam1.mp4"
+source = "rtsp://camera:8554/cam1/main"
 priority = true
 record = "off"
 "#,
@@ -203,7 +213,11 @@ record = "off"
     let over = tmp.path().join("docker-compose.test.yml");
     std::fs::write(
         &over,
-        format!("services:\n  relay:\n    volumes:\n      - {}:/clips:ro\n  worker-motion:\n    deploy: {{ replicas: 1 }}\n", clips.display()),
+        format!(
+            "services:\n  camera:\n    image: cctv/camera-sim:{TAG}\n    volumes:\n      - {}:/clips:ro\n  \
+             worker-motion:\n    deploy: {{ replicas: 1 }}\n",
+            clips.display()
+        ),
     )
     .unwrap();
 
@@ -221,15 +235,18 @@ record = "off"
             ("CCTV_LOG_FORMAT", "text".into()),
         ],
     };
+    let up_at = Instant::now();
     compose.ok(&["up", "-d"]);
 
-    // Every service has a health check, and every one turns healthy.
+    // Every cluster service has a health check, and every one turns healthy (the simulated
+    // camera is not part of the cluster and has none).
     let services = ["redis", "rtmp", "relay", "scheduler", "worker-motion", "worker-yolo", "worker-record"];
     let all_healthy = |h: &BTreeMap<String, String>| {
         services.iter().all(|s| h.iter().any(|(n, st)| n.contains(&format!("_{s}_")) && st == "healthy"))
-            && h.values().all(|st| st == "healthy")
+            && h.iter().filter(|(n, _)| !n.contains("_camera_")).all(|(_, st)| st == "healthy")
     };
     compose.wait_health(all_healthy, Duration::from_secs(120), "every container healthy");
+    eprintln!("every container healthy {:.1} s after `up -d`", up_at.elapsed().as_secs_f64());
 
     // Published on the host's loopback only.
     for (svc, port) in [("scheduler", "8088"), ("rtmp", "1935"), ("rtmp", "8080")] {
@@ -237,13 +254,18 @@ record = "off"
         assert!(mapped.trim().starts_with("127.0.0.1:"), "{svc}:{port} published as {mapped:?}");
     }
 
-    // The camera is relayed, motion and objects are seen, a backup is written by the record
-    // container (non-root, on the named volume) and served by the API.
+    // The RTSP camera is relayed, motion and objects are seen, a backup is written by the record
+    // container (non-root, on the named volume, the seed's file name) and served by the API.
     let api = format!("http://127.0.0.1:{api_port}");
     let backup = wait(Duration::from_secs(150), "a backup file of channel 1 listed by the API", || {
         let list = get_json(&format!("{api}/api/backups"))?;
         list["items"].as_array()?.iter().find(|b| b["download"].is_string() && b["channel"] == 1).cloned()
     });
+    eprintln!("first backup listed {:.1} s after `up -d`: {backup}", up_at.elapsed().as_secs_f64());
+    let name = backup["file"].as_str().unwrap().to_string();
+    assert!(seed_name(&name, 1), "backup named Channel1_YYYY-MM-DD_HH-MM-SS.mkv: {name}");
+    let listing = compose.ok(&["exec", "-T", "worker-record", "ls", "-ln", "/var/lib/cctv/backups"]);
+    assert!(listing.contains(&name), "{name} in the backup volume: {listing}");
     let objects = get_json(&format!("{api}/api/events?category=objects")).unwrap();
     assert!(
         objects["items"]
@@ -252,10 +274,12 @@ record = "off"
         "worker-yolo found the people: {objects}"
     );
     let file = get(&format!("{api}{}", backup["download"].as_str().unwrap())).expect("downloading the backup");
-    let local = tmp.path().join("backup.mkv");
+    let local = tmp.path().join(&name);
     std::fs::write(&local, &file).unwrap();
     let secs = cctv_testkit::cluster::probe_duration(&local);
     assert!(secs >= 8.0, "backup plays {secs} s: {backup}");
+    let metrics = String::from_utf8(get(&format!("{api}/metrics")).expect("/metrics")).unwrap();
+    assert!(metrics.contains("cctv_workers{kind=\"record\"} 1"), "{metrics}");
 
     // Nobody but the relay may publish into nginx-rtmp.
     let intruder = Command::new("ffmpeg")
@@ -267,6 +291,25 @@ record = "off"
         .unwrap();
     assert!(!intruder.status.success(), "publishing from the host was accepted");
 
+    // A restarted worker container rejoins: a new motion worker holds the batch.
+    let motion_workers = || -> Vec<(String, usize)> {
+        get_json(&format!("{api}/api/workers"))
+            .and_then(|w| w["items"].as_array().or(w.as_array()).cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter(|w| w["kind"] == "motion")
+            .map(|w| (w["worker"].as_str().unwrap_or("").to_string(), w["batches"].as_array().map_or(0, Vec::len)))
+            .collect()
+    };
+    let before = motion_workers();
+    assert!(before.iter().any(|(_, held)| *held > 0), "a motion worker holds the batch: {before:?}");
+    compose.ok(&["restart", "-t", "10", "worker-motion"]);
+    let rejoined = wait(Duration::from_secs(60), "the restarted motion worker holds the batch", || {
+        motion_workers().into_iter().find(|(w, held)| *held > 0 && !before.iter().any(|(b, _)| b == w))
+    });
+    eprintln!("restarted worker-motion rejoined as {}", rejoined.0);
+    compose.wait_health(all_healthy, Duration::from_secs(60), "every container healthy after the restart");
+
     // Health follows the processes' real state: Redis gone → workers unhealthy; back → healthy.
     compose.ok(&["stop", "redis"]);
     compose.wait_health(
@@ -276,4 +319,23 @@ record = "off"
     );
     compose.ok(&["start", "redis"]);
     compose.wait_health(all_healthy, Duration::from_secs(90), "every container healthy again after Redis returned");
+
+    // `down -v` leaves nothing: no container, no volume, no network.
+    compose.ok(&["down", "-v", "--remove-orphans", "-t", "10"]);
+    let label = format!("label=com.docker.compose.project={}", compose.project);
+    for what in [&["ps", "-a", "-q"][..], &["volume", "ls", "-q"][..], &["network", "ls", "-q"][..]] {
+        let o = Command::new("docker").args(what).args(["--filter", &label]).output().unwrap();
+        let left = String::from_utf8_lossy(&o.stdout);
+        assert!(left.trim().is_empty(), "docker {what:?} left after down -v: {left}");
+    }
+}
+
+/// `Channel<id>_YYYY-MM-DD_HH-MM-SS.mkv`, the seed's backup file name.
+fn seed_name(name: &str, channel: u32) -> bool {
+    let Some(rest) = name.strip_prefix(&format!("Channel{channel}_")).and_then(|r| r.strip_suffix(".mkv")) else {
+        return false;
+    };
+    let shape = "dddd-dd-dd_dd-dd-dd";
+    rest.len() == shape.len()
+        && rest.chars().zip(shape.chars()).all(|(c, s)| if s == 'd' { c.is_ascii_digit() } else { c == s })
 }
