@@ -67,22 +67,38 @@ fn start_workers(
     cfg: &Path,
     logs: &Path,
     motion_conc: &str,
-    record_conc: &str,
+    record_conc: Option<&str>,
     pids: &mut BTreeMap<u32, &'static str>,
     name: &'static str,
 ) -> Workers {
-    let cfg = cfg.to_str().unwrap();
+    let cfg_s = cfg.to_str().unwrap();
     let mut procs = Vec::new();
     for (bin, args) in [
-        ("worker-motion", vec!["--config", cfg, "run", "--concurrency", motion_conc]),
-        ("worker-yolo", vec!["--config", cfg, "run"]),
-        ("worker-record", vec!["--config", cfg, "run", "--concurrency", record_conc]),
+        ("worker-motion", vec!["--config", cfg_s, "run", "--concurrency", motion_conc]),
+        ("worker-yolo", vec!["--config", cfg_s, "run"]),
     ] {
         let p = host.spawn(workspace_bin(bin), &args, &logs.join(format!("{name}-{bin}.log")));
         pids.insert(p.0.id(), name);
         procs.push(p);
     }
+    if let Some(conc) = record_conc {
+        procs.push(start_record_worker(host, cfg, logs, conc, pids, name));
+    }
     Workers { procs }
+}
+
+fn start_record_worker(
+    host: &Host,
+    cfg: &Path,
+    logs: &Path,
+    conc: &str,
+    pids: &mut BTreeMap<u32, &'static str>,
+    name: &'static str,
+) -> KillOnDrop {
+    let args = ["--config", cfg.to_str().unwrap(), "run", "--concurrency", conc];
+    let p = host.spawn(workspace_bin("worker-record"), &args, &logs.join(format!("{name}-worker-record.log")));
+    pids.insert(p.0.id(), name);
+    p
 }
 
 /// The hosts whose record workers hold a recording's lease.
@@ -206,13 +222,18 @@ fn workers_on_several_hosts_share_work_and_take_over_a_lost_host() {
 
     // B first, so it is sure to hold one batch and one recording; then C.
     let mut pids: BTreeMap<u32, &'static str> = BTreeMap::new();
-    let b_workers = start_workers(&b, &cfg, &logs, "1", "1", &mut pids, "b");
+    let b_workers = start_workers(&b, &cfg, &logs, "1", Some("1"), &mut pids, "b");
     let holders = |redis: &RedisCli| -> Vec<Option<String>> {
         ["b0", "b1"].iter().map(|x| redis.get(&format!("it:motion:lease:{x}"))).collect()
     };
     wait_until(Duration::from_secs(30), || holders(&redis).iter().any(Option::is_some).then_some(()))
         .expect("B holds a batch");
-    let _c_workers = start_workers(&c, &cfg, &logs, "2", "2", &mut pids, "c");
+    let _c_workers = start_workers(&c, &cfg, &logs, "2", None, &mut pids, "c");
+    // C's record worker starts once B's (one slot) holds a recording: the other channel's
+    // recording can then only go to C. Started together, C's two slots could claim both first.
+    wait_until(Duration::from_secs(40), || record_holders(&redis, &pids).contains("b").then_some(()))
+        .unwrap_or_else(|| panic!("B records a channel\n{}", record_diagnosis(&redis, &logs)));
+    let _c_record = start_record_worker(&c, &cfg, &logs, "2", &mut pids, "c");
 
     // 1. Both hosts hold a batch, run YOLO jobs and write recordings.
     let shared_batches = wait_until(Duration::from_secs(30), || {
@@ -254,7 +275,7 @@ fn workers_on_several_hosts_share_work_and_take_over_a_lost_host() {
 
     // 3. Host D joins without restarting anything and picks up YOLO work.
     let d = net.host("d", 4);
-    let _d_workers = start_workers(&d, &cfg, &logs, "1", "1", &mut pids, "d");
+    let _d_workers = start_workers(&d, &cfg, &logs, "1", Some("1"), &mut pids, "d");
     let d_joined = Instant::now();
     let d_work = wait_until(Duration::from_secs(40), || {
         redis
@@ -286,7 +307,11 @@ fn workers_on_several_hosts_share_work_and_take_over_a_lost_host() {
         let recordings: HashSet<&str> = parts.iter().filter_map(|f| f["recording"].as_str()).collect();
         let names: HashSet<&str> = parts.iter().filter_map(|f| f["file"].as_str()).collect();
         eprintln!("ch{ch}: {} file(s), recordings {recordings:?}", parts.len());
-        assert_eq!(recordings.len(), 1, "ch{ch}: one activity, one recording: {parts:?}");
+        // One activity, one recording — except on the channel whose motion batch and recording
+        // were both on B: the new detector on C opens a new event after the takeover, and its
+        // recording follows the first back to back (known limit, docs/reliability.md). Either
+        // way the activity is covered without gap or overlap (checked below).
+        assert!(recordings.len() <= 2, "ch{ch}: one activity, at most one split at the host loss: {parts:?}");
         assert_eq!(names.len(), parts.len(), "ch{ch}: a file reported twice");
         let first_start = motion
             .iter()
@@ -296,10 +321,8 @@ fn workers_on_several_hosts_share_work_and_take_over_a_lost_host() {
             .unwrap();
         assert!(parts[0]["start_ms"].as_i64().unwrap() <= first_start - 5000, "ch{ch} pre-roll: {parts:?}");
         for w in parts.windows(2) {
-            assert!(
-                w[1]["start_ms"].as_i64().unwrap() - w[0]["end_ms"].as_i64().unwrap() <= 1000,
-                "ch{ch} gap: {parts:?}"
-            );
+            let step = w[1]["start_ms"].as_i64().unwrap() - w[0]["end_ms"].as_i64().unwrap();
+            assert!(step.abs() <= 1000, "ch{ch} gap or overlap of {step} ms: {parts:?}");
         }
     }
     let left: Vec<String> =
