@@ -81,6 +81,11 @@ pub struct ChannelStatus {
     pub fps: f32,
     pub last_frame_ms: Option<i64>,
     pub last_motion_ms: Option<i64>,
+    /// Since when this worker's reader has analysed the channel without interruption (its
+    /// first frame): the orphan watchdog waits for a taking-over detector to have watched the
+    /// scene for `end_quiet_secs` before it ends the lost worker's event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysing_since_ms: Option<i64>,
     pub frames_total: u64,
     pub worker: String,
     pub batch: String,

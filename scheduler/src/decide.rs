@@ -28,6 +28,14 @@
 //! shows is over. The watchdog closes an event only then, or when no worker has reported the
 //! channel for [`ORPHAN_GRACE`] on the decider's own clock — never because of a motion state,
 //! and never right after Redis came back.
+//!
+//! An orphaned event's activity is taken to last as long as anyone could not rule it out: until
+//! its worker last reported it in progress, and, when another worker took the channel over,
+//! until that worker's detector started watching the scene. The event is closed only once that
+//! detector has watched it for `end_quiet_secs` (what any detector needs to call a scene
+//! quiet), so motion it sees meanwhile joins the same recording: a lost host splits no
+//! activity in two. A takeover whose detector never gets a picture is waited for at most
+//! [`TAKEOVER_WAIT`].
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -48,6 +56,9 @@ const STATE_TTL_SECS: i64 = 86_400;
 /// its events in progress are over. Longer than the status TTL plus a reconnect after a Redis
 /// restart.
 pub const ORPHAN_GRACE: Duration = Duration::from_secs(15);
+/// The longest the watchdog waits for a worker that took a channel over to watch it for
+/// `end_quiet_secs` (its stream may be down) before it ends the lost worker's event.
+pub const TAKEOVER_WAIT: Duration = Duration::from_secs(60);
 
 /// One result, as the decision sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,9 +78,11 @@ pub enum Input {
         labels: Vec<String>,
         view: EventView,
     },
-    /// The watchdog found `event` over without its `end`.
+    /// The watchdog found `event` over without its `end`; its activity lasted at least until
+    /// `last_ms` (see the module docs).
     Orphan {
         event: String,
+        last_ms: i64,
     },
 }
 
@@ -118,13 +131,14 @@ pub fn decide(input: &Input, active: Option<&Recording>, ch: &ChannelRules, rule
                 RecordTrigger { kind: TriggerKind::Motion, motion_event: event.clone(), ts_ms: *ts_ms, labels: vec![] };
             Action::Create(Recording::new(ch.channel, trigger, Some(event), *ts_ms, active, rules, now))
         }
-        Input::MotionEnd { event, .. } | Input::Orphan { event } => {
+        Input::MotionEnd { event, .. } | Input::Orphan { event, .. } => {
             let Some(rec) = active.filter(|r| r.events.contains(event)) else { return Action::Nothing };
             let mut rec = rec.clone();
             let last = match input {
                 Input::MotionEnd { last_motion_ms, .. } => *last_motion_ms,
-                // Its last activity known to the recording: nothing later was seen.
-                _ => rec.last_activity_ms,
+                // As long as the watchdog could not rule activity out.
+                Input::Orphan { last_ms, .. } => rec.last_activity_ms.max(*last_ms),
+                _ => unreachable!("matched above"),
             };
             if matches!(input, Input::Orphan { .. }) {
                 if !rec.open_events.contains(event) {
@@ -176,10 +190,15 @@ pub fn decide(input: &Input, active: Option<&Recording>, ch: &ChannelRules, rule
     }
 }
 
-/// Per channel: since when the decider has seen no worker report it.
+/// What the orphan watchdog saw, on the decider's clock.
 #[derive(Default)]
 struct Watch {
+    /// Per channel: since when no worker reported it.
     unreported_since: HashMap<u32, Instant>,
+    /// Per motion event in progress: the latest status of its own worker that showed it so.
+    last_in_progress_ms: HashMap<String, i64>,
+    /// Per motion event: since when another worker holds its channel.
+    taken_over_since: HashMap<String, Instant>,
 }
 
 pub struct Decider {
@@ -403,33 +422,59 @@ impl Decider {
         if last != "0-0" && cursor.as_deref() != Some(last.as_str()) {
             return Ok(());
         }
+        let end_quiet_ms = (self.config.motion.end_quiet_secs * 1000.0) as i64;
+        let mut watched = std::collections::HashSet::new();
         for (ch, rec, status) in candidates {
             let mut over = Vec::new();
             match status {
                 Some(s) => {
                     self.watch.unreported_since.remove(&ch);
                     for event in &rec.open_events {
+                        watched.insert(event.clone());
                         let (worker, seq) = self.event_origin(event).await?;
+                        let last_known = self.watch.last_in_progress_ms.get(event).copied().unwrap_or(0);
+                        if s.active_event.as_deref() == Some(event) {
+                            self.watch.last_in_progress_ms.insert(event.clone(), s.updated_ms.max(last_known));
+                            continue;
+                        }
                         let other_worker = worker.as_deref().is_some_and(|w| w != s.worker);
-                        let passed = seq.is_some_and(|q| s.seq >= q) && s.active_event.as_deref() != Some(event);
-                        if other_worker || passed {
-                            over.push(event.clone());
+                        if other_worker {
+                            // Taken over: over once the new detector has watched the scene
+                            // for `end_quiet_secs`; the activity may have gone on until it
+                            // started watching.
+                            let since = *self.watch.taken_over_since.entry(event.clone()).or_insert_with(Instant::now);
+                            match s.analysing_since_ms {
+                                Some(from) if s.updated_ms - from >= end_quiet_ms => {
+                                    over.push((event.clone(), from.max(last_known)))
+                                }
+                                _ if since.elapsed() >= TAKEOVER_WAIT => over.push((event.clone(), last_known)),
+                                _ => {}
+                            }
+                        } else if seq.is_some_and(|q| s.seq >= q) {
+                            // Its own worker has moved past it: the end was lost.
+                            over.push((event.clone(), last_known.max(s.last_motion_ms.unwrap_or(0))));
                         }
                     }
                 }
                 None => {
                     let since = *self.watch.unreported_since.entry(ch).or_insert_with(Instant::now);
                     if since.elapsed() >= ORPHAN_GRACE {
-                        over.extend(rec.open_events.iter().cloned());
+                        over.extend(rec.open_events.iter().map(|e| {
+                            (e.clone(), self.watch.last_in_progress_ms.get(e).copied().unwrap_or(0))
+                        }));
+                    } else {
+                        watched.extend(rec.open_events.iter().cloned());
                     }
                 }
             }
-            for event in over {
-                tracing::warn!(channel = ch, recording = %rec.id, event = %event,
+            for (event, last_ms) in over {
+                tracing::warn!(channel = ch, recording = %rec.id, event = %event, last_ms,
                     "motion event over without its end (its worker is gone); the recording ends after its last activity");
-                self.apply(ch, &Input::Orphan { event }).await?;
+                self.apply(ch, &Input::Orphan { event, last_ms }).await?;
             }
         }
+        self.watch.last_in_progress_ms.retain(|e, _| watched.contains(e));
+        self.watch.taken_over_since.retain(|e, _| watched.contains(e));
         Ok(())
     }
 
@@ -544,26 +589,49 @@ mod tests {
         let mut s = Sim::new(MOTION);
         s.start("a", 10_000);
         s.end("a", 20_000);
-        s.recs[0].close(26_000, 26_000, Some("stalled".into())); // closed early by its worker
-                                                                 // Activity inside the old join window: a new recording, starting at a's end.
+        // Closed early by its worker; then activity inside the old join window: a new
+        // recording, starting at a's end.
+        s.recs[0].close(26_000, 26_000, Some("stalled".into()));
         assert_eq!(s.feed(Input::MotionStart { event: "b".into(), ts_ms: 27_000 }, 27_000), "create");
         assert_eq!(s.recs[1].start_ms, 25_000);
         assert_eq!(s.recs[0].events, ["a"]);
     }
 
     #[test]
-    fn an_orphaned_event_ends_the_recording_at_its_last_activity() {
+    fn an_orphaned_event_ends_the_recording_after_its_last_possible_activity() {
         let mut s = Sim::new(MOTION);
         s.start("a", 10_000);
-        assert_eq!(s.feed(Input::Orphan { event: "a".into() }, 40_000), "update");
+        // Nothing known after its start.
+        assert_eq!(s.feed(Input::Orphan { event: "a".into(), last_ms: 0 }, 40_000), "update");
         assert_eq!(s.recs[0].end_ms, Some(15_000));
-        assert_eq!(s.feed(Input::Orphan { event: "a".into() }, 41_000), "nothing");
+        assert_eq!(s.feed(Input::Orphan { event: "a".into(), last_ms: 0 }, 41_000), "nothing");
+        // Reported in progress until 30 s, or a new detector watching from then: activity
+        // cannot be ruled out before, so the post-roll counts from there.
+        let mut u = Sim::new(MOTION);
+        u.start("a", 10_000);
+        assert_eq!(u.feed(Input::Orphan { event: "a".into(), last_ms: 30_000 }, 40_000), "update");
+        assert_eq!(u.recs[0].end_ms, Some(35_000));
         // The orphan watchdog never touches an event that is not in progress.
         let mut t = Sim::new(MOTION);
         t.start("a", 10_000);
         t.start("b", 12_000);
-        assert_eq!(t.feed(Input::Orphan { event: "a".into() }, 13_000), "update");
+        assert_eq!(t.feed(Input::Orphan { event: "a".into(), last_ms: 0 }, 13_000), "update");
         assert_eq!(t.recs[0].end_ms, None, "b still holds it open");
+    }
+
+    #[test]
+    fn a_takeover_detector_seeing_motion_before_the_orphan_closes_keeps_one_recording() {
+        // a's worker is lost at ~20 s; the new detector watches from 25 s and sees motion at
+        // 26 s (its event b) before the watchdog closes a at 28 s (end_quiet after 25 s).
+        let mut s = Sim::new(MOTION);
+        s.start("a", 10_000);
+        assert_eq!(s.start("b", 26_000), "update");
+        assert_eq!(s.feed(Input::Orphan { event: "a".into(), last_ms: 25_000 }, 28_000), "update");
+        assert_eq!(s.recs.len(), 1);
+        assert_eq!(s.recs[0].end_ms, None, "b holds it open");
+        assert_eq!(s.end("b", 40_000), "update");
+        assert_eq!(s.recs[0].end_ms, Some(45_000));
+        assert_eq!(s.recs[0].events, ["a", "b"]);
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub struct ChannelShared {
     stop: AtomicBool,
     last_frame_ms: AtomicI64,
     last_motion_ms: AtomicI64,
+    /// First frame of the current reader run (0: not analysing).
+    analysing_since_ms: AtomicI64,
     frames: std::sync::atomic::AtomicU64,
     stopper: Mutex<Option<Stopper>>,
     stalled: AtomicBool,
@@ -66,6 +68,7 @@ impl ChannelShared {
             stop: AtomicBool::new(false),
             last_frame_ms: AtomicI64::new(0),
             last_motion_ms: AtomicI64::new(0),
+            analysing_since_ms: AtomicI64::new(0),
             frames: 0.into(),
             stopper: Mutex::new(None),
             stalled: AtomicBool::new(false),
@@ -101,6 +104,12 @@ impl ChannelShared {
 
     pub fn last_motion_ms(&self) -> Option<i64> {
         Some(self.last_motion_ms.load(Ordering::Relaxed)).filter(|&t| t > 0)
+    }
+
+    /// Since when this reader has analysed frames without interruption (`None` while connecting
+    /// or offline).
+    pub fn analysing_since_ms(&self) -> Option<i64> {
+        Some(self.analysing_since_ms.load(Ordering::Relaxed)).filter(|&t| t > 0)
     }
 
     /// Called by the supervisor: stops a reader that delivered no frame for `timeout` since
@@ -255,9 +264,11 @@ fn read_stream(
     };
     let mut process = FfmpegProcess::spawn(format!("motion ch{}", ch.id), cmd, true).map_err(|e| e.to_string())?;
     shared.stalled.store(false, Ordering::Relaxed);
+    shared.analysing_since_ms.store(0, Ordering::Relaxed);
     *shared.stopper.lock().unwrap_or_else(|e| e.into_inner()) = Some(process.stopper());
     let result = analyse(ch, params, yolo, shared, out, &mut process);
     *shared.stopper.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    shared.analysing_since_ms.store(0, Ordering::Relaxed);
     process.stop(Duration::from_secs(2));
     if shared.stalled.load(Ordering::Relaxed) {
         return Err(format!("stalled: no frame for {} s", params.stall_timeout_secs));
@@ -308,6 +319,8 @@ fn analyse(
         }
         let ts = now_ms();
         shared.last_frame_ms.store(ts, Ordering::Relaxed);
+        // Only the first frame of the run sets it (0 means unset).
+        let _ = shared.analysing_since_ms.compare_exchange(0, ts, Ordering::Relaxed, Ordering::Relaxed);
         shared.frames.fetch_add(1, Ordering::Relaxed);
         let grey = match colour.as_mut().map(|c| c.grey_of(&frame)).transpose() {
             Ok(g) => g,

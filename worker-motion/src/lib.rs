@@ -443,6 +443,7 @@ async fn publish_status(
         fps,
         last_frame_ms: s.last_frame_ms(),
         last_motion_ms: s.last_motion_ms(),
+        analysing_since_ms: s.analysing_since_ms(),
         frames_total: frames,
         worker: ctx.worker.clone(),
         batch: job.batch.clone(),

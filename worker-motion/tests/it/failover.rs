@@ -1,6 +1,7 @@
 use std::time::{Duration, Instant};
 
 use cctv_common::events::now_ms;
+use cctv_common::recording::RecordingStore;
 use cctv_testkit::Pusher;
 
 use cctv_testkit::cluster::{channel, people_clip, wait_for, Cluster};
@@ -9,8 +10,10 @@ fn worker(cluster: &Cluster, concurrency: &str) -> cctv_testkit::KillOnDrop {
     cluster.spawn(env!("CARGO_BIN_EXE_worker-motion"), &["run", "--concurrency", concurrency])
 }
 
-/// Two batches, two workers each holding one; kill -9 one: its batch resumes on the other
-/// within 15 s, and no batch is ever held by both.
+/// Two batches, two workers each holding one; kill -9 one while its channel is in motion: its
+/// batch resumes on the other within 15 s, no batch is ever held by both, and the activity in
+/// progress stays one recording across the takeover (the lost worker's event is not cut at its
+/// start: the scheduler's orphan watchdog waits for the new detector to watch the scene).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_worker_batch_resumes_on_the_other_within_15s() {
     let channels = [channel(1), channel(2)].concat();
@@ -50,6 +53,18 @@ async fn killed_worker_batch_resumes_on_the_other_within_15s() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
+    // Kill while the channel's motion event has been in progress for longer than pre- and
+    // post-roll together (people walk through most of the looped clip): its recording is open
+    // and held by that event, and ending it at its start would cut the activity.
+    let store = RecordingStore::new(cluster.conn_manager().await, cluster.keys.clone());
+    let (lost_event, before) = wait_for(Duration::from_secs(60), || async {
+        let status = cluster.channel_status(killed_channel).await?;
+        let event = status.active_event.filter(|_| status.worker == first_holds.1)?;
+        let rec = store.active(killed_channel).await.ok()??.rec;
+        (rec.open_events.contains(&event) && now_ms() - rec.last_activity_ms >= 12_000).then_some((event, rec))
+    })
+    .await
+    .expect("a motion event in progress for 12 s with its recording open");
     let killed_at = now_ms();
     let kill_instant = Instant::now();
     first.0.kill().expect("kill -9 the first worker");
@@ -82,4 +97,16 @@ async fn killed_worker_batch_resumes_on_the_other_within_15s() {
     );
     let status = cluster.channel_status(killed_channel).await.expect("status");
     assert_eq!(status.worker, second_holder);
+
+    // The lost event is closed once the new detector watched the scene; the activity stays in
+    // the recording that was open at the kill, which now holds the new worker's event too.
+    let after = wait_for(Duration::from_secs(40), || async {
+        let rec = store.active(killed_channel).await.ok()??.rec;
+        (!rec.open_events.contains(&lost_event)).then_some(rec)
+    })
+    .await
+    .expect("the lost worker's event is closed as an orphan");
+    assert_eq!(after.id, before.id, "one recording across the takeover: {after:?}");
+    assert!(after.events.contains(&resumed.event_id), "the new worker's event joined it: {after:?}");
+    assert!(after.end_ms.is_none_or(|end| end >= killed_at), "the recording covers the kill: {after:?}");
 }
