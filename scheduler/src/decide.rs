@@ -459,9 +459,11 @@ impl Decider {
                 None => {
                     let since = *self.watch.unreported_since.entry(ch).or_insert_with(Instant::now);
                     if since.elapsed() >= ORPHAN_GRACE {
-                        over.extend(rec.open_events.iter().map(|e| {
-                            (e.clone(), self.watch.last_in_progress_ms.get(e).copied().unwrap_or(0))
-                        }));
+                        over.extend(
+                            rec.open_events
+                                .iter()
+                                .map(|e| (e.clone(), self.watch.last_in_progress_ms.get(e).copied().unwrap_or(0))),
+                        );
                     } else {
                         watched.extend(rec.open_events.iter().cloned());
                     }

@@ -46,6 +46,9 @@ pub struct RelayStatus {
     pub updated_ms: i64,
 }
 
+/// Bitstream filter of every relay's video (see [`relay_command`]).
+pub const RELAY_FIX_MISSING_PTS: &str = r"setts=pts=if(eq(PTS\,NOPTS)\,DTS\,PTS)";
+
 /// The ffmpeg arguments of one relay (input options, input, output options, output).
 pub fn relay_command(
     source: &str,
@@ -71,6 +74,10 @@ pub fn relay_command(
     }
     let input = source.strip_prefix("file://").unwrap_or(source);
     cmd.input(input).args(["-map", "0:v:0", "-c:v", "copy"]);
+    // A camera that sends B-frames over RTSP: ffmpeg's RTP demuxer gives the first packet no
+    // PTS and FLV refuses it ("Packet is missing PTS"), so the relay would never publish. Such a
+    // packet gets its DTS (which ffmpeg estimates) as PTS; every other packet is untouched.
+    cmd.args(["-bsf:v", RELAY_FIX_MISSING_PTS]);
     match audio {
         RelayAudio::Drop => cmd.arg("-an"),
         // FLV carries AAC/MP3; other camera codecs (G.711, ...) need `aac`.

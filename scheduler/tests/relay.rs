@@ -35,7 +35,10 @@ async fn rtsp_cameras_are_relayed_into_nginx_and_relays_recover() {
     let source = cctv_testkit::media("worker-zone-detection.gif");
     cctv_testkit::make_camera_clip(&source, &main, 6, 640, 360);
     cctv_testkit::make_camera_clip(&source, &sub, 6, 320, 180);
-    let cams = vec![(main.clone(), sub.clone()), (main.clone(), sub.clone())];
+    // Camera 2 sends B-frames (its first RTSP packet has no PTS).
+    let main_bframes = tmp.path().join("main-bframes.mp4");
+    cctv_testkit::make_camera_clip_with_bframes(&source, &main_bframes, 6, 640, 360, 3);
+    let cams = vec![(main.clone(), sub.clone()), (main_bframes, sub.clone())];
     let cameras = RtspCameras::start(&cams);
     let port = cameras.port;
     let channels: String = (1..=2)

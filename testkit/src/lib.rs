@@ -276,7 +276,13 @@ pub fn media_frame_jpeg(name: &str, width: u32, height: u32) -> Vec<u8> {
 
 /// Encodes a camera clip at a given size (H.264, 25 fps, GOP 25, no B-frames, no audio).
 pub fn make_camera_clip(source: &Path, out: &Path, loops: u32, width: u32, height: u32) {
-    encode(source, out, loops, &format!("fps=25,scale={width}:{height},format=yuv420p"), &["-bf", "0"]);
+    make_camera_clip_with_bframes(source, out, loops, width, height, 0);
+}
+
+/// The same with up to `bframes` consecutive B-frames (as some cameras send).
+pub fn make_camera_clip_with_bframes(source: &Path, out: &Path, loops: u32, width: u32, height: u32, bframes: u32) {
+    let vf = format!("fps=25,scale={width}:{height},format=yuv420p");
+    encode(source, out, loops, &vf, &["-bf", &bframes.to_string(), "-profile:v", "high"]);
 }
 
 /// `ffmpeg -stream_loop <loops-1> -i source -vf <vf> -c:v libx264 -g 25 -an <extra> out`.
