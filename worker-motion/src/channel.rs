@@ -5,7 +5,7 @@
 //! reason and retried with exponential backoff; the other channels of the batch never notice.
 
 use std::io::Read;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,28 @@ use crate::detector::{Hysteresis, MotionDetector, Transition};
 
 /// Frames analysed after which a failing channel's backoff resets.
 const HEALTHY_FRAMES: u64 = 50;
+/// YOLO frames of one channel handed to the batch but not yet sent on: while Redis is away
+/// (the batch waits on it) further frames are dropped here, before JPEG encoding, so memory
+/// stays bounded however long the outage lasts — frames that old would be stale for YOLO.
+pub const YOLO_FRAMES_IN_FLIGHT_MAX: usize = 16;
+
+/// A YOLO frame in flight to the batch; dropping it (sent, or discarded) frees its place.
+#[derive(Debug)]
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    /// Takes a place if fewer than `max` are taken.
+    fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        count.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).ok()?;
+        Some(Self(count.clone()))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// What a channel thread reports to its batch.
 #[derive(Debug)]
@@ -37,7 +59,7 @@ pub enum ChannelMsg {
         boxes: Vec<NormBox>,
     },
     /// A colour frame of a priority channel in motion, for object detection.
-    Frame { channel: u32, ts_ms: i64, motion_event: String, boxes: Vec<NormBox>, jpeg: Vec<u8> },
+    Frame { channel: u32, ts_ms: i64, motion_event: String, boxes: Vec<NormBox>, jpeg: Vec<u8>, _place: InFlight },
 }
 
 /// State shared between a channel thread and its batch supervisor.
@@ -57,6 +79,10 @@ pub struct ChannelShared {
     samples_recordings: bool,
     /// Set by the batch supervisor from the recording store.
     recording_open: AtomicBool,
+    /// YOLO frames handed to the batch and not yet sent on (see [`InFlight`]).
+    yolo_in_flight: Arc<AtomicUsize>,
+    /// YOLO frames not taken because too many were in flight, not yet counted in Redis.
+    yolo_dropped_backlog: AtomicU64,
 }
 
 impl ChannelShared {
@@ -64,6 +90,8 @@ impl ChannelShared {
         Self {
             samples_recordings,
             recording_open: AtomicBool::new(false),
+            yolo_in_flight: Arc::default(),
+            yolo_dropped_backlog: AtomicU64::new(0),
             id,
             stop: AtomicBool::new(false),
             last_frame_ms: AtomicI64::new(0),
@@ -79,6 +107,11 @@ impl ChannelShared {
     /// Does this channel send YOLO frames while its backup is open (priority, `recording_fps`)?
     pub fn samples_recordings(&self) -> bool {
         self.samples_recordings
+    }
+
+    /// YOLO frames dropped since the last call because the batch could not send them on.
+    pub fn take_yolo_dropped_backlog(&self) -> u64 {
+        self.yolo_dropped_backlog.swap(0, Ordering::Relaxed)
     }
 
     pub fn set_recording_open(&self, open: bool) {
@@ -353,17 +386,23 @@ fn analyse(
         };
         if let (Some(c), Some((event, fps))) = (colour.as_mut(), sample) {
             if c.due(ts, fps) {
-                match c.jpeg(&frame) {
-                    Ok(jpeg) => {
-                        let _ = out.send(ChannelMsg::Frame {
-                            channel: ch.id,
-                            ts_ms: ts,
-                            motion_event: event,
-                            boxes: verdict.boxes.clone(),
-                            jpeg,
-                        });
+                match InFlight::take(&shared.yolo_in_flight, YOLO_FRAMES_IN_FLIGHT_MAX) {
+                    None => {
+                        shared.yolo_dropped_backlog.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(e) => tracing::warn!(error = %e, "cannot encode a frame for YOLO"),
+                    Some(place) => match c.jpeg(&frame) {
+                        Ok(jpeg) => {
+                            let _ = out.send(ChannelMsg::Frame {
+                                channel: ch.id,
+                                ts_ms: ts,
+                                motion_event: event,
+                                boxes: verdict.boxes.clone(),
+                                jpeg,
+                                _place: place,
+                            });
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot encode a frame for YOLO"),
+                    },
                 }
             }
         }
@@ -468,4 +507,20 @@ fn emit(channel: u32, t: Transition, ts_ms: i64, boxes: Vec<NormBox>, out: &Unbo
     };
     // The batch is gone only when the job is ending; nothing left to tell then.
     let _ = out.send(msg);
+}
+
+#[cfg(test)]
+mod in_flight_tests {
+    use super::*;
+
+    #[test]
+    fn yolo_frames_in_flight_are_capped_and_places_come_back_when_sent_or_dropped() {
+        let count = Arc::new(AtomicUsize::new(0));
+        let held: Vec<InFlight> = (0..3).map_while(|_| InFlight::take(&count, 3)).collect();
+        assert_eq!(held.len(), 3);
+        assert!(InFlight::take(&count, 3).is_none(), "a fourth frame waits for a place");
+        drop(held);
+        assert_eq!(count.load(Ordering::Acquire), 0);
+        assert!(InFlight::take(&count, 3).is_some());
+    }
 }

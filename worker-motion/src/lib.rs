@@ -53,6 +53,10 @@ struct Ctx {
     held: heartbeat::Held,
     yolo: Queue<YoloJob>,
     yolo_max_queue: u64,
+    /// Frames older than this are of no use to worker-yolo (`yolo.max_age_secs`).
+    yolo_max_age_ms: i64,
+    /// Frames dropped as stale before reaching Redis, not yet added to `dropped_stale`.
+    yolo_stale_uncounted: Arc<std::sync::atomic::AtomicU64>,
     /// Encoded motion events not yet on the stream, oldest first. Locked for the whole of a
     /// publication, so events of all batches reach the stream in the order they happened.
     outbox: Arc<tokio::sync::Mutex<VecDeque<String>>>,
@@ -88,6 +92,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         held: Arc::default(),
         yolo: Queue::new(conn.clone(), &keys, &config.queue),
         yolo_max_queue: config.yolo.max_queue,
+        yolo_max_age_ms: (config.yolo.max_age_secs * 1000.0) as i64,
+        yolo_stale_uncounted: Arc::default(),
         outbox: Arc::default(),
         watchers: Arc::default(),
     };
@@ -281,6 +287,8 @@ async fn watch_batch(ctx: &Ctx, job: &MotionJob, meta: &JobMeta) -> Release {
                     ch.shared.check_stall(stall, ch.started_ms.load(std::sync::atomic::Ordering::Relaxed));
                     let p = published.get(&ch.shared.id).cloned().unwrap_or_default();
                     publish_status(ctx, &mut conn, job, ch, &p, &mut frames_at_last_tick).await;
+                    let backlog = ch.shared.take_yolo_dropped_backlog();
+                    ctx.yolo_stale_uncounted.fetch_add(backlog, std::sync::atomic::Ordering::Relaxed);
                     if ch.shared.samples_recordings() {
                         // Priority channels keep YOLO sampling while their backup is open.
                         match store.active(ch.shared.id).await {
@@ -324,9 +332,9 @@ async fn publish_event(
         ChannelMsg::Motion { channel, kind, event_id, ts_ms, started_ms, last_motion_ms, area, boxes } => {
             (channel, kind, event_id, ts_ms, started_ms, last_motion_ms, area, boxes)
         }
-        ChannelMsg::Frame { channel, ts_ms, motion_event, boxes, jpeg } => {
+        ChannelMsg::Frame { channel, ts_ms, motion_event, boxes, jpeg, _place } => {
             let job = YoloJob { channel, frame_ts_ms: ts_ms, motion_event, motion_boxes: boxes, jpeg };
-            return send_to_yolo(ctx, conn, job).await;
+            return send_to_yolo(ctx, conn, job).await; // `_place` is freed after the send
         }
     };
     let p = published.entry(channel).or_default();
@@ -394,7 +402,15 @@ async fn publish_motion(ctx: &Ctx, conn: &mut ConnectionManager, event: Option<S
 /// Queues a frame for YOLO unless the queue is already full (YOLO slower than the cameras):
 /// then the frame is dropped here and counted, so the backlog stays bounded.
 async fn send_to_yolo(ctx: &Ctx, conn: &mut ConnectionManager, job: YoloJob) {
+    use std::sync::atomic::Ordering;
     let channel = job.channel;
+    // A frame that waited out a Redis outage here is too old for YOLO: dropped without a
+    // Redis call, so frames queued behind a blocked call drain at once and memory stays bounded
+    // however long Redis is away. Counted with the next frame that gets through.
+    if now_ms() - job.frame_ts_ms > ctx.yolo_max_age_ms {
+        ctx.yolo_stale_uncounted.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
     let mut q = ctx.yolo.clone();
     let stats = ctx.keys.yolo_stats();
     let full = match q.waiting().await {
@@ -418,6 +434,15 @@ async fn send_to_yolo(ctx: &Ctx, conn: &mut ConnectionManager, job: YoloJob) {
     let r: redis::RedisResult<i64> = conn.hincr(&stats, counter, 1).await;
     if let Err(e) = r {
         tracing::debug!(error = %e, "cannot count a YOLO frame");
+        return;
+    }
+    let stale = ctx.yolo_stale_uncounted.swap(0, Ordering::Relaxed);
+    if stale > 0 {
+        tracing::info!(frames = stale, "YOLO frames dropped as stale while Redis was unreachable");
+        let r: redis::RedisResult<i64> = conn.hincr(&stats, "dropped_stale", stale).await;
+        if r.is_err() {
+            ctx.yolo_stale_uncounted.fetch_add(stale, Ordering::Relaxed);
+        }
     }
 }
 
