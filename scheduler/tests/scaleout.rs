@@ -7,55 +7,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cctv_testkit::netns::{workspace_bin, Host, Network};
+use cctv_testkit::netns::{wait_until, workspace_bin, Host, Network, RedisCli, SiteServers};
 use cctv_testkit::KillOnDrop;
-
-/// Redis as seen from host A.
-struct RedisCli<'a> {
-    host: &'a Host,
-    port: u16,
-}
-
-impl RedisCli<'_> {
-    fn run(&self, args: &[&str]) -> String {
-        let out = self
-            .host
-            .command("redis-cli")
-            .args(["--raw", "-h", &self.host.addr, "-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-    fn get(&self, key: &str) -> Option<String> {
-        Some(self.run(&["GET", key]).trim().to_string()).filter(|s| !s.is_empty())
-    }
-    /// The JSON payloads of a stream.
-    fn stream(&self, key: &str) -> Vec<serde_json::Value> {
-        self.run(&["XRANGE", key, "-", "+"])
-            .lines()
-            .filter(|l| l.starts_with('{'))
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-}
 
 /// Which host a worker name belongs to (names carry the pid; namespaces share the host name).
 fn host_of(worker: &str, pids: &BTreeMap<u32, &'static str>) -> Option<&'static str> {
     pids.iter().find(|(pid, _)| worker.contains(&format!("-{pid}-"))).map(|(_, h)| *h)
-}
-
-fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 struct Workers {
@@ -130,95 +87,16 @@ fn workers_on_several_hosts_share_work_and_take_over_a_lost_host() {
     std::fs::create_dir_all(&logs).unwrap();
     let mut net = Network::new();
     let (a, b, c) = (net.host("a", 1), net.host("b", 2), net.host("c", 3));
-    let (redis_port, rtmp_port, http_port) = (6379u16, 1935u16, 8080u16);
-
-    // Host A: redis-server, nginx-rtmp (config from the generator), cameras, scheduler.
-    let _redis = a.spawn(
-        "redis-server",
-        &[
-            "--bind",
-            &a.addr,
-            "--protected-mode",
-            "no",
-            "--port",
-            &redis_port.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            tmp.path().to_str().unwrap(),
-        ],
-        &logs.join("redis.log"),
-    );
-    a.wait_port(&a.addr, redis_port, "redis-server");
-    let nginx_dir = tmp.path().join("nginx");
-    std::fs::create_dir_all(nginx_dir.join("hls")).unwrap();
-    let conf = scheduler::nginx::NginxConf {
-        rtmp_listen: format!("{}:{rtmp_port}", a.addr),
-        http_listen: format!("{}:{http_port}", a.addr),
-        hls_dir: nginx_dir.join("hls"),
-        work_dir: nginx_dir.clone(),
-        module: cctv_testkit::RTMP_MODULE.into(),
-        publish_allow: vec![format!("{}/32", a.addr)],
-        // Every host of the test network, D (joining later) included.
-        play_allow: vec![format!("{}.0/24", a.addr.rsplit_once('.').unwrap().0)],
-        hls_playlist_secs: 90,
-        hls_fragment_secs: 2,
-    };
-    std::fs::write(nginx_dir.join("nginx.conf"), conf.render()).unwrap();
-    let _nginx = a.spawn(
-        "nginx",
-        &["-p", nginx_dir.to_str().unwrap(), "-c", nginx_dir.join("nginx.conf").to_str().unwrap(), "-e", "stderr"],
-        &logs.join("nginx.log"),
-    );
-    a.wait_port(&a.addr, rtmp_port, "nginx-rtmp");
     let clip = tmp.path().join("cam.mp4");
     // 8 s quiet, about a minute of people, then quiet.
     cctv_testkit::make_clip(&cctv_testkit::media("worker-zone-detection.gif"), &clip, 12, 8.0, 90.0);
-    let _cams: Vec<KillOnDrop> = (1..=2)
-        .map(|i| {
-            a.spawn(
-                "ffmpeg",
-                &[
-                    "-nostdin",
-                    "-re",
-                    "-i",
-                    clip.to_str().unwrap(),
-                    "-c",
-                    "copy",
-                    "-f",
-                    "flv",
-                    &format!("rtmp://{}:{rtmp_port}/live/ch{i}", a.addr),
-                ],
-                &logs.join(format!("cam{i}.log")),
-            )
-        })
-        .collect();
+    // Host A: redis-server, nginx-rtmp (config from the generator), cameras, scheduler.
+    let site = SiteServers::start(&a, tmp.path(), &logs, &clip, 2, false);
+    let cfg = site.write_config(&a, tmp.path(), 2);
     let backups = tmp.path().join("backups");
-    let cfg = tmp.path().join("cctv.toml");
-    let mut text = format!(
-        "[cluster]\nredis_url = \"redis://{a}:{redis_port}\"\nnamespace = \"it\"\n\
-         [rtmp]\npublish_url = \"rtmp://{a}:{rtmp_port}/live\"\nplay_url = \"rtmp://{a}:{rtmp_port}/live\"\nhls_url = \"http://{a}:{http_port}/hls\"\n\
-         [scheduler]\nbatch_size = 1\nreconcile_interval_secs = 1\n[api]\nlisten = \"{a}:8088\"\n\
-         [record]\nbackup_dir = \"{bk}\"\ntimezone = \"UTC\"\npre_roll_secs = 5\npost_roll_secs = 5\n[logs]\ndir = \"{lg}\"\n\
-         [motion]\nmax_hold_secs = 10\n\
-         [yolo]\nmodel = \"{model}\"\nsnapshot_dir = \"{snap}\"\n",
-        a = a.addr,
-        bk = backups.display(),
-        lg = tmp.path().join("logs").display(),
-        model = cctv_testkit::shared_dir().join("models/yolov5n.onnx").display(),
-        snap = tmp.path().join("snapshots").display(),
-    );
-    for i in 1..=2 {
-        text += &format!(
-            "[[channel]]\nid = {i}\nname = \"cam {i}\"\nsource = \"rtsp://127.0.0.1:1/cam{i}\"\npriority = true\n"
-        );
-    }
-    std::fs::write(&cfg, text).unwrap();
     let _scheduler =
         a.spawn(workspace_bin("scheduler"), &["--config", cfg.to_str().unwrap(), "run"], &logs.join("scheduler.log"));
-    let redis = RedisCli { host: &a, port: redis_port };
+    let redis = RedisCli { host: &a, port: site.redis_port };
 
     // B first, so it is sure to hold one batch and one recording; then C.
     let mut pids: BTreeMap<u32, &'static str> = BTreeMap::new();
