@@ -470,6 +470,22 @@ pub struct ChannelConfig {
     /// For `record = "objects"`: the labels that trigger a backup. Default `yolo.classes`.
     #[serde(default)]
     pub labels: Option<Vec<String>>,
+    /// Areas that never count as motion (a road, a tree, a burnt-in clock): `[[channel.mask]]`
+    /// polygons. Default none.
+    #[serde(default)]
+    pub mask: Vec<MaskConfig>,
+}
+
+/// A polygon of the picture, in normalised coordinates: `[0, 0]` is the top-left corner,
+/// `[1, 1]` the bottom-right, whatever the stream's resolution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskConfig {
+    /// What it hides, for people reading the config ("street", "clock").
+    #[serde(default)]
+    pub name: Option<String>,
+    /// At least three `[x, y]` corners, each in 0..=1.
+    pub points: Vec<[f32; 2]>,
 }
 
 // Hand-written so that `{:?}` of a config never prints a camera password.
@@ -483,6 +499,7 @@ impl fmt::Debug for ChannelConfig {
             .field("priority", &self.priority)
             .field("record", &self.record)
             .field("labels", &self.labels)
+            .field("mask", &self.mask)
             .finish()
     }
 }
@@ -719,6 +736,22 @@ impl Config {
             if ch.record == RecordPolicy::Objects && !self.yolo.enabled {
                 p.add(&at("record"), "\"objects\" needs yolo.enabled = true".into());
             }
+            for (m, mask) in ch.mask.iter().enumerate() {
+                if mask.points.len() < 3 {
+                    p.add(
+                        &at(&format!("mask[{m}].points")),
+                        format!("{} corners; a polygon needs 3 or more", mask.points.len()),
+                    );
+                }
+                if let Some([x, y]) =
+                    mask.points.iter().find(|[x, y]| !(0.0..=1.0).contains(x) || !(0.0..=1.0).contains(y))
+                {
+                    p.add(
+                        &at(&format!("mask[{m}].points")),
+                        format!("[{x}, {y}] is outside the picture (coordinates are 0..=1)"),
+                    );
+                }
+            }
             if let Some(labels) = &ch.labels {
                 if labels.is_empty() {
                     p.add(&at("labels"), "must name at least one label (or be left out)".into());
@@ -819,6 +852,31 @@ mod tests {
         assert_eq!(c.motion.fps, 5.0);
         assert_eq!(c.channels[0].record, RecordPolicy::Objects);
         assert_eq!(c.channels[0].detect_stream_name(), "ch1_sub");
+    }
+
+    #[test]
+    fn masks_need_three_corners_inside_the_picture() {
+        let text = r#"
+            [[channel]]
+            id = 1
+            name = "A"
+            source = "rtsp://cam/1"
+            [[channel.mask]]
+            points = [[0, 0], [1, 0]]
+            [[channel.mask]]
+            name = "street"
+            points = [[0, 0], [1.2, 0], [1, 1]]
+            [[channel.mask]]
+            points = [[0, 0], [1, 0], [1, 1]]
+        "#;
+        let c = Config::parse(text).unwrap();
+        let problems: Vec<String> = c.validate().iter().map(ToString::to_string).collect();
+        assert!(problems.iter().any(|p| p.starts_with("channel[0] (id 1).mask[0].points: 2 corners")), "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("mask[1].points: [1.2, 0] is outside")), "{problems:?}");
+        assert!(!problems.iter().any(|p| p.contains("mask[2]")), "{problems:?}");
+        assert_eq!(c.channels[0].mask[1].name.as_deref(), Some("street"));
+        let unknown = Config::parse(&text.replace("name = \"street\"", "nmae = \"street\"")).unwrap_err();
+        assert!(unknown.contains("nmae"), "{unknown}");
     }
 
     #[test]

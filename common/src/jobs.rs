@@ -25,6 +25,9 @@ pub struct MotionChannel {
     pub detect_stream: String,
     pub priority: bool,
     pub record: RecordPolicy,
+    /// Polygons (normalised `[x, y]` corners) that never count as motion.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masks: Vec<Vec<[f32; 2]>>,
 }
 
 impl MotionChannel {
@@ -35,6 +38,7 @@ impl MotionChannel {
             detect_stream: c.detect_stream_name(),
             priority: c.priority,
             record: c.record,
+            masks: c.mask.iter().map(|m| m.points.clone()).collect(),
         }
     }
 }

@@ -333,6 +333,7 @@ fn analyse(
     let mut colour = yolo.map(|y| ColourFrames::new(y, size.width, size.height, params.frame_height));
     let (grey_w, grey_h) = colour.as_ref().map_or((size.width, size.height), |c| (c.grey_w, c.grey_h));
     let mut detector = MotionDetector::new(params, grey_w, grey_h);
+    detector.set_masks(&ch.masks).map_err(|e| format!("motion masks: {e}"))?;
     let mut hysteresis = Hysteresis::new(params);
     let bytes_per_pixel = if colour.is_some() { 3 } else { 1 };
     let mut frame = vec![0u8; (size.width * size.height) as usize * bytes_per_pixel];

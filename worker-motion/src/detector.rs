@@ -84,6 +84,9 @@ pub struct MotionDetector {
     in_event: bool,
     last_motion_ms: i64,
     scratch: Mat,
+    /// 255 where the channel's masks are: those pixels are held constant before anything
+    /// looks at them, so nothing there is ever motion, presence or a scene change.
+    masked: Option<Mat>,
     #[cfg(test)]
     frame_clock: i64,
 }
@@ -116,9 +119,27 @@ impl MotionDetector {
             in_event: false,
             last_motion_ms: 0,
             scratch: Mat::default(),
+            masked: None,
             #[cfg(test)]
             frame_clock: 0,
         }
+    }
+
+    /// Masks polygons of normalised `[x, y]` corners (the channel's `[[channel.mask]]`).
+    pub fn set_masks(&mut self, masks: &[Vec<[f32; 2]>]) -> Result<(), DetectorError> {
+        if masks.is_empty() {
+            self.masked = None;
+            return Ok(());
+        }
+        let mut image = Mat::new_rows_cols_with_default(self.height, self.width, CV_8U, Scalar::all(0.0))?;
+        let (w, h) = ((self.width - 1) as f32, (self.height - 1) as f32);
+        let polygons: Vector<Vector<Point>> = masks
+            .iter()
+            .map(|m| m.iter().map(|[x, y]| Point::new((x * w).round() as i32, (y * h).round() as i32)).collect())
+            .collect();
+        imgproc::fill_poly_def(&mut image, &polygons, Scalar::all(255.0))?;
+        self.masked = Some(image);
+        Ok(())
     }
 
     /// Tells the detector whether a motion event is in progress: the reference of the quiet
@@ -141,6 +162,9 @@ impl MotionDetector {
         let frame = Mat::new_rows_cols_with_data(self.height, self.width, grey)?;
         let k = self.params.blur_kernel;
         imgproc::gaussian_blur_def(&frame, &mut self.blurred, Size::new(k, k), 0.0)?;
+        if let Some(masked) = &self.masked {
+            self.blurred.set_to(&Scalar::all(0.0), masked)?;
+        }
         let total = f64::from(self.width * self.height);
 
         let Some(background) = self.background.as_ref() else {
@@ -412,6 +436,26 @@ mod tests {
         for _ in 0..50 {
             assert!(!d.process_t(&f).unwrap().motion);
         }
+    }
+
+    #[test]
+    fn nothing_inside_a_mask_is_motion_and_the_rest_of_the_picture_still_is() {
+        // The left half masked: a square moving there is no motion, the same on the right is.
+        let mut d = MotionDetector::new(&params(), 160, 90);
+        d.set_masks(&[vec![[0.0, 0.0], [0.5, 0.0], [0.5, 1.0], [0.0, 1.0]]]).unwrap();
+        for x in (0..50).step_by(5) {
+            let v = d.process_t(&frame_with_square(x, 30)).unwrap();
+            assert!(!v.motion && !v.recalibrated, "masked square at x={x}: {v:?}");
+        }
+        let mut seen = false;
+        for x in (90..140).step_by(5) {
+            seen |= d.process_t(&frame_with_square(x, 30)).unwrap().motion;
+        }
+        assert!(seen, "the unmasked half still shows motion");
+        // Without the mask the left half is motion too (the mask is what hid it).
+        let mut open = MotionDetector::new(&params(), 160, 90);
+        let seen_left = (0..50).step_by(5).any(|x| open.process_t(&frame_with_square(x, 30)).unwrap().motion);
+        assert!(seen_left);
     }
 
     #[test]

@@ -3,7 +3,7 @@ use std::time::Duration;
 use cctv_common::events::{now_ms, ChannelState, MotionEventKind};
 use cctv_testkit::Pusher;
 
-use cctv_testkit::cluster::{assert_no_secret, channel, people_clip, probe_duration, wait_for, Cluster};
+use cctv_testkit::cluster::{assert_no_secret, channel, channel_with, people_clip, probe_duration, wait_for, Cluster};
 
 const QUIET_BEFORE: f64 = 8.0;
 const QUIET_AFTER: f64 = 22.0;
@@ -89,4 +89,34 @@ async fn keyframes_only_still_sees_activity_start_and_end() {
     assert!(end.ts_ms > end.started_ms);
     let s = cluster.channel_status(1).await.expect("status");
     assert!(s.online && s.fps > 0.5 && s.fps < 2.0, "about one keyframe per second: {s:?}");
+}
+
+/// `[[channel.mask]]`: the same real footage on two channels; on ch2 a mask covers the part of
+/// the picture where the people walk (here all of it): ch1 has its motion event, ch2 none,
+/// though it is analysed all the while.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn motion_inside_a_mask_raises_no_event() {
+    let masked = channel_with(2, "[[channel.mask]]\nname = \"everything\"\npoints = [[0, 0], [1, 0], [1, 1], [0, 1]]");
+    let channels = [channel(1), masked].concat();
+    let mut cluster = Cluster::new(&channels, 8, "");
+    let clip = people_clip(cluster.dir.path(), "active.mp4", 3, 4.0, 6.0);
+    let p1 = Pusher::start(&clip, &cluster.nginx.live_url(), "ch1");
+    let _p2 = Pusher::start(&clip, &cluster.nginx.live_url(), "ch2");
+    p1.wait_publishing();
+    cluster.start_scheduler();
+    let _worker = cluster.spawn(env!("CARGO_BIN_EXE_worker-motion"), &["run", "--concurrency", "1"]);
+
+    let ch1 = wait_for(Duration::from_secs(45), || async {
+        cluster.motion_events().await.into_iter().find(|e| e.channel == 1 && e.kind == MotionEventKind::End)
+    })
+    .await;
+    assert!(ch1.is_some(), "the unmasked channel sees the people");
+    // A whole loop of the clip (16 s at 5 fps) analysed on ch2.
+    let s2 = wait_for(Duration::from_secs(30), || async {
+        cluster.channel_status(2).await.filter(|s| s.online && s.frames_total >= 80)
+    })
+    .await;
+    assert!(s2.is_some(), "ch2 was analysed: {:?}", cluster.channel_status(2).await);
+    let events = cluster.motion_events().await;
+    assert!(events.iter().all(|e| e.channel != 2), "motion inside the mask: {events:?}");
 }
