@@ -330,6 +330,10 @@ pub struct RecordConfig {
     pub concurrency: usize,
     /// How long a recording may wait for new video before it is closed with what it has. Default 30.
     pub stall_timeout_secs: f64,
+    /// Backups older than this many days (by the time their file was last written) are deleted,
+    /// whatever the free space; a channel's own `max_age_days` overrides it. Default none: kept
+    /// until rotation needs the space.
+    pub max_age_days: Option<f64>,
 }
 
 impl Default for RecordConfig {
@@ -343,6 +347,7 @@ impl Default for RecordConfig {
             timezone: "local".into(),
             concurrency: 16,
             stall_timeout_secs: 30.0,
+            max_age_days: None,
         }
     }
 }
@@ -474,6 +479,10 @@ pub struct ChannelConfig {
     /// polygons. Default none.
     #[serde(default)]
     pub mask: Vec<MaskConfig>,
+    /// This channel's backups are deleted after this many days (overrides
+    /// `record.max_age_days`). Default: `record.max_age_days`.
+    #[serde(default)]
+    pub max_age_days: Option<f64>,
 }
 
 /// A polygon of the picture, in normalised coordinates: `[0, 0]` is the top-left corner,
@@ -500,7 +509,17 @@ impl fmt::Debug for ChannelConfig {
             .field("record", &self.record)
             .field("labels", &self.labels)
             .field("mask", &self.mask)
+            .field("max_age_days", &self.max_age_days)
             .finish()
+    }
+}
+
+impl Config {
+    /// How long backups of `channel` are kept at most (its own `max_age_days`, else
+    /// `record.max_age_days`); `None`: until rotation needs the space.
+    pub fn max_backup_age(&self, channel: u32) -> Option<std::time::Duration> {
+        let days = self.channel(channel).and_then(|c| c.max_age_days).or(self.record.max_age_days)?;
+        Some(std::time::Duration::from_secs_f64(days * 86_400.0))
     }
 }
 
@@ -673,6 +692,9 @@ impl Config {
         range(&mut p, "record.post_roll_secs", r.post_roll_secs, 0.0, 600.0);
         range(&mut p, "record.max_file_seconds", r.max_file_seconds, 10.0, 86_400.0);
         range(&mut p, "record.stall_timeout_secs", r.stall_timeout_secs, 2.0, 3600.0);
+        if let Some(days) = r.max_age_days {
+            range(&mut p, "record.max_age_days", days, 0.001, 36_500.0);
+        }
         if r.concurrency == 0 || r.concurrency > 256 {
             p.add("record.concurrency", format!("{} is out of range 1..=256", r.concurrency));
         }
@@ -735,6 +757,9 @@ impl Config {
             }
             if ch.record == RecordPolicy::Objects && !self.yolo.enabled {
                 p.add(&at("record"), "\"objects\" needs yolo.enabled = true".into());
+            }
+            if let Some(days) = ch.max_age_days {
+                range(&mut p, &at("max_age_days"), days, 0.001, 36_500.0);
             }
             for (m, mask) in ch.mask.iter().enumerate() {
                 if mask.points.len() < 3 {

@@ -13,6 +13,11 @@ pub fn is_backup_name(name: &str) -> bool {
         && !name.contains("..")
 }
 
+/// The channel a backup's name belongs to (`Channel<id>_...`), `None` for other names.
+pub fn backup_channel(name: &str) -> Option<u32> {
+    name.strip_prefix("Channel")?.split('_').next()?.parse().ok()
+}
+
 /// A snapshot's name: `ch<id>_<digits>.jpg`.
 pub fn is_snapshot_name(name: &str) -> bool {
     name.strip_prefix("ch").and_then(|r| r.strip_suffix(".jpg")).and_then(|r| r.split_once('_')).is_some_and(
@@ -28,6 +33,13 @@ pub fn is_snapshot_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backup_names_its_channel() {
+        assert_eq!(backup_channel("Channel12_2026-01-01_10-00-00.mkv"), Some(12));
+        assert_eq!(backup_channel("Channel_x.mkv"), None);
+        assert_eq!(backup_channel("notes.mkv"), None);
+    }
 
     #[test]
     fn only_plain_names_qualify() {

@@ -393,8 +393,7 @@ async fn delete_backup(
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     std::fs::remove_file(&path)
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("deleting {name}: {e}")))?;
-    let channel =
-        name.strip_prefix("Channel").and_then(|r| r.split('_').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+    let channel = cctv_common::naming::backup_channel(&name).unwrap_or(0);
     let event = BackupEvent {
         kind: BackupEventKind::Deleted,
         channel,

@@ -92,6 +92,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         worker: worker.clone(),
         dir: config.record.backup_dir.clone(),
         cfg: config.storage.clone(),
+        retention: storage::Retention::from_config(&config),
         shared: ctx.storage.clone(),
         log: ctx.log.clone(),
     };

@@ -106,6 +106,37 @@ pub fn needs_rotation(v: &Volume, rate: f64, cfg: &StorageConfig) -> Option<Stri
     None
 }
 
+/// How long backups are kept, by channel (`record.max_age_days` and each channel's own).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Retention {
+    /// For channels without their own (and files of channels no longer configured).
+    pub default: Option<Duration>,
+    pub channels: std::collections::HashMap<u32, Option<Duration>>,
+}
+
+impl Retention {
+    pub fn from_config(c: &cctv_common::config::Config) -> Self {
+        let default = c.record.max_age_days.map(|d| Duration::from_secs_f64(d * 86_400.0));
+        Self { default, channels: c.channels.iter().map(|ch| (ch.id, c.max_backup_age(ch.id))).collect() }
+    }
+
+    fn max_age(&self, channel: u32) -> Option<Duration> {
+        self.channels.get(&channel).copied().unwrap_or(self.default)
+    }
+
+    /// The backups among `files` older than their channel's limit at `now`, with that limit.
+    pub fn expired<'a>(&self, files: &'a [BackupFile], now: SystemTime) -> Vec<(&'a BackupFile, Duration)> {
+        files
+            .iter()
+            .filter_map(|f| {
+                let name = f.path.file_name()?.to_string_lossy();
+                let max = self.max_age(cctv_common::naming::backup_channel(&name)?)?;
+                (now.duration_since(f.modified).unwrap_or_default() > max).then_some((f, max))
+            })
+            .collect()
+    }
+}
+
 /// The monitor of one record worker's backup directory.
 pub struct Monitor {
     pub conn: redis::aio::ConnectionManager,
@@ -113,6 +144,7 @@ pub struct Monitor {
     pub worker: String,
     pub dir: PathBuf,
     pub cfg: StorageConfig,
+    pub retention: Retention,
     pub shared: Arc<Shared>,
     pub log: Arc<cctv_common::catlog::CategoryLog>,
 }
@@ -154,6 +186,7 @@ impl Monitor {
 
     /// `forced`: a write just failed for lack of space, whatever the figures say.
     async fn round(&self, rate: f64, forced: bool) -> anyhow::Result<()> {
+        self.expire().await?;
         let dir = self.dir.clone();
         let Some(volume) = tokio::task::spawn_blocking(move || volume_of(&dir)).await? else {
             anyhow::bail!("no mounted volume found for {} (does it exist?)", self.dir.display());
@@ -227,51 +260,80 @@ impl Monitor {
             if v.used_percent() < self.cfg.low_watermark {
                 break;
             }
-            // Never outside the directory: the file's parent must be the directory itself.
-            let inside =
-                f.path.parent().and_then(|p| std::fs::canonicalize(p).ok()) == std::fs::canonicalize(&self.dir).ok();
-            if !inside {
-                continue;
-            }
-            if let Err(e) = std::fs::remove_file(&f.path) {
-                tracing::warn!(file = %f.path.display(), error = %e, "cannot delete old backup");
-                continue;
-            }
-            deleted += 1;
-            let name = f.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let channel = name
-                .strip_prefix("Channel")
-                .and_then(|r| r.split('_').next())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
             let why = format!("rotation: {reason}; deleted oldest backup ({} bytes)", f.bytes);
-            tracing::info!(file = %f.path.display(), reason = %why, "backup deleted");
-            let event = BackupEvent {
-                kind: BackupEventKind::Deleted,
-                channel,
-                recording: String::new(),
-                file: Some(f.path.display().to_string()),
-                part: 0,
-                start_ms: 0,
-                end_ms: 0,
-                duration_secs: 0.0,
-                size_bytes: f.bytes,
-                trigger: None,
-                events: vec![],
-                pre_roll_ms: None,
-                writing_since_ms: None,
-                validation: None,
-                error: Some(why),
-                worker: self.worker.clone(),
-                job: String::new(),
-                ts_ms: now_ms(),
-            };
-            crate::publish_with(&self.conn, &self.keys, &self.log, &event).await;
+            if self.delete(&f, why).await {
+                deleted += 1;
+            }
         }
         if deleted > 0 {
             tracing::info!(deleted, reason, "rotation done");
         }
         Ok(())
+    }
+}
+
+impl Monitor {
+    /// Deletes the backups older than their channel's `max_age_days`.
+    async fn expire(&self) -> anyhow::Result<()> {
+        if self.retention.default.is_none() && self.retention.channels.values().all(Option::is_none) {
+            return Ok(());
+        }
+        let dir = self.dir.clone();
+        let files = tokio::task::spawn_blocking(move || backup_files(&dir)).await?;
+        for (f, max) in self.retention.expired(&files, SystemTime::now()) {
+            let days = max.as_secs_f64() / 86_400.0;
+            self.delete(f, format!("retention: older than {days} days; deleted ({} bytes)", f.bytes)).await;
+        }
+        Ok(())
+    }
+
+    /// Deletes one backup of the directory and reports it (`why` in the event's `error`).
+    /// Returns whether it was deleted; a file another worker deleted first is not an error.
+    async fn delete(&self, f: &BackupFile, why: String) -> bool {
+        // Never outside the directory: the file's parent must be the directory itself.
+        let inside =
+            f.path.parent().and_then(|p| std::fs::canonicalize(p).ok()) == std::fs::canonicalize(&self.dir).ok();
+        if !inside {
+            return false;
+        }
+        let path = f.path.clone();
+        match tokio::task::spawn_blocking(move || std::fs::remove_file(&path)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => return false,
+            Ok(Err(e)) => {
+                tracing::warn!(file = %f.path.display(), error = %e, "cannot delete old backup");
+                return false;
+            }
+            Err(e) => {
+                tracing::warn!(file = %f.path.display(), error = %e, "cannot delete old backup");
+                return false;
+            }
+        }
+        let name = f.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let channel = cctv_common::naming::backup_channel(&name).unwrap_or(0);
+        tracing::info!(file = %f.path.display(), reason = %why, "backup deleted");
+        let event = BackupEvent {
+            kind: BackupEventKind::Deleted,
+            channel,
+            recording: String::new(),
+            file: Some(f.path.display().to_string()),
+            part: 0,
+            start_ms: 0,
+            end_ms: 0,
+            duration_secs: 0.0,
+            size_bytes: f.bytes,
+            trigger: None,
+            events: vec![],
+            pre_roll_ms: None,
+            writing_since_ms: None,
+            validation: None,
+            error: Some(why),
+            worker: self.worker.clone(),
+            job: String::new(),
+            ts_ms: now_ms(),
+        };
+        crate::publish_with(&self.conn, &self.keys, &self.log, &event).await;
+        true
     }
 }
 
@@ -299,6 +361,27 @@ mod tests {
             .map(|f| f.path.file_name().unwrap().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, ["Channel2_b.mkv", "Channel1_a.mkv"]);
+    }
+
+    #[test]
+    fn retention_deletes_by_each_channels_own_age_limit() {
+        let day = Duration::from_secs(86_400);
+        let now = SystemTime::now();
+        let file = |name: &str, age: Duration| BackupFile { path: PathBuf::from(name), bytes: 1, modified: now - age };
+        let files = [
+            file("Channel1_a.mkv", day * 3),  // ch1 keeps 10 days
+            file("Channel2_a.mkv", day * 3),  // ch2: the default, 2 days
+            file("Channel2_b.mkv", day / 2),  // young
+            file("Channel9_a.mkv", day * 3),  // not configured any more: the default
+            file("Channel3_a.mkv", day * 30), // ch3 has no limit at all
+        ];
+        let retention = Retention {
+            default: Some(day * 2),
+            channels: [(1, Some(day * 10)), (2, Some(day * 2)), (3, None)].into_iter().collect(),
+        };
+        let expired: Vec<_> = retention.expired(&files, now).iter().map(|(f, _)| f.path.clone()).collect();
+        assert_eq!(expired, [PathBuf::from("Channel2_a.mkv"), PathBuf::from("Channel9_a.mkv")]);
+        assert!(Retention::default().expired(&files, now).is_empty(), "no limit configured: nothing by age");
     }
 
     #[test]

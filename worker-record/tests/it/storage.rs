@@ -145,3 +145,48 @@ async fn enospc_is_reported_and_the_write_retried_after_rotation() {
     crate::util::assert_playable(Path::new(file.file.as_deref().unwrap()));
     assert!(file.pre_roll_ms.unwrap() >= 2000, "nothing lost: {file:?}");
 }
+
+/// `max_age_days`: backups older than their channel's limit are deleted though the disk is
+/// nearly empty; younger ones, and those of a channel with a longer limit of its own, are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_older_than_their_channels_limit_are_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let day = 86_400;
+    let aged = |name: &str, age_secs: u64| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, vec![7u8; 10_000]).unwrap();
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(SystemTime::now() - Duration::from_secs(age_secs)).unwrap();
+        path
+    };
+    let old_default = aged("Channel9_2020-01-01_00-00-00.mkv", 3 * day);
+    let young = aged("Channel9_2020-01-03_00-00-00.mkv", day);
+    let old_kept_longer = aged("Channel1_2020-01-01_00-00-00.mkv", 3 * day);
+    let older_than_ch1_limit = aged("Channel1_2019-01-01_00-00-00.mkv", 11 * day);
+
+    let channels = channel_with_age(1, 10.0);
+    let extra = config(dir.path(), "").replace("[record]\n", "[record]\nmax_age_days = 2\n");
+    let cluster = Cluster::new(&channels, 8, &extra);
+    let run = Running::start(cluster);
+    let _record = run.record_worker();
+
+    let deleted = wait_for(Duration::from_secs(30), || async {
+        let d: Vec<_> =
+            run.cluster.backup_events().await.into_iter().filter(|e| e.kind == BackupEventKind::Deleted).collect();
+        (d.len() >= 2).then_some(d)
+    })
+    .await
+    .expect("the aged backups are deleted");
+    assert!(!old_default.exists() && !older_than_ch1_limit.exists(), "aged backups still there");
+    assert!(young.exists(), "a backup younger than 2 days was deleted");
+    assert!(old_kept_longer.exists(), "channel 1 keeps 10 days, its 3-day-old backup was deleted");
+    assert_eq!(deleted.len(), 2, "{deleted:?}");
+    for d in &deleted {
+        assert!(d.error.as_deref().unwrap_or("").starts_with("retention: older than"), "{d:?}");
+    }
+    assert!(deleted.iter().any(|d| d.channel == 1) && deleted.iter().any(|d| d.channel == 9), "{deleted:?}");
+}
+
+fn channel_with_age(id: u32, days: f64) -> String {
+    cctv_testkit::cluster::channel_with(id, &format!("max_age_days = {days}"))
+}
