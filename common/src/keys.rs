@@ -19,6 +19,7 @@
 //! | `<ns>:record:lease:<recording>` | string: worker id, TTL | worker-record | worker-record |
 //! | `<ns>:status:backup` | hash: worker → backup directory state JSON | worker-record | CLI, API |
 //! | `<ns>:storage:<node>` | string: `StorageReport` JSON, TTL | worker-record | CLI, API |
+//! | `<ns>:backups:protected` | set of backup file names rotation and retention never delete | API, CLI | worker-record, API |
 //! | `<ns>:storagelock:<volume>` | string: worker id, TTL (one rotator per volume) | worker-record | worker-record |
 //! | `<ns>:status:relay:<id>` | string: relay state of main and sub-stream, TTL | scheduler relay | nothing yet (issue 15) |
 //! | `<ns>:status:channel:<id>` | string: `ChannelStatus` JSON (with the published event in progress and its `seq`), TTL | worker-motion | CLI, API, scheduler (orphan watchdog) |
@@ -90,6 +91,9 @@ impl Keys {
     pub fn storage_pattern(&self) -> String {
         format!("{}:storage:*", self.ns)
     }
+    pub fn backups_protected(&self) -> String {
+        format!("{}:backups:protected", self.ns)
+    }
     pub fn storage_lock(&self, volume: &str) -> String {
         format!("{}:storagelock:{volume}", self.ns)
     }
@@ -133,6 +137,7 @@ mod tests {
             k.record_cursor(),
             k.record_lease("r"),
             k.backup_status(),
+            k.backups_protected(),
             k.channel_status(3),
             k.worker("w"),
         ] {

@@ -1,5 +1,6 @@
 //! Names of files the cluster writes and serves: shared by the writers (worker-record,
-//! worker-yolo) and the API, which must accept nothing else (no path tricks).
+//! worker-yolo) and the API, which must accept nothing else (no path tricks); and the set of
+//! protected backup names, which rotation and retention skip.
 
 /// A finished backup's name: `Channel<digits>_<anything>.mkv|mp4`, no path separator, not
 /// hidden (temporary files start with `.`).
@@ -16,6 +17,32 @@ pub fn is_backup_name(name: &str) -> bool {
 /// The channel a backup's name belongs to (`Channel<id>_...`), `None` for other names.
 pub fn backup_channel(name: &str) -> Option<u32> {
     name.strip_prefix("Channel")?.split('_').next()?.parse().ok()
+}
+
+/// Protects (or releases) a backup from rotation and retention: its name in
+/// `<ns>:backups:protected`. Returns whether anything changed.
+pub async fn set_protected(
+    conn: &mut redis::aio::ConnectionManager,
+    keys: &crate::keys::Keys,
+    name: &str,
+    protect: bool,
+) -> redis::RedisResult<bool> {
+    use redis::AsyncCommands;
+    let changed: i64 = if protect {
+        conn.sadd(keys.backups_protected(), name).await?
+    } else {
+        conn.srem(keys.backups_protected(), name).await?
+    };
+    Ok(changed > 0)
+}
+
+/// The names of the protected backups.
+pub async fn protected_backups(
+    conn: &mut redis::aio::ConnectionManager,
+    keys: &crate::keys::Keys,
+) -> redis::RedisResult<std::collections::HashSet<String>> {
+    use redis::AsyncCommands;
+    conn.smembers(keys.backups_protected()).await
 }
 
 /// A snapshot's name: `ch<id>_<digits>.jpg`.

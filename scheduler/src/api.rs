@@ -82,6 +82,7 @@ pub fn router(config: Arc<Config>, conn: ConnectionManager) -> Router {
         .route("/api/backups", get(backups))
         .route("/api/backups/file/{name}", get(download_backup))
         .route("/api/backups/file/{name}", delete(delete_backup))
+        .route("/api/backups/file/{name}/protect", post(protect_backup).delete(unprotect_backup))
         .route("/api/snapshots", get(snapshots))
         .route("/api/snapshots/{channel}/{name}", get(snapshot_file))
         .route("/api/storage", get(storage))
@@ -332,6 +333,7 @@ async fn backups(State(s): State<ApiState>, Query(q): Query<HashMap<String, Stri
     let (since, until) = (p.time("since")?, p.time("until")?);
     let limit = p.limit(200, 10_000)?;
     let list = backup_list(&s, channel, since, until).await?;
+    let protected = cctv_common::naming::protected_backups(&mut s.conn.clone(), &s.keys).await?;
     let items: Vec<Value> = list
         .iter()
         .take(limit)
@@ -346,6 +348,7 @@ async fn backups(State(s): State<ApiState>, Query(q): Query<HashMap<String, Stri
                 "duration_secs": b.duration_secs, "size_bytes": b.size_bytes, "trigger": b.trigger, "part": b.part,
                 "pre_roll_ms": b.pre_roll_ms, "validation": b.validation, "recording": b.recording,
                 "download": name.as_ref().map(|n| format!("/api/backups/file/{n}")),
+                "protected": name.as_ref().is_some_and(|n| protected.contains(n)),
             })
         })
         .collect();
@@ -390,6 +393,9 @@ async fn delete_backup(
 ) -> ApiResult<Json<Value>> {
     require_token(&s, &headers)?;
     let path = backup_path(&s, &name)?;
+    if cctv_common::naming::protected_backups(&mut s.conn.clone(), &s.keys).await?.contains(&name) {
+        return Err(ApiError(StatusCode::CONFLICT, format!("{name} is protected; unprotect it first")));
+    }
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     std::fs::remove_file(&path)
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("deleting {name}: {e}")))?;
@@ -420,6 +426,36 @@ async fn delete_backup(
         .xadd(s.keys.backup_events(), "*", &[("data", serde_json::to_string(&event).unwrap_or_default())])
         .await?;
     Ok(Json(json!({ "deleted": name })))
+}
+
+/// Protects a backup from rotation and retention (`<ns>:backups:protected`).
+async fn protect_backup(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    set_protected(s, headers, name, true).await
+}
+
+async fn unprotect_backup(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    set_protected(s, headers, name, false).await
+}
+
+async fn set_protected(s: ApiState, headers: HeaderMap, name: String, protect: bool) -> ApiResult<Json<Value>> {
+    require_token(&s, &headers)?;
+    // Protecting needs the file here; releasing works for a name whatever became of the file.
+    if protect {
+        backup_path(&s, &name)?;
+    } else if !cctv_common::naming::is_backup_name(&name) {
+        return Err(ApiError::bad(format!("{name:?} is not a backup file name")));
+    }
+    cctv_common::naming::set_protected(&mut s.conn.clone(), &s.keys, &name, protect).await?;
+    tracing::info!(file = %name, protect, "backup protection changed through the API");
+    Ok(Json(json!({ "file": name, "protected": protect })))
 }
 
 async fn snapshots(State(s): State<ApiState>, Query(q): Query<HashMap<String, String>>) -> ApiResult<Json<Value>> {

@@ -101,6 +101,10 @@ pub enum BackupsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Protect a backup (its file name): rotation and retention by age never delete it.
+    Protect { file: String },
+    /// Release a backup's protection.
+    Unprotect { file: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -151,6 +155,10 @@ pub async fn run(config_path: &std::path::Path, command: Command) -> anyhow::Res
         Command::Jobs(cmd) => crate::jobs_cli::run(&config, conn, &keys, cmd).await,
         Command::Backups(BackupsCommand::List { channel, since, limit, json }) => {
             crate::jobs_cli::backups(&config, conn, &keys, channel, since.as_deref(), limit, json).await
+        }
+        Command::Backups(BackupsCommand::Protect { file }) => crate::jobs_cli::protect(conn, &keys, &file, true).await,
+        Command::Backups(BackupsCommand::Unprotect { file }) => {
+            crate::jobs_cli::protect(conn, &keys, &file, false).await
         }
         Command::Storage { json } => crate::jobs_cli::storage(conn, &keys, json).await,
     }

@@ -172,6 +172,16 @@ fn summary(payload: &serde_json::Value) -> String {
     }
 }
 
+/// `backups protect|unprotect <file>`: the file name as listed (a path is reduced to its name).
+pub async fn protect(mut conn: ConnectionManager, keys: &Keys, file: &str, protect: bool) -> anyhow::Result<()> {
+    let name = std::path::Path::new(file).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    anyhow::ensure!(cctv_common::naming::is_backup_name(&name), "{file:?} is not a backup file name");
+    let changed = cctv_common::naming::set_protected(&mut conn, keys, &name, protect).await?;
+    let state = if protect { "protected" } else { "not protected" };
+    println!("{name}: {state}{}", if changed { "" } else { " (already)" });
+    Ok(())
+}
+
 pub async fn backups(
     config: &Config,
     mut conn: ConnectionManager,
@@ -202,17 +212,23 @@ pub async fn backups(
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());
     }
+    let protected = cctv_common::naming::protected_backups(&mut conn, keys).await?;
+    let is_protected = |b: &BackupEvent| {
+        let name = b.file.as_deref().and_then(|f| std::path::Path::new(f).file_name());
+        name.is_some_and(|n| protected.contains(n.to_string_lossy().as_ref()))
+    };
     println!("CH    START          LENGTH      SIZE  TRIGGER   FILE");
     for b in list {
         let trigger = b.trigger.as_ref().map(|t| format!("{:?}", t.kind).to_lowercase()).unwrap_or_default();
         println!(
-            "{:<5} {} {:>7.1} s {:>6.1} MB  {:<8}  {}",
+            "{:<5} {} {:>7.1} s {:>6.1} MB  {:<8}  {}{}",
             b.channel,
             format_ms(b.start_ms),
             b.duration_secs,
             b.size_bytes as f64 / 1e6,
             trigger,
-            b.file.as_deref().unwrap_or("")
+            b.file.as_deref().unwrap_or(""),
+            if is_protected(b) { "  (protected)" } else { "" }
         );
     }
     Ok(())

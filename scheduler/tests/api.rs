@@ -182,6 +182,18 @@ async fn api_serves_live_data_validates_input_and_guards_mutations() {
     assert_eq!(http.call("POST", "/api/jobs/record/purge", Some(TOKEN), None).0, 200);
     assert_eq!(http.call("POST", "/api/jobs/record/enqueue", None, None).0, 401);
     assert_eq!(http.call("POST", "/api/jobs/record/enqueue", Some(TOKEN), None).0, 400, "no body");
+    // A protected backup is listed as such and cannot be deleted until released.
+    let protect = format!("{path}/protect");
+    assert_eq!(http.call("POST", &protect, None, None).0, 401);
+    assert_eq!(http.call("POST", &protect, Some(TOKEN), None).0, 200);
+    assert_eq!(http.call("POST", "/api/backups/file/Channel1_missing.mkv/protect", Some(TOKEN), None).0, 404);
+    let (_, list) = http.get("/api/backups?channel=1");
+    assert_eq!(list["items"][0]["protected"], true, "{list}");
+    assert_eq!(http.call("DELETE", &path, Some(TOKEN), None).0, 409);
+    assert!(backups.join(name).exists(), "a protected backup was deleted");
+    assert_eq!(http.call("DELETE", &protect, Some(TOKEN), None).0, 200);
+    let (_, list) = http.get("/api/backups?channel=1");
+    assert_eq!(list["items"][0]["protected"], false, "{list}");
     assert_eq!(http.call("DELETE", &path, Some(TOKEN), None).0, 200);
     assert!(!backups.join(name).exists());
     let (_, list) = http.get("/api/backups?channel=1");

@@ -93,6 +93,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         dir: config.record.backup_dir.clone(),
         cfg: config.storage.clone(),
         retention: storage::Retention::from_config(&config),
+        protected: Default::default(),
         shared: ctx.storage.clone(),
         log: ctx.log.clone(),
     };

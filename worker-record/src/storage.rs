@@ -145,6 +145,8 @@ pub struct Monitor {
     pub dir: PathBuf,
     pub cfg: StorageConfig,
     pub retention: Retention,
+    /// Protected backup names as last read from Redis (`<ns>:backups:protected`): never deleted.
+    pub protected: std::sync::Mutex<std::collections::HashSet<String>>,
     pub shared: Arc<Shared>,
     pub log: Arc<cctv_common::catlog::CategoryLog>,
 }
@@ -186,7 +188,15 @@ impl Monitor {
 
     /// `forced`: a write just failed for lack of space, whatever the figures say.
     async fn round(&self, rate: f64, forced: bool) -> anyhow::Result<()> {
-        self.expire().await?;
+        // Retention can wait for Redis; rotation (a filling disk) cannot, and goes by the
+        // protected names last read.
+        match cctv_common::naming::protected_backups(&mut self.conn.clone(), &self.keys).await {
+            Ok(names) => {
+                *self.protected.lock().unwrap_or_else(|e| e.into_inner()) = names;
+                self.expire().await?;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the protected backups; retention by age waits"),
+        }
         let dir = self.dir.clone();
         let Some(volume) = tokio::task::spawn_blocking(move || volume_of(&dir)).await? else {
             anyhow::bail!("no mounted volume found for {} (does it exist?)", self.dir.display());
@@ -290,6 +300,10 @@ impl Monitor {
     /// Deletes one backup of the directory and reports it (`why` in the event's `error`).
     /// Returns whether it was deleted; a file another worker deleted first is not an error.
     async fn delete(&self, f: &BackupFile, why: String) -> bool {
+        let name = f.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if self.protected.lock().unwrap_or_else(|e| e.into_inner()).contains(&name) {
+            return false;
+        }
         // Never outside the directory: the file's parent must be the directory itself.
         let inside =
             f.path.parent().and_then(|p| std::fs::canonicalize(p).ok()) == std::fs::canonicalize(&self.dir).ok();
@@ -309,7 +323,6 @@ impl Monitor {
                 return false;
             }
         }
-        let name = f.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let channel = cctv_common::naming::backup_channel(&name).unwrap_or(0);
         tracing::info!(file = %f.path.display(), reason = %why, "backup deleted");
         let event = BackupEvent {

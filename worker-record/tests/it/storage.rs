@@ -147,7 +147,8 @@ async fn enospc_is_reported_and_the_write_retried_after_rotation() {
 }
 
 /// `max_age_days`: backups older than their channel's limit are deleted though the disk is
-/// nearly empty; younger ones, and those of a channel with a longer limit of its own, are kept.
+/// nearly empty; younger ones, those of a channel with a longer limit of its own, and a
+/// protected one are kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backups_older_than_their_channels_limit_are_deleted() {
     let dir = tempfile::tempdir().unwrap();
@@ -163,10 +164,16 @@ async fn backups_older_than_their_channels_limit_are_deleted() {
     let young = aged("Channel9_2020-01-03_00-00-00.mkv", day);
     let old_kept_longer = aged("Channel1_2020-01-01_00-00-00.mkv", 3 * day);
     let older_than_ch1_limit = aged("Channel1_2019-01-01_00-00-00.mkv", 11 * day);
+    let protected = aged("Channel9_2019-06-01_00-00-00.mkv", 30 * day);
 
     let channels = channel_with_age(1, 10.0);
     let extra = config(dir.path(), "").replace("[record]\n", "[record]\nmax_age_days = 2\n");
     let cluster = Cluster::new(&channels, 8, &extra);
+    // Protected (as `backups protect` does): kept whatever its age.
+    let mut conn = cluster.conn_manager().await;
+    cctv_common::naming::set_protected(&mut conn, &cluster.keys, "Channel9_2019-06-01_00-00-00.mkv", true)
+        .await
+        .unwrap();
     let run = Running::start(cluster);
     let _record = run.record_worker();
 
@@ -180,6 +187,7 @@ async fn backups_older_than_their_channels_limit_are_deleted() {
     assert!(!old_default.exists() && !older_than_ch1_limit.exists(), "aged backups still there");
     assert!(young.exists(), "a backup younger than 2 days was deleted");
     assert!(old_kept_longer.exists(), "channel 1 keeps 10 days, its 3-day-old backup was deleted");
+    assert!(protected.exists(), "a protected backup was deleted");
     assert_eq!(deleted.len(), 2, "{deleted:?}");
     for d in &deleted {
         assert!(d.error.as_deref().unwrap_or("").starts_with("retention: older than"), "{d:?}");
