@@ -194,6 +194,9 @@ async fn channel_views(s: &ApiState) -> ApiResult<Vec<Value>> {
     for ch in &s.config.channels {
         let status: Option<String> = conn.get(s.keys.channel_status(ch.id)).await?;
         let status: Option<ChannelStatus> = status.and_then(|j| serde_json::from_str(&j).ok());
+        // The relay's view of the camera (running, restarts, redacted last error).
+        let relay: Option<String> = conn.get(s.keys.relay_status(ch.id)).await?;
+        let relay: Option<Value> = relay.and_then(|j| serde_json::from_str(&j).ok());
         let last_objects = objects.iter().find(|o| o.channel == ch.id && !o.detections.is_empty());
         let last_backup = backups.iter().find(|b| b.channel == ch.id && b.kind == BackupEventKind::File);
         out.push(json!({
@@ -210,6 +213,7 @@ async fn channel_views(s: &ApiState) -> ApiResult<Vec<Value>> {
             "fps": status.as_ref().map(|st| st.fps),
             "last_motion_ms": status.as_ref().and_then(|st| st.last_motion_ms),
             "worker": status.as_ref().map(|st| st.worker.clone()),
+            "relay": relay,
             "last_objects": last_objects.map(|o| json!({
                 "ts_ms": o.frame_ts_ms,
                 "labels": o.detections.iter().map(|d| d.label.clone()).collect::<Vec<_>>(),

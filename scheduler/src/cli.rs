@@ -46,10 +46,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Plan, batches and who holds them, channel status, workers, queue depth.
+    /// Plan, batches and who holds them, channel and camera status, workers, queue depth.
     Status {
         #[arg(long)]
         json: bool,
+        /// Exit non-zero, naming each problem, when a channel is offline, a camera's relay is
+        /// down, a backup directory is unusable or a needed kind of process is not running
+        /// (for monitoring).
+        #[arg(long)]
+        check: bool,
     },
 }
 
@@ -151,7 +156,7 @@ pub async fn run(config_path: &std::path::Path, command: Command) -> anyhow::Res
         Command::Compare { channels, since, until, json } => {
             crate::compare::command(&mut conn, &keys, &config, &channels, &since, until.as_deref(), json).await
         }
-        Command::Status { json } => status(&config, conn, &keys, json).await,
+        Command::Status { json, check } => status(&config, conn, &keys, json, check).await,
         Command::Jobs(cmd) => crate::jobs_cli::run(&config, conn, &keys, cmd).await,
         Command::Backups(BackupsCommand::List { channel, since, limit, json }) => {
             crate::jobs_cli::backups(&config, conn, &keys, channel, since.as_deref(), limit, json).await
@@ -344,7 +349,62 @@ fn format_motion(e: &MotionEvent) -> String {
     )
 }
 
-async fn status(config: &Config, mut conn: ConnectionManager, keys: &Keys, json: bool) -> anyhow::Result<()> {
+/// What `status --check` reports, one line each: channels not analysed, cameras whose relay is
+/// down, unusable backup directories, kinds of process the config needs and none is alive.
+pub fn status_problems(
+    config: &Config,
+    channels: &[(u32, String, Option<ChannelStatus>)],
+    relays: &[Option<crate::relay::RelayStatus>],
+    workers: &[WorkerHeartbeat],
+    backup_dirs: &[serde_json::Value],
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for ((id, name, s), relay) in channels.iter().zip(relays) {
+        match s {
+            None => problems.push(format!("ch{id} ({name}): no worker reports it")),
+            Some(s) if !s.online => {
+                problems.push(format!("ch{id} ({name}): offline: {}", s.reason.as_deref().unwrap_or("no reason given")))
+            }
+            Some(_) => {}
+        }
+        for r in relay.iter().flat_map(|r| std::iter::once(&r.main).chain(r.sub.as_ref())) {
+            if !r.running {
+                let why = r.last_error.as_deref().unwrap_or("not running");
+                problems.push(format!("ch{id} ({name}): camera stream {} not relayed: {why}", r.stream));
+            }
+        }
+    }
+    let mut needed = vec!["scheduler", "motion"];
+    if config.yolo.enabled && config.channels.iter().any(|c| c.priority) {
+        needed.push("yolo");
+    }
+    if config.channels.iter().any(|c| c.record != cctv_common::config::RecordPolicy::Off) {
+        needed.push("record");
+    }
+    for kind in needed {
+        if !workers.iter().any(|w| w.kind == kind) {
+            let process = if kind == "scheduler" { "scheduler".to_string() } else { format!("worker-{kind}") };
+            problems.push(format!("no {process} is running (no heartbeat in Redis)"));
+        }
+    }
+    for b in backup_dirs.iter().filter(|b| b["ok"] != true) {
+        problems.push(format!(
+            "backup dir {} on {}: {}",
+            b["backup_dir"].as_str().unwrap_or("?"),
+            b["worker"].as_str().unwrap_or("?"),
+            b["error"].as_str().unwrap_or("unusable")
+        ));
+    }
+    problems
+}
+
+async fn status(
+    config: &Config,
+    mut conn: ConnectionManager,
+    keys: &Keys,
+    json: bool,
+    check: bool,
+) -> anyhow::Result<()> {
     let plan_hash: Option<String> = conn.hget(keys.motion_plan(), "hash").await?;
     let batches_json: Option<String> = conn.hget(keys.motion_plan(), "batches").await?;
     let batches: Vec<MotionJob> = batches_json
@@ -358,9 +418,12 @@ async fn status(config: &Config, mut conn: ConnectionManager, keys: &Keys, json:
         holders.push(serde_json::json!({"batch": b.batch, "channels": b.channels.iter().map(|c| c.id).collect::<Vec<_>>(), "held_by": holder}));
     }
     let mut channels = Vec::new();
+    let mut relays = Vec::new();
     for ch in &config.channels {
         let s: Option<String> = conn.get(keys.channel_status(ch.id)).await?;
         channels.push((ch.id, ch.name.clone(), s.and_then(|s| serde_json::from_str::<ChannelStatus>(&s).ok())));
+        let r: Option<String> = conn.get(keys.relay_status(ch.id)).await?;
+        relays.push(r.and_then(|r| serde_json::from_str::<crate::relay::RelayStatus>(&r).ok()));
     }
     let worker_keys: Vec<String> = scan(&mut conn, &keys.worker_pattern()).await?;
     let mut workers = Vec::new();
@@ -380,17 +443,32 @@ async fn status(config: &Config, mut conn: ConnectionManager, keys: &Keys, json:
     let backup_status: std::collections::BTreeMap<String, String> = conn.hgetall(keys.backup_status()).await?;
     let backup_status: Vec<serde_json::Value> =
         backup_status.values().filter_map(|v| serde_json::from_str(v).ok()).collect();
+    let problems = status_problems(config, &channels, &relays, &workers, &backup_status);
+    let verdict = || -> anyhow::Result<()> {
+        if !check {
+            return Ok(());
+        }
+        if problems.is_empty() {
+            eprintln!("status check: ok");
+            return Ok(());
+        }
+        for p in &problems {
+            eprintln!("problem: {p}");
+        }
+        anyhow::bail!("status check: {} problem(s)", problems.len())
+    };
     if json {
         let v = serde_json::json!({
             "plan": plan_hash, "batches": holders,
-            "channels": channels.iter().map(|(id, name, s)| serde_json::json!({"id": id, "name": name, "status": s})).collect::<Vec<_>>(),
+            "channels": channels.iter().zip(&relays).map(|((id, name, s), r)| serde_json::json!({"id": id, "name": name, "status": s, "relay": r})).collect::<Vec<_>>(),
+            "problems": problems,
             "workers": workers,
             "queues": {"motion": {"waiting": waiting}, "yolo": {"waiting": yolo_waiting, "stats": yolo_stats},
                        "record": {"waiting": record_waiting}},
             "backup_dirs": backup_status,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
+        return verdict();
     }
     println!("plan {}  motion queue: {waiting} waiting", plan_hash.as_deref().unwrap_or("(none published)"));
     let stat = |k: &str| yolo_stats.get(k).copied().unwrap_or(0);
@@ -422,7 +500,13 @@ async fn status(config: &Config, mut conn: ConnectionManager, keys: &Keys, json:
         );
     }
     println!("\nCH    NAME                 STATE       FPS   FRAMES    REASON");
-    for (id, name, s) in &channels {
+    for ((id, name, s), relay) in channels.iter().zip(&relays) {
+        // A camera the relay cannot reach says why (redacted), whatever the detector says.
+        let camera = relay
+            .iter()
+            .flat_map(|r| std::iter::once(&r.main).chain(r.sub.as_ref()))
+            .find(|r| !r.running)
+            .map(|r| format!("camera: {}", r.last_error.as_deref().unwrap_or("relay not running")));
         match s {
             Some(s) => println!(
                 "{:<5} {:<20} {:<11} {:>4.1} {:>8}    {}",
@@ -431,16 +515,19 @@ async fn status(config: &Config, mut conn: ConnectionManager, keys: &Keys, json:
                 format!("{:?}", s.state).to_lowercase(),
                 s.fps,
                 s.frames_total,
-                s.reason.as_deref().unwrap_or("")
+                camera.as_deref().or(s.reason.as_deref()).unwrap_or("")
             ),
-            None => println!("{id:<5} {name:<20} unknown     (no worker reports this channel)"),
+            None => println!(
+                "{id:<5} {name:<20} unknown     {}",
+                camera.as_deref().unwrap_or("(no worker reports this channel)")
+            ),
         }
     }
     println!("\nWORKER                                    KIND     BATCHES");
     for w in &workers {
         println!("{:<41} {:<8} {}", w.worker, w.kind, w.batches.join(","));
     }
-    Ok(())
+    verdict()
 }
 
 pub async fn scan(conn: &mut ConnectionManager, pattern: &str) -> anyhow::Result<Vec<String>> {
@@ -454,5 +541,92 @@ pub async fn scan(conn: &mut ConnectionManager, pattern: &str) -> anyhow::Result
             return Ok(out);
         }
         cursor = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay::{RelayState, RelayStatus};
+    use cctv_common::events::ChannelState;
+
+    fn status(channel: u32, online: bool, reason: Option<&str>) -> ChannelStatus {
+        ChannelStatus {
+            channel,
+            online,
+            state: if online { ChannelState::Idle } else { ChannelState::Offline },
+            reason: reason.map(Into::into),
+            fps: 5.0,
+            last_frame_ms: None,
+            last_motion_ms: None,
+            analysing_since_ms: None,
+            frames_total: 10,
+            worker: "motion-1".into(),
+            batch: "b0".into(),
+            updated_ms: 0,
+            active_event: None,
+            seq: 0,
+        }
+    }
+
+    fn heartbeat(kind: &str) -> WorkerHeartbeat {
+        WorkerHeartbeat {
+            worker: format!("{kind}-1"),
+            kind: kind.into(),
+            host: "h".into(),
+            pid: 1,
+            batches: vec![],
+            cpu_percent: None,
+            rss_bytes: None,
+            updated_ms: 0,
+        }
+    }
+
+    #[test]
+    fn status_check_names_every_problem_in_plain_words() {
+        let config = Config::parse(
+            "[[channel]]\nid = 1\nname = \"Gate\"\nsource = \"rtsp://cam/1\"\npriority = true\n\
+             [[channel]]\nid = 2\nname = \"Yard\"\nsource = \"rtsp://cam/2\"\n\
+             [[channel]]\nid = 3\nname = \"Door\"\nsource = \"rtsp://cam/3\"\n",
+        )
+        .unwrap();
+        let channels = vec![
+            (1, "Gate".to_string(), Some(status(1, true, None))),
+            (2, "Yard".to_string(), Some(status(2, false, Some("stalled: no frame for 20 s")))),
+            (3, "Door".to_string(), None),
+        ];
+        let refused = RelayState {
+            stream: "ch1".into(),
+            running: false,
+            last_error: Some("401 Unauthorized (authentication failed)".into()),
+            restarts: 4,
+            since_ms: None,
+        };
+        let relays = vec![
+            Some(RelayStatus { channel: 1, main: refused, sub: None, host: "h".into(), updated_ms: 0 }),
+            None,
+            None,
+        ];
+        let workers = vec![heartbeat("scheduler"), heartbeat("motion")];
+        let dirs =
+            vec![serde_json::json!({"backup_dir": "/b", "worker": "record-1", "ok": false, "error": "read-only"})];
+        let problems = status_problems(&config, &channels, &relays, &workers, &dirs);
+        let expected = [
+            "ch1 (Gate): camera stream ch1 not relayed: 401 Unauthorized (authentication failed)",
+            "ch2 (Yard): offline: stalled: no frame for 20 s",
+            "ch3 (Door): no worker reports it",
+            "no worker-yolo is running (no heartbeat in Redis)",
+            "no worker-record is running (no heartbeat in Redis)",
+            "backup dir /b on record-1: read-only",
+        ];
+        assert_eq!(problems, expected);
+        let all_well = status_problems(
+            &config,
+            &channels.iter().map(|(i, n, _)| (*i, n.clone(), Some(status(*i, true, None)))).collect::<Vec<_>>(),
+            &[None, None, None],
+            &["scheduler", "motion", "yolo", "record"].map(heartbeat),
+            &[],
+        );
+        assert!(all_well.is_empty(), "{all_well:?}");
     }
 }

@@ -237,6 +237,17 @@ async fn api_serves_live_data_validates_input_and_guards_mutations() {
     );
     assert!(cctv(&["storage"]).contains("NODE"));
     assert!(!cctv(&["status"]).contains("secret"));
+    // `status --check` for monitoring: ch2 has no stream and no record or YOLO worker runs.
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_cctv"))
+        .arg("--config")
+        .arg(&cluster.config_path)
+        .args(["status", "--check"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stderr);
+    assert!(!check.status.success(), "status --check passed with problems: {said}");
+    assert!(said.contains("ch2 (cam 2)") && said.contains("no worker-record is running"), "{said}");
+    assert!(!said.contains("ch1 (cam 1)"), "ch1 is fine: {said}");
 
     // The dashboard in a real headless browser renders live data.
     let dom = dashboard_dom(port);
