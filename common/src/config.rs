@@ -578,12 +578,42 @@ impl Config {
         if let Ok(token) = std::env::var(API_TOKEN_ENV) {
             config.api.token = Some(token).filter(|t| !t.is_empty());
         }
-        let problems = config.validate();
+        let mut problems =
+            config.expand_secrets(&|name| std::env::var(name).ok(), &|path| std::fs::read_to_string(path));
+        problems.extend(config.validate());
         if problems.is_empty() {
             Ok(config)
         } else {
             Err(ConfigError::Invalid { path: path.to_owned(), problems })
         }
+    }
+
+    /// Replaces secret references in the fields that hold secrets — `cluster.redis_url`,
+    /// `api.token`, each channel's `source` and `detect_source` — so they need not be written in
+    /// the file: `{env:NAME}` becomes the variable's value, `{file:/path}` the file's content
+    /// without its trailing newline (systemd credentials, Docker secrets). Returns one problem per
+    /// reference that cannot be resolved, naming the field and the variable or file, never a value.
+    pub fn expand_secrets(
+        &mut self,
+        env: &dyn Fn(&str) -> Option<String>,
+        read: &dyn Fn(&str) -> std::io::Result<String>,
+    ) -> Vec<ConfigProblem> {
+        let mut p = Problems::default();
+        let mut expand = |field: String, value: &mut String| match expand_secret_refs(value, env, read) {
+            Ok(v) => *value = v,
+            Err(e) => p.add(&field, e),
+        };
+        expand("cluster.redis_url".into(), &mut self.cluster.redis_url);
+        if let Some(t) = self.api.token.as_mut() {
+            expand("api.token".into(), t);
+        }
+        for (i, ch) in self.channels.iter_mut().enumerate() {
+            expand(format!("channel[{i}] (id {}).source", ch.id), &mut ch.source);
+            if let Some(d) = ch.detect_source.as_mut() {
+                expand(format!("channel[{i}] (id {}).detect_source", ch.id), d);
+            }
+        }
+        p.0
     }
 
     /// Parses TOML without validating. The message has camera URLs redacted.
@@ -833,6 +863,39 @@ impl Problems {
     }
 }
 
+/// `{env:NAME}` and `{file:PATH}` in `value` replaced (see [`Config::expand_secrets`]).
+pub fn expand_secret_refs(
+    value: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    read: &dyn Fn(&str) -> std::io::Result<String>,
+) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(at) = rest.find('{') {
+        let (before, from) = rest.split_at(at);
+        out.push_str(before);
+        let Some(end) = from.find('}') else {
+            out.push_str(from);
+            return Ok(out);
+        };
+        let reference = &from[1..end];
+        match reference.split_once(':') {
+            Some(("env", name)) => match env(name) {
+                Some(v) => out.push_str(&v),
+                None => return Err(format!("environment variable {name} (from {{env:{name}}}) is not set")),
+            },
+            Some(("file", path)) => match read(path) {
+                Ok(v) => out.push_str(v.trim_end_matches(['\n', '\r'])),
+                Err(e) => return Err(format!("cannot read secret file {path} (from {{file:...}}): {e}")),
+            },
+            _ => out.push_str(&from[..=end]),
+        }
+        rest = &from[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 fn range(p: &mut Problems, field: &str, v: f64, lo: f64, hi: f64) {
     if !(v >= lo && v <= hi) {
         p.add(field, format!("{v} is out of range {lo}..={hi}"));
@@ -902,6 +965,43 @@ mod tests {
         assert_eq!(c.channels[0].mask[1].name.as_deref(), Some("street"));
         let unknown = Config::parse(&text.replace("name = \"street\"", "nmae = \"street\"")).unwrap_err();
         assert!(unknown.contains("nmae"), "{unknown}");
+    }
+
+    #[test]
+    fn secrets_come_from_the_environment_or_files_and_missing_ones_are_named() {
+        let env = |name: &str| (name == "CAM_PASS").then(|| "s3cret".to_string());
+        let read = |path: &str| match path {
+            "/run/secrets/token" => Ok("tok-en\n".to_string()),
+            _ => Err(std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory")),
+        };
+        let mut c = Config::parse(
+            r#"
+            [api]
+            token = "{file:/run/secrets/token}"
+            [[channel]]
+            id = 1
+            name = "A"
+            source = "rtsp://admin:{env:CAM_PASS}@cam/1"
+            detect_source = "rtsp://admin:{env:SUB_PASS}@cam/2"
+            [[channel]]
+            id = 2
+            name = "B"
+            source = "rtsp://cam/{file:/nope}"
+            "#,
+        )
+        .unwrap();
+        let problems: Vec<String> = c.expand_secrets(&env, &read).iter().map(ToString::to_string).collect();
+        assert_eq!(c.channels[0].source, "rtsp://admin:s3cret@cam/1");
+        assert_eq!(c.api.token.as_deref(), Some("tok-en"));
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].starts_with("channel[0] (id 1).detect_source: environment variable SUB_PASS"),
+            "{problems:?}"
+        );
+        assert!(problems[1].starts_with("channel[1] (id 2).source: cannot read secret file /nope"), "{problems:?}");
+        assert!(!problems.iter().any(|p| p.contains("s3cret")));
+        // Braces that are no reference stay as they are.
+        assert_eq!(expand_secret_refs("a{b}c{", &env, &read).unwrap(), "a{b}c{");
     }
 
     #[test]
