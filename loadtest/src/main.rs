@@ -91,7 +91,7 @@ fn until_interrupted<T>(work: impl std::future::Future<Output = anyhow::Result<T
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig => cctv_common::config::check_config_command(&cli.global.config),
+        Command::CheckConfig => cctv_common::config::check_config_command(&cli.global.config()),
         Command::Quality { quick, report_dir, cache_dir } => {
             let opts = loadtest::quality::QualityOptions { quick, report_dir: report_dir.clone(), cache_dir };
             match until_interrupted(loadtest::quality::quality(opts)) {

@@ -71,17 +71,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.global.log_format);
     let result = match cli.command {
-        Command::CheckConfig => scheduler::cli::check_config(&cli.global.config),
+        Command::CheckConfig => scheduler::cli::check_config(&cli.global.config()),
         Command::Health { kind } => {
             let kind = match kind {
                 HealthKind::Scheduler => "scheduler",
                 HealthKind::Relay => "relay",
             };
-            return cctv_common::heartbeat::health_command(&cli.global.config, kind);
+            return cctv_common::heartbeat::health_command(&cli.global.config(), kind);
         }
-        Command::Plan => print_plan(&cli.global.config),
-        Command::Run => tokio_main(cli.global.config),
-        Command::Relay => relay_main(cli.global.config),
+        Command::Plan => print_plan(&cli.global.config()),
+        Command::Run => tokio_main(cli.global.config()),
+        Command::Relay => relay_main(cli.global.config()),
         Command::NginxConfig {
             rtmp_listen,
             http_listen,

@@ -35,9 +35,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.global.log_format);
     let result = match cli.command {
-        Command::CheckConfig => return cctv_common::config::check_config_command(&cli.global.config),
-        Command::Health => return cctv_common::heartbeat::health_command(&cli.global.config, "motion"),
-        Command::Run { concurrency } => run(cli.global.config, concurrency),
+        Command::CheckConfig => return cctv_common::config::check_config_command(&cli.global.config()),
+        Command::Health => return cctv_common::heartbeat::health_command(&cli.global.config(), "motion"),
+        Command::Run { concurrency } => run(cli.global.config(), concurrency),
     };
     cctv_common::cli::exit_code(result)
 }

@@ -47,10 +47,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.global.log_format);
     let result = match cli.command {
-        Command::CheckConfig => return cctv_common::config::check_config_command(&cli.global.config),
-        Command::Health => return cctv_common::heartbeat::health_command(&cli.global.config, "yolo"),
-        Command::Run { max_batch, threads } => run(cli.global.config, max_batch, threads),
-        Command::Detect { images, min_score, json } => detect(cli.global.config, images, min_score, json),
+        Command::CheckConfig => return cctv_common::config::check_config_command(&cli.global.config()),
+        Command::Health => return cctv_common::heartbeat::health_command(&cli.global.config(), "yolo"),
+        Command::Run { max_batch, threads } => run(cli.global.config(), max_batch, threads),
+        Command::Detect { images, min_score, json } => detect(cli.global.config(), images, min_score, json),
     };
     cctv_common::cli::exit_code(result)
 }

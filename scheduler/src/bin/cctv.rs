@@ -20,5 +20,5 @@ struct Cli {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.global.log_format);
-    cctv_common::cli::exit_code(scheduler::cli::run(&cli.global.config, cli.command).await)
+    cctv_common::cli::exit_code(scheduler::cli::run(&cli.global.config(), cli.command).await)
 }
