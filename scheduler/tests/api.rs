@@ -250,7 +250,29 @@ async fn api_serves_live_data_validates_input_and_guards_mutations() {
     assert!(!said.contains("ch1 (cam 1)"), "ch1 is fine: {said}");
 
     // The dashboard in a real headless browser renders live data.
+    // Camera 2's relay cannot log in (as `scheduler relay` reports it): the API and the
+    // dashboard card say so in plain words.
+    let refused = scheduler::relay::RelayStatus {
+        channel: 2,
+        main: scheduler::relay::RelayState {
+            stream: "ch2".into(),
+            running: false,
+            last_error: Some("401 Unauthorized (authorization failed)".into()),
+            restarts: 3,
+            since_ms: None,
+        },
+        sub: None,
+        host: "test".into(),
+        updated_ms: now_ms(),
+    };
+    let _: () = conn.set(cluster.keys.relay_status(2), serde_json::to_string(&refused).unwrap()).await.unwrap();
+    let (_, ch2) = http.get("/api/channels/2");
+    assert_eq!(ch2["relay"]["main"]["last_error"], "401 Unauthorized (authorization failed)", "{ch2}");
     let dom = dashboard_dom(port);
+    assert!(
+        dom.contains("data-camera=\"down\"") && dom.contains("camera ch2: 401 Unauthorized (authorization failed)"),
+        "the camera's problem is not on its card:\n{dom}"
+    );
     assert!(dom.contains("data-rendered=\"yes\""), "dashboard did not finish rendering:\n{dom}");
     assert!(dom.contains("data-channel=\"1\"") && dom.contains("cam 1"), "channel grid missing:\n{dom}");
     let ch1_state = ["idle", "motion"].iter().any(|s| dom.contains(&format!("data-state=\"{s}\"")));
