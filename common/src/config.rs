@@ -483,6 +483,34 @@ pub struct ChannelConfig {
     /// `record.max_age_days`). Default: `record.max_age_days`.
     #[serde(default)]
     pub max_age_days: Option<f64>,
+    /// `[channel.motion]`: this camera's own motion settings over `[motion]`.
+    #[serde(default)]
+    pub motion: MotionOverrides,
+}
+
+/// Per-channel motion settings; each one left out is `[motion]`'s.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MotionOverrides {
+    pub fps: Option<f64>,
+    pub pixel_threshold: Option<f64>,
+    pub min_area: Option<f64>,
+}
+
+impl MotionOverrides {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// `base` with these settings over it.
+    pub fn apply(&self, base: &MotionConfig) -> MotionConfig {
+        MotionConfig {
+            fps: self.fps.unwrap_or(base.fps),
+            pixel_threshold: self.pixel_threshold.unwrap_or(base.pixel_threshold),
+            min_area: self.min_area.unwrap_or(base.min_area),
+            ..base.clone()
+        }
+    }
 }
 
 /// A polygon of the picture, in normalised coordinates: `[0, 0]` is the top-left corner,
@@ -510,6 +538,7 @@ impl fmt::Debug for ChannelConfig {
             .field("labels", &self.labels)
             .field("mask", &self.mask)
             .field("max_age_days", &self.max_age_days)
+            .field("motion", &self.motion)
             .finish()
     }
 }
@@ -791,6 +820,16 @@ impl Config {
             if let Some(days) = ch.max_age_days {
                 range(&mut p, &at("max_age_days"), days, 0.001, 36_500.0);
             }
+            // The same limits as `[motion]`'s.
+            if let Some(v) = ch.motion.fps {
+                range(&mut p, &at("motion.fps"), v, 0.2, 30.0);
+            }
+            if let Some(v) = ch.motion.pixel_threshold {
+                range(&mut p, &at("motion.pixel_threshold"), v, 1.0, 255.0);
+            }
+            if let Some(v) = ch.motion.min_area {
+                range(&mut p, &at("motion.min_area"), v, 0.0, 1.0);
+            }
             for (m, mask) in ch.mask.iter().enumerate() {
                 if mask.points.len() < 3 {
                     p.add(
@@ -1002,6 +1041,34 @@ mod tests {
         assert!(!problems.iter().any(|p| p.contains("s3cret")));
         // Braces that are no reference stay as they are.
         assert_eq!(expand_secret_refs("a{b}c{", &env, &read).unwrap(), "a{b}c{");
+    }
+
+    #[test]
+    fn a_channels_motion_settings_override_the_global_ones_within_the_same_limits() {
+        let text = r#"
+            [motion]
+            pixel_threshold = 30
+            [[channel]]
+            id = 1
+            name = "A"
+            source = "rtsp://cam/1"
+            [channel.motion]
+            min_area = 0.01
+            fps = 2
+            [[channel]]
+            id = 2
+            name = "B"
+            source = "rtsp://cam/2"
+            [channel.motion]
+            pixel_threshold = 300
+        "#;
+        let c = Config::parse(text).unwrap();
+        let m = c.channels[0].motion.apply(&c.motion);
+        assert_eq!((m.fps, m.min_area, m.pixel_threshold), (2.0, 0.01, 30.0));
+        assert_eq!(m.end_quiet_secs, c.motion.end_quiet_secs);
+        let problems: Vec<String> = c.validate().iter().map(ToString::to_string).collect();
+        assert_eq!(problems, ["channel[1] (id 2).motion.pixel_threshold: 300 is out of range 1..=255"]);
+        assert!(Config::parse(&text.replace("fps = 2", "fsp = 2")).unwrap_err().contains("fsp"));
     }
 
     #[test]

@@ -74,6 +74,20 @@ mod tests {
     }
 
     #[test]
+    fn a_changed_mask_or_channel_motion_setting_is_a_new_plan() {
+        let base = config(9, 8);
+        let mut masked = base.clone();
+        masked.channels[0]
+            .mask
+            .push(cctv_common::config::MaskConfig { name: None, points: vec![[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]] });
+        let mut tuned = base.clone();
+        tuned.channels[0].motion.pixel_threshold = Some(40.0);
+        let hashes = [plan(&base).hash, plan(&masked).hash, plan(&tuned).hash];
+        assert!(hashes[0] != hashes[1] && hashes[0] != hashes[2] && hashes[1] != hashes[2], "{hashes:?}");
+        assert_eq!(plan(&tuned).jobs[0].channels[0].motion.pixel_threshold, Some(40.0));
+    }
+
+    #[test]
     fn jobs_carry_no_camera_credentials() {
         let p = plan(&config(3, 8));
         let json = serde_json::to_string(&p.jobs).unwrap();

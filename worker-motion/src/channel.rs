@@ -193,6 +193,7 @@ impl ChannelHandle {
         let shared = Arc::new(ChannelShared::new(channel.id, samples));
         let url = format!("{}/{}", play_url.trim_end_matches('/'), channel.detect_stream);
         let s = shared.clone();
+        let params = channel.motion.apply(&params);
         let thread = std::thread::Builder::new()
             .name(format!("motion ch{}", channel.id))
             .spawn(move || channel_loop(&channel, &url, &params, yolo.as_ref(), &s, &out))

@@ -91,17 +91,20 @@ async fn keyframes_only_still_sees_activity_start_and_end() {
     assert!(s.online && s.fps > 0.5 && s.fps < 2.0, "about one keyframe per second: {s:?}");
 }
 
-/// `[[channel.mask]]`: the same real footage on two channels; on ch2 a mask covers the part of
-/// the picture where the people walk (here all of it): ch1 has its motion event, ch2 none,
-/// though it is analysed all the while.
+/// `[[channel.mask]]` and `[channel.motion]`: the same real footage on three channels; on ch2
+/// a mask covers the part of the picture where the people walk (here all of it), ch3 has its
+/// own pixel threshold that no change reaches: ch1 has its motion event, ch2 and ch3 none,
+/// though they are analysed all the while (so per-channel settings reach the worker).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn motion_inside_a_mask_raises_no_event() {
+async fn motion_inside_a_mask_or_under_a_channels_own_threshold_raises_no_event() {
     let masked = channel_with(2, "[[channel.mask]]\nname = \"everything\"\npoints = [[0, 0], [1, 0], [1, 1], [0, 1]]");
-    let channels = [channel(1), masked].concat();
+    let insensitive = channel_with(3, "[channel.motion]\npixel_threshold = 255");
+    let channels = [channel(1), masked, insensitive].concat();
     let mut cluster = Cluster::new(&channels, 8, "");
     let clip = people_clip(cluster.dir.path(), "active.mp4", 3, 4.0, 6.0);
     let p1 = Pusher::start(&clip, &cluster.nginx.live_url(), "ch1");
     let _p2 = Pusher::start(&clip, &cluster.nginx.live_url(), "ch2");
+    let _p3 = Pusher::start(&clip, &cluster.nginx.live_url(), "ch3");
     p1.wait_publishing();
     cluster.start_scheduler();
     let _worker = cluster.spawn(env!("CARGO_BIN_EXE_worker-motion"), &["run", "--concurrency", "1"]);
@@ -111,12 +114,15 @@ async fn motion_inside_a_mask_raises_no_event() {
     })
     .await;
     assert!(ch1.is_some(), "the unmasked channel sees the people");
-    // A whole loop of the clip (16 s at 5 fps) analysed on ch2.
-    let s2 = wait_for(Duration::from_secs(30), || async {
-        cluster.channel_status(2).await.filter(|s| s.online && s.frames_total >= 80)
-    })
-    .await;
-    assert!(s2.is_some(), "ch2 was analysed: {:?}", cluster.channel_status(2).await);
+    // A whole loop of the clip (16 s at 5 fps) analysed on ch2 and ch3.
+    for ch in [2, 3] {
+        let s = wait_for(Duration::from_secs(30), || async {
+            cluster.channel_status(ch).await.filter(|s| s.online && s.frames_total >= 80)
+        })
+        .await;
+        assert!(s.is_some(), "ch{ch} was analysed: {:?}", cluster.channel_status(ch).await);
+    }
     let events = cluster.motion_events().await;
     assert!(events.iter().all(|e| e.channel != 2), "motion inside the mask: {events:?}");
+    assert!(events.iter().all(|e| e.channel != 3), "motion under ch3's own threshold: {events:?}");
 }
