@@ -21,7 +21,8 @@
 //! | `<ns>:storage:<node>` | string: `StorageReport` JSON, TTL | worker-record | CLI, API |
 //! | `<ns>:backups:protected` | set of backup file names rotation and retention never delete | API, CLI | worker-record, API |
 //! | `<ns>:storagelock:<volume>` | string: worker id, TTL (one rotator per volume) | worker-record | worker-record |
-//! | `<ns>:status:relay:<id>` | string: relay state of main and sub-stream, TTL | scheduler relay | nothing yet (issue 15) |
+//! | `<ns>:status:relay:<id>` | string: relay state of main and sub-stream, TTL | scheduler relay | CLI (`status`), API, dashboard |
+//! | `<ns>:preview:<id>` | hash `jpeg` (bytes), `ts_ms`: the channel's latest picture, every 10 s, TTL 60 s | worker-motion | API, dashboard |
 //! | `<ns>:status:channel:<id>` | string: `ChannelStatus` JSON (with the published event in progress and its `seq`), TTL | worker-motion | CLI, API, scheduler (orphan watchdog) |
 //! | `<ns>:scheduler:leader` | string: scheduler id, TTL | scheduler (one active at a time) | scheduler |
 //! | `<ns>:workers:<worker>` | string: `WorkerHeartbeat` JSON, TTL | every worker | CLI |
@@ -97,6 +98,9 @@ impl Keys {
     pub fn storage_lock(&self, volume: &str) -> String {
         format!("{}:storagelock:{volume}", self.ns)
     }
+    pub fn channel_preview(&self, channel: u32) -> String {
+        format!("{}:preview:{channel}", self.ns)
+    }
     pub fn relay_status(&self, channel: u32) -> String {
         format!("{}:status:relay:{channel}", self.ns)
     }
@@ -139,6 +143,7 @@ mod tests {
             k.backup_status(),
             k.backups_protected(),
             k.channel_status(3),
+            k.channel_preview(3),
             k.worker("w"),
         ] {
             assert!(key.starts_with("site-a:"), "{key}");

@@ -78,6 +78,7 @@ pub fn router(config: Arc<Config>, conn: ConnectionManager) -> Router {
         .route("/api/health", get(health))
         .route("/api/channels", get(channels))
         .route("/api/channels/{id}", get(channel))
+        .route("/api/channels/{id}/preview.jpg", get(channel_preview))
         .route("/api/events", get(events))
         .route("/api/backups", get(backups))
         .route("/api/backups/file/{name}", get(download_backup))
@@ -214,6 +215,7 @@ async fn channel_views(s: &ApiState) -> ApiResult<Vec<Value>> {
             "last_motion_ms": status.as_ref().and_then(|st| st.last_motion_ms),
             "worker": status.as_ref().map(|st| st.worker.clone()),
             "relay": relay,
+            "preview": format!("/api/channels/{}/preview.jpg", ch.id),
             "last_objects": last_objects.map(|o| json!({
                 "ts_ms": o.frame_ts_ms,
                 "labels": o.detections.iter().map(|d| d.label.clone()).collect::<Vec<_>>(),
@@ -241,6 +243,17 @@ async fn channel(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult
         .find(|c| c["id"] == id)
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("channel {id} is not configured")))
+}
+
+/// The channel's latest picture (worker-motion stores one every 10 s, kept 60 s).
+async fn channel_preview(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let id: u32 = id.parse().map_err(|_| ApiError::bad(format!("{id:?} is not a channel number")))?;
+    if s.config.channel(id).is_none() {
+        return Err(ApiError::not_found(format!("channel {id} is not configured")));
+    }
+    let jpeg: Option<Vec<u8>> = s.conn.clone().hget(s.keys.channel_preview(id), "jpeg").await?;
+    let jpeg = jpeg.ok_or_else(|| ApiError::not_found(format!("no picture of channel {id} in the last minute")))?;
+    Ok(([(header::CONTENT_TYPE, "image/jpeg"), (header::CACHE_CONTROL, "no-store")], jpeg).into_response())
 }
 
 fn stream_of(keys: &Keys, category: &str) -> String {

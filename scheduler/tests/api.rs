@@ -250,6 +250,17 @@ async fn api_serves_live_data_validates_input_and_guards_mutations() {
     assert!(!said.contains("ch1 (cam 1)"), "ch1 is fine: {said}");
 
     // The dashboard in a real headless browser renders live data.
+    // A picture of the camera (every 10 s from the motion worker); none for ch2, which has no
+    // stream.
+    let preview = wait_for(Duration::from_secs(25), || async {
+        let (status, body, ctype) = http.call("GET", "/api/channels/1/preview.jpg", None, None);
+        (status == 200).then_some((body, ctype))
+    })
+    .await
+    .expect("a picture of ch1");
+    assert_eq!(preview.1, "image/jpeg");
+    assert!(preview.0.starts_with(&[0xFF, 0xD8, 0xFF]) && preview.0.len() > 1000, "not a JPEG picture");
+    assert_eq!(http.call("GET", "/api/channels/2/preview.jpg", None, None).0, 404);
     // Camera 2's relay cannot log in (as `scheduler relay` reports it): the API and the
     // dashboard card say so in plain words.
     let refused = scheduler::relay::RelayStatus {
@@ -272,6 +283,10 @@ async fn api_serves_live_data_validates_input_and_guards_mutations() {
     assert!(
         dom.contains("data-camera=\"down\"") && dom.contains("camera ch2: 401 Unauthorized (authorization failed)"),
         "the camera's problem is not on its card:\n{dom}"
+    );
+    assert!(
+        dom.contains("class=\"preview\"") && dom.contains("data-loaded=\"yes\""),
+        "no camera picture shown:\n{dom}"
     );
     assert!(dom.contains("data-rendered=\"yes\""), "dashboard did not finish rendering:\n{dom}");
     assert!(dom.contains("data-channel=\"1\"") && dom.contains("cam 1"), "channel grid missing:\n{dom}");

@@ -22,6 +22,11 @@ use crate::detector::{Hysteresis, MotionDetector, Transition};
 
 /// Frames analysed after which a failing channel's backoff resets.
 const HEALTHY_FRAMES: u64 = 50;
+/// A channel's picture for people (dashboard cards) is taken this often.
+pub const PREVIEW_EVERY_MS: i64 = 10_000;
+/// JPEG quality of the picture.
+const PREVIEW_QUALITY: i32 = 80;
+
 /// YOLO frames of one channel handed to the batch but not yet sent on: while Redis is away
 /// (the batch waits on it) further frames are dropped here, before JPEG encoding, so memory
 /// stays bounded however long the outage lasts — frames that old would be stale for YOLO.
@@ -58,6 +63,9 @@ pub enum ChannelMsg {
         area: f32,
         boxes: Vec<NormBox>,
     },
+    /// The channel's latest picture (JPEG: colour on priority channels, else the grey frame
+    /// the detector sees), every [`PREVIEW_EVERY_MS`].
+    Preview { channel: u32, ts_ms: i64, jpeg: Vec<u8> },
     /// A colour frame of a priority channel in motion, for object detection.
     Frame { channel: u32, ts_ms: i64, motion_event: String, boxes: Vec<NormBox>, jpeg: Vec<u8>, _place: InFlight },
 }
@@ -235,7 +243,12 @@ fn channel_loop(
     let initial = Duration::from_secs_f64(params.retry_initial_secs);
     let mut backoff = initial;
     while !shared.stopping() {
-        shared.set_status(ChannelState::Connecting, None);
+        // A channel that is down stays reported offline, with its reason, while it retries:
+        // "connecting" is only the first attempt (or one after frames came), so a dead camera
+        // never flickers between the two.
+        if shared.status().0 != ChannelState::Offline {
+            shared.set_status(ChannelState::Connecting, None);
+        }
         let frames_before = shared.frames();
         let reason = match read_stream(ch, url, params, yolo, shared, out) {
             Ok(()) if shared.stopping() => break,
@@ -341,6 +354,7 @@ fn analyse(
     tracing::info!(width = size.width, height = size.height, yolo = colour.is_some(), "channel online");
     // The latest motion event: frames sampled after it ended still belong to it.
     let mut last_event: Option<String> = None;
+    let mut last_preview_ms = 0i64;
     let result = loop {
         if shared.stopping() {
             break Ok(());
@@ -357,6 +371,19 @@ fn analyse(
         // Only the first frame of the run sets it (0 means unset).
         let _ = shared.analysing_since_ms.compare_exchange(0, ts, Ordering::Relaxed, Ordering::Relaxed);
         shared.frames.fetch_add(1, Ordering::Relaxed);
+        if ts - last_preview_ms >= PREVIEW_EVERY_MS {
+            last_preview_ms = ts;
+            let jpeg = match colour.as_ref() {
+                Some(c) => c.jpeg(&frame),
+                None => grey_jpeg(&frame, grey_w, grey_h),
+            };
+            match jpeg {
+                Ok(jpeg) => {
+                    let _ = out.send(ChannelMsg::Preview { channel: ch.id, ts_ms: ts, jpeg });
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot encode the channel picture"),
+            }
+        }
         let grey = match colour.as_mut().map(|c| c.grey_of(&frame)).transpose() {
             Ok(g) => g,
             Err(e) => break Err(format!("converting a colour frame: {e}")),
@@ -476,6 +503,15 @@ impl ColourFrames {
         imgcodecs::imencode(".jpg", &m, &mut buf, &params)?;
         Ok(buf.to_vec())
     }
+}
+
+/// A grey frame (`width` x `height` bytes) as JPEG.
+fn grey_jpeg(grey: &[u8], width: u32, height: u32) -> opencv::Result<Vec<u8>> {
+    let m = Mat::new_rows_cols_with_data(height as i32, width as i32, grey)?;
+    let mut buf = Vector::<u8>::new();
+    let params = Vector::from_slice(&[imgcodecs::IMWRITE_JPEG_QUALITY, PREVIEW_QUALITY]);
+    imgcodecs::imencode(".jpg", &m, &mut buf, &params)?;
+    Ok(buf.to_vec())
 }
 
 fn emit(channel: u32, t: Transition, ts_ms: i64, boxes: Vec<NormBox>, out: &UnboundedSender<ChannelMsg>) {

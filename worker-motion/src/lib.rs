@@ -37,6 +37,8 @@ const LEASE_TTL_MS: u64 = 6_000;
 const SUPERVISE_EVERY: Duration = Duration::from_secs(2);
 /// Channel status and worker heartbeat TTL.
 const STATUS_TTL_SECS: u64 = 10;
+/// A channel's picture outlives a few missed updates, not its worker.
+const PREVIEW_TTL_SECS: i64 = 60;
 /// Motion events kept on the stream (approximate trim).
 const EVENTS_MAXLEN: usize = 100_000;
 /// Motion events held while Redis is unreachable (the oldest give way; all are in the motion log).
@@ -331,6 +333,19 @@ async fn publish_event(
     let (channel, kind, event_id, ts_ms, started_ms, last_motion_ms, area, boxes) = match msg {
         ChannelMsg::Motion { channel, kind, event_id, ts_ms, started_ms, last_motion_ms, area, boxes } => {
             (channel, kind, event_id, ts_ms, started_ms, last_motion_ms, area, boxes)
+        }
+        ChannelMsg::Preview { channel, ts_ms, jpeg } => {
+            let key = ctx.keys.channel_preview(channel);
+            let r: redis::RedisResult<()> = redis::pipe()
+                .hset(&key, "jpeg", jpeg)
+                .hset(&key, "ts_ms", ts_ms)
+                .expire(&key, PREVIEW_TTL_SECS)
+                .query_async(conn)
+                .await;
+            if let Err(e) = r {
+                tracing::debug!(channel, error = %e, "cannot store the channel picture");
+            }
+            return;
         }
         ChannelMsg::Frame { channel, ts_ms, motion_event, boxes, jpeg, _place } => {
             let job = YoloJob { channel, frame_ts_ms: ts_ms, motion_event, motion_boxes: boxes, jpeg };
