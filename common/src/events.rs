@@ -220,6 +220,9 @@ pub struct StorageReport {
     /// Bytes of backup files in the directory.
     pub backup_bytes: u64,
     pub backup_files: u64,
+    /// When the oldest backup kept was last written (ms): how far back the footage goes.
+    #[serde(default)]
+    pub oldest_backup_ms: Option<i64>,
     /// Bytes written per second by the recorder, recent average.
     pub write_rate_bps: f64,
     /// Free space divided by the write rate; `None` while nothing is written.

@@ -173,7 +173,13 @@ impl Params {
 async fn health(State(s): State<ApiState>) -> Response {
     let redis_ok = redis::cmd("PING").query_async::<String>(&mut s.conn.clone()).await.is_ok();
     let status = if redis_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({ "status": if redis_ok { "ok" } else { "degraded" }, "redis": redis_ok, "version": env!("CARGO_PKG_VERSION") })))
+    // The time zone backups are named in: the dashboard shows every time in it.
+    let timezone = &s.config.record.timezone;
+    (
+        status,
+        Json(json!({ "status": if redis_ok { "ok" } else { "degraded" }, "redis": redis_ok,
+        "version": env!("CARGO_PKG_VERSION"), "timezone": timezone })),
+    )
         .into_response()
 }
 

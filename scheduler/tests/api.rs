@@ -51,7 +51,7 @@ async fn api_serves_live_data_validates_input_and_guards_mutations() {
     let backups = tmp.path().join("backups");
     std::fs::create_dir_all(&backups).unwrap();
     let extra = format!(
-        "[api]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\n[record]\nbackup_dir = \"{}\"\n",
+        "[api]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\n[record]\nbackup_dir = \"{}\"\ntimezone = \"Asia/Tokyo\"\n",
         backups.display()
     );
     let mut cluster = Cluster::new(&[channel(1), channel(2)].concat(), 8, &extra);
@@ -279,6 +279,7 @@ async fn api_serves_live_data_validates_input_and_guards_mutations() {
     let _: () = conn.set(cluster.keys.relay_status(2), serde_json::to_string(&refused).unwrap()).await.unwrap();
     let (_, ch2) = http.get("/api/channels/2");
     assert_eq!(ch2["relay"]["main"]["last_error"], "401 Unauthorized (authorization failed)", "{ch2}");
+    let tokyo_before_dump = tokyo_date();
     let dom = dashboard_dom(port);
     assert!(
         dom.contains("data-camera=\"down\"") && dom.contains("camera ch2: 401 Unauthorized (authorization failed)"),
@@ -289,6 +290,13 @@ async fn api_serves_live_data_validates_input_and_guards_mutations() {
         "no camera picture shown:\n{dom}"
     );
     assert!(dom.contains("data-rendered=\"yes\""), "dashboard did not finish rendering:\n{dom}");
+    // Times are shown with their date, in the site's zone (the one backups are named in).
+    assert!(
+        dom.contains("data-timezone=\"Asia/Tokyo\"") && dom.contains("times Asia/Tokyo"),
+        "time zone not applied:\n{dom}"
+    );
+    let (before, after) = (tokyo_before_dump, tokyo_date());
+    assert!(dom.contains(&before) || dom.contains(&after), "no {after} (Tokyo's date) on the page:\n{dom}");
     assert!(dom.contains("data-channel=\"1\"") && dom.contains("cam 1"), "channel grid missing:\n{dom}");
     let ch1_state = ["idle", "motion"].iter().any(|s| dom.contains(&format!("data-state=\"{s}\"")));
     assert!(ch1_state && dom.contains("data-state=\"offline\""), "live states missing:\n{dom}");
@@ -308,4 +316,24 @@ fn dashboard_dom(port: u16) -> String {
         .expect("chromium (apt-get install chromium)");
     assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Today's date in Tokyo (UTC+9, no daylight saving) as Chromium's en-US short date shows it.
+fn tokyo_date() -> String {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 9 * 3600;
+    let (y, m, d) = civil_from_days((t / 86_400) as i64);
+    format!("{m}/{d}/{}", y % 100)
+}
+
+/// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }

@@ -221,6 +221,9 @@ impl Monitor {
             used_percent: volume.used_percent(),
             backup_bytes: files.iter().map(|f| f.bytes).sum(),
             backup_files: files.len() as u64,
+            oldest_backup_ms: files
+                .first()
+                .and_then(|f| f.modified.duration_since(SystemTime::UNIX_EPOCH).ok().map(|d| d.as_millis() as i64)),
             write_rate_bps: rate,
             hours_left: (rate > 0.0).then(|| volume.available as f64 / rate / 3600.0),
             high_watermark: self.cfg.high_watermark,

@@ -193,6 +193,18 @@ async fn backups_older_than_their_channels_limit_are_deleted() {
         assert!(d.error.as_deref().unwrap_or("").starts_with("retention: older than"), "{d:?}");
     }
     assert!(deleted.iter().any(|d| d.channel == 1) && deleted.iter().any(|d| d.channel == 9), "{deleted:?}");
+    // The storage report says how far back the footage kept goes: the protected 30-day-old file.
+    let expected = std::fs::metadata(&protected).unwrap().modified().unwrap();
+    let expected_ms = expected.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let oldest = wait_for(Duration::from_secs(10), || async {
+        let mut conn = run.cluster.conn().await;
+        let keys: Vec<String> = redis::AsyncCommands::keys(&mut conn, run.cluster.keys.storage_pattern()).await.ok()?;
+        let json: String = redis::AsyncCommands::get(&mut conn, keys.first()?).await.ok()?;
+        let report: cctv_common::events::StorageReport = serde_json::from_str(&json).ok()?;
+        report.oldest_backup_ms.filter(|&t| t == expected_ms)
+    })
+    .await;
+    assert!(oldest.is_some(), "storage report's oldest backup is not the protected file's time");
 }
 
 fn channel_with_age(id: u32, days: f64) -> String {
