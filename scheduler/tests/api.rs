@@ -337,3 +337,18 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
+
+/// `cctv completions <shell>` needs no config or Redis and completes the subcommands; a closed
+/// pipe is no panic.
+#[test]
+fn cli_prints_shell_completions() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cctv"))
+        .args(["--config", "/nonexistent/cctv.toml", "completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let script = String::from_utf8_lossy(&out.stdout);
+    for word in ["_cctv()", "status", "protect", "unprotect", "--check"] {
+        assert!(script.contains(word), "{word} missing from the bash completion");
+    }
+}

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use cctv_common::cli::GlobalArgs;
 use cctv_common::telemetry;
-use clap::Parser;
+use clap::{CommandFactory, Parser, Subcommand};
 use scheduler::cli::Command;
 
 #[derive(Debug, Parser)]
@@ -13,12 +13,35 @@ struct Cli {
     #[command(flatten)]
     global: GlobalArgs,
     #[command(subcommand)]
-    command: Command,
+    command: Top,
+}
+
+#[derive(Debug, Subcommand)]
+enum Top {
+    #[command(flatten)]
+    Cluster(Command),
+    /// Print a shell completion script (`cctv completions bash > /etc/bash_completion.d/cctv`).
+    Completions { shell: clap_complete::Shell },
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.global.log_format);
-    cctv_common::cli::exit_code(scheduler::cli::run(&cli.global.config(), cli.command).await)
+    match cli.command {
+        Top::Completions { shell } => {
+            // Into memory first: clap_complete panics on a write error (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "cctv", &mut script);
+            match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    cctv_common::cli::exit_code(Err(anyhow::anyhow!("writing the completion script: {e}")))
+                }
+                _ => ExitCode::SUCCESS,
+            }
+        }
+        Top::Cluster(command) => {
+            telemetry::init(cli.global.log_format);
+            cctv_common::cli::exit_code(scheduler::cli::run(&cli.global.config(), command).await)
+        }
+    }
 }
