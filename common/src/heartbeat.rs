@@ -88,26 +88,11 @@ pub async fn check_local(
             .await
             .map_err(|source| HealthError::Redis { url: url.clone(), source })?;
         let keys = Keys::new(&cluster.namespace);
-        let names: Vec<String> = {
-            let mut iter: redis::AsyncIter<String> = conn
-                .scan_match(keys.worker_pattern())
-                .await
-                .map_err(|source| HealthError::Redis { url: url.clone(), source })?;
-            let mut names = Vec::new();
-            while let Some(n) = iter.next_item().await {
-                names.push(n.map_err(|source| HealthError::Redis { url: url.clone(), source })?);
-            }
-            names
-        };
+        let beats: Vec<WorkerHeartbeat> = crate::keys::scan_json(&mut conn, &keys.worker_pattern())
+            .await
+            .map_err(|source| HealthError::Redis { url: url.clone(), source })?;
         let host = crate::host_name();
-        let mut newest: Option<WorkerHeartbeat> = None;
-        for name in names {
-            let json: Option<String> = conn.get(&name).await.unwrap_or(None);
-            let Some(hb) = json.and_then(|j| serde_json::from_str::<WorkerHeartbeat>(&j).ok()) else { continue };
-            if hb.kind == kind && hb.host == host && newest.as_ref().is_none_or(|n| hb.updated_ms > n.updated_ms) {
-                newest = Some(hb);
-            }
-        }
+        let newest = beats.into_iter().filter(|hb| hb.kind == kind && hb.host == host).max_by_key(|hb| hb.updated_ms);
         let hb = newest.ok_or_else(|| HealthError::Missing {
             kind: kind.into(),
             host: host.clone(),

@@ -27,6 +27,33 @@
 //! | `<ns>:scheduler:leader` | string: scheduler id, TTL | scheduler (one active at a time) | scheduler |
 //! | `<ns>:workers:<worker>` | string: `WorkerHeartbeat` JSON, TTL | every worker | CLI |
 
+/// Every value under the keys matching `pattern` (SCAN, so Redis is never blocked), decoded from
+/// JSON; keys that vanished meanwhile or do not decode are left out. The one reader of
+/// TTL'd JSON reports (`<ns>:workers:*`, `<ns>:storage:*`) for the API, the CLI and `health`.
+pub async fn scan_json<T, C>(conn: &mut C, pattern: &str) -> redis::RedisResult<Vec<T>>
+where
+    T: serde::de::DeserializeOwned,
+    C: redis::aio::ConnectionLike + Send,
+{
+    let mut cursor = 0u64;
+    let mut keys = Vec::new();
+    loop {
+        let (next, batch): (u64, Vec<String>) =
+            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(500).query_async(conn).await?;
+        keys.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    let mut out = Vec::new();
+    for k in keys {
+        let v: Option<String> = redis::cmd("GET").arg(&k).query_async(conn).await?;
+        out.extend(v.and_then(|v| serde_json::from_str(&v).ok()));
+    }
+    Ok(out)
+}
+
 /// Key names of one cluster namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {

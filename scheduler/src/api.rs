@@ -519,16 +519,9 @@ async fn snapshot_file(
 }
 
 async fn scan_json<T: serde::de::DeserializeOwned>(conn: &mut ConnectionManager, pattern: &str) -> ApiResult<Vec<T>> {
-    let keys =
-        crate::cli::scan(conn, pattern).await.map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    let mut out = Vec::new();
-    for k in keys {
-        let v: Option<String> = conn.get(&k).await?;
-        if let Some(v) = v.and_then(|v| serde_json::from_str(&v).ok()) {
-            out.push(v);
-        }
-    }
-    Ok(out)
+    cctv_common::keys::scan_json(conn, pattern)
+        .await
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
 }
 
 async fn storage(State(s): State<ApiState>) -> ApiResult<Json<Vec<StorageReport>>> {

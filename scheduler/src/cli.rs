@@ -425,14 +425,7 @@ async fn status(
         let r: Option<String> = conn.get(keys.relay_status(ch.id)).await?;
         relays.push(r.and_then(|r| serde_json::from_str::<crate::relay::RelayStatus>(&r).ok()));
     }
-    let worker_keys: Vec<String> = scan(&mut conn, &keys.worker_pattern()).await?;
-    let mut workers = Vec::new();
-    for k in worker_keys {
-        let s: Option<String> = conn.get(&k).await?;
-        if let Some(w) = s.and_then(|s| serde_json::from_str::<WorkerHeartbeat>(&s).ok()) {
-            workers.push(w);
-        }
-    }
+    let workers: Vec<WorkerHeartbeat> = cctv_common::keys::scan_json(&mut conn, &keys.worker_pattern()).await?;
     let mut q: Queue<MotionJob> = Queue::new(conn.clone(), keys, &config.queue);
     let waiting = q.waiting().await?;
     let mut yq: Queue<YoloJob> = Queue::new(conn.clone(), keys, &config.queue);
@@ -528,20 +521,6 @@ async fn status(
         println!("{:<41} {:<8} {}", w.worker, w.kind, w.batches.join(","));
     }
     verdict()
-}
-
-pub async fn scan(conn: &mut ConnectionManager, pattern: &str) -> anyhow::Result<Vec<String>> {
-    let mut cursor = 0u64;
-    let mut out = Vec::new();
-    loop {
-        let (next, keys): (u64, Vec<String>) =
-            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(500).query_async(conn).await?;
-        out.extend(keys);
-        if next == 0 {
-            return Ok(out);
-        }
-        cursor = next;
-    }
 }
 
 #[cfg(test)]

@@ -235,11 +235,7 @@ pub async fn backups(
 }
 
 pub async fn storage(mut conn: ConnectionManager, keys: &Keys, json: bool) -> anyhow::Result<()> {
-    let mut reports: Vec<StorageReport> = Vec::new();
-    for k in crate::cli::scan(&mut conn, &keys.storage_pattern()).await? {
-        let v: Option<String> = conn.get(&k).await?;
-        reports.extend(v.and_then(|v| serde_json::from_str(&v).ok()));
-    }
+    let reports: Vec<StorageReport> = cctv_common::keys::scan_json(&mut conn, &keys.storage_pattern()).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
         return Ok(());

@@ -10,6 +10,8 @@ mod backup;
 mod crash;
 /// Unusable backup directory: reported, then nothing lost once fixed (issue 4, test 5).
 mod dir;
+/// `worker-record health`: the container health check, against a real Redis.
+mod health;
 /// `objects` / `off` policies (issue 4, test 2).
 mod policy;
 /// Rotation on a real filling filesystem; ENOSPC (issue 5).
