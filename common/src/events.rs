@@ -204,6 +204,39 @@ pub struct BackupEvent {
     pub ts_ms: i64,
 }
 
+impl BackupEvent {
+    /// A backup file `path` of `size_bytes` was deleted by `worker` (rotation, retention, the
+    /// API), `why` in `error`; the channel comes from the file's name.
+    pub fn deleted(path: &std::path::Path, size_bytes: u64, why: String, worker: &str) -> Self {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        Self {
+            kind: BackupEventKind::Deleted,
+            channel: crate::naming::backup_channel(&name).unwrap_or(0),
+            recording: String::new(),
+            file: Some(path.display().to_string()),
+            part: 0,
+            start_ms: 0,
+            end_ms: 0,
+            duration_secs: 0.0,
+            size_bytes,
+            trigger: None,
+            events: vec![],
+            pre_roll_ms: None,
+            writing_since_ms: None,
+            validation: None,
+            error: Some(why),
+            worker: worker.to_string(),
+            job: String::new(),
+            ts_ms: now_ms(),
+        }
+    }
+
+    /// The file's name without its directory (what the API serves it under).
+    pub fn file_name(&self) -> Option<String> {
+        Some(std::path::Path::new(self.file.as_deref()?).file_name()?.to_string_lossy().into_owned())
+    }
+}
+
 /// `<ns>:storage:<node>`: the disk holding one node's backup directory, refreshed with a TTL.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StorageReport {

@@ -229,8 +229,7 @@ async fn channel_views(s: &ApiState) -> ApiResult<Vec<Value>> {
                     .map(|n| format!("/api/snapshots/{}/{}", o.channel, n.to_string_lossy())),
             })),
             "last_backup": last_backup.map(|b| json!({
-                "ts_ms": b.ts_ms, "file": b.file.as_deref().and_then(|p| std::path::Path::new(p).file_name())
-                    .map(|n| n.to_string_lossy().into_owned()),
+                "ts_ms": b.ts_ms, "file": b.file_name(),
             })),
         }));
     }
@@ -361,11 +360,7 @@ async fn backups(State(s): State<ApiState>, Query(q): Query<HashMap<String, Stri
         .iter()
         .take(limit)
         .map(|b| {
-            let name = b
-                .file
-                .as_deref()
-                .and_then(|f| std::path::Path::new(f).file_name())
-                .map(|n| n.to_string_lossy().into_owned());
+            let name = b.file_name();
             json!({
                 "channel": b.channel, "file": name, "start_ms": b.start_ms, "end_ms": b.end_ms,
                 "duration_secs": b.duration_secs, "size_bytes": b.size_bytes, "trigger": b.trigger, "part": b.part,
@@ -422,27 +417,7 @@ async fn delete_backup(
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     std::fs::remove_file(&path)
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("deleting {name}: {e}")))?;
-    let channel = cctv_common::naming::backup_channel(&name).unwrap_or(0);
-    let event = BackupEvent {
-        kind: BackupEventKind::Deleted,
-        channel,
-        recording: String::new(),
-        file: Some(path.display().to_string()),
-        part: 0,
-        start_ms: 0,
-        end_ms: 0,
-        duration_secs: 0.0,
-        size_bytes: size,
-        trigger: None,
-        events: vec![],
-        pre_roll_ms: None,
-        writing_since_ms: None,
-        validation: None,
-        error: Some("deleted through the API".into()),
-        worker: "api".into(),
-        job: String::new(),
-        ts_ms: now_ms(),
-    };
+    let event = BackupEvent::deleted(&path, size, "deleted through the API".into(), "api");
     let _: String = s
         .conn
         .clone()

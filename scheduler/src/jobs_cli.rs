@@ -213,10 +213,7 @@ pub async fn backups(
         return Ok(());
     }
     let protected = cctv_common::naming::protected_backups(&mut conn, keys).await?;
-    let is_protected = |b: &BackupEvent| {
-        let name = b.file.as_deref().and_then(|f| std::path::Path::new(f).file_name());
-        name.is_some_and(|n| protected.contains(n.to_string_lossy().as_ref()))
-    };
+    let is_protected = |b: &BackupEvent| b.file_name().is_some_and(|n| protected.contains(&n));
     println!("CH    START          LENGTH      SIZE  TRIGGER   FILE");
     for b in list {
         let trigger = b.trigger.as_ref().map(|t| format!("{:?}", t.kind).to_lowercase()).unwrap_or_default();

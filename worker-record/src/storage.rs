@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use cctv_common::config::StorageConfig;
-use cctv_common::events::{now_ms, BackupEvent, BackupEventKind, StorageReport};
+use cctv_common::events::{now_ms, BackupEvent, StorageReport};
 use redis::AsyncCommands;
 use tokio::sync::Notify;
 
@@ -314,40 +314,19 @@ impl Monitor {
             return false;
         }
         let path = f.path.clone();
-        match tokio::task::spawn_blocking(move || std::fs::remove_file(&path)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => return false,
-            Ok(Err(e)) => {
-                tracing::warn!(file = %f.path.display(), error = %e, "cannot delete old backup");
-                return false;
-            }
+        let removed = tokio::task::spawn_blocking(move || std::fs::remove_file(&path))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match removed {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return false,
             Err(e) => {
                 tracing::warn!(file = %f.path.display(), error = %e, "cannot delete old backup");
                 return false;
             }
         }
-        let channel = cctv_common::naming::backup_channel(&name).unwrap_or(0);
         tracing::info!(file = %f.path.display(), reason = %why, "backup deleted");
-        let event = BackupEvent {
-            kind: BackupEventKind::Deleted,
-            channel,
-            recording: String::new(),
-            file: Some(f.path.display().to_string()),
-            part: 0,
-            start_ms: 0,
-            end_ms: 0,
-            duration_secs: 0.0,
-            size_bytes: f.bytes,
-            trigger: None,
-            events: vec![],
-            pre_roll_ms: None,
-            writing_since_ms: None,
-            validation: None,
-            error: Some(why),
-            worker: self.worker.clone(),
-            job: String::new(),
-            ts_ms: now_ms(),
-        };
+        let event = BackupEvent::deleted(&f.path, f.bytes, why, &self.worker);
         crate::publish_with(&self.conn, &self.keys, &self.log, &event).await;
         true
     }
