@@ -548,7 +548,13 @@ impl Config {
     /// `record.max_age_days`); `None`: until rotation needs the space.
     pub fn max_backup_age(&self, channel: u32) -> Option<std::time::Duration> {
         let days = self.channel(channel).and_then(|c| c.max_age_days).or(self.record.max_age_days)?;
-        Some(std::time::Duration::from_secs_f64(days * 86_400.0))
+        Some(days_duration(days))
+    }
+
+    /// `record.max_age_days`: the limit of backups whose channel has none of its own (or is no
+    /// longer configured).
+    pub fn default_max_backup_age(&self) -> Option<std::time::Duration> {
+        self.record.max_age_days.map(days_duration)
     }
 }
 
@@ -679,18 +685,16 @@ impl Config {
         }
 
         let m = &self.motion;
-        range(&mut p, "motion.fps", m.fps, 0.2, 30.0);
+        check_channel_motion(&mut p, "motion.", Some(m.fps), Some(m.pixel_threshold), Some(m.min_area));
         if !(32..=1080).contains(&m.frame_height) || m.frame_height % 2 != 0 {
             p.add("motion.frame_height", format!("{} must be even and within 32..=1080", m.frame_height));
         }
         if m.blur_kernel < 1 || m.blur_kernel > 31 || m.blur_kernel % 2 == 0 {
             p.add("motion.blur_kernel", format!("{} must be odd and within 1..=31", m.blur_kernel));
         }
-        range(&mut p, "motion.pixel_threshold", m.pixel_threshold, 1.0, 255.0);
         if !(0..=10).contains(&m.dilate_iterations) {
             p.add("motion.dilate_iterations", format!("{} is out of range 0..=10", m.dilate_iterations));
         }
-        range(&mut p, "motion.min_area", m.min_area, 0.0, 1.0);
         range(&mut p, "motion.background_alpha", m.background_alpha, 0.001, 1.0);
         if m.settle_frames == 0 {
             p.add("motion.settle_frames", "must be at least 1".into());
@@ -820,16 +824,8 @@ impl Config {
             if let Some(days) = ch.max_age_days {
                 range(&mut p, &at("max_age_days"), days, 0.001, 36_500.0);
             }
-            // The same limits as `[motion]`'s.
-            if let Some(v) = ch.motion.fps {
-                range(&mut p, &at("motion.fps"), v, 0.2, 30.0);
-            }
-            if let Some(v) = ch.motion.pixel_threshold {
-                range(&mut p, &at("motion.pixel_threshold"), v, 1.0, 255.0);
-            }
-            if let Some(v) = ch.motion.min_area {
-                range(&mut p, &at("motion.min_area"), v, 0.0, 1.0);
-            }
+            let o = &ch.motion;
+            check_channel_motion(&mut p, &at("motion."), o.fps, o.pixel_threshold, o.min_area);
             for (m, mask) in ch.mask.iter().enumerate() {
                 if mask.points.len() < 3 {
                     p.add(
@@ -933,6 +929,22 @@ pub fn expand_secret_refs(
     }
     out.push_str(rest);
     Ok(out)
+}
+
+fn days_duration(days: f64) -> std::time::Duration {
+    std::time::Duration::from_secs_f64(days * 86_400.0)
+}
+
+/// The limits of the motion settings a channel may override, for `[motion]` (`prefix`
+/// "motion.") and each `[channel.motion]` alike; `None`: not set there.
+fn check_channel_motion(p: &mut Problems, prefix: &str, fps: Option<f64>, threshold: Option<f64>, area: Option<f64>) {
+    for (field, value, lo, hi) in
+        [("fps", fps, 0.2, 30.0), ("pixel_threshold", threshold, 1.0, 255.0), ("min_area", area, 0.0, 1.0)]
+    {
+        if let Some(v) = value {
+            range(p, &format!("{prefix}{field}"), v, lo, hi);
+        }
+    }
 }
 
 fn range(p: &mut Problems, field: &str, v: f64, lo: f64, hi: f64) {

@@ -367,7 +367,7 @@ pub fn status_problems(
             }
             Some(_) => {}
         }
-        for r in relay.iter().flat_map(|r| std::iter::once(&r.main).chain(r.sub.as_ref())) {
+        for r in relay.iter().flat_map(|r| r.streams()) {
             if !r.running {
                 let why = r.last_error.as_deref().unwrap_or("not running");
                 problems.push(format!("ch{id} ({name}): camera stream {} not relayed: {why}", r.stream));
@@ -497,7 +497,7 @@ async fn status(
         // A camera the relay cannot reach says why (redacted), whatever the detector says.
         let camera = relay
             .iter()
-            .flat_map(|r| std::iter::once(&r.main).chain(r.sub.as_ref()))
+            .flat_map(|r| r.streams())
             .find(|r| !r.running)
             .map(|r| format!("camera: {}", r.last_error.as_deref().unwrap_or("relay not running")));
         match s {

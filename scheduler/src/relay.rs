@@ -46,6 +46,13 @@ pub struct RelayStatus {
     pub updated_ms: i64,
 }
 
+impl RelayStatus {
+    /// The main stream's relay, then the sub-stream's when there is one.
+    pub fn streams(&self) -> impl Iterator<Item = &RelayState> {
+        std::iter::once(&self.main).chain(self.sub.as_ref())
+    }
+}
+
 /// Bitstream filter of every relay's video (see [`relay_command`]).
 pub const RELAY_FIX_MISSING_PTS: &str = r"setts=pts=if(eq(PTS\,NOPTS)\,DTS\,PTS)";
 

@@ -311,7 +311,6 @@ fn read_stream(
     };
     let mut process = FfmpegProcess::spawn(format!("motion ch{}", ch.id), cmd, true).map_err(|e| e.to_string())?;
     shared.stalled.store(false, Ordering::Relaxed);
-    shared.analysing_since_ms.store(0, Ordering::Relaxed);
     *shared.stopper.lock().unwrap_or_else(|e| e.into_inner()) = Some(process.stopper());
     let result = analyse(ch, params, yolo, shared, out, &mut process);
     *shared.stopper.lock().unwrap_or_else(|e| e.into_inner()) = None;

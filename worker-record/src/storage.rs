@@ -116,8 +116,8 @@ pub struct Retention {
 
 impl Retention {
     pub fn from_config(c: &cctv_common::config::Config) -> Self {
-        let default = c.record.max_age_days.map(|d| Duration::from_secs_f64(d * 86_400.0));
-        Self { default, channels: c.channels.iter().map(|ch| (ch.id, c.max_backup_age(ch.id))).collect() }
+        let channels = c.channels.iter().map(|ch| (ch.id, c.max_backup_age(ch.id))).collect();
+        Self { default: c.default_max_backup_age(), channels }
     }
 
     fn max_age(&self, channel: u32) -> Option<Duration> {
