@@ -25,7 +25,10 @@ def factory(clip):
     f.set_launch(
         f'( filesrc location="{clip}" ! qtdemux ! h264parse config-interval=-1 ! rtph264pay name=pay0 pt=96 )'
     )
-    f.set_shared(True)
+    # One pipeline per client, as a camera serves each client on its own: a shared media is
+    # rewound for everyone by each new client's PLAY, and a client connecting while it ends
+    # leaves it refusing every later client for good.
+    f.set_shared(False)
     return f
 
 
