@@ -53,12 +53,29 @@ pub struct ClusterConfig {
     pub redis_url: String,
     /// Prefix of every Redis key this cluster uses, so several clusters (or tests) can share one Redis. Default `cctv`.
     pub namespace: String,
+    /// Redis behind Sentinel: the master's address comes from the sentinels and every connection
+    /// follows a failover. `redis_url` then gives only the user, password and database. Default: none.
+    pub sentinel: Option<SentinelConfig>,
 }
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        Self { redis_url: "redis://127.0.0.1:6379".into(), namespace: "cctv".into() }
+        Self { redis_url: "redis://127.0.0.1:6379".into(), namespace: "cctv".into(), sentinel: None }
     }
+}
+
+/// `[cluster.sentinel]`: where to ask which Redis server is the master.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelConfig {
+    /// The master's name as the sentinels monitor it (`sentinel monitor <name> ...`). Required.
+    pub master: String,
+    /// `host:port` of each sentinel, asked in this order. Required, at least one.
+    pub addresses: Vec<String>,
+    /// The sentinels' own password (`requirepass` in sentinel.conf), if they have one; a secret
+    /// reference (`{env:NAME}`, `{file:PATH}`) is allowed. Default: none.
+    #[serde(default)]
+    pub password: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -639,6 +656,9 @@ impl Config {
             Err(e) => p.add(&field, e),
         };
         expand("cluster.redis_url".into(), &mut self.cluster.redis_url);
+        if let Some(pw) = self.cluster.sentinel.as_mut().and_then(|s| s.password.as_mut()) {
+            expand("cluster.sentinel.password".into(), pw);
+        }
         if let Some(t) = self.api.token.as_mut() {
             expand("api.token".into(), t);
         }
@@ -664,6 +684,9 @@ impl Config {
             p.add("cluster.namespace", format!("{ns:?} must be non-empty letters, digits, '-', '_' or '.'"));
         }
         check_url(&mut p, "cluster.redis_url", &self.cluster.redis_url, &["redis", "rediss", "unix"]);
+        if let Some(sentinel) = &self.cluster.sentinel {
+            check_sentinel(&mut p, sentinel, &self.cluster.redis_url);
+        }
         check_url(&mut p, "rtmp.publish_url", &self.rtmp.publish_url, &["rtmp"]);
         check_url(&mut p, "rtmp.play_url", &self.rtmp.play_url, &["rtmp"]);
 
@@ -953,6 +976,31 @@ fn range(p: &mut Problems, field: &str, v: f64, lo: f64, hi: f64) {
     }
 }
 
+/// `[cluster.sentinel]`: a master name, `host:port` sentinels, and a plain `redis://` URL for the
+/// master (its connections are relayed through a local port; TLS is not).
+fn check_sentinel(p: &mut Problems, s: &SentinelConfig, redis_url: &str) {
+    if s.master.trim().is_empty() || s.master.chars().any(char::is_whitespace) {
+        p.add("cluster.sentinel.master", format!("{:?} must be a non-empty name without spaces", s.master));
+    }
+    if s.addresses.is_empty() {
+        p.add("cluster.sentinel.addresses", "must list at least one sentinel as host:port".into());
+    }
+    for (i, a) in s.addresses.iter().enumerate() {
+        if crate::sentinel::parse_host_port(a).is_none() {
+            p.add(&format!("cluster.sentinel.addresses[{i}]"), format!("{a:?} is not host:port"));
+        }
+    }
+    if !redis_url.starts_with("redis://") {
+        p.add(
+            "cluster.redis_url",
+            format!(
+                "{} must be a redis:// URL when [cluster.sentinel] is set (its host is not used)",
+                redact_url(redis_url)
+            ),
+        );
+    }
+}
+
 fn check_url(p: &mut Problems, field: &str, value: &str, schemes: &[&str]) {
     match url::Url::parse(value) {
         Err(e) => p.add(field, format!("{:?} is not a valid URL: {e}", redact_url(value))),
@@ -1053,6 +1101,51 @@ mod tests {
         assert!(!problems.iter().any(|p| p.contains("s3cret")));
         // Braces that are no reference stay as they are.
         assert_eq!(expand_secret_refs("a{b}c{", &env, &read).unwrap(), "a{b}c{");
+    }
+
+    #[test]
+    fn a_sentinel_setup_is_checked_and_its_password_may_be_a_secret_reference() {
+        let good = r#"
+            [cluster]
+            redis_url = "redis://:{env:REDIS_PASS}@unused/2"
+            [cluster.sentinel]
+            master = "cctv"
+            addresses = ["10.0.0.1:26379", "[fd00::2]:26379", "sentinel-3:26379"]
+            password = "{env:SENTINEL_PASS}"
+            [[channel]]
+            id = 1
+            name = "Gate"
+            source = "rtsp://cam/1"
+        "#;
+        let env = |name: &str| Some(format!("{name}-value"));
+        let read = |_: &str| Err(std::io::Error::other("unused"));
+        let mut c = Config::parse(good).unwrap();
+        assert!(c.expand_secrets(&env, &read).is_empty());
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        assert_eq!(c.cluster.sentinel.as_ref().unwrap().password.as_deref(), Some("SENTINEL_PASS-value"));
+
+        let bad = r#"
+            [cluster]
+            redis_url = "rediss://cache:6380"
+            [cluster.sentinel]
+            master = "my master"
+            addresses = ["10.0.0.1", "10.0.0.2:26379"]
+            [[channel]]
+            id = 1
+            name = "Gate"
+            source = "rtsp://cam/1"
+        "#;
+        let problems: Vec<String> = Config::parse(bad).unwrap().validate().iter().map(ToString::to_string).collect();
+        for expected in [
+            "cluster.sentinel.master: \"my master\" must be a non-empty name",
+            "cluster.sentinel.addresses[0]: \"10.0.0.1\" is not host:port",
+            "cluster.redis_url: rediss://cache:6380 must be a redis:// URL when [cluster.sentinel] is set",
+        ] {
+            assert!(problems.iter().any(|p| p.starts_with(expected)), "{expected:?} not in {problems:?}");
+        }
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        let none = Config::parse("[cluster.sentinel]\nmaster = \"m\"\naddresses = []\n").unwrap().validate();
+        assert!(none.iter().any(|p| p.to_string().contains("at least one sentinel")), "{none:?}");
     }
 
     #[test]

@@ -78,11 +78,10 @@ pub async fn check_local(
     kind: &str,
     max_age: Duration,
 ) -> Result<String, HealthError> {
-    let url = crate::redact::redact_url(&cluster.redis_url);
+    let url = crate::queue::redis_location(cluster);
     let timeout = Duration::from_secs(5);
     let check = async {
-        let client = redis::Client::open(cluster.redis_url.as_str())
-            .map_err(|source| HealthError::Redis { url: url.clone(), source })?;
+        let client = crate::queue::client(cluster).map_err(|source| HealthError::Redis { url: url.clone(), source })?;
         let mut conn = client
             .get_multiplexed_async_connection()
             .await

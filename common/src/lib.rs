@@ -14,6 +14,7 @@ pub mod naming;
 pub mod queue;
 pub mod recording;
 pub mod redact;
+pub mod sentinel;
 pub mod shutdown;
 pub mod system;
 pub mod telemetry;

@@ -37,12 +37,33 @@ const DEFAULT_POLL: Duration = Duration::from_millis(500);
 /// A Redis connection with a response timeout long enough that a busy Redis is not fatal
 /// (the crate default of 500 ms makes apalis workers stop silently: apalis-redis issue 76).
 pub async fn connect(cluster: &ClusterConfig, queue: &QueueConfig) -> Result<ConnectionManager, QueueError> {
-    let err = |source| QueueError::Connect { url: redact_url(&cluster.redis_url), source };
-    let client = redis::Client::open(cluster.redis_url.as_str()).map_err(err)?;
+    let err = |source| QueueError::Connect { url: redis_location(cluster), source };
+    let client = client(cluster).map_err(err)?;
     let cfg = ConnectionManagerConfig::new()
         .set_response_timeout(Some(Duration::from_secs(queue.redis_response_timeout_secs)))
         .set_connection_timeout(Some(Duration::from_secs(5)));
     client.get_connection_manager_with_config(cfg).await.map_err(err)
+}
+
+/// The Redis client of this cluster: `redis_url`, or with `[cluster.sentinel]` the same
+/// credentials and database through the local relay that follows the master
+/// ([`crate::sentinel`]). Every Redis connection of the processes is made from this.
+pub fn client(cluster: &ClusterConfig) -> redis::RedisResult<redis::Client> {
+    let Some(sentinel) = &cluster.sentinel else {
+        return redis::Client::open(cluster.redis_url.as_str());
+    };
+    let port = crate::sentinel::local_port(sentinel).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let info = redis::IntoConnectionInfo::into_connection_info(cluster.redis_url.as_str())?
+        .set_addr(redis::ConnectionAddr::Tcp("127.0.0.1".into(), port));
+    redis::Client::open(info)
+}
+
+/// Where this cluster's Redis is, for messages: the redacted URL, or the sentinel master.
+pub fn redis_location(cluster: &ClusterConfig) -> String {
+    match &cluster.sentinel {
+        None => redact_url(&cluster.redis_url),
+        Some(s) => format!("sentinel master {:?} (sentinels {})", s.master, s.addresses.join(", ")),
+    }
 }
 
 /// Handle on one job queue.

@@ -10,7 +10,7 @@ use cctv_common::events::{now_ms, BackupEventKind, MotionEventKind};
 use cctv_common::recording::{RecordingState, RecordingStore};
 use cctv_testkit::cluster::{channel_with, record_section, wait_for, yolo_section, Cluster};
 use cctv_testkit::netns::workspace_bin;
-use cctv_testkit::{KillOnDrop, Pusher, Redis, RtspCameras};
+use cctv_testkit::{KillOnDrop, Pusher, Redis, RedisSentinel, RtspCameras};
 
 struct Procs(Vec<(&'static str, KillOnDrop)>);
 
@@ -24,47 +24,71 @@ impl Procs {
 
 /// After `since_ms`: a motion start, an object event on the priority channel and a backup file
 /// (all written to the new Redis, so each process reconnected and its job loop runs again).
-async fn cluster_works_again(cluster: &Cluster, since_ms: i64, what: &str) {
+async fn cluster_works_again(cluster: &Cluster, since_ms: i64, what: &str) -> CameBack {
     let motion = wait_for(Duration::from_secs(60), || async {
         cluster.motion_events().await.into_iter().find(|e| e.kind == MotionEventKind::Start && e.ts_ms > since_ms)
     })
     .await;
-    assert!(motion.is_some(), "{what}: no motion event within 60 s");
+    let motion = motion.unwrap_or_else(|| panic!("{what}: no motion event within 60 s"));
     let objects = wait_for(Duration::from_secs(30), || async {
         cluster.object_events().await.into_iter().find(|e| e.channel == 1 && e.frame_ts_ms > since_ms)
     })
     .await;
-    assert!(objects.is_some(), "{what}: no object event within 30 s of motion");
+    let objects = objects.unwrap_or_else(|| panic!("{what}: no object event within 30 s of motion"));
     let file = wait_for(Duration::from_secs(60), || async {
         cluster.backup_events().await.into_iter().find(|e| e.kind == BackupEventKind::File && e.ts_ms > since_ms)
     })
     .await;
-    assert!(file.is_some(), "{what}: no backup file within 60 s");
+    let file = file.unwrap_or_else(|| panic!("{what}: no backup file within 60 s"));
+    CameBack { motion_ms: motion.ts_ms, object_ms: objects.frame_ts_ms, backup_ms: file.ts_ms }
+}
+
+/// Two cameras (channel 1 priority, recorded for objects; channel 2 recorded on motion) looping
+/// footage where workers walk through every 19 s or so, and the scheduler and the three workers
+/// as real processes, checked to work before any fault.
+struct Site {
+    cluster: Cluster,
+    procs: Procs,
+    _cameras: [Pusher; 2],
+    _dir: tempfile::TempDir,
+}
+
+impl Site {
+    async fn start(redis: Redis, extra: &str, what: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let extra = format!(
+            "{extra}{}{}",
+            record_section(dir.path(), "pre_roll_secs = 3\npost_roll_secs = 3"),
+            yolo_section(dir.path(), "")
+        );
+        let channels = [channel_with(1, "priority = true\nrecord = \"objects\""), channel_with(2, "")].concat();
+        let cluster = Cluster::with_redis(redis, &channels, 8, &extra);
+        let clip = cluster.path("cycle.mp4");
+        cctv_testkit::make_clip(&cctv_testkit::media("worker-zone-detection.gif"), &clip, 1, 6.0, 8.0);
+        let cameras = ["ch1", "ch2"].map(|name| Pusher::start(&clip, &cluster.nginx.live_url(), name));
+        let procs = Procs(
+            ["scheduler", "worker-motion", "worker-yolo", "worker-record"]
+                .into_iter()
+                .map(|bin| (bin, cluster.spawn(workspace_bin(bin).to_str().unwrap(), &["run"])))
+                .collect(),
+        );
+        cluster_works_again(&cluster, 0, what).await;
+        Self { cluster, procs, _cameras: cameras, _dir: dir }
+    }
+}
+
+/// When the first motion start, object event and backup file after a fault were stamped.
+struct CameBack {
+    motion_ms: i64,
+    object_ms: i64,
+    backup_ms: i64,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_process_rides_out_redis_restarts_with_and_without_its_data() {
     cctv_common::telemetry::init(None);
-    let tmp = tempfile::tempdir().unwrap();
-    let extra = format!(
-        "{}{}",
-        record_section(tmp.path(), "pre_roll_secs = 3\npost_roll_secs = 3"),
-        yolo_section(tmp.path(), "")
-    );
-    let channels = [channel_with(1, "priority = true\nrecord = \"objects\""), channel_with(2, "")].concat();
-    let mut cluster = Cluster::with_redis(Redis::start_persistent(), &channels, 8, &extra);
-    // Workers walk through every 19 s or so.
-    let clip = cluster.path("cycle.mp4");
-    cctv_testkit::make_clip(&cctv_testkit::media("worker-zone-detection.gif"), &clip, 1, 6.0, 8.0);
-    let _p1 = Pusher::start(&clip, &cluster.nginx.live_url(), "ch1");
-    let _p2 = Pusher::start(&clip, &cluster.nginx.live_url(), "ch2");
-    let mut procs = Procs(
-        ["scheduler", "worker-motion", "worker-yolo", "worker-record"]
-            .into_iter()
-            .map(|bin| (bin, cluster.spawn(workspace_bin(bin).to_str().unwrap(), &["run"])))
-            .collect(),
-    );
-    cluster_works_again(&cluster, 0, "before any fault").await;
+    let Site { mut cluster, mut procs, _cameras, _dir } =
+        Site::start(Redis::start_persistent(), "", "before any fault").await;
 
     // 1. kill -9 while a recording is open; back 20 s later with its data (AOF). Workers walk
     // through meanwhile (the clip cycles in under 20 s).
@@ -171,4 +195,78 @@ async fn nginx_restart_is_ridden_out_and_the_gap_is_reported() {
     let gap = events.iter().find(|e| e.recording == open && e.kind == BackupEventKind::Error);
     assert!(gap.is_some_and(|e| e.error.as_deref().unwrap_or("").contains("gap in the stream")), "{events:?}");
     procs.assert_alive("at the end");
+}
+
+/// Redis behind Sentinel, its master killed: the sentinel promotes the replica and every process
+/// follows it by itself (`[cluster.sentinel]`: connections relayed to whatever the sentinels call
+/// the master). None exits; motion, object events, backups and heartbeats go to the new master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_process_follows_a_sentinel_failover() {
+    cctv_common::telemetry::init(None);
+    let master = Redis::start();
+    let replica = Redis::start_replica_of(master.port);
+    let sentinel = RedisSentinel::start("cctv", master.port);
+    // The sentinel must know the replica before the master goes (it learns it from the master).
+    let knows_replica = wait_for(Duration::from_secs(30), || async {
+        let replicas: Vec<std::collections::HashMap<String, String>> =
+            sentinel.query(&["replicas", "cctv"]).unwrap_or_default();
+        replicas
+            .iter()
+            .any(|r| r.get("port") == Some(&replica.port.to_string()) && r.get("flags").is_some_and(|f| f == "slave"))
+            .then_some(())
+    })
+    .await;
+    assert!(knows_replica.is_some(), "the sentinel never listed the replica");
+
+    let sentinel_section = format!("[cluster.sentinel]\nmaster = \"cctv\"\naddresses = [\"{}\"]\n", sentinel.address());
+    let Site { mut cluster, mut procs, _cameras, _dir } =
+        Site::start(master, &sentinel_section, "before the failover").await;
+
+    cluster.redis.kill();
+    let killed = now_ms();
+    let promoted = wait_for(Duration::from_secs(60), || async {
+        let addr: Option<(String, String)> = sentinel.query(&["get-master-addr-by-name", "cctv"]).ok();
+        addr.filter(|(_, port)| *port == replica.port.to_string()).map(|_| now_ms())
+    })
+    .await
+    .expect("the sentinel promotes the replica within 60 s");
+    let back = cluster_works_again(&cluster, promoted, "after the failover").await;
+    procs.assert_alive("after the failover");
+    eprintln!(
+        "sentinel failover: promoted {} ms after the kill; then first motion start {} ms, object event {} ms, \
+         backup file {} ms after the promotion",
+        promoted - killed,
+        back.motion_ms - promoted,
+        back.object_ms - promoted,
+        back.backup_ms - promoted
+    );
+
+    // All of it is on the new master itself, heartbeats of every kind included.
+    let mut conn = redis::Client::open(replica.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut conn).await.unwrap();
+    assert_eq!(role.first(), Some(&redis::Value::BulkString(b"master".to_vec())), "the replica was promoted");
+    for stream in [cluster.keys.motion_events(), cluster.keys.object_events(), cluster.keys.backup_events()] {
+        let newest: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+            .arg(&stream)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let ms = newest.ids.first().and_then(|e| e.id.split('-').next()?.parse::<i64>().ok());
+        assert!(
+            ms.is_some_and(|ms| ms > promoted),
+            "{stream} has no entry written after the failover on the new master"
+        );
+    }
+    let beats: Vec<cctv_common::events::WorkerHeartbeat> =
+        cctv_common::keys::scan_json(&mut conn, &cluster.keys.worker_pattern()).await.unwrap();
+    for kind in ["scheduler", "motion", "yolo", "record"] {
+        assert!(
+            beats.iter().any(|hb| hb.kind == kind && hb.updated_ms > promoted),
+            "no {kind} heartbeat on the new master: {beats:?}"
+        );
+    }
 }

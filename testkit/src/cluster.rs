@@ -96,19 +96,38 @@ dir = "{logs}"
     }
 
     pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
+        // Made as the processes make theirs, so it follows a Sentinel failover too.
+        let client = cctv_common::queue::client(&self.config.cluster).unwrap();
+        client.get_multiplexed_async_connection().await.unwrap()
     }
 
     pub async fn motion_events(&self) -> Vec<MotionEvent> {
-        let mut c = self.conn().await;
-        let r: redis::streams::StreamRangeReply = c.xrange_all(self.keys.motion_events()).await.unwrap();
-        r.ids.iter().filter_map(|e| cctv_common::events::decode_entry(&e.map)).collect()
+        self.stream(&self.keys.motion_events()).await
     }
 
     pub async fn object_events(&self) -> Vec<ObjectEvent> {
-        let mut c = self.conn().await;
-        let r: redis::streams::StreamRangeReply = c.xrange_all(self.keys.object_events()).await.unwrap();
-        r.ids.iter().filter_map(|e| cctv_common::events::decode_entry(&e.map)).collect()
+        self.stream(&self.keys.object_events()).await
+    }
+
+    /// Every entry of a result stream, decoded. A failed read is retried for 15 s, so fault
+    /// tests can poll through an outage or a failover; then it panics with the error.
+    async fn stream<T: serde::de::DeserializeOwned>(&self, key: &str) -> Vec<T> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let read = async {
+                let mut c =
+                    cctv_common::queue::client(&self.config.cluster)?.get_multiplexed_async_connection().await?;
+                c.xrange_all::<_, redis::streams::StreamRangeReply>(key).await
+            };
+            match read.await {
+                Ok(r) => return r.ids.iter().filter_map(|e| cctv_common::events::decode_entry(&e.map)).collect(),
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    eprintln!("reading {key}: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => panic!("reading {key}: {e}"),
+            }
+        }
     }
 
     /// A counter of `<ns>:stats:yolo` (0 when unset).
@@ -119,9 +138,7 @@ dir = "{logs}"
     }
 
     pub async fn backup_events(&self) -> Vec<cctv_common::events::BackupEvent> {
-        let mut c = self.conn().await;
-        let r: redis::streams::StreamRangeReply = c.xrange_all(self.keys.backup_events()).await.unwrap();
-        r.ids.iter().filter_map(|e| cctv_common::events::decode_entry(&e.map)).collect()
+        self.stream(&self.keys.backup_events()).await
     }
 
     pub async fn channel_status(&self, id: u32) -> Option<ChannelStatus> {

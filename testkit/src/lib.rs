@@ -74,32 +74,39 @@ pub struct Redis {
     pub port: u16,
     dir: TempDir,
     persistent: bool,
+    extra: Vec<String>,
     child: KillOnDrop,
 }
 
 impl Redis {
     pub fn start() -> Self {
-        Self::launch(false)
+        Self::launch(false, Vec::new())
     }
 
     pub fn start_persistent() -> Self {
-        Self::launch(true)
+        Self::launch(true, Vec::new())
     }
 
-    fn launch(persistent: bool) -> Self {
+    /// A replica of the server on 127.0.0.1:`master_port` (for Sentinel failover tests).
+    pub fn start_replica_of(master_port: u16) -> Self {
+        Self::launch(false, vec!["--replicaof".into(), "127.0.0.1".into(), master_port.to_string()])
+    }
+
+    fn launch(persistent: bool, extra: Vec<String>) -> Self {
         require("redis-server", "redis-server");
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
-        let child = Self::spawn(port, dir.path(), persistent);
-        Self { port, dir, persistent, child }
+        let child = Self::spawn(port, dir.path(), persistent, &extra);
+        Self { port, dir, persistent, extra, child }
     }
 
-    fn spawn(port: u16, dir: &Path, persistent: bool) -> KillOnDrop {
+    fn spawn(port: u16, dir: &Path, persistent: bool, extra: &[String]) -> KillOnDrop {
         let aof: &[&str] =
             if persistent { &["--appendonly", "yes", "--appendfsync", "always"] } else { &["--appendonly", "no"] };
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
             .args(aof)
+            .args(extra)
             .arg("--dir")
             .arg(dir)
             .stdout(Stdio::null())
@@ -118,7 +125,7 @@ impl Redis {
 
     /// Starts it again on the same port after [`Redis::kill`]: with its data when persistent.
     pub fn restart(&mut self) {
-        self.child = Self::spawn(self.port, self.dir.path(), self.persistent);
+        self.child = Self::spawn(self.port, self.dir.path(), self.persistent, &self.extra);
     }
 
     /// Starts it again on the same port with no data at all (a replacement server).
@@ -216,6 +223,55 @@ impl Nginx {
 
     pub fn error_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+    }
+}
+
+/// A Redis Sentinel (`redis-server --sentinel`) on a random port watching one master on
+/// 127.0.0.1 with a quorum of one, declaring it down after 1 s (so a failover test is quick).
+pub struct RedisSentinel {
+    pub port: u16,
+    _dir: TempDir,
+    _child: KillOnDrop,
+}
+
+impl RedisSentinel {
+    pub fn start(master_name: &str, master_port: u16) -> Self {
+        require("redis-server", "redis-server");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        // Sentinel rewrites its config file as it learns the replicas: a file of its own.
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                 sentinel monitor {master_name} 127.0.0.1 {master_port} 1\n\
+                 sentinel down-after-milliseconds {master_name} 1000\n\
+                 sentinel failover-timeout {master_name} 5000\n",
+                dir = dir.path().display()
+            ),
+        )
+        .expect("writing sentinel.conf");
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starting redis-server --sentinel");
+        let child = KillOnDrop(child);
+        wait_for_port(port, Duration::from_secs(10), "redis sentinel");
+        Self { port, _dir: dir, _child: child }
+    }
+
+    /// `127.0.0.1:<port>`, as `[cluster.sentinel] addresses` takes it.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `SENTINEL <args...>` answered as `T`.
+    pub fn query<T: redis::FromRedisValue>(&self, args: &[&str]) -> redis::RedisResult<T> {
+        let mut conn = redis::Client::open(format!("redis://{}", self.address()))?.get_connection()?;
+        redis::cmd("SENTINEL").arg(args).query(&mut conn)
     }
 }
 
