@@ -42,6 +42,8 @@ pub struct Config {
     pub relay: RelayConfig,
     #[serde(default)]
     pub logs: LogsConfig,
+    #[serde(default)]
+    pub notify: NotifyConfig,
     #[serde(default, rename = "channel")]
     pub channels: Vec<ChannelConfig>,
 }
@@ -419,6 +421,109 @@ impl fmt::Debug for ApiConfig {
     }
 }
 
+/// `[notify]`: where the `notifier` process sends motion, object and backup events besides
+/// Redis. Nothing is sent unless a sink is configured.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    /// Base URL of this cluster's API as receivers reach it (e.g. `http://nvr.lan:8088`), put in
+    /// front of snapshot links. Default: none (links are paths such as `/api/snapshots/1/...`).
+    pub public_url: Option<String>,
+    /// MQTT broker to publish on. Default: none.
+    pub mqtt: Option<MqttConfig>,
+    /// HTTP endpoints each event is POSTed to (`[[notify.webhook]]`). Default: none.
+    #[serde(rename = "webhook")]
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// `[notify.mqtt]`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `mqtt://[user[:password]@]host[:port]` (port 1883 by default); a secret reference
+    /// (`{env:NAME}`, `{file:PATH}`) is allowed anywhere in it. Required.
+    pub url: String,
+    /// Topics are `<topic_prefix>/ch<id>/...`. Default `cctv`.
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
+    /// Home Assistant MQTT discovery prefix; `""` turns discovery off. Default `homeassistant`.
+    #[serde(default = "default_discovery_prefix")]
+    pub discovery_prefix: String,
+    /// MQTT client id. Default `cctv-notifier-<namespace>`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+}
+
+fn default_topic_prefix() -> String {
+    "cctv".into()
+}
+
+fn default_discovery_prefix() -> String {
+    "homeassistant".into()
+}
+
+/// Event categories a webhook can ask for.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum EventCategory {
+    Motion,
+    Objects,
+    Backup,
+}
+
+impl EventCategory {
+    pub const ALL: [EventCategory; 3] = [EventCategory::Motion, EventCategory::Objects, EventCategory::Backup];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventCategory::Motion => "motion",
+            EventCategory::Objects => "objects",
+            EventCategory::Backup => "backup",
+        }
+    }
+}
+
+/// One `[[notify.webhook]]`.
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Names its stream position in Redis, so keep it when editing the list. Default `webhook<n>`
+    /// (its place in the list, from 1).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `http://` endpoint the event JSON is POSTed to. Required.
+    pub url: String,
+    /// Key of the `X-CCTV-Signature: sha256=<hex HMAC-SHA256 of the body>` header; a secret
+    /// reference is allowed. Default: none (no signature header).
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Which events are sent. Default all: `["motion", "objects", "backup"]`.
+    #[serde(default = "all_categories")]
+    pub events: Vec<EventCategory>,
+}
+
+fn all_categories() -> Vec<EventCategory> {
+    EventCategory::ALL.to_vec()
+}
+
+impl WebhookConfig {
+    /// The configured name, else `webhook<n>` from its place (`index` from 0).
+    pub fn name_or_default(&self, index: usize) -> String {
+        self.name.clone().unwrap_or_else(|| format!("webhook{}", index + 1))
+    }
+}
+
+impl fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("name", &self.name)
+            .field("url", &redact_url(&self.url))
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("events", &self.events)
+            .finish()
+    }
+}
+
 /// Environment variable that overrides `api.token`.
 pub const API_TOKEN_ENV: &str = "CCTV_API_TOKEN";
 
@@ -662,6 +767,14 @@ impl Config {
         if let Some(t) = self.api.token.as_mut() {
             expand("api.token".into(), t);
         }
+        if let Some(m) = self.notify.mqtt.as_mut() {
+            expand("notify.mqtt.url".into(), &mut m.url);
+        }
+        for (i, w) in self.notify.webhooks.iter_mut().enumerate() {
+            if let Some(secret) = w.secret.as_mut() {
+                expand(format!("notify.webhook[{i}].secret"), secret);
+            }
+        }
         for (i, ch) in self.channels.iter_mut().enumerate() {
             expand(format!("channel[{i}] (id {}).source", ch.id), &mut ch.source);
             if let Some(d) = ch.detect_source.as_mut() {
@@ -812,6 +925,8 @@ impl Config {
         if self.logs.keep_files == 0 {
             p.add("logs.keep_files", "must be at least 1".into());
         }
+
+        check_notify(&mut p, &self.notify);
 
         if self.channels.is_empty() {
             p.add("channel", "no [[channel]] configured".into());
@@ -1001,6 +1116,50 @@ fn check_sentinel(p: &mut Problems, s: &SentinelConfig, redis_url: &str) {
     }
 }
 
+/// `[notify]`: URLs with the schemes the notifier speaks, MQTT topic prefixes without
+/// wildcards, webhook names unique (they key stream positions).
+fn check_notify(p: &mut Problems, n: &NotifyConfig) {
+    if let Some(u) = &n.public_url {
+        check_url(p, "notify.public_url", u, &["http", "https"]);
+    }
+    if let Some(m) = &n.mqtt {
+        check_url(p, "notify.mqtt.url", &m.url, &["mqtt"]);
+        let topic_ok = |t: &str| !t.contains(['#', '+', '\0']) && !t.starts_with('/') && !t.ends_with('/');
+        if m.topic_prefix.is_empty() || !topic_ok(&m.topic_prefix) {
+            p.add(
+                "notify.mqtt.topic_prefix",
+                format!("{:?} must be non-empty, without '#', '+' or a leading/trailing '/'", m.topic_prefix),
+            );
+        }
+        if !m.discovery_prefix.is_empty() && !topic_ok(&m.discovery_prefix) {
+            p.add(
+                "notify.mqtt.discovery_prefix",
+                format!("{:?} must be \"\" or a topic without '#', '+' or a leading/trailing '/'", m.discovery_prefix),
+            );
+        }
+        if m.client_id.as_ref().is_some_and(|c| c.is_empty() || c.len() > 128) {
+            p.add("notify.mqtt.client_id", "must be 1 to 128 characters".into());
+        }
+    }
+    let mut names = HashSet::new();
+    for (i, w) in n.webhooks.iter().enumerate() {
+        let at = |field: &str| format!("notify.webhook[{i}].{field}");
+        check_url(p, &at("url"), &w.url, &["http"]);
+        let name = w.name_or_default(i);
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+            p.add(&at("name"), format!("{name:?} must be non-empty letters, digits, '-', '_' or '.'"));
+        } else if !names.insert(name.clone()) {
+            p.add(&at("name"), format!("duplicate webhook name {name:?}"));
+        }
+        if w.secret.as_ref().is_some_and(|s| s.len() < 16) {
+            p.add(&at("secret"), "must be at least 16 characters".into());
+        }
+        if w.events.is_empty() {
+            p.add(&at("events"), "must name at least one of motion, objects, backup".into());
+        }
+    }
+}
+
 fn check_url(p: &mut Problems, field: &str, value: &str, schemes: &[&str]) {
     match url::Url::parse(value) {
         Err(e) => p.add(field, format!("{:?} is not a valid URL: {e}", redact_url(value))),
@@ -1101,6 +1260,69 @@ mod tests {
         assert!(!problems.iter().any(|p| p.contains("s3cret")));
         // Braces that are no reference stay as they are.
         assert_eq!(expand_secret_refs("a{b}c{", &env, &read).unwrap(), "a{b}c{");
+    }
+
+    #[test]
+    fn notify_sinks_are_checked_and_their_secrets_may_be_references() {
+        let good = r#"
+            [notify]
+            public_url = "http://nvr.lan:8088"
+            [notify.mqtt]
+            url = "mqtt://cctv:{env:MQTT_PASS}@broker.lan"
+            [[notify.webhook]]
+            url = "http://hooks.lan/cctv"
+            secret = "{file:/run/credentials/hook}"
+            [[notify.webhook]]
+            name = "alarm"
+            url = "http://alarm.lan/in"
+            events = ["objects"]
+            [[channel]]
+            id = 1
+            name = "Gate"
+            source = "rtsp://cam/1"
+        "#;
+        let env = |name: &str| Some(format!("{name}-value"));
+        let read = |_: &str| Ok("0123456789abcdef0123\n".to_string());
+        let mut c = Config::parse(good).unwrap();
+        assert!(c.expand_secrets(&env, &read).is_empty());
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        let m = c.notify.mqtt.as_ref().unwrap();
+        assert_eq!(m.url, "mqtt://cctv:MQTT_PASS-value@broker.lan");
+        assert_eq!((m.topic_prefix.as_str(), m.discovery_prefix.as_str()), ("cctv", "homeassistant"));
+        assert_eq!(c.notify.webhooks[0].secret.as_deref(), Some("0123456789abcdef0123"));
+        assert_eq!(c.notify.webhooks[0].events, EventCategory::ALL);
+        assert_eq!(c.notify.webhooks[0].name_or_default(0), "webhook1");
+        assert!(!format!("{:?}", c.notify.webhooks[0]).contains("0123456789"), "a webhook secret in Debug output");
+
+        let bad = r#"
+            [notify.mqtt]
+            url = "http://broker.lan"
+            topic_prefix = "cctv/#"
+            [[notify.webhook]]
+            name = "a"
+            url = "https://hooks.lan/x"
+            secret = "short"
+            events = []
+            [[notify.webhook]]
+            name = "a"
+            url = "http://hooks.lan/y"
+            [[channel]]
+            id = 1
+            name = "Gate"
+            source = "rtsp://cam/1"
+        "#;
+        let problems: Vec<String> = Config::parse(bad).unwrap().validate().iter().map(ToString::to_string).collect();
+        for expected in [
+            "notify.mqtt.url: \"http://broker.lan\" has scheme \"http\"",
+            "notify.mqtt.topic_prefix: \"cctv/#\" must be non-empty",
+            "notify.webhook[0].url: \"https://hooks.lan/x\" has scheme \"https\"",
+            "notify.webhook[0].secret: must be at least 16 characters",
+            "notify.webhook[0].events: must name at least one",
+            "notify.webhook[1].name: duplicate webhook name \"a\"",
+        ] {
+            assert!(problems.iter().any(|p| p.starts_with(expected)), "{expected:?} not in {problems:?}");
+        }
+        assert_eq!(problems.len(), 6, "{problems:?}");
     }
 
     #[test]

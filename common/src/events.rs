@@ -10,6 +10,41 @@ pub fn decode_entry<T: serde::de::DeserializeOwned>(
     serde_json::from_str(&data).ok()
 }
 
+/// The id of a stream's newest entry, `0-0` when it is empty.
+pub async fn last_stream_id<C: redis::aio::ConnectionLike + Send + Sync>(
+    conn: &mut C,
+    stream: &str,
+) -> redis::RedisResult<String> {
+    let last: redis::streams::StreamRangeReply =
+        redis::AsyncCommands::xrevrange_count(conn, stream, "+", "-", 1).await?;
+    Ok(last.ids.first().map(|e| e.id.clone()).unwrap_or_else(|| "0-0".into()))
+}
+
+/// A stream reader's positions, kept in the hash `cursor_key` (stream → last id handled): one
+/// per stream of `streams`, in order. A stream without one starts at its newest entry, stored
+/// at once (a new reader does not replay history).
+pub async fn stream_positions<C: redis::aio::ConnectionLike + Send + Sync>(
+    conn: &mut C,
+    cursor_key: &str,
+    streams: &[String],
+) -> redis::RedisResult<Vec<String>> {
+    use redis::AsyncCommands;
+    let known: std::collections::HashMap<String, String> = conn.hgetall(cursor_key).await?;
+    let mut ids = Vec::new();
+    for s in streams {
+        let id = match known.get(s) {
+            Some(id) => id.clone(),
+            None => {
+                let id = last_stream_id(conn, s).await?;
+                let _: () = conn.hset(cursor_key, s, &id).await?;
+                id
+            }
+        };
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
 /// Milliseconds since the Unix epoch, wall clock.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)

@@ -16,6 +16,7 @@
 //! | `<ns>:record:active:<channel>` | string: the channel's latest (non-manual) recording, set with it | scheduler (through the store) | scheduler, worker-motion |
 //! | `<ns>:record:mevent:<motion event>` | hash: `channel`, `started_ms`, `ended`, `last_motion_ms`, `worker`, `seq`, TTL | scheduler | scheduler (orphan watchdog, object verdicts) |
 //! | `<ns>:record:cursor` | hash: last stream id read per result stream | scheduler | scheduler |
+//! | `<ns>:notify:cursor:<sink>` | hash: last stream id delivered per event stream | notifier | notifier |
 //! | `<ns>:record:lease:<recording>` | string: worker id, TTL | worker-record | worker-record |
 //! | `<ns>:status:backup` | hash: worker → backup directory state JSON | worker-record | CLI, API |
 //! | `<ns>:storage:<node>` | string: `StorageReport` JSON, TTL | worker-record | CLI, API |
@@ -106,6 +107,10 @@ impl Keys {
     }
     pub fn record_cursor(&self) -> String {
         format!("{}:record:cursor", self.ns)
+    }
+    /// Stream positions of one notification sink (`mqtt`, `webhook:<name>`).
+    pub fn notify_cursor(&self, sink: &str) -> String {
+        format!("{}:notify:cursor:{sink}", self.ns)
     }
     pub fn record_lease(&self, recording: &str) -> String {
         format!("{}:record:lease:{recording}", self.ns)

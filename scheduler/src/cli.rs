@@ -381,9 +381,16 @@ pub fn status_problems(
     if config.channels.iter().any(|c| c.record != cctv_common::config::RecordPolicy::Off) {
         needed.push("record");
     }
+    if config.notify.mqtt.is_some() || !config.notify.webhooks.is_empty() {
+        needed.push("notify");
+    }
     for kind in needed {
         if !workers.iter().any(|w| w.kind == kind) {
-            let process = if kind == "scheduler" { "scheduler".to_string() } else { format!("worker-{kind}") };
+            let process = match kind {
+                "scheduler" => "scheduler".to_string(),
+                "notify" => "notifier".to_string(),
+                _ => format!("worker-{kind}"),
+            };
             problems.push(format!("no {process} is running (no heartbeat in Redis)"));
         }
     }
@@ -607,5 +614,17 @@ mod tests {
             &[],
         );
         assert!(all_well.is_empty(), "{all_well:?}");
+
+        // With a notification sink configured, the notifier is needed too.
+        let mut notifying = config.clone();
+        notifying.notify = cctv_common::Config::parse("[notify.mqtt]\nurl = \"mqtt://broker.lan\"").unwrap().notify;
+        let ok_channels: Vec<_> =
+            channels.iter().map(|(i, n, _)| (*i, n.clone(), Some(status(*i, true, None)))).collect();
+        let workers = ["scheduler", "motion", "yolo", "record"].map(heartbeat);
+        let missing = status_problems(&notifying, &ok_channels, &[None, None, None], &workers, &[]);
+        assert_eq!(missing, ["no notifier is running (no heartbeat in Redis)"]);
+        let mut with_notifier = workers.to_vec();
+        with_notifier.push(heartbeat("notify"));
+        assert!(status_problems(&notifying, &ok_channels, &[None, None, None], &with_notifier, &[]).is_empty());
     }
 }

@@ -263,26 +263,11 @@ impl Decider {
 
     /// Stream positions; a fresh cluster starts at the streams' ends (history is not re-decided).
     async fn cursors(&mut self, streams: &[String]) -> anyhow::Result<Vec<String>> {
-        let cursor_key = self.keys.record_cursor();
-        let cursors: HashMap<String, String> = self.conn.hgetall(&cursor_key).await?;
-        let mut ids = Vec::new();
-        for s in streams {
-            let id = match cursors.get(s) {
-                Some(id) => id.clone(),
-                None => {
-                    let id = self.last_id(s).await?;
-                    let _: () = self.conn.hset(&cursor_key, s, &id).await?;
-                    id
-                }
-            };
-            ids.push(id);
-        }
-        Ok(ids)
+        Ok(cctv_common::events::stream_positions(&mut self.conn, &self.keys.record_cursor(), streams).await?)
     }
 
     async fn last_id(&mut self, stream: &str) -> anyhow::Result<String> {
-        let last: redis::streams::StreamRangeReply = self.conn.xrevrange_count(stream, "+", "-", 1).await?;
-        Ok(last.ids.first().map(|e| e.id.clone()).unwrap_or_else(|| "0-0".into()))
+        Ok(cctv_common::events::last_stream_id(&mut self.conn, stream).await?)
     }
 
     fn channel_rules(&self, channel: u32) -> Option<ChannelRules> {

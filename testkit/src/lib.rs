@@ -275,6 +275,86 @@ impl RedisSentinel {
     }
 }
 
+/// A `mosquitto` MQTT broker on a random port that wants a user name and password
+/// ([`Mosquitto::USER`], [`Mosquitto::PASSWORD`]), without persistence (a restart loses retained
+/// messages, as a broker replaced by a new one does). Fault tests kill it and start it again on
+/// the same port.
+pub struct Mosquitto {
+    pub port: u16,
+    dir: TempDir,
+    child: KillOnDrop,
+}
+
+impl Mosquitto {
+    pub const USER: &'static str = "cctv";
+    /// With `@` and `:` in it, so the URL's user-info must be percent-decoded.
+    pub const PASSWORD: &'static str = "s3cret@broker:1";
+
+    pub fn start() -> Self {
+        require("mosquitto", "mosquitto");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let passwd = dir.path().join("passwd");
+        let made = Command::new("mosquitto_passwd")
+            .args(["-c", "-b"])
+            .arg(&passwd)
+            .args([Self::USER, Self::PASSWORD])
+            .status()
+            .expect("running mosquitto_passwd");
+        assert!(made.success(), "mosquitto_passwd failed: {made}");
+        std::fs::write(
+            dir.path().join("mosquitto.conf"),
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\npersistence false\n\
+                 log_dest stderr\nuser root\n",
+                passwd.display()
+            ),
+        )
+        .expect("writing mosquitto.conf");
+        let child = Self::spawn(port, dir.path());
+        Self { port, dir, child }
+    }
+
+    fn spawn(port: u16, dir: &Path) -> KillOnDrop {
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(dir.join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("mosquitto.log")).expect("mosquitto log"))
+            .spawn()
+            .expect("starting mosquitto");
+        let child = KillOnDrop(child);
+        wait_for_port(port, Duration::from_secs(10), "mosquitto");
+        child
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        let _ = self.child.0.kill();
+        let _ = self.child.0.wait();
+    }
+
+    /// Starts it again on the same port after [`Mosquitto::kill`], with no retained messages.
+    pub fn restart(&mut self) {
+        self.child = Self::spawn(self.port, self.dir.path());
+    }
+
+    /// `mqtt://cctv:<password, percent-encoded>@127.0.0.1:<port>`, as `[notify.mqtt] url` takes it.
+    pub fn url(&self) -> String {
+        format!(
+            "mqtt://{}:{}@127.0.0.1:{}",
+            Self::USER,
+            Self::PASSWORD.replace('@', "%40").replace(':', "%3A"),
+            self.port
+        )
+    }
+
+    /// The broker's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+}
+
 /// Simulated IP cameras behind a real RTSP server (`loadtest/rtsp_cameras.py`, GStreamer's
 /// gst-rtsp-server): camera `i` (from 1) is `rtsp://127.0.0.1:<port>/cam<i>/main|sub`.
 pub struct RtspCameras {
