@@ -9,12 +9,13 @@ cd "$(dirname "$0")/.."
 # chromium: the dashboard test renders the page headless.
 # python3-gi + gir1.2-gst-rtsp-server-1.0 + gstreamer plugins: the simulated RTSP cameras.
 # mosquitto (+ clients): the MQTT broker of the notifier test and the local cluster.
+# prometheus: its promtool lints /metrics in the API test (the server itself is not used).
 # iproute2: the multi-host (network namespace) test. docker.io + docker-compose + debootstrap:
 # the compose test builds the images (base image from Debian packages when no registry answers)
 # and runs the stack.
 APT_PACKAGES=(ffmpeg nginx libnginx-mod-rtmp redis-server libopencv-dev clang libclang-dev pkg-config python3-pip unzip curl chromium
     python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad iproute2
-    docker.io docker-compose debootstrap binutils fonts-dejavu-core mosquitto mosquitto-clients)
+    docker.io docker-compose debootstrap binutils fonts-dejavu-core mosquitto mosquitto-clients prometheus)
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
@@ -28,7 +29,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 # Debian starts these as system services on install; the cluster runs its own on its own ports.
-for svc in nginx redis-server mosquitto; do
+for svc in nginx redis-server mosquitto prometheus; do
     if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
         $SUDO systemctl stop "$svc" || true
     fi

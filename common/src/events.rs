@@ -10,6 +10,12 @@ pub fn decode_entry<T: serde::de::DeserializeOwned>(
     serde_json::from_str(&data).ok()
 }
 
+/// The milliseconds of a stream id (`<ms>-<seq>`); sequence numbers count per stream, so they
+/// do not order entries of different streams.
+pub fn stream_id_ms(id: &str) -> u64 {
+    id.split_once('-').map_or(id, |(ms, _)| ms).parse().unwrap_or(0)
+}
+
 /// The id of a stream's newest entry, `0-0` when it is empty.
 pub async fn last_stream_id<C: redis::aio::ConnectionLike + Send + Sync>(
     conn: &mut C,

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cctv_common::config::{Config, EventCategory};
+use cctv_common::events::stream_id_ms;
 use cctv_common::keys::Keys;
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamReadOptions, StreamReadReply};
@@ -222,12 +223,6 @@ impl<S: Sink> Pump<S> {
             }
         }
     }
-}
-
-/// The milliseconds of a stream id (`<ms>-<seq>`); sequence numbers count per stream, so they
-/// do not order entries of different streams.
-fn stream_id_ms(id: &str) -> u64 {
-    id.split_once('-').map_or(id, |(ms, _)| ms).parse().unwrap_or(0)
 }
 
 /// Retry delays after a failed delivery: doubling from the first to the last.

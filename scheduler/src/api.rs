@@ -26,6 +26,8 @@ use redis::AsyncCommands;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
+use crate::metrics::ClusterMetrics;
+
 const DASHBOARD: &str = include_str!("dashboard.html");
 const OPENAPI: &str = include_str!("openapi.json");
 /// Categories and their streams.
@@ -36,6 +38,7 @@ pub struct ApiState {
     conn: ConnectionManager,
     keys: Keys,
     config: Arc<Config>,
+    metrics: Arc<ClusterMetrics>,
 }
 
 /// An error answer: status and a message naming what was wrong.
@@ -70,9 +73,9 @@ impl From<cctv_common::queue::QueueError> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-/// The router (also used by tests with their own listener).
-pub fn router(config: Arc<Config>, conn: ConnectionManager) -> Router {
-    let state = ApiState { conn, keys: Keys::new(&config.cluster.namespace), config };
+/// The router; `metrics` is fed by [`crate::metrics::follow_events`].
+pub fn router(config: Arc<Config>, conn: ConnectionManager, metrics: Arc<ClusterMetrics>) -> Router {
+    let state = ApiState { conn, keys: Keys::new(&config.cluster.namespace), config, metrics };
     Router::new()
         .route("/", get(|| async { Html(DASHBOARD) }))
         .route("/api/health", get(health))
@@ -95,7 +98,7 @@ pub fn router(config: Arc<Config>, conn: ConnectionManager) -> Router {
         .route("/api/jobs/{queue}/purge", post(job_purge))
         .route("/api/jobs/record/enqueue", post(job_enqueue_record))
         .route("/api/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics_page))
         .fallback(|| async { ApiError::not_found("no such endpoint (see /api/openapi.json)") })
         .with_state(state)
 }
@@ -107,8 +110,22 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: cctv_common::shutdown::CancellationToken,
 ) -> std::io::Result<()> {
-    let app = router(config, conn);
-    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+    let metrics = Arc::new(ClusterMetrics::new());
+    let keys = Keys::new(&config.cluster.namespace);
+    // Its own token: the API stopping on an error must not stop the process.
+    let counting_stop = shutdown.child_token();
+    let counting =
+        tokio::spawn(crate::metrics::follow_events(metrics.clone(), conn.clone(), keys, counting_stop.clone()));
+    let app = router(config, conn, metrics);
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown({
+            let shutdown = shutdown.clone();
+            async move { shutdown.cancelled().await }
+        })
+        .await;
+    counting_stop.cancel();
+    let _ = counting.await;
+    served
 }
 
 fn require_token(state: &ApiState, headers: &HeaderMap) -> ApiResult<()> {
@@ -649,56 +666,18 @@ async fn job_enqueue_record(
     Ok(Json(json!({ "recording": rid, "job": job })))
 }
 
-/// Prometheus text format.
-async fn metrics(State(s): State<ApiState>) -> ApiResult<Response> {
-    let mut out = String::new();
-    let mut conn = s.conn.clone();
-    out += "# HELP cctv_channel_online 1 when the channel's detect stream is being analysed.\n# TYPE cctv_channel_online gauge\n";
-    let mut fps = String::from("# HELP cctv_channel_fps Frames analysed per second.\n# TYPE cctv_channel_fps gauge\n");
-    for ch in &s.config.channels {
-        let st: Option<String> = conn.get(s.keys.channel_status(ch.id)).await?;
-        let st: Option<ChannelStatus> = st.and_then(|j| serde_json::from_str(&j).ok());
-        out +=
-            &format!("cctv_channel_online{{channel=\"{}\"}} {}\n", ch.id, st.as_ref().is_some_and(|s| s.online) as u8);
-        fps += &format!("cctv_channel_fps{{channel=\"{}\"}} {}\n", ch.id, st.map_or(0.0, |s| s.fps));
-    }
-    out += &fps;
-    out += "# HELP cctv_queue_jobs Jobs per queue and state.\n# TYPE cctv_queue_jobs gauge\n";
-    for (queue, v) in queue_overview(&s.conn, &s.keys, &s.config).await? {
-        for state in ["waiting", "running", "done", "failed"] {
-            out +=
-                &format!("cctv_queue_jobs{{queue=\"{queue}\",state=\"{state}\"}} {}\n", v[state].as_u64().unwrap_or(0));
-        }
-        if let Some(counters) = v.get("counters").and_then(Value::as_object) {
-            out += "# HELP cctv_yolo_frames_total YOLO frame counters.\n# TYPE cctv_yolo_frames_total counter\n";
-            for (k, n) in counters {
-                out += &format!("cctv_yolo_frames_total{{outcome=\"{k}\"}} {}\n", n.as_i64().unwrap_or(0));
-            }
-        }
-    }
-    let reports: Vec<StorageReport> = scan_json(&mut conn, &s.keys.storage_pattern()).await?;
-    out += "# HELP cctv_storage_bytes Backup volume figures per node.\n# TYPE cctv_storage_bytes gauge\n";
-    for r in &reports {
-        for (what, v) in
-            [("total", r.total_bytes), ("used", r.used_bytes), ("free", r.free_bytes), ("backups", r.backup_bytes)]
-        {
-            out += &format!("cctv_storage_bytes{{node=\"{}\",kind=\"{what}\"}} {v}\n", r.node.replace('"', "'"));
-        }
-    }
-    let workers: Vec<WorkerHeartbeat> = scan_json(&mut conn, &s.keys.worker_pattern()).await?;
-    out += "# HELP cctv_workers Live workers per kind.\n# TYPE cctv_workers gauge\n";
-    let mut kinds: BTreeMap<&str, u32> = BTreeMap::new();
-    for w in &workers {
-        *kinds.entry(w.kind.as_str()).or_default() += 1;
-    }
-    for (k, n) in kinds {
-        out += &format!("cctv_workers{{kind=\"{k}\"}} {n}\n");
-    }
-    for (name, stream) in
-        [("motion", s.keys.motion_events()), ("objects", s.keys.object_events()), ("backup", s.keys.backup_events())]
-    {
-        let n: u64 = conn.xlen(&stream).await?;
-        out += &format!("cctv_events_stream_length{{category=\"{name}\"}} {n}\n");
-    }
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+/// Prometheus metrics (see [`crate::metrics`]): OpenMetrics for a scraper that asks for it,
+/// the classic text format otherwise.
+async fn metrics_page(State(s): State<ApiState>, headers: HeaderMap) -> ApiResult<Response> {
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    let body = s
+        .metrics
+        .render(&mut s.conn.clone(), &s.keys, &s.config, openmetrics)
+        .await
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("metrics: {e:#}")))?;
+    let ctype = if openmetrics { crate::metrics::OPENMETRICS_TEXT } else { crate::metrics::PROMETHEUS_TEXT };
+    Ok(([(header::CONTENT_TYPE, ctype)], body).into_response())
 }

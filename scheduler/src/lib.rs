@@ -13,6 +13,7 @@ pub mod cli;
 pub mod compare;
 pub mod decide;
 pub mod jobs_cli;
+pub mod metrics;
 pub mod nginx;
 pub mod plan;
 pub mod relay;

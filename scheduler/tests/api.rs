@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use cctv_common::events::{now_ms, BackupEvent, BackupEventKind, MotionEventKind};
+use cctv_common::events::{now_ms, BackupEvent, BackupEventKind, MotionEventKind, StorageReport};
 use cctv_common::shutdown::CancellationToken;
-use cctv_testkit::cluster::{channel, run_in_thread, wait_for, Cluster};
+use cctv_testkit::cluster::{channel, channel_with, run_in_thread, wait_for, Cluster};
 use cctv_testkit::Pusher;
 use redis::AsyncCommands;
 
@@ -43,6 +43,53 @@ impl Http {
     }
 }
 
+/// The value of the sample named `series` (name and labels as written), 0 when absent.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.split(' ').next()?.parse().ok()).unwrap_or(0.0)
+}
+
+/// `promtool check metrics` (Debian's prometheus package) must find nothing to say.
+fn promtool_check(metrics: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (apt-get install prometheus)");
+    child.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics: {said}\n{metrics}");
+}
+
+/// Every series the Grafana dashboard in deploy/ queries is one `/metrics` serves.
+fn dashboard_metrics_exist(metrics: &str) {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../../deploy/grafana/cctv-dashboard.json")).expect("dashboard JSON");
+    let mut names = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("an expr");
+            let mut rest = expr;
+            while let Some(at) = rest.find("cctv_") {
+                let name: String = rest[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                rest = &rest[at + name.len()..];
+                names.push(name);
+            }
+        }
+    }
+    assert!(names.len() >= 20, "{names:?}");
+    for name in names {
+        let served = metrics.lines().any(|l| {
+            l.strip_prefix("# TYPE ").is_some_and(|t| t.split(' ').next() == Some(&name))
+                || l.split(['{', ' ']).next() == Some(&name)
+        });
+        assert!(served, "the dashboard queries {name}, which /metrics does not serve:\n{metrics}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_serves_live_data_validates_input_and_guards_mutations() {
     cctv_common::telemetry::init(None);
@@ -54,7 +101,7 @@ async fn api_serves_live_data_validates_input_and_guards_mutations() {
         "[api]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\n[record]\nbackup_dir = \"{}\"\ntimezone = \"Asia/Tokyo\"\n",
         backups.display()
     );
-    let mut cluster = Cluster::new(&[channel(1), channel(2)].concat(), 8, &extra);
+    let mut cluster = Cluster::new(&[channel(1), channel_with(2, "priority = true")].concat(), 8, &extra);
     let clip = cluster.path("busy.mp4");
     cctv_testkit::make_clip(&cctv_testkit::media("worker-zone-detection.gif"), &clip, 2, 2.0, 40.0);
     let _p = Pusher::start(&clip, &cluster.nginx.live_url(), "ch1");
@@ -131,15 +178,62 @@ async fn api_serves_live_data_validates_input_and_guards_mutations() {
     let w = &workers.as_array().unwrap()[0];
     assert_eq!(w["kind"], "motion");
     assert!(w["rss_bytes"].as_u64().unwrap_or(0) > 0, "{w}");
+    // A record worker's disk report (none runs here), as worker-record writes it.
+    let report = StorageReport {
+        node: "node-a".into(),
+        host: "host-a".into(),
+        worker: "record-a".into(),
+        backup_dir: backups.display().to_string(),
+        mount_point: "/".into(),
+        total_bytes: 1000,
+        used_bytes: 600,
+        free_bytes: 400,
+        used_percent: 60.0,
+        backup_bytes: 20,
+        backup_files: 1,
+        oldest_backup_ms: None,
+        write_rate_bps: 0.0,
+        hours_left: None,
+        high_watermark: 90.0,
+        low_watermark: 80.0,
+        updated_ms: now_ms(),
+    };
+    let _: () = cluster
+        .conn()
+        .await
+        .set_ex(cluster.keys.storage("node-a"), serde_json::to_string(&report).unwrap(), 60)
+        .await
+        .unwrap();
     let (status, metrics, ctype) = http.call("GET", "/metrics", None, None);
     let metrics = String::from_utf8(metrics).unwrap();
     assert_eq!(status, 200);
-    assert!(ctype.starts_with("text/plain"), "{ctype}");
+    assert!(ctype.starts_with("text/plain; version=0.0.4"), "{ctype}");
     assert!(
         metrics.contains("cctv_channel_online{channel=\"1\"} 1")
-            && metrics.contains("cctv_queue_jobs{queue=\"motion\",state=\"running\"} 1"),
+            && metrics.contains("cctv_queue_jobs{queue=\"motion\",state=\"running\"} 1")
+            && metrics.contains("cctv_workers{kind=\"motion\"} 1")
+            && metrics.contains("cctv_storage_used_ratio{node=\"node-a\"} 0.6")
+            && metrics.contains("cctv_relay_up{channel=\"2\",stream=\"ch2\"} 0")
+            && metrics.contains("cctv_backup_errors_total{channel=\"2\"} 0"),
         "{metrics}"
     );
+    // Counted from the event stream: the worker's motion starts, and the frames it analysed.
+    let started = metric(&metrics, "cctv_motion_events_total{channel=\"1\"}");
+    assert!(started >= 1.0, "{metrics}");
+    assert!(metric(&metrics, "cctv_motion_event_latency_seconds_count") >= started, "{metrics}");
+    assert!(metric(&metrics, "cctv_frames_analysed_total{channel=\"1\"}") > 10.0, "{metrics}");
+    promtool_check(&metrics);
+    dashboard_metrics_exist(&metrics);
+    let mut om = http
+        .agent
+        .get(format!("{}/metrics", http.base))
+        .header("Accept", "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5")
+        .call()
+        .unwrap();
+    let om_type = om.headers().get("content-type").unwrap().to_str().unwrap().to_string();
+    let om = om.body_mut().read_to_string().unwrap();
+    assert!(om_type.starts_with("application/openmetrics-text"), "{om_type}");
+    assert!(om.ends_with("# EOF\n") && om.contains("# TYPE cctv_motion_events counter"), "{om}");
     let (_, openapi) = http.get("/api/openapi.json");
     assert!(openapi["paths"]["/api/events"].is_object());
 
@@ -173,6 +267,16 @@ async fn api_serves_live_data_validates_input_and_guards_mutations() {
         .unwrap();
     let (_, list) = http.get("/api/backups?channel=1");
     assert_eq!(list["items"][0]["file"], name, "{list}");
+    // The backup is counted once the metrics reader has seen it.
+    wait_for(Duration::from_secs(10), || async {
+        let (_, body, _) = http.call("GET", "/metrics", None, None);
+        let text = String::from_utf8(body).unwrap();
+        (metric(&text, "cctv_backups_total{channel=\"1\"}") == 1.0
+            && metric(&text, "cctv_backup_written_bytes_total{channel=\"1\"}") == 20.0)
+            .then_some(())
+    })
+    .await
+    .expect("the backup counted in /metrics");
     let (status, part, _) = http.call("GET", &format!("/api/backups/file/{name}"), None, Some("bytes=10-13"));
     assert_eq!((status, part.as_slice()), (206, b"abcd".as_slice()));
     let path = format!("/api/backups/file/{name}");
