@@ -601,6 +601,14 @@ pub struct ChannelConfig {
     /// polygons. Default none.
     #[serde(default)]
     pub mask: Vec<MaskConfig>,
+    /// Named areas (`[[channel.zone]]`): motion and object events say which of them their
+    /// activity touched. Default none.
+    #[serde(default)]
+    pub zone: Vec<ZoneConfig>,
+    /// Back up only activity that touches one of these zones (names of `[[channel.zone]]`);
+    /// activity elsewhere is still logged. Default empty: activity anywhere.
+    #[serde(default)]
+    pub record_zones: Vec<String>,
     /// This channel's backups are deleted after this many days (overrides
     /// `record.max_age_days`). Default: `record.max_age_days`.
     #[serde(default)]
@@ -647,6 +655,26 @@ pub struct MaskConfig {
     pub points: Vec<[f32; 2]>,
 }
 
+/// A named area of the picture (`[[channel.zone]]`), normalised coordinates like a mask.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneConfig {
+    /// How events name it ("driveway"): letters, digits, `-` and `_`, unique per channel.
+    pub name: String,
+    /// At least three `[x, y]` corners, each in 0..=1.
+    pub points: Vec<[f32; 2]>,
+}
+
+/// Problems of one polygon's corners (`at` names it).
+fn check_polygon(p: &mut Problems, at: &str, points: &[[f32; 2]]) {
+    if points.len() < 3 {
+        p.add(at, format!("{} corners; a polygon needs 3 or more", points.len()));
+    }
+    if let Some([x, y]) = points.iter().find(|[x, y]| !(0.0..=1.0).contains(x) || !(0.0..=1.0).contains(y)) {
+        p.add(at, format!("[{x}, {y}] is outside the picture (coordinates are 0..=1)"));
+    }
+}
+
 // Hand-written so that `{:?}` of a config never prints a camera password.
 impl fmt::Debug for ChannelConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -659,6 +687,8 @@ impl fmt::Debug for ChannelConfig {
             .field("record", &self.record)
             .field("labels", &self.labels)
             .field("mask", &self.mask)
+            .field("zone", &self.zone)
+            .field("record_zones", &self.record_zones)
             .field("max_age_days", &self.max_age_days)
             .field("motion", &self.motion)
             .finish()
@@ -681,6 +711,12 @@ impl Config {
 }
 
 impl ChannelConfig {
+    /// Whether activity that touched `zones` may be backed up: always without `record_zones`,
+    /// else when it touched one of them.
+    pub fn records_in(&self, zones: &[String]) -> bool {
+        self.record_zones.is_empty() || zones.iter().any(|z| self.record_zones.contains(z))
+    }
+
     /// RTMP stream name of the main stream.
     pub fn stream_name(&self) -> String {
         format!("ch{}", self.id)
@@ -965,20 +1001,26 @@ impl Config {
             let o = &ch.motion;
             check_channel_motion(&mut p, &at("motion."), o.fps, o.pixel_threshold, o.min_area);
             for (m, mask) in ch.mask.iter().enumerate() {
-                if mask.points.len() < 3 {
-                    p.add(
-                        &at(&format!("mask[{m}].points")),
-                        format!("{} corners; a polygon needs 3 or more", mask.points.len()),
-                    );
+                check_polygon(&mut p, &at(&format!("mask[{m}].points")), &mask.points);
+            }
+            let mut zone_names = HashSet::new();
+            for (z, zone) in ch.zone.iter().enumerate() {
+                check_polygon(&mut p, &at(&format!("zone[{z}].points")), &zone.points);
+                let ok = !zone.name.is_empty()
+                    && zone.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+                if !ok {
+                    p.add(&at(&format!("zone[{z}].name")), format!("{:?} must be letters, digits, - or _", zone.name));
+                } else if !zone_names.insert(zone.name.as_str()) {
+                    p.add(&at(&format!("zone[{z}].name")), format!("duplicate zone name {:?}", zone.name));
                 }
-                if let Some([x, y]) =
-                    mask.points.iter().find(|[x, y]| !(0.0..=1.0).contains(x) || !(0.0..=1.0).contains(y))
-                {
-                    p.add(
-                        &at(&format!("mask[{m}].points")),
-                        format!("[{x}, {y}] is outside the picture (coordinates are 0..=1)"),
-                    );
+            }
+            for name in &ch.record_zones {
+                if !ch.zone.iter().any(|z| z.name == *name) {
+                    p.add(&at("record_zones"), format!("{name:?} is not a [[channel.zone]] of this channel"));
                 }
+            }
+            if !ch.record_zones.is_empty() && ch.record == RecordPolicy::Off {
+                p.add(&at("record_zones"), "set, but record = \"off\" never backs up".into());
             }
             if let Some(labels) = &ch.labels {
                 if labels.is_empty() {
@@ -1198,6 +1240,41 @@ mod tests {
         assert_eq!(c.motion.fps, 5.0);
         assert_eq!(c.channels[0].record, RecordPolicy::Objects);
         assert_eq!(c.channels[0].detect_stream_name(), "ch1_sub");
+    }
+
+    #[test]
+    fn zones_are_named_polygons_and_record_zones_must_name_them() {
+        let text = r#"
+            [[channel]]
+            id = 1
+            name = "A"
+            source = "rtsp://cam/1"
+            record_zones = ["drive", "lawn"]
+            [[channel.zone]]
+            name = "drive"
+            points = [[0, 0.5], [1, 0.5], [1, 1]]
+            [[channel.zone]]
+            name = "drive"
+            points = [[0, 0], [1, 0], [1, 1]]
+            [[channel.zone]]
+            name = "front door"
+            points = [[0, 0], [1, 0]]
+        "#;
+        let c = Config::parse(text).unwrap();
+        let problems: Vec<String> = c.validate().iter().map(ToString::to_string).collect();
+        for expected in [
+            "channel[0] (id 1).zone[1].name: duplicate zone name \"drive\"",
+            "channel[0] (id 1).zone[2].points: 2 corners",
+            "channel[0] (id 1).zone[2].name: \"front door\" must be letters, digits, - or _",
+            "channel[0] (id 1).record_zones: \"lawn\" is not a [[channel.zone]] of this channel",
+        ] {
+            assert!(problems.iter().any(|p| p.starts_with(expected)), "{expected:?} not in {problems:?}");
+        }
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        let ch = &c.channels[0];
+        assert!(ch.records_in(&["drive".into()]) && !ch.records_in(&["pool".into()]) && !ch.records_in(&[]));
+        let anywhere = Config::parse(&text.replace("record_zones = [\"drive\", \"lawn\"]", "")).unwrap();
+        assert!(anywhere.channels[0].records_in(&[]), "without record_zones activity anywhere counts");
     }
 
     #[test]

@@ -60,6 +60,9 @@ pub fn now_ms() -> i64 {
 #[serde(rename_all = "lowercase")]
 pub enum MotionEventKind {
     Start,
+    /// The event in progress touched a `[[channel.zone]]` it had not touched before; `zones`
+    /// lists every zone it touched so far.
+    Zone,
     End,
 }
 
@@ -86,6 +89,10 @@ pub struct MotionEvent {
     /// Changed fraction of the frame (start: at the start frame; end: the largest seen).
     pub area: f32,
     pub boxes: Vec<NormBox>,
+    /// The channel's zones the activity touched: at `start` in its first frame, at `zone` and
+    /// `end` in any frame so far.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub zones: Vec<String>,
     /// For `end`: the last frame that showed activity — motion, or presence of something that
     /// stopped moving (post-roll counts from here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -164,6 +171,9 @@ pub struct Detection {
     pub score: f32,
     #[serde(rename = "box")]
     pub bbox: [f32; 4],
+    /// The channel's zones the box touches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub zones: Vec<String>,
 }
 
 /// One entry of `<ns>:events:objects` and of the objects log: the verdict on one frame, also

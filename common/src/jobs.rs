@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ChannelConfig, MotionConfig, MotionOverrides, RecordPolicy, YoloConfig};
+use crate::config::{ChannelConfig, MotionConfig, MotionOverrides, RecordPolicy, YoloConfig, ZoneConfig};
 use crate::events::NormBox;
 
 /// A job kind: its queue name is fixed here, never derived from the Rust type name.
@@ -28,6 +28,9 @@ pub struct MotionChannel {
     /// Polygons (normalised `[x, y]` corners) that never count as motion.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub masks: Vec<Vec<[f32; 2]>>,
+    /// Named areas motion events report (`[[channel.zone]]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub zones: Vec<ZoneConfig>,
     /// This channel's motion settings over `[motion]`.
     #[serde(default, skip_serializing_if = "MotionOverrides::is_empty")]
     pub motion: MotionOverrides,
@@ -42,6 +45,7 @@ impl MotionChannel {
             priority: c.priority,
             record: c.record,
             masks: c.mask.iter().map(|m| m.points.clone()).collect(),
+            zones: c.zone.clone(),
             motion: c.motion.clone(),
         }
     }

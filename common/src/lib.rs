@@ -19,6 +19,7 @@ pub mod shutdown;
 pub mod system;
 pub mod telemetry;
 pub mod timefmt;
+pub mod zones;
 
 pub use config::Config;
 pub use keys::Keys;

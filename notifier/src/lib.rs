@@ -51,9 +51,10 @@ pub struct Notification {
 }
 
 impl Notification {
-    /// For motion: `Some(true)` at a start, `Some(false)` at an end.
+    /// For motion: `Some(true)` while the event goes on (its start, a zone it entered),
+    /// `Some(false)` at its end.
     pub fn motion_on(&self) -> Option<bool> {
-        (self.category == EventCategory::Motion).then(|| self.body.get("kind").and_then(Value::as_str) == Some("start"))
+        (self.category == EventCategory::Motion).then(|| self.body.get("kind").and_then(Value::as_str) != Some("end"))
     }
 }
 

@@ -31,7 +31,8 @@ fn an_object_frame_without_detections_is_not_sent_and_motion_says_on_or_off() {
     assert!(notification(&c, EventCategory::Motion, "1-0", "not json").is_none());
     let start = notification(&c, EventCategory::Motion, "1-0", r#"{"channel":3,"kind":"start"}"#).unwrap();
     let end = notification(&c, EventCategory::Motion, "2-0", r#"{"channel":3,"kind":"end"}"#).unwrap();
-    assert_eq!((start.motion_on(), end.motion_on()), (Some(true), Some(false)));
+    let zone = notification(&c, EventCategory::Motion, "1-1", r#"{"channel":3,"kind":"zone"}"#).unwrap();
+    assert_eq!((start.motion_on(), zone.motion_on(), end.motion_on()), (Some(true), Some(true), Some(false)));
     // A channel no longer configured still goes out, without a name.
     let gone = notification(&c, EventCategory::Backup, "3-0", r#"{"channel":9,"kind":"file"}"#).unwrap();
     assert_eq!(gone.body["channel_name"], Value::Null);

@@ -142,6 +142,7 @@ fn motion(id: &str, kind: MotionEventKind) -> MotionEvent {
         started_ms: ts,
         area: 0.1,
         boxes: Vec::new(),
+        zones: Vec::new(),
         last_motion_ms: None,
         worker: "motion-test".into(),
         job: "job".into(),
@@ -156,7 +157,7 @@ fn objects(motion_event: &str, labels: &[&str]) -> ObjectEvent {
         motion_event: motion_event.into(),
         detections: labels
             .iter()
-            .map(|l| Detection { label: (*l).into(), score: 0.8, bbox: [1.0, 2.0, 30.0, 40.0] })
+            .map(|l| Detection { label: (*l).into(), score: 0.8, bbox: [1.0, 2.0, 30.0, 40.0], zones: vec![] })
             .collect(),
         frame_width: 640,
         frame_height: 360,

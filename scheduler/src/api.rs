@@ -239,6 +239,9 @@ async fn channel_views(s: &ApiState) -> ApiResult<Vec<Value>> {
             "worker": status.as_ref().map(|st| st.worker.clone()),
             "relay": relay,
             "preview": format!("/api/channels/{}/preview.jpg", ch.id),
+            "masks": ch.mask.iter().map(|m| &m.points).collect::<Vec<_>>(),
+            "zones": ch.zone,
+            "record_zones": ch.record_zones,
             "last_objects": last_objects.map(|o| json!({
                 "ts_ms": o.frame_ts_ms,
                 "labels": o.detections.iter().map(|d| d.label.clone()).collect::<Vec<_>>(),

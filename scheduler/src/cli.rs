@@ -334,10 +334,12 @@ pub(crate) fn format_ms(ms: i64) -> String {
 fn format_motion(e: &MotionEvent) -> String {
     let extra = match e.kind {
         cctv_common::events::MotionEventKind::Start => format!("area {:.1}% boxes {}", e.area * 100.0, e.boxes.len()),
+        cctv_common::events::MotionEventKind::Zone => "entered a zone".to_string(),
         cctv_common::events::MotionEventKind::End => {
             format!("lasted {:.1}s max area {:.1}%", (e.ts_ms - e.started_ms) as f64 / 1000.0, e.area * 100.0)
         }
     };
+    let extra = if e.zones.is_empty() { extra } else { format!("{extra} zones {}", e.zones.join(",")) };
     format!(
         "{}  ch{:<4} {:<5} {}  event {}  worker {}",
         format_ms(e.ts_ms),

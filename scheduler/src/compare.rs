@@ -177,6 +177,7 @@ mod tests {
             started_ms: 1000,
             area: 0.1,
             boxes: vec![],
+            zones: vec![],
             last_motion_ms: None,
             worker: "w".into(),
             job: "j".into(),
@@ -191,7 +192,7 @@ mod tests {
             motion_event: event.into(),
             detections: labels
                 .iter()
-                .map(|l| Detection { label: l.to_string(), score: 0.8, bbox: [0.0, 0.0, 1.0, 1.0] })
+                .map(|l| Detection { label: l.to_string(), score: 0.8, bbox: [0.0, 0.0, 1.0, 1.0], zones: vec![] })
                 .collect(),
             frame_width: 640,
             frame_height: 360,

@@ -274,8 +274,12 @@ impl Decider {
         self.config.channel(channel).map(|c| ChannelRules { channel, policy: c.record, priority: c.priority })
     }
 
+    /// Motion events drive recordings. With `record_zones`, an event counts as a start only
+    /// from its first frame in one of those zones (its `start`, or the `zone` entry that
+    /// reported it), so activity elsewhere is logged but not backed up.
     async fn on_motion(&mut self, m: &MotionEvent) -> anyhow::Result<()> {
         let state = self.keys.record_motion_event(&m.event_id);
+        let records = self.config.channel(m.channel).is_some_and(|c| c.records_in(&m.zones));
         let input = match m.kind {
             MotionEventKind::Start => {
                 let _: () = redis::pipe()
@@ -287,11 +291,23 @@ impl Decider {
                             ("ended", "0".into()),
                             ("worker", m.worker.clone()),
                             ("seq", m.seq.to_string()),
+                            ("in_zone", u8::from(records).to_string()),
                         ],
                     )
                     .expire(&state, STATE_TTL_SECS)
                     .query_async(&mut self.conn)
                     .await?;
+                if !records {
+                    return Ok(());
+                }
+                Input::MotionStart { event: m.event_id.clone(), ts_ms: m.ts_ms }
+            }
+            MotionEventKind::Zone => {
+                let in_zone: Option<u8> = self.conn.hget(&state, "in_zone").await?;
+                if !records || in_zone != Some(0) {
+                    return Ok(()); // not a wanted zone, or already counted (or start unseen)
+                }
+                let _: () = self.conn.hset(&state, "in_zone", 1).await?;
                 Input::MotionStart { event: m.event_id.clone(), ts_ms: m.ts_ms }
             }
             MotionEventKind::End => {
@@ -310,8 +326,12 @@ impl Decider {
     async fn on_objects(&mut self, o: &ObjectEvent) -> anyhow::Result<()> {
         let Some(ch) = self.config.channel(o.channel) else { return Ok(()) };
         let wanted = self.config.wanted_labels(ch);
-        let mut labels: Vec<String> =
-            o.detections.iter().map(|d| d.label.clone()).filter(|l| wanted.contains(l)).collect();
+        let mut labels: Vec<String> = o
+            .detections
+            .iter()
+            .filter(|d| wanted.contains(&d.label) && ch.records_in(&d.zones))
+            .map(|d| d.label.clone())
+            .collect();
         labels.sort();
         labels.dedup();
         if labels.is_empty() {

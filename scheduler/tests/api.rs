@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use cctv_common::events::{now_ms, BackupEvent, BackupEventKind, MotionEventKind, StorageReport};
 use cctv_common::shutdown::CancellationToken;
-use cctv_testkit::cluster::{channel, channel_with, run_in_thread, wait_for, Cluster};
+use cctv_testkit::cluster::{channel_with, run_in_thread, wait_for, Cluster};
 use cctv_testkit::Pusher;
 use redis::AsyncCommands;
 
@@ -101,7 +101,8 @@ async fn api_serves_live_data_validates_input_and_guards_mutations() {
         "[api]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\n[record]\nbackup_dir = \"{}\"\ntimezone = \"Asia/Tokyo\"\n",
         backups.display()
     );
-    let mut cluster = Cluster::new(&[channel(1), channel_with(2, "priority = true")].concat(), 8, &extra);
+    let door = "record_zones = [\"door\"]\n[[channel.zone]]\nname = \"door\"\npoints = [[0, 0], [0.3, 0], [0.3, 0.3]]";
+    let mut cluster = Cluster::new(&[channel_with(1, door), channel_with(2, "priority = true")].concat(), 8, &extra);
     let clip = cluster.path("busy.mp4");
     cctv_testkit::make_clip(&cctv_testkit::media("worker-zone-detection.gif"), &clip, 2, 2.0, 40.0);
     let _p = Pusher::start(&clip, &cluster.nginx.live_url(), "ch1");
@@ -111,10 +112,12 @@ async fn api_serves_live_data_validates_input_and_guards_mutations() {
     cctv_testkit::wait_for_port(port, Duration::from_secs(10), "API");
     let http = Http::new(format!("http://127.0.0.1:{port}"));
 
-    // Real events from the worker.
+    // Real events from the worker: one whole motion event (its start, maybe a zone entry, its
+    // end) and a channel status written after it.
     wait_for(Duration::from_secs(40), || async {
-        let n = cluster.motion_events().await.len();
-        (n >= 2).then_some(())
+        let ended = cluster.motion_events().await.iter().any(|e| e.kind == MotionEventKind::End);
+        let (_, ch1) = http.get("/api/channels/1");
+        (ended && ch1["last_motion_ms"].as_i64().is_some()).then_some(())
     })
     .await
     .expect("motion events");
@@ -131,6 +134,11 @@ async fn api_serves_live_data_validates_input_and_guards_mutations() {
     assert_eq!(ch2["online"].as_bool(), Some(false), "ch2 has no stream: {ch2}");
     assert!(ch2["reason"].as_str().is_some_and(|r| !r.is_empty()), "{ch2}");
     assert_eq!(http.get("/api/channels/1").0, 200);
+    assert_eq!(
+        (ch1["zones"][0]["name"].as_str(), ch1["record_zones"][0].as_str()),
+        (Some("door"), Some("door")),
+        "{ch1}"
+    );
     assert_eq!(http.get("/api/channels/99").0, 404);
 
     // Pagination: page 1 holds the newest, page 2 continues before it.
@@ -393,6 +401,7 @@ async fn api_serves_live_data_validates_input_and_guards_mutations() {
         dom.contains("class=\"preview\"") && dom.contains("data-loaded=\"yes\""),
         "no camera picture shown:\n{dom}"
     );
+    assert!(dom.contains("class=\"zone records\" data-zone=\"door\""), "ch1's zone is not drawn:\n{dom}");
     assert!(dom.contains("data-rendered=\"yes\""), "dashboard did not finish rendering:\n{dom}");
     // Times are shown with their date, in the site's zone (the one backups are named in).
     assert!(

@@ -534,6 +534,12 @@ pub fn activity_clip(source: &Path, out: &Path, segments: &[Segment]) {
     assert!(status.success(), "ffmpeg could not concatenate {}", list_path.display());
 }
 
+/// `clip` in the left half of a picture twice as wide whose right half stays black: activity
+/// only ever on the left (zone tests).
+pub fn left_half_clip(clip: &Path, out: &Path) {
+    encode(clip, out, 1, "pad=iw*2:ih:0:0:color=black,format=yuv420p", &[]);
+}
+
 /// A frozen clip: the first frame of `source` held for `seconds`.
 pub fn make_still_clip(source: &Path, out: &Path, seconds: f64) {
     let vf = format!(

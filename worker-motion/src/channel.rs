@@ -13,6 +13,7 @@ use cctv_common::config::MotionConfig;
 use cctv_common::events::{now_ms, ChannelState, MotionEventKind, NormBox};
 use cctv_common::ffmpeg::{self, FfmpegProcess, Stopper};
 use cctv_common::jobs::{MotionChannel, YoloFrames};
+use cctv_common::zones;
 use opencv::core::{Mat, Size, Vector};
 use opencv::prelude::*;
 use opencv::{imgcodecs, imgproc};
@@ -62,6 +63,7 @@ pub enum ChannelMsg {
         last_motion_ms: Option<i64>,
         area: f32,
         boxes: Vec<NormBox>,
+        zones: Vec<String>,
     },
     /// The channel's latest picture (JPEG: colour on priority channels, else the grey frame
     /// the detector sees), every [`PREVIEW_EVERY_MS`].
@@ -353,6 +355,8 @@ fn analyse(
     tracing::info!(width = size.width, height = size.height, yolo = colour.is_some(), "channel online");
     // The latest motion event: frames sampled after it ended still belong to it.
     let mut last_event: Option<String> = None;
+    // The zones the event in progress touched so far, in the channel's zone order.
+    let mut event_zones: Vec<String> = Vec::new();
     let mut last_preview_ms = 0i64;
     let result = loop {
         if shared.stopping() {
@@ -434,13 +438,44 @@ fn analyse(
                 }
             }
         }
+        let touched = if ch.zones.is_empty() { Vec::new() } else { zones::touched(&ch.zones, &verdict.boxes) };
+        match (&transition, hysteresis.active()) {
+            (Some(Transition::Start(_)), _) => event_zones = touched,
+            (None, Some(active)) if touched.iter().any(|z| !event_zones.contains(z)) => {
+                event_zones = ch
+                    .zones
+                    .iter()
+                    .map(|z| &z.name)
+                    .filter(|n| event_zones.contains(n) || touched.contains(n))
+                    .cloned()
+                    .collect();
+                tracing::info!(event = %active.event_id, zones = ?event_zones, "motion entered a zone");
+                let _ = out.send(ChannelMsg::Motion {
+                    channel: ch.id,
+                    kind: MotionEventKind::Zone,
+                    event_id: active.event_id.clone(),
+                    ts_ms: ts,
+                    started_ms: active.started_ms,
+                    last_motion_ms: None,
+                    area: active.max_area,
+                    boxes: verdict.boxes.clone(),
+                    zones: event_zones.clone(),
+                });
+            }
+            _ => {}
+        }
         if let Some(t) = transition {
-            emit(ch.id, t, ts, verdict.boxes, out);
+            // An end takes the event's zones with it; a start keeps them for its zone entries.
+            let zones = match t {
+                Transition::End(_) => std::mem::take(&mut event_zones),
+                Transition::Start(_) => event_zones.clone(),
+            };
+            emit(ch.id, t, ts, verdict.boxes, zones, out);
         }
     };
     // Close an event that was in progress when the stream went away.
     if let Some(t) = hysteresis.finish() {
-        emit(ch.id, t, now_ms(), Vec::new(), out);
+        emit(ch.id, t, now_ms(), Vec::new(), event_zones, out);
     }
     result
 }
@@ -513,10 +548,19 @@ fn grey_jpeg(grey: &[u8], width: u32, height: u32) -> opencv::Result<Vec<u8>> {
     Ok(buf.to_vec())
 }
 
-fn emit(channel: u32, t: Transition, ts_ms: i64, boxes: Vec<NormBox>, out: &UnboundedSender<ChannelMsg>) {
+/// Sends a start (with the zones of its first frame) or an end (with every zone the event
+/// touched).
+fn emit(
+    channel: u32,
+    t: Transition,
+    ts_ms: i64,
+    boxes: Vec<NormBox>,
+    zones: Vec<String>,
+    out: &UnboundedSender<ChannelMsg>,
+) {
     let msg = match t {
         Transition::Start(a) => {
-            tracing::info!(event = %a.event_id, area = a.max_area, "motion started");
+            tracing::info!(event = %a.event_id, area = a.max_area, zones = ?zones, "motion started");
             ChannelMsg::Motion {
                 channel,
                 kind: MotionEventKind::Start,
@@ -526,6 +570,7 @@ fn emit(channel: u32, t: Transition, ts_ms: i64, boxes: Vec<NormBox>, out: &Unbo
                 last_motion_ms: None,
                 area: a.max_area,
                 boxes,
+                zones,
             }
         }
         Transition::End(a) => {
@@ -539,6 +584,7 @@ fn emit(channel: u32, t: Transition, ts_ms: i64, boxes: Vec<NormBox>, out: &Unbo
                 last_motion_ms: Some(a.last_motion_ms),
                 area: a.max_area,
                 boxes: Vec::new(),
+                zones,
             }
         }
     };

@@ -330,9 +330,9 @@ async fn publish_event(
     msg: ChannelMsg,
     published: &mut HashMap<u32, Published>,
 ) {
-    let (channel, kind, event_id, ts_ms, started_ms, last_motion_ms, area, boxes) = match msg {
-        ChannelMsg::Motion { channel, kind, event_id, ts_ms, started_ms, last_motion_ms, area, boxes } => {
-            (channel, kind, event_id, ts_ms, started_ms, last_motion_ms, area, boxes)
+    let (channel, kind, event_id, ts_ms, started_ms, last_motion_ms, area, boxes, zones) = match msg {
+        ChannelMsg::Motion { channel, kind, event_id, ts_ms, started_ms, last_motion_ms, area, boxes, zones } => {
+            (channel, kind, event_id, ts_ms, started_ms, last_motion_ms, area, boxes, zones)
         }
         ChannelMsg::Preview { channel, ts_ms, jpeg } => {
             let key = ctx.keys.channel_preview(channel);
@@ -354,7 +354,8 @@ async fn publish_event(
     };
     let p = published.entry(channel).or_default();
     p.seq += 1;
-    p.active_event = (kind == MotionEventKind::Start).then(|| event_id.clone());
+    // A zone entry is news about the event in progress, which stays in progress.
+    p.active_event = (kind != MotionEventKind::End).then(|| event_id.clone());
     let event = MotionEvent {
         seq: p.seq,
         event_id,
@@ -364,6 +365,7 @@ async fn publish_event(
         started_ms,
         area,
         boxes,
+        zones,
         last_motion_ms,
         worker: ctx.worker.clone(),
         job: meta.job_id.clone(),

@@ -9,12 +9,13 @@
 pub mod model;
 pub mod snapshot;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use cctv_common::catlog::CategoryLog;
-use cctv_common::config::{Config, YoloConfig};
-use cctv_common::events::{now_ms, Detection, ObjectEvent};
+use cctv_common::config::{Config, YoloConfig, ZoneConfig};
+use cctv_common::events::{now_ms, Detection, NormBox, ObjectEvent};
 use cctv_common::heartbeat;
 use cctv_common::jobs::{JobError, YoloJob};
 use cctv_common::keys::Keys;
@@ -64,6 +65,8 @@ struct Ctx {
     infer: mpsc::Sender<Pending>,
     log: Arc<CategoryLog>,
     snapshots: Arc<SnapshotStore>,
+    /// Each channel's `[[channel.zone]]` areas, which object events name.
+    zones: Arc<HashMap<u32, Vec<ZoneConfig>>>,
 }
 
 /// Loads the model (a missing library or model file is a startup error naming the path) and
@@ -92,6 +95,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         infer: tx,
         log: Arc::new(CategoryLog::open(&config.logs, "objects")?),
         snapshots: Arc::new(SnapshotStore::open(&config.yolo.snapshot_dir, config.yolo.snapshot_keep)?),
+        zones: Arc::new(config.channels.iter().map(|c| (c.id, c.zone.clone())).collect()),
     };
     tracing::info!(worker = %worker, "YOLO worker started");
     let heartbeat =
@@ -214,6 +218,15 @@ async fn handle_inner(ctx: Ctx, job: YoloJob, meta: JobMeta) -> Result<(), JobEr
         }
     };
     let (frame_width, frame_height) = (frame.cols() as u32, frame.rows() as u32);
+    let mut detections = detections;
+    if let Some(zones) = ctx.zones.get(&channel).filter(|z| !z.is_empty()) {
+        let (w, h) = (frame_width.max(1) as f32, frame_height.max(1) as f32);
+        for d in &mut detections {
+            let [x1, y1, x2, y2] = d.bbox;
+            let b = NormBox { x: x1 / w, y: y1 / h, w: (x2 - x1) / w, h: (y2 - y1) / h };
+            d.zones = cctv_common::zones::touched(zones, &[b]);
+        }
+    }
     let snapshot = if detections.is_empty() {
         None
     } else {

@@ -259,6 +259,7 @@ pub fn decode(rows: &[f32], stride: usize, lb: &Letterbox, d: &Decoding) -> Vec<
                     map(b[2], lb.pad_x, lb.width),
                     map(b[3], lb.pad_y, lb.height),
                 ],
+                zones: Vec::new(),
             }
         })
         .collect()

@@ -119,7 +119,7 @@ mod tests {
     fn keeps_at_most_keep_per_channel_newest_survive() {
         let dir = tempfile::tempdir().unwrap();
         let frame = Mat::new_rows_cols_with_default(48, 64, opencv::core::CV_8UC3, Scalar::all(50.0)).unwrap();
-        let det = vec![Detection { label: "person".into(), score: 0.9, bbox: [4.0, 4.0, 30.0, 40.0] }];
+        let det = vec![Detection { label: "person".into(), score: 0.9, bbox: [4.0, 4.0, 30.0, 40.0], zones: vec![] }];
         let store = SnapshotStore::open(dir.path(), 3).unwrap();
         for t in 1..=5 {
             store.save(7, t * 1000, &frame, &det).unwrap();
