@@ -609,6 +609,10 @@ pub struct ChannelConfig {
     /// activity elsewhere is still logged. Default empty: activity anywhere.
     #[serde(default)]
     pub record_zones: Vec<String>,
+    /// `[[channel.schedule]]`: the record policy by time of day and weekday (in
+    /// `record.timezone`); the first window that holds wins, `record` applies outside them all.
+    #[serde(default)]
+    pub schedule: Vec<ScheduleWindow>,
     /// This channel's backups are deleted after this many days (overrides
     /// `record.max_age_days`). Default: `record.max_age_days`.
     #[serde(default)]
@@ -655,6 +659,52 @@ pub struct MaskConfig {
     pub points: Vec<[f32; 2]>,
 }
 
+/// One `[[channel.schedule]]` window: `record` applies from `from` to `to` (local `HH:MM`; a
+/// window with `to` before `from` runs past midnight into the next day) on `days`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleWindow {
+    /// `mon` … `sun`: the days the window starts on. Default every day.
+    #[serde(default = "every_day")]
+    pub days: Vec<String>,
+    pub from: String,
+    pub to: String,
+    pub record: RecordPolicy,
+}
+
+fn every_day() -> Vec<String> {
+    WEEKDAYS.iter().map(|d| d.to_string()).collect()
+}
+
+const WEEKDAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+
+/// Minutes after midnight of `HH:MM` (00:00 ..= 24:00).
+fn minutes_of(hhmm: &str) -> Option<u32> {
+    let (h, m) = hhmm.split_once(':')?;
+    if !(1..=2).contains(&h.len()) || m.len() != 2 {
+        return None;
+    }
+    let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+    match (h, m) {
+        (24, 0) => Some(1440),
+        (0..=23, 0..=59) => Some(h * 60 + m),
+        _ => None,
+    }
+}
+
+impl ScheduleWindow {
+    /// Whether the window holds at local weekday `day` (0 = Monday) and minute `minute`.
+    pub fn holds(&self, day: usize, minute: u32) -> bool {
+        let (Some(from), Some(to)) = (minutes_of(&self.from), minutes_of(&self.to)) else { return false };
+        let starts_on = |d: usize| self.days.iter().any(|x| *x == WEEKDAYS[d % 7]);
+        if from <= to {
+            starts_on(day) && (from..to).contains(&minute)
+        } else {
+            (starts_on(day) && minute >= from) || (starts_on(day + 6) && minute < to)
+        }
+    }
+}
+
 /// A named area of the picture (`[[channel.zone]]`), normalised coordinates like a mask.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -689,6 +739,7 @@ impl fmt::Debug for ChannelConfig {
             .field("mask", &self.mask)
             .field("zone", &self.zone)
             .field("record_zones", &self.record_zones)
+            .field("schedule", &self.schedule)
             .field("max_age_days", &self.max_age_days)
             .field("motion", &self.motion)
             .finish()
@@ -711,6 +762,24 @@ impl Config {
 }
 
 impl ChannelConfig {
+    /// The record policy at `ts_ms` (ms since the epoch) in `tz`: the first schedule window
+    /// that holds, else `record`.
+    pub fn record_at(&self, ts_ms: i64, tz: &jiff::tz::TimeZone) -> RecordPolicy {
+        if self.schedule.is_empty() {
+            return self.record;
+        }
+        let Ok(t) = jiff::Timestamp::from_millisecond(ts_ms) else { return self.record };
+        let local = t.to_zoned(tz.clone());
+        let day = local.weekday().to_monday_zero_offset() as usize;
+        let minute = local.hour() as u32 * 60 + local.minute() as u32;
+        self.schedule.iter().find(|w| w.holds(day, minute)).map_or(self.record, |w| w.record)
+    }
+
+    /// Whether any time of the week backs this channel up.
+    pub fn ever_records(&self) -> bool {
+        self.record != RecordPolicy::Off || self.schedule.iter().any(|w| w.record != RecordPolicy::Off)
+    }
+
     /// Whether activity that touched `zones` may be backed up: always without `record_zones`,
     /// else when it touched one of them.
     pub fn records_in(&self, zones: &[String]) -> bool {
@@ -1019,7 +1088,29 @@ impl Config {
                     p.add(&at("record_zones"), format!("{name:?} is not a [[channel.zone]] of this channel"));
                 }
             }
-            if !ch.record_zones.is_empty() && ch.record == RecordPolicy::Off {
+            for (w, window) in ch.schedule.iter().enumerate() {
+                let at = |f: &str| at(&format!("schedule[{w}].{f}"));
+                for (f, v) in [("from", &window.from), ("to", &window.to)] {
+                    if minutes_of(v).is_none() {
+                        p.add(&at(f), format!("{v:?} is not a time HH:MM (00:00 to 24:00)"));
+                    }
+                }
+                if window.from == window.to {
+                    p.add(&at("to"), "equals from: the window would be empty".into());
+                }
+                if window.days.is_empty() {
+                    p.add(&at("days"), "must name at least one day (or be left out: every day)".into());
+                }
+                for d in &window.days {
+                    if !WEEKDAYS.contains(&d.as_str()) {
+                        p.add(&at("days"), format!("{d:?} is not one of {}", WEEKDAYS.join(", ")));
+                    }
+                }
+                if window.record == RecordPolicy::Objects && !(ch.priority && self.yolo.enabled) {
+                    p.add(&at("record"), "\"objects\" needs priority = true and yolo.enabled = true".into());
+                }
+            }
+            if !ch.record_zones.is_empty() && !ch.ever_records() {
                 p.add(&at("record_zones"), "set, but record = \"off\" never backs up".into());
             }
             if let Some(labels) = &ch.labels {
@@ -1275,6 +1366,60 @@ mod tests {
         assert!(ch.records_in(&["drive".into()]) && !ch.records_in(&["pool".into()]) && !ch.records_in(&[]));
         let anywhere = Config::parse(&text.replace("record_zones = [\"drive\", \"lawn\"]", "")).unwrap();
         assert!(anywhere.channels[0].records_in(&[]), "without record_zones activity anywhere counts");
+    }
+
+    #[test]
+    fn schedules_choose_the_policy_by_local_time_and_bad_windows_are_named() {
+        let text = r#"
+            [record]
+            timezone = "Asia/Tokyo"
+            [[channel]]
+            id = 1
+            name = "Shop"
+            source = "rtsp://cam/1"
+            record = "motion"
+            # Open hours: nothing backed up; nights (over midnight) and the weekend: motion.
+            [[channel.schedule]]
+            days = ["mon", "tue", "wed", "thu", "fri"]
+            from = "09:00"
+            to = "18:00"
+            record = "off"
+        "#;
+        let c = Config::parse(text).unwrap();
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        let tz = crate::timefmt::zone("Asia/Tokyo").unwrap();
+        let ch = &c.channels[0];
+        // 2026-12-01 is a Tuesday. 10:00 and 17:59 Tokyo: off; 18:00 and 08:59: motion.
+        let at = |s: &str| jiff::civil::DateTime::strptime("%Y-%m-%d %H:%M", s).unwrap().to_zoned(tz.clone()).unwrap();
+        let ms = |s: &str| at(s).timestamp().as_millisecond();
+        assert_eq!(ch.record_at(ms("2026-12-01 10:00"), &tz), RecordPolicy::Off);
+        assert_eq!(ch.record_at(ms("2026-12-01 17:59"), &tz), RecordPolicy::Off);
+        assert_eq!(ch.record_at(ms("2026-12-01 18:00"), &tz), RecordPolicy::Motion);
+        assert_eq!(ch.record_at(ms("2026-12-01 08:59"), &tz), RecordPolicy::Motion);
+        assert_eq!(ch.record_at(ms("2026-12-05 10:00"), &tz), RecordPolicy::Motion, "Saturday");
+        // A window over midnight belongs to the day it starts on.
+        let night = ScheduleWindow {
+            days: vec!["fri".into()],
+            from: "22:00".into(),
+            to: "06:00".into(),
+            record: RecordPolicy::Off,
+        };
+        assert!(
+            night.holds(4, 23 * 60) && night.holds(5, 5 * 60) && !night.holds(5, 23 * 60) && !night.holds(4, 5 * 60)
+        );
+
+        let bad = text
+            .replace("\"09:00\"", "\"9h\"")
+            .replace("\"fri\"]", "\"fri\", \"holiday\"]")
+            .replace("\"off\"", "\"objects\"");
+        let problems: Vec<String> = Config::parse(&bad).unwrap().validate().iter().map(ToString::to_string).collect();
+        for expected in [
+            "channel[0] (id 1).schedule[0].from: \"9h\" is not a time HH:MM",
+            "channel[0] (id 1).schedule[0].days: \"holiday\" is not one of mon",
+            "channel[0] (id 1).schedule[0].record: \"objects\" needs priority = true",
+        ] {
+            assert!(problems.iter().any(|p| p.starts_with(expected)), "{expected:?} not in {problems:?}");
+        }
     }
 
     #[test]

@@ -242,6 +242,7 @@ async fn channel_views(s: &ApiState) -> ApiResult<Vec<Value>> {
             "masks": ch.mask.iter().map(|m| &m.points).collect::<Vec<_>>(),
             "zones": ch.zone,
             "record_zones": ch.record_zones,
+            "schedule": ch.schedule,
             "last_objects": last_objects.map(|o| json!({
                 "ts_ms": o.frame_ts_ms,
                 "labels": o.detections.iter().map(|d| d.label.clone()).collect::<Vec<_>>(),

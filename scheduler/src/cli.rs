@@ -380,7 +380,7 @@ pub fn status_problems(
     if config.yolo.enabled && config.channels.iter().any(|c| c.priority) {
         needed.push("yolo");
     }
-    if config.channels.iter().any(|c| c.record != cctv_common::config::RecordPolicy::Off) {
+    if config.channels.iter().any(|c| c.ever_records()) {
         needed.push("record");
     }
     if config.notify.mqtt.is_some() || !config.notify.webhooks.is_empty() {

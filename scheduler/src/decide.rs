@@ -113,11 +113,12 @@ pub enum Action {
 
 /// The backup decision for one input.
 pub fn decide(input: &Input, active: Option<&Recording>, ch: &ChannelRules, rules: &Rules, now: i64) -> Action {
-    if ch.policy == RecordPolicy::Off {
-        return Action::Nothing;
-    }
     let open = active.filter(|r| r.state == RecordingState::Open);
+    // `off` (always, or by schedule now) starts and extends nothing; ends still close what is
+    // open, so a recording begun before a schedule turned the channel off ends as usual.
+    let off = ch.policy == RecordPolicy::Off;
     match input {
+        Input::MotionStart { .. } | Input::Objects { .. } if off => Action::Nothing,
         Input::MotionStart { event, ts_ms } => {
             if let Some(rec) = open.filter(|r| r.accepts(*ts_ms, rules)) {
                 let mut rec = rec.clone();
@@ -209,6 +210,8 @@ pub struct Decider {
     store: RecordingStore,
     queue: Queue<RecordJob>,
     watch: Watch,
+    /// `record.timezone`, in which schedules are read.
+    timezone: jiff::tz::TimeZone,
 }
 
 impl Decider {
@@ -223,6 +226,7 @@ impl Decider {
             store,
             queue,
             watch: Watch::default(),
+            timezone: cctv_common::timefmt::zone(&config.record.timezone).unwrap_or(jiff::tz::TimeZone::UTC),
         }
     }
 
@@ -270,8 +274,16 @@ impl Decider {
         Ok(cctv_common::events::last_stream_id(&mut self.conn, stream).await?)
     }
 
-    fn channel_rules(&self, channel: u32) -> Option<ChannelRules> {
-        self.config.channel(channel).map(|c| ChannelRules { channel, policy: c.record, priority: c.priority })
+    /// The channel's rules for `input`: its record policy at the input's time (schedules).
+    fn channel_rules(&self, channel: u32, input: &Input) -> Option<ChannelRules> {
+        let at = match input {
+            Input::MotionStart { ts_ms, .. } => *ts_ms,
+            Input::MotionEnd { last_motion_ms, .. } => *last_motion_ms,
+            Input::Objects { frame_ts_ms, .. } => *frame_ts_ms,
+            Input::Orphan { last_ms, .. } => *last_ms,
+        };
+        let c = self.config.channel(channel)?;
+        Some(ChannelRules { channel, policy: c.record_at(at, &self.timezone), priority: c.priority })
     }
 
     /// Motion events drive recordings. With `record_zones`, an event counts as a start only
@@ -355,7 +367,7 @@ impl Decider {
     /// Decides on `input` against the channel's current recording and writes the result; a
     /// conflicting write (the record worker changed it meanwhile) re-reads and decides again.
     async fn apply(&mut self, channel: u32, input: &Input) -> anyhow::Result<()> {
-        let Some(rules) = self.channel_rules(channel) else { return Ok(()) };
+        let Some(rules) = self.channel_rules(channel, input) else { return Ok(()) };
         for _ in 0..20 {
             let active = self.store.active(channel).await?;
             let action = decide(input, active.as_ref().map(|v| &v.rec), &rules, &self.rules, now_ms());
@@ -677,6 +689,19 @@ mod tests {
         assert_eq!(s.objects("a", 11_000, false, 12_000), "create");
         assert_eq!(s.recs[0].end_ms, Some(17_000));
         assert!(s.recs[0].open_events.is_empty());
+    }
+
+    #[test]
+    fn a_recording_open_when_a_schedule_turns_the_channel_off_still_ends() {
+        let mut s = Sim::new(MOTION);
+        s.start("a", 10_000);
+        // From here the schedule says off: nothing new starts, nothing is extended by objects,
+        // but a's end still closes its recording.
+        s.ch.policy = RecordPolicy::Off;
+        assert_eq!(s.start("b", 12_000), "nothing");
+        assert_eq!(s.end("a", 20_000), "update");
+        assert_eq!(s.recs[0].end_ms, Some(25_000));
+        assert_eq!(s.recs[0].events, ["a"]);
     }
 
     #[test]

@@ -18,5 +18,5 @@ mod policy;
 mod storage;
 /// Shared helpers.
 mod util;
-/// Zones: events name them, `record_zones` choose what is backed up (issue 16).
+/// Zones: events name them, `record_zones` choose what is backed up; schedules (issue 16).
 mod zones;

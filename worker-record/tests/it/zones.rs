@@ -12,18 +12,32 @@ use crate::util::Running;
 const ZONES: &str = "[[channel.zone]]\nname = \"left\"\npoints = [[0, 0], [0.5, 0], [0.5, 1], [0, 1]]\n\
                      [[channel.zone]]\nname = \"right\"\npoints = [[0.6, 0], [1, 0], [1, 1], [0.6, 1]]\n";
 
+/// A `[[channel.schedule]]` window, every day, holding `record = "off"` from two hours before
+/// now to two hours after (UTC, across midnight when it falls there).
+fn off_now_schedule() -> String {
+    let minute = (now_ms() / 60_000).rem_euclid(1440);
+    let hhmm = |m: i64| format!("{:02}:{:02}", m.rem_euclid(1440) / 60, m.rem_euclid(1440) % 60);
+    format!(
+        "[[channel.schedule]]\nfrom = \"{}\"\nto = \"{}\"\nrecord = \"off\"\n",
+        hhmm(minute - 120),
+        hhmm(minute + 120)
+    )
+}
+
 /// Real footage in the left half of the picture, the right half still. Motion events name the
 /// zone the activity is in; a channel that records only for the right zone backs nothing up,
 /// one that records for the left zone does; a zone entered in the middle of an event starts
-/// the backup from there.
+/// the backup from there; a channel a schedule turns off now backs nothing up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_name_their_zones_and_record_zones_choose_what_is_backed_up() {
+async fn events_name_their_zones_and_record_zones_and_schedules_choose_what_is_backed_up() {
     let tmp = tempfile::tempdir().unwrap();
     let channels = [
         channel_with(1, &format!("record_zones = [\"right\"]\n{ZONES}")),
         channel_with(2, &format!("record_zones = [\"left\"]\n{ZONES}")),
         // A gate zone the footage never reaches: its backups come only from a zone entry.
         channel_with(3, &format!("record_zones = [\"gate\"]\n{ZONES}[[channel.zone]]\nname = \"gate\"\npoints = [[0.9, 0.9], [1, 0.9], [1, 1]]\n")),
+        // Anywhere, but a schedule says off from two hours ago to two hours from now (UTC).
+        channel_with(4, &off_now_schedule()),
     ]
     .concat();
     let extra = record_section(tmp.path(), "pre_roll_secs = 3\npost_roll_secs = 3");
@@ -33,7 +47,7 @@ async fn events_name_their_zones_and_record_zones_choose_what_is_backed_up() {
     cctv_testkit::make_clip(&cctv_testkit::media("worker-zone-detection.gif"), &clip, 2, 8.0, 40.0);
     cctv_testkit::left_half_clip(&clip, &half);
     let _pushers: Vec<Pusher> =
-        ["ch1", "ch2", "ch3"].iter().map(|s| Pusher::start(&half, &cluster.nginx.live_url(), s)).collect();
+        ["ch1", "ch2", "ch3", "ch4"].iter().map(|s| Pusher::start(&half, &cluster.nginx.live_url(), s)).collect();
     let run = Running::start(cluster);
     let _record = run.record_worker();
 
@@ -82,10 +96,13 @@ async fn events_name_their_zones_and_record_zones_choose_what_is_backed_up() {
     let trigger = walk_in.trigger.clone().expect("trigger");
     assert_eq!((trigger.motion_event.as_str(), trigger.ts_ms), ("walk-in", entered_ms), "{walk_in:?}");
 
-    // Nothing of ch1 (its activity never touched the right half), and ch3 only from the entry.
+    // Nothing of ch1 (its activity never touched the right half) or ch4 (scheduled off,
+    // though it had motion), and ch3 only from the entry.
+    wait_for(Duration::from_secs(30), || run.motion(4, MotionEventKind::End)).await.expect("ch4 motion");
     tokio::time::sleep(Duration::from_secs(5)).await;
     let files = run.files().await;
     assert!(files.iter().all(|f| f.channel != 1), "ch1 records only for the right zone: {files:?}");
+    assert!(files.iter().all(|f| f.channel != 4), "ch4 is scheduled off now: {files:?}");
     assert!(
         files
             .iter()
