@@ -617,6 +617,10 @@ pub struct ChannelConfig {
     /// `record.max_age_days`). Default: `record.max_age_days`.
     #[serde(default)]
     pub max_age_days: Option<f64>,
+    /// Quota of this channel's backups in each backup directory, GB (10^9 bytes): beyond it
+    /// the channel's oldest unprotected backups there are deleted. Default none.
+    #[serde(default)]
+    pub max_backup_gb: Option<f64>,
     /// `[channel.motion]`: this camera's own motion settings over `[motion]`.
     #[serde(default)]
     pub motion: MotionOverrides,
@@ -741,6 +745,7 @@ impl fmt::Debug for ChannelConfig {
             .field("record_zones", &self.record_zones)
             .field("schedule", &self.schedule)
             .field("max_age_days", &self.max_age_days)
+            .field("max_backup_gb", &self.max_backup_gb)
             .field("motion", &self.motion)
             .finish()
     }
@@ -1066,6 +1071,9 @@ impl Config {
             }
             if let Some(days) = ch.max_age_days {
                 range(&mut p, &at("max_age_days"), days, 0.001, 36_500.0);
+            }
+            if let Some(gb) = ch.max_backup_gb {
+                range(&mut p, &at("max_backup_gb"), gb, 0.000_001, 1_000_000.0);
             }
             let o = &ch.motion;
             check_channel_motion(&mut p, &at("motion."), o.fps, o.pixel_threshold, o.min_area);

@@ -112,12 +112,52 @@ pub struct Retention {
     /// For channels without their own (and files of channels no longer configured).
     pub default: Option<Duration>,
     pub channels: std::collections::HashMap<u32, Option<Duration>>,
+    /// Per channel: the most bytes of its backups this directory keeps (`max_backup_gb`).
+    pub quotas: std::collections::HashMap<u32, u64>,
 }
 
 impl Retention {
     pub fn from_config(c: &cctv_common::config::Config) -> Self {
         let channels = c.channels.iter().map(|ch| (ch.id, c.max_backup_age(ch.id))).collect();
-        Self { default: c.default_max_backup_age(), channels }
+        let quotas =
+            c.channels.iter().filter_map(|ch| Some((ch.id, (ch.max_backup_gb? * 1e9).round() as u64))).collect();
+        Self { default: c.default_max_backup_age(), channels, quotas }
+    }
+
+    /// Whether anything is limited besides the disk (age or quota).
+    pub fn is_empty(&self) -> bool {
+        self.default.is_none() && self.channels.values().all(Option::is_none) && self.quotas.is_empty()
+    }
+
+    /// The backups among `files` (oldest first) to delete so each channel with a quota keeps
+    /// at most its quota: its oldest first, never a `protected` one (those still count).
+    pub fn over_quota<'a>(
+        &self,
+        files: &'a [BackupFile],
+        protected: &std::collections::HashSet<String>,
+    ) -> Vec<(&'a BackupFile, u64)> {
+        let mut out = Vec::new();
+        for (&channel, &quota) in &self.quotas {
+            let mine: Vec<(&BackupFile, bool)> = files
+                .iter()
+                .filter_map(|f| {
+                    let name = f.path.file_name()?.to_string_lossy();
+                    (cctv_common::naming::backup_channel(&name)? == channel)
+                        .then(|| (f, protected.contains(name.as_ref())))
+                })
+                .collect();
+            let mut total: u64 = mine.iter().map(|(f, _)| f.bytes).sum();
+            for (f, is_protected) in mine {
+                if total <= quota {
+                    break;
+                }
+                if !is_protected {
+                    total -= f.bytes;
+                    out.push((f, quota));
+                }
+            }
+        }
+        out
     }
 
     fn max_age(&self, channel: u32) -> Option<Duration> {
@@ -286,9 +326,10 @@ impl Monitor {
 }
 
 impl Monitor {
-    /// Deletes the backups older than their channel's `max_age_days`.
+    /// Deletes the backups older than their channel's `max_age_days`, then the oldest of each
+    /// channel over its `max_backup_gb`.
     async fn expire(&self) -> anyhow::Result<()> {
-        if self.retention.default.is_none() && self.retention.channels.values().all(Option::is_none) {
+        if self.retention.is_empty() {
             return Ok(());
         }
         let dir = self.dir.clone();
@@ -296,6 +337,16 @@ impl Monitor {
         for (f, max) in self.retention.expired(&files, SystemTime::now()) {
             let days = max.as_secs_f64() / 86_400.0;
             self.delete(f, format!("retention: older than {days} days; deleted ({} bytes)", f.bytes)).await;
+        }
+        if self.retention.quotas.is_empty() {
+            return Ok(());
+        }
+        let dir = self.dir.clone();
+        let files = tokio::task::spawn_blocking(move || backup_files(&dir)).await?;
+        let protected = self.protected.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for (f, quota) in self.retention.over_quota(&files, &protected) {
+            let why = format!("quota: channel over its {quota} bytes; deleted oldest backup ({} bytes)", f.bytes);
+            self.delete(f, why).await;
         }
         Ok(())
     }
@@ -373,10 +424,35 @@ mod tests {
         let retention = Retention {
             default: Some(day * 2),
             channels: [(1, Some(day * 10)), (2, Some(day * 2)), (3, None)].into_iter().collect(),
+            quotas: Default::default(),
         };
         let expired: Vec<_> = retention.expired(&files, now).iter().map(|(f, _)| f.path.clone()).collect();
         assert_eq!(expired, [PathBuf::from("Channel2_a.mkv"), PathBuf::from("Channel9_a.mkv")]);
         assert!(Retention::default().expired(&files, now).is_empty(), "no limit configured: nothing by age");
+    }
+
+    #[test]
+    fn a_channel_over_its_quota_loses_its_oldest_unprotected_backups_only() {
+        let now = SystemTime::now();
+        let file = |name: &str, age: u64, bytes: u64| BackupFile {
+            path: PathBuf::from(name),
+            bytes,
+            modified: now - Duration::from_secs(age),
+        };
+        let files = [
+            file("Channel1_a.mkv", 50, 10),  // oldest, protected: kept, still counted
+            file("Channel2_a.mkv", 45, 100), // no quota
+            file("Channel1_b.mkv", 40, 10),
+            file("Channel1_c.mkv", 30, 10),
+            file("Channel1_d.mkv", 20, 10),
+        ];
+        let retention = Retention { quotas: [(1, 25)].into_iter().collect(), ..Retention::default() };
+        let protected = ["Channel1_a.mkv".to_string()].into_iter().collect();
+        let over: Vec<_> = retention.over_quota(&files, &protected).iter().map(|(f, _)| f.path.clone()).collect();
+        assert_eq!(over, [PathBuf::from("Channel1_b.mkv"), PathBuf::from("Channel1_c.mkv")]);
+        assert!(!retention.is_empty());
+        let roomy = Retention { quotas: [(1, 40)].into_iter().collect(), ..Retention::default() };
+        assert!(roomy.over_quota(&files, &protected).is_empty(), "exactly at its quota: nothing to delete");
     }
 
     #[test]

@@ -148,7 +148,8 @@ async fn enospc_is_reported_and_the_write_retried_after_rotation() {
 
 /// `max_age_days`: backups older than their channel's limit are deleted though the disk is
 /// nearly empty; younger ones, those of a channel with a longer limit of its own, and a
-/// protected one are kept.
+/// protected one are kept. `max_backup_gb`: a channel over its quota loses its oldest
+/// unprotected backups, only as many as the quota needs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backups_older_than_their_channels_limit_are_deleted() {
     let dir = tempfile::tempdir().unwrap();
@@ -165,8 +166,15 @@ async fn backups_older_than_their_channels_limit_are_deleted() {
     let old_kept_longer = aged("Channel1_2020-01-01_00-00-00.mkv", 3 * day);
     let older_than_ch1_limit = aged("Channel1_2019-01-01_00-00-00.mkv", 11 * day);
     let protected = aged("Channel9_2019-06-01_00-00-00.mkv", 30 * day);
+    // Channel 2 keeps 25 kB: of its four young 10 kB backups the oldest is protected (kept,
+    // counted), the next two go, the newest stays.
+    let quota_protected = aged("Channel2_2026-01-01_00-00-00.mkv", 4_000);
+    let quota_b = aged("Channel2_2026-01-01_00-10-00.mkv", 3_000);
+    let quota_c = aged("Channel2_2026-01-01_00-20-00.mkv", 2_000);
+    let quota_newest = aged("Channel2_2026-01-01_00-30-00.mkv", 1_000);
 
-    let channels = channel_with_age(1, 10.0);
+    let channels =
+        [channel_with_age(1, 10.0), cctv_testkit::cluster::channel_with(2, "max_backup_gb = 0.000025")].concat();
     let extra = config(dir.path(), "").replace("[record]\n", "[record]\nmax_age_days = 2\n");
     let cluster = Cluster::new(&channels, 8, &extra);
     // Protected (as `backups protect` does): kept whatever its age.
@@ -174,23 +182,33 @@ async fn backups_older_than_their_channels_limit_are_deleted() {
     cctv_common::naming::set_protected(&mut conn, &cluster.keys, "Channel9_2019-06-01_00-00-00.mkv", true)
         .await
         .unwrap();
+    cctv_common::naming::set_protected(&mut conn, &cluster.keys, "Channel2_2026-01-01_00-00-00.mkv", true)
+        .await
+        .unwrap();
     let run = Running::start(cluster);
     let _record = run.record_worker();
 
-    let deleted = wait_for(Duration::from_secs(30), || async {
+    wait_for(Duration::from_secs(30), || async {
         let d: Vec<_> =
             run.cluster.backup_events().await.into_iter().filter(|e| e.kind == BackupEventKind::Deleted).collect();
-        (d.len() >= 2).then_some(d)
+        (d.len() >= 4).then_some(d)
     })
     .await
-    .expect("the aged backups are deleted");
+    .expect("the aged and over-quota backups are deleted");
     assert!(!old_default.exists() && !older_than_ch1_limit.exists(), "aged backups still there");
     assert!(young.exists(), "a backup younger than 2 days was deleted");
     assert!(old_kept_longer.exists(), "channel 1 keeps 10 days, its 3-day-old backup was deleted");
     assert!(protected.exists(), "a protected backup was deleted");
-    assert_eq!(deleted.len(), 2, "{deleted:?}");
+    assert!(!quota_b.exists() && !quota_c.exists(), "channel 2 is over its quota");
+    assert!(quota_protected.exists() && quota_newest.exists(), "channel 2 lost more than its quota needs");
+    tokio::time::sleep(Duration::from_secs(2)).await; // a few more storage rounds: nothing else goes
+    let deleted: Vec<_> =
+        run.cluster.backup_events().await.into_iter().filter(|e| e.kind == BackupEventKind::Deleted).collect();
+    assert_eq!(deleted.len(), 4, "{deleted:?}");
     for d in &deleted {
-        assert!(d.error.as_deref().unwrap_or("").starts_with("retention: older than"), "{d:?}");
+        let why = d.error.as_deref().unwrap_or("");
+        let expected = if d.channel == 2 { "quota: channel over its 25000 bytes" } else { "retention: older than" };
+        assert!(why.starts_with(expected), "{d:?}");
     }
     assert!(deleted.iter().any(|d| d.channel == 1) && deleted.iter().any(|d| d.channel == 9), "{deleted:?}");
     // The storage report says how far back the footage kept goes: the protected 30-day-old file.
