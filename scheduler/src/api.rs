@@ -371,16 +371,34 @@ async fn backup_list(
 
 async fn backups(State(s): State<ApiState>, Query(q): Query<HashMap<String, String>>) -> ApiResult<Json<Value>> {
     let p = Params(q);
-    p.check_known(&["channel", "since", "until", "limit"])?;
+    p.check_known(&["channel", "since", "until", "limit", "cursor"])?;
     let channel = p.channel(&s.config)?;
     let (since, until) = (p.time("since")?, p.time("until")?);
     let limit = p.limit(200, 10_000)?;
-    let list = backup_list(&s, channel, since, until).await?;
+    // A cursor is the position of the last item of the previous page (`<ts_ms>:<file>`), so a
+    // backup deleted between pages shifts nothing.
+    let cursor = match p.0.get("cursor") {
+        None => None,
+        Some(c) => Some(
+            c.split_once(':')
+                .and_then(|(t, f)| Some((t.parse::<i64>().ok()?, f.to_string())))
+                .ok_or_else(|| ApiError::bad(format!("cursor: {c:?} is not a cursor from a previous page")))?,
+        ),
+    };
+    let mut list: Vec<(i64, String, BackupEvent)> = backup_list(&s, channel, since, until)
+        .await?
+        .into_iter()
+        .map(|b| (b.ts_ms, b.file_name().unwrap_or_default(), b))
+        .collect();
+    list.sort_by(|a, b| (b.0, &b.1).cmp(&(a.0, &a.1)));
+    let rest: Vec<_> =
+        list.into_iter().filter(|(t, f, _)| cursor.as_ref().is_none_or(|(ct, cf)| (*t, f) < (*ct, cf))).collect();
+    let next_cursor = (rest.len() > limit).then(|| format!("{}:{}", rest[limit - 1].0, rest[limit - 1].1));
     let protected = cctv_common::naming::protected_backups(&mut s.conn.clone(), &s.keys).await?;
-    let items: Vec<Value> = list
+    let items: Vec<Value> = rest
         .iter()
         .take(limit)
-        .map(|b| {
+        .map(|(_, _, b)| {
             let name = b.file_name();
             json!({
                 "channel": b.channel, "file": name, "start_ms": b.start_ms, "end_ms": b.end_ms,
@@ -391,7 +409,7 @@ async fn backups(State(s): State<ApiState>, Query(q): Query<HashMap<String, Stri
             })
         })
         .collect();
-    Ok(Json(json!({ "items": items })))
+    Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
 }
 
 fn backup_path(s: &ApiState, name: &str) -> ApiResult<PathBuf> {
