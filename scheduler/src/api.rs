@@ -30,6 +30,8 @@ use crate::metrics::ClusterMetrics;
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 const OPENAPI: &str = include_str!("openapi.json");
+/// `/api/docs`: a page that renders `OPENAPI` in the browser (no outside script, works offline).
+const API_DOCS: &str = include_str!("apidocs.html");
 /// Categories and their streams.
 const CATEGORIES: [&str; 4] = ["motion", "objects", "backup", "system"];
 
@@ -98,6 +100,7 @@ pub fn router(config: Arc<Config>, conn: ConnectionManager, metrics: Arc<Cluster
         .route("/api/jobs/{queue}/purge", post(job_purge))
         .route("/api/jobs/record/enqueue", post(job_enqueue_record))
         .route("/api/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
+        .route("/api/docs", get(|| async { Html(API_DOCS) }))
         .route("/metrics", get(metrics_page))
         .fallback(|| async { ApiError::not_found("no such endpoint (see /api/openapi.json)") })
         .with_state(state)

@@ -437,6 +437,19 @@ async fn api_serves_live_data_validates_input_and_guards_mutations() {
         "no camera picture shown:\n{dom}"
     );
     assert!(dom.contains("class=\"zone records\" data-zone=\"door\""), "ch1's zone is not drawn:\n{dom}");
+    // The API reference, rendered in the browser from the document, and every GET endpoint it
+    // documents (without path parameters) answers.
+    let (_, openapi) = http.get("/api/openapi.json");
+    let docs = page_dom(port, "/api/docs");
+    for (path, item) in openapi["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            let op = format!("data-path=\"{path}\" data-method=\"{method}\"");
+            assert!(docs.contains(&op), "/api/docs does not show {method} {path}:\n{docs}");
+            if method == "get" && !path.contains('{') {
+                assert_ne!(http.call("GET", path, None, None).0, 404, "documented GET {path} is not served");
+            }
+        }
+    }
     assert!(dom.contains("data-rendered=\"yes\""), "dashboard did not finish rendering:\n{dom}");
     // Times are shown with their date, in the site's zone (the one backups are named in).
     assert!(
@@ -456,10 +469,15 @@ async fn api_serves_live_data_validates_input_and_guards_mutations() {
 
 /// The dashboard's DOM after its scripts ran, from Debian's `chromium` in headless mode.
 fn dashboard_dom(port: u16) -> String {
+    page_dom(port, "/")
+}
+
+/// The DOM of the page at `path` once Chromium ran its scripts.
+fn page_dom(port: u16, path: &str) -> String {
     let out = std::process::Command::new("chromium")
         .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--virtual-time-budget=6000"])
         .arg("--dump-dom")
-        .arg(format!("http://127.0.0.1:{port}/"))
+        .arg(format!("http://127.0.0.1:{port}{path}"))
         .output()
         .expect("chromium (apt-get install chromium)");
     assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
