@@ -14,7 +14,7 @@
 //! | `<ns>:events:backup` | stream of `BackupEvent` | worker-record (files, errors), rotation | CLI, API |
 //! | `<ns>:record:rec:<recording>` | hash: `version`, `data` (a `recording::Recording` as JSON); written only through `recording::RecordingStore` (compare-and-set) | scheduler (decisions, manual recordings), worker-record (parts, close) | scheduler, worker-record, worker-motion (is a backup open?) |
 //! | `<ns>:record:active:<channel>` | string: the channel's latest (non-manual) recording, set with it | scheduler (through the store) | scheduler, worker-motion |
-//! | `<ns>:record:mevent:<motion event>` | hash: `channel`, `started_ms`, `ended`, `last_motion_ms`, `worker`, `seq`, TTL | scheduler | scheduler (orphan watchdog, object verdicts) |
+//! | `<ns>:record:mevent:<motion event>` | hash: `channel`, `started_ms`, `ended`, `last_motion_ms`, `worker`, `seq`, `in_zone` (0 until the event touched one of `record_zones`), TTL | scheduler | scheduler (orphan watchdog, object verdicts, zone entries) |
 //! | `<ns>:record:cursor` | hash: last stream id read per result stream | scheduler | scheduler |
 //! | `<ns>:notify:cursor:<sink>` | hash: last stream id delivered per event stream | notifier | notifier |
 //! | `<ns>:record:lease:<recording>` | string: worker id, TTL | worker-record | worker-record |
