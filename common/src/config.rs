@@ -1319,6 +1319,18 @@ fn check_url(p: &mut Problems, field: &str, value: &str, schemes: &[&str]) {
 mod tests {
     use super::*;
 
+    /// What `validate()` lists for the config `text`, as the messages users read.
+    fn problems_of(text: &str) -> Vec<String> {
+        Config::parse(text).unwrap().validate().iter().map(ToString::to_string).collect()
+    }
+
+    /// Each of `expected` begins one of `problems`.
+    fn assert_listed(problems: &[String], expected: &[&str]) {
+        for e in expected {
+            assert!(problems.iter().any(|p| p.starts_with(e)), "{e:?} not in {problems:?}");
+        }
+    }
+
     const GOOD: &str = r#"
         [cluster]
         namespace = "t1"
@@ -1361,14 +1373,15 @@ mod tests {
         "#;
         let c = Config::parse(text).unwrap();
         let problems: Vec<String> = c.validate().iter().map(ToString::to_string).collect();
-        for expected in [
-            "channel[0] (id 1).zone[1].name: duplicate zone name \"drive\"",
-            "channel[0] (id 1).zone[2].points: 2 corners",
-            "channel[0] (id 1).zone[2].name: \"front door\" must be letters, digits, - or _",
-            "channel[0] (id 1).record_zones: \"lawn\" is not a [[channel.zone]] of this channel",
-        ] {
-            assert!(problems.iter().any(|p| p.starts_with(expected)), "{expected:?} not in {problems:?}");
-        }
+        assert_listed(
+            &problems,
+            &[
+                "channel[0] (id 1).zone[1].name: duplicate zone name \"drive\"",
+                "channel[0] (id 1).zone[2].points: 2 corners",
+                "channel[0] (id 1).zone[2].name: \"front door\" must be letters, digits, - or _",
+                "channel[0] (id 1).record_zones: \"lawn\" is not a [[channel.zone]] of this channel",
+            ],
+        );
         assert_eq!(problems.len(), 4, "{problems:?}");
         let ch = &c.channels[0];
         assert!(ch.records_in(&["drive".into()]) && !ch.records_in(&["pool".into()]) && !ch.records_in(&[]));
@@ -1420,14 +1433,15 @@ mod tests {
             .replace("\"09:00\"", "\"9h\"")
             .replace("\"fri\"]", "\"fri\", \"holiday\"]")
             .replace("\"off\"", "\"objects\"");
-        let problems: Vec<String> = Config::parse(&bad).unwrap().validate().iter().map(ToString::to_string).collect();
-        for expected in [
-            "channel[0] (id 1).schedule[0].from: \"9h\" is not a time HH:MM",
-            "channel[0] (id 1).schedule[0].days: \"holiday\" is not one of mon",
-            "channel[0] (id 1).schedule[0].record: \"objects\" needs priority = true",
-        ] {
-            assert!(problems.iter().any(|p| p.starts_with(expected)), "{expected:?} not in {problems:?}");
-        }
+        let problems: Vec<String> = problems_of(&bad);
+        assert_listed(
+            &problems,
+            &[
+                "channel[0] (id 1).schedule[0].from: \"9h\" is not a time HH:MM",
+                "channel[0] (id 1).schedule[0].days: \"holiday\" is not one of mon",
+                "channel[0] (id 1).schedule[0].record: \"objects\" needs priority = true",
+            ],
+        );
     }
 
     #[test]
@@ -1541,17 +1555,18 @@ mod tests {
             name = "Gate"
             source = "rtsp://cam/1"
         "#;
-        let problems: Vec<String> = Config::parse(bad).unwrap().validate().iter().map(ToString::to_string).collect();
-        for expected in [
-            "notify.mqtt.url: \"http://broker.lan\" has scheme \"http\"",
-            "notify.mqtt.topic_prefix: \"cctv/#\" must be non-empty",
-            "notify.webhook[0].url: \"https://hooks.lan/x\" has scheme \"https\"",
-            "notify.webhook[0].secret: must be at least 16 characters",
-            "notify.webhook[0].events: must name at least one",
-            "notify.webhook[1].name: duplicate webhook name \"a\"",
-        ] {
-            assert!(problems.iter().any(|p| p.starts_with(expected)), "{expected:?} not in {problems:?}");
-        }
+        let problems: Vec<String> = problems_of(bad);
+        assert_listed(
+            &problems,
+            &[
+                "notify.mqtt.url: \"http://broker.lan\" has scheme \"http\"",
+                "notify.mqtt.topic_prefix: \"cctv/#\" must be non-empty",
+                "notify.webhook[0].url: \"https://hooks.lan/x\" has scheme \"https\"",
+                "notify.webhook[0].secret: must be at least 16 characters",
+                "notify.webhook[0].events: must name at least one",
+                "notify.webhook[1].name: duplicate webhook name \"a\"",
+            ],
+        );
         assert_eq!(problems.len(), 6, "{problems:?}");
     }
 
@@ -1587,14 +1602,15 @@ mod tests {
             name = "Gate"
             source = "rtsp://cam/1"
         "#;
-        let problems: Vec<String> = Config::parse(bad).unwrap().validate().iter().map(ToString::to_string).collect();
-        for expected in [
-            "cluster.sentinel.master: \"my master\" must be a non-empty name",
-            "cluster.sentinel.addresses[0]: \"10.0.0.1\" is not host:port",
-            "cluster.redis_url: rediss://cache:6380 must be a redis:// URL when [cluster.sentinel] is set",
-        ] {
-            assert!(problems.iter().any(|p| p.starts_with(expected)), "{expected:?} not in {problems:?}");
-        }
+        let problems: Vec<String> = problems_of(bad);
+        assert_listed(
+            &problems,
+            &[
+                "cluster.sentinel.master: \"my master\" must be a non-empty name",
+                "cluster.sentinel.addresses[0]: \"10.0.0.1\" is not host:port",
+                "cluster.redis_url: rediss://cache:6380 must be a redis:// URL when [cluster.sentinel] is set",
+            ],
+        );
         assert_eq!(problems.len(), 3, "{problems:?}");
         let none = Config::parse("[cluster.sentinel]\nmaster = \"m\"\naddresses = []\n").unwrap().validate();
         assert!(none.iter().any(|p| p.to_string().contains("at least one sentinel")), "{none:?}");
