@@ -96,6 +96,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         protected: Default::default(),
         shared: ctx.storage.clone(),
         log: ctx.log.clone(),
+        unreachable: Default::default(),
     };
     let monitor = tokio::spawn(monitor.run(shutdown.clone()));
     let hb = tokio::spawn(heartbeat::run(conn.clone(), keys.clone(), worker.clone(), "record", ctx.held.clone()));

@@ -1,7 +1,9 @@
 //! The backup volume: measured with `sysinfo` every `storage.interval_secs`, reported to Redis
 //! (`<ns>:storage:<node>`), and rotated — oldest backups deleted — when it passes
 //! `storage.high_watermark` or free space would last less than `storage.min_free_hours` at the
-//! current write rate, down to `storage.low_watermark`.
+//! current write rate: down to `storage.low_watermark` when deleting backups can get it there,
+//! and always far enough that `min_free_hours` of writing fit (`rotation_need`). A volume that
+//! other data fills past the watermark costs no backup for the watermark's sake.
 //!
 //! Only final backup files (`Channel<id>_....mkv|mp4`, regular files directly in the backup
 //! directory) are ever deleted: never a symlink, never a temporary (`.…part`) file being
@@ -62,6 +64,13 @@ pub struct BackupFile {
     pub modified: SystemTime,
 }
 
+impl BackupFile {
+    /// The file's name in the directory (what protection and the API go by).
+    pub fn name(&self) -> String {
+        self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+}
+
 pub use cctv_common::naming::is_backup_name;
 
 /// The backups in `dir`, oldest first. Symlinks and anything not named like a backup are left out.
@@ -87,23 +96,86 @@ pub fn backup_files(dir: &Path) -> Vec<BackupFile> {
     files
 }
 
-/// Should the volume be rotated now? `rate` is bytes per second being written.
-pub fn needs_rotation(v: &Volume, rate: f64, cfg: &StorageConfig) -> Option<String> {
+/// When the backups cannot give `min_free_hours` of room, rotation keeps this much writing's
+/// worth free, seconds.
+const JUST_IN_TIME_SECS: f64 = 600.0;
+
+/// What rotation must free now: `bytes` more free space on the volume, for `reason`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RotationNeed {
+    pub reason: String,
+    pub bytes: u64,
+}
+
+/// What rotation must free now. `rate`: bytes per second being written; `deletable`: bytes
+/// the backups in the directory hold that rotation may delete (unprotected); `forced`: a write
+/// just failed for lack of space.
+///
+/// Rotation exists to keep room for new backups, so it deletes only what brings that room
+/// back: down to the low watermark when the backups can get it there, and enough that
+/// `min_free_hours` of writing fit (at most the band below the low watermark; only the next
+/// `JUST_IN_TIME_SECS` when the backups cannot give more). A volume filled by other data, which deleting every backup
+/// would not bring under the watermark, costs no backup for the watermark's sake (`Err` names
+/// it): deleting them all would lose every event and not free the disk; the hours rule and a
+/// failed write still make room.
+pub fn rotation_need(
+    v: &Volume,
+    rate: f64,
+    cfg: &StorageConfig,
+    deletable: u64,
+    forced: bool,
+) -> (Option<RotationNeed>, Option<String>) {
+    let mut need: Option<RotationNeed> = None;
+    let mut take = |reason: String, bytes: u64| {
+        if need.as_ref().is_none_or(|n| bytes > n.bytes) {
+            need = Some(RotationNeed { reason, bytes });
+        }
+    };
+    let mut unreachable = None;
     let used = v.used_percent();
     if used >= cfg.high_watermark {
-        return Some(format!("volume {:.1} % full (high watermark {} %)", used, cfg.high_watermark));
-    }
-    if rate > 0.0 && cfg.min_free_hours > 0.0 {
-        let hours = v.available as f64 / rate / 3600.0;
-        if hours < cfg.min_free_hours {
-            return Some(format!(
-                "{hours:.2} h of free space left at {:.0} kB/s (minimum {} h)",
-                rate / 1000.0,
+        let low = (cfg.low_watermark / 100.0 * v.total as f64) as u64;
+        let bytes = (v.total - v.available.min(v.total)).saturating_sub(low);
+        if bytes <= deletable {
+            take(format!("volume {used:.1} % full (high watermark {} %)", cfg.high_watermark), bytes);
+        } else {
+            unreachable = Some(format!(
+                "volume {} is {used:.1} % full (high watermark {} %) but its backups hold only {deletable} of the \
+                 {bytes} bytes needed to reach the low watermark: other data fills it; no backup deleted for the \
+                 watermark (free space is kept for {} h of writing)",
+                v.mount_point.display(),
+                cfg.high_watermark,
                 cfg.min_free_hours
             ));
         }
     }
-    None
+    if rate > 0.0 && cfg.min_free_hours > 0.0 {
+        // An hour's worth may not fit a small volume: the watermark band is room enough then.
+        let band = ((100.0 - cfg.low_watermark) / 100.0 * v.total as f64) as u64;
+        let reserve = ((cfg.min_free_hours * 3600.0 * rate) as u64).min(band);
+        if v.available < reserve {
+            let hours = v.available as f64 / rate / 3600.0;
+            let mut bytes = reserve - v.available;
+            if bytes > deletable {
+                // The backups cannot give that much: free just in time, the next minutes of
+                // writing, so the oldest go one by one as new ones come, not all at once.
+                bytes = ((JUST_IN_TIME_SECS * rate) as u64).saturating_sub(v.available);
+            }
+            if bytes > 0 {
+                let reason = format!(
+                    "{hours:.2} h of free space left at {:.0} kB/s (minimum {} h)",
+                    rate / 1000.0,
+                    cfg.min_free_hours
+                );
+                take(reason, bytes);
+            }
+        }
+    }
+    if forced {
+        // At least the oldest backup: the write that failed needs room whatever the figures say.
+        take("a backup write failed: no space left on the volume".to_string(), 1);
+    }
+    (need, unreachable)
 }
 
 /// How long backups are kept, by channel (`record.max_age_days` and each channel's own).
@@ -189,6 +261,8 @@ pub struct Monitor {
     pub protected: std::sync::Mutex<std::collections::HashSet<String>>,
     pub shared: Arc<Shared>,
     pub log: Arc<cctv_common::catlog::CategoryLog>,
+    /// Why the watermark cannot be met by deleting backups, while that lasts (said once).
+    pub unreachable: std::sync::Mutex<Option<String>>,
 }
 
 impl Monitor {
@@ -241,10 +315,23 @@ impl Monitor {
         let Some(volume) = tokio::task::spawn_blocking(move || volume_of(&dir)).await? else {
             anyhow::bail!("no mounted volume found for {} (does it exist?)", self.dir.display());
         };
-        let reason = needs_rotation(&volume, rate, &self.cfg)
-            .or_else(|| forced.then(|| "a backup write failed: no space left on the volume".to_string()));
-        if let Some(reason) = reason {
-            self.rotate(&volume, &reason).await?;
+        let dir = self.dir.clone();
+        let files = tokio::task::spawn_blocking(move || backup_files(&dir)).await?;
+        let deletable = {
+            let protected = self.protected.lock().unwrap_or_else(|e| e.into_inner());
+            files.iter().filter(|f| !protected.contains(&BackupFile::name(f))).map(|f| f.bytes).sum()
+        };
+        let (need, unreachable) = rotation_need(&volume, rate, &self.cfg, deletable, forced);
+        // Said once per spell, not every round.
+        let was =
+            std::mem::replace(&mut *self.unreachable.lock().unwrap_or_else(|e| e.into_inner()), unreachable.clone());
+        match (&unreachable, was.is_some()) {
+            (Some(why), false) => tracing::warn!(dir = %self.dir.display(), "{why}"),
+            (None, true) => tracing::info!(dir = %self.dir.display(), "backup volume: the watermark can be met again"),
+            _ => {}
+        }
+        if let Some(need) = need {
+            self.rotate(&volume, files, &need).await?;
         }
         let dir = self.dir.clone();
         let (volume, files) = tokio::task::spawn_blocking(move || (volume_of(&dir), backup_files(&dir))).await?;
@@ -276,9 +363,9 @@ impl Monitor {
         Ok(())
     }
 
-    /// Deletes the oldest backups until the volume is below the low watermark (and, when the
-    /// trigger was the write rate, until an hour's worth is free), holding the volume's lock.
-    async fn rotate(&self, volume: &Volume, reason: &str) -> anyhow::Result<()> {
+    /// Deletes the oldest backups (`files`, oldest first) until `need.bytes` are freed,
+    /// holding the volume's lock.
+    async fn rotate(&self, volume: &Volume, files: Vec<BackupFile>, need: &RotationNeed) -> anyhow::Result<()> {
         let lock_name = format!("{}:{}", cctv_common::host_name(), volume.mount_point.display());
         let lock = self.keys.storage_lock(&lock_name);
         let mut conn = self.conn.clone();
@@ -295,33 +382,30 @@ impl Monitor {
             tracing::debug!(volume = %volume.mount_point.display(), "another worker is rotating this volume");
             return Ok(());
         }
-        let result = self.rotate_locked(reason).await;
+        self.rotate_locked(files, need).await;
         let script = redis::Script::new(
             "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
         );
         let _: redis::RedisResult<i32> = script.key(&lock).arg(&self.worker).invoke_async(&mut conn).await;
-        result
+        Ok(())
     }
 
-    async fn rotate_locked(&self, reason: &str) -> anyhow::Result<()> {
-        let dir = self.dir.clone();
-        let files = tokio::task::spawn_blocking(move || backup_files(&dir)).await?;
-        let mut deleted = 0;
+    async fn rotate_locked(&self, files: Vec<BackupFile>, need: &RotationNeed) {
+        let reason = &need.reason;
+        let (mut deleted, mut freed) = (0, 0u64);
         for f in files {
-            let dir = self.dir.clone();
-            let Some(v) = tokio::task::spawn_blocking(move || volume_of(&dir)).await? else { break };
-            if v.used_percent() < self.cfg.low_watermark {
+            if freed >= need.bytes {
                 break;
             }
             let why = format!("rotation: {reason}; deleted oldest backup ({} bytes)", f.bytes);
             if self.delete(&f, why).await {
                 deleted += 1;
+                freed += f.bytes;
             }
         }
         if deleted > 0 {
-            tracing::info!(deleted, reason, "rotation done");
+            tracing::info!(deleted, freed, reason = %reason, "rotation done");
         }
-        Ok(())
     }
 }
 
@@ -354,7 +438,7 @@ impl Monitor {
     /// Deletes one backup of the directory and reports it (`why` in the event's `error`).
     /// Returns whether it was deleted; a file another worker deleted first is not an error.
     async fn delete(&self, f: &BackupFile, why: String) -> bool {
-        let name = f.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = f.name();
         if self.protected.lock().unwrap_or_else(|e| e.into_inner()).contains(&name) {
             return false;
         }
@@ -456,12 +540,33 @@ mod tests {
     }
 
     #[test]
-    fn rotation_triggers_on_watermark_or_hours_left() {
+    fn rotation_frees_what_brings_room_back_and_never_empties_a_volume_others_fill() {
         let cfg = StorageConfig { high_watermark: 90.0, low_watermark: 85.0, min_free_hours: 1.0, interval_secs: 5.0 };
         let v = |avail| Volume { mount_point: "/".into(), total: 1000, available: avail };
-        assert!(needs_rotation(&v(50), 0.0, &cfg).is_some(), "95 % full");
-        assert!(needs_rotation(&v(500), 0.0, &cfg).is_none());
-        // 500 bytes free at 1 byte/s: 8 minutes left.
-        assert!(needs_rotation(&v(500), 1.0, &cfg).unwrap().contains("h of free space"));
+        // 95 % full, backups hold 300 bytes: down to the low watermark (85 %), 100 bytes.
+        let (need, warn) = rotation_need(&v(50), 0.0, &cfg, 300, false);
+        assert_eq!(need.map(|n| n.bytes), Some(100));
+        assert!(warn.is_none());
+        assert_eq!(rotation_need(&v(500), 0.0, &cfg, 300, false), (None, None), "half empty: nothing");
+        // 95 % full of other data, backups hold 60 bytes: deleting them all would not reach
+        // 85 %, so none goes for the watermark, and it is said why.
+        let (need, warn) = rotation_need(&v(50), 0.0, &cfg, 60, false);
+        assert!(need.is_none(), "{need:?}");
+        assert!(warn.unwrap().contains("other data fills it"));
+        // The hours rule: 140 bytes free at 0.1 byte/s, an hour is 360, capped at the band
+        // under the low watermark (150): 10 more.
+        let (need, _) = rotation_need(&v(140), 0.1, &cfg, 160, false);
+        assert_eq!(need.as_ref().map(|n| n.bytes), Some(10));
+        assert!(need.unwrap().reason.contains("h of free space"));
+        // When the backups cannot give the reserve: only the next 10 minutes' worth (60 - 50).
+        let (need, _) = rotation_need(&v(50), 0.1, &cfg, 60, false);
+        assert_eq!(need.map(|n| n.bytes), Some(10));
+        // A big volume: 500 kB free at 1 kB/s is 8 minutes, an hour is 3.6 MB: 3.1 MB more.
+        let big = Volume { mount_point: "/".into(), total: 100_000_000, available: 500_000 };
+        let (need, _) = rotation_need(&big, 1000.0, &cfg, 10_000_000, false);
+        assert_eq!(need.map(|n| n.bytes), Some(3_100_000));
+        // A failed write: at least the oldest backup, whatever the figures say.
+        let (need, _) = rotation_need(&v(500), 0.0, &cfg, 300, true);
+        assert!(need.is_some_and(|n| n.bytes >= 1 && n.reason.contains("write failed")));
     }
 }

@@ -109,6 +109,41 @@ async fn rotation_keeps_a_small_disk_under_the_high_watermark() {
     );
 }
 
+/// A volume that other data fills past the high watermark, which deleting every backup would
+/// not bring under the low one: no backup is deleted for the watermark's sake (each would be
+/// an event lost for nothing), new ones land and stay, and the free space still left is used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_other_data_fills_loses_no_backup_to_the_watermark() {
+    let disk = Tmpfs::mount("64m");
+    let old = old_backup(disk.path(), 0, 500_000, 86_400).unwrap();
+    let s = nix::sys::statvfs::statvfs(disk.path()).unwrap();
+    let total = s.blocks() as usize * s.fragment_size() as usize;
+    let free = s.blocks_available() as usize * s.fragment_size() as usize;
+    // Someone else's data: 93 % of the volume in use, about 4.5 MB left.
+    std::fs::write(disk.path().join("other-data.bin"), vec![0u8; free - total * 7 / 100]).unwrap();
+    eprintln!("prefilled: {:.1} %", disk.used_percent());
+    assert!(disk.used_percent() > 92.0);
+
+    let cluster = Cluster::new(
+        &channel(1),
+        8,
+        &config(disk.path(), "high_watermark = 90\nlow_watermark = 85\nmin_free_hours = 0"),
+    );
+    let clip = cluster.path("event.mp4");
+    cctv_testkit::make_clip(&cctv_testkit::media("worker-zone-detection.gif"), &clip, 1, 4.0, 30.0);
+    let _p = Pusher::start(&clip, &cluster.nginx.live_url(), "ch1");
+    let run = Running::start(cluster);
+    let _record = run.record_worker();
+
+    let (_, _, file) = run.wait_backup(1, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // several storage rounds (every 0.5 s)
+    let deleted: Vec<_> =
+        run.cluster.backup_events().await.into_iter().filter(|e| e.kind == BackupEventKind::Deleted).collect();
+    assert!(deleted.is_empty(), "backups deleted though that cannot free the volume: {deleted:?}");
+    assert!(old.exists(), "the old backup was deleted");
+    crate::util::assert_playable(Path::new(file.file.as_deref().unwrap()));
+}
+
 /// The disk is full before rotation would start: the spool write fails with ENOSPC, which is
 /// reported, triggers rotation, and the recording is retried — the backup lands.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
