@@ -57,6 +57,16 @@ if [ ! -f "$ORT_LIB" ]; then
     rm -rf "$ORT_DIR/wheel"
 fi
 
+# openapi-spec-validator (+ jsonschema): the API test checks the generated OpenAPI document and
+# the answers against it. Into .tools/python, not the system's site-packages.
+PY_TOOLS=.tools/python
+if [ ! -f "$PY_TOOLS/.openapi-spec-validator-0.9.0" ]; then
+    rm -rf "$PY_TOOLS"
+    python3 -m pip install -q --disable-pip-version-check --no-warn-conflicts --target "$PY_TOOLS" \
+        openapi-spec-validator==0.9.0
+    touch "$PY_TOOLS/.openapi-spec-validator-0.9.0"
+fi
+
 if ! command -v cargo >/dev/null; then
     echo "error: cargo not found. Install Rust >= 1.85 with rustup (https://rustup.rs); Debian 12's rustc is too old." >&2
     exit 1

@@ -564,7 +564,7 @@ impl Default for LogsConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RecordPolicy {
     /// Record while there is motion.
@@ -665,7 +665,7 @@ pub struct MaskConfig {
 
 /// One `[[channel.schedule]]` window: `record` applies from `from` to `to` (local `HH:MM`; a
 /// window with `to` before `from` runs past midnight into the next day) on `days`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleWindow {
     /// `mon` … `sun`: the days the window starts on. Default every day.
@@ -710,7 +710,7 @@ impl ScheduleWindow {
 }
 
 /// A named area of the picture (`[[channel.zone]]`), normalised coordinates like a mask.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ZoneConfig {
     /// How events name it ("driveway"): letters, digits, `-` and `_`, unique per channel.

@@ -56,7 +56,7 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MotionEventKind {
     Start,
@@ -67,7 +67,7 @@ pub enum MotionEventKind {
 }
 
 /// A motion box, fractions of the analysed frame (0..1), so it maps onto any resolution.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct NormBox {
     pub x: f32,
     pub y: f32,
@@ -76,7 +76,7 @@ pub struct NormBox {
 }
 
 /// One entry of `<ns>:events:motion` and of the motion log.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct MotionEvent {
     /// Shared by the `start` and `end` of one motion event.
     pub event_id: String,
@@ -106,7 +106,7 @@ pub struct MotionEvent {
     pub seq: u64,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ChannelState {
     /// Reader starting, no frame yet.
@@ -118,7 +118,7 @@ pub enum ChannelState {
 
 /// `<ns>:status:channel:<id>`, refreshed every few seconds with a TTL: a channel whose worker
 /// died simply disappears (reported as unknown).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ChannelStatus {
     pub channel: u32,
     pub online: bool,
@@ -148,7 +148,7 @@ pub struct ChannelStatus {
 }
 
 /// `<ns>:workers:<worker>`: which worker holds what, refreshed with a TTL.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct WorkerHeartbeat {
     pub worker: String,
     pub kind: String,
@@ -165,7 +165,7 @@ pub struct WorkerHeartbeat {
 }
 
 /// One object YOLO found, in pixels of the frame it was sent (x1, y1, x2, y2).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Detection {
     pub label: String,
     pub score: f32,
@@ -178,7 +178,7 @@ pub struct Detection {
 
 /// One entry of `<ns>:events:objects` and of the objects log: the verdict on one frame, also
 /// when nothing wanted was in it (that is how motion without objects is told apart).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ObjectEvent {
     pub channel: u32,
     /// Wall-clock time of the frame, ms since epoch.
@@ -202,7 +202,7 @@ pub struct ObjectEvent {
 }
 
 /// What a backup-category entry reports.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BackupEventKind {
     /// A backup file was written and validated.
@@ -214,7 +214,7 @@ pub enum BackupEventKind {
 }
 
 /// One entry of `<ns>:events:backup` and of the backup log.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct BackupEvent {
     pub kind: BackupEventKind,
     pub channel: u32,
@@ -289,7 +289,7 @@ impl BackupEvent {
 }
 
 /// `<ns>:storage:<node>`: the disk holding one node's backup directory, refreshed with a TTL.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct StorageReport {
     /// Host and backup directory: one report per volume a worker writes to.
     pub node: String,

@@ -123,7 +123,7 @@ impl std::fmt::Debug for YoloJob {
 }
 
 /// What kind of activity made a channel record.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TriggerKind {
     /// A motion start on a `record = "motion"` channel.
@@ -135,7 +135,7 @@ pub enum TriggerKind {
 }
 
 /// What made a channel record.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct RecordTrigger {
     pub kind: TriggerKind,
     /// The motion event that triggered the recording.

@@ -85,7 +85,7 @@ pub struct QueueStats {
 }
 
 /// One job as stored by apalis-redis.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct JobInfo {
     pub id: String,
     /// `waiting`, `running`, `done`, `dead`, or `unknown`.
@@ -96,6 +96,7 @@ pub struct JobInfo {
     /// Last result or error message.
     pub result: Option<String>,
     /// The job's payload (large binary fields replaced by their size).
+    #[schema(value_type = Object)]
     pub payload: serde_json::Value,
 }
 

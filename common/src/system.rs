@@ -13,7 +13,7 @@ use crate::keys::Keys;
 /// System events kept on the stream (approximate trim).
 const EVENTS_MAXLEN: usize = 20_000;
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SystemEventKind {
     Start,
@@ -22,7 +22,7 @@ pub enum SystemEventKind {
 }
 
 /// One entry of `<ns>:events:system` and of the system log.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct SystemEvent {
     pub kind: SystemEventKind,
     /// `scheduler`, `motion`, `yolo`, `record`.

@@ -40,6 +40,8 @@ enum Command {
     },
     /// Print the batches the config produces.
     Plan,
+    /// Print the API's OpenAPI document (what `GET /api/openapi.json` serves; no config read).
+    Openapi,
     /// Print the nginx-rtmp configuration (RTMP application, HLS rolling buffer, HTTP server).
     NginxConfig {
         #[arg(long, default_value = "127.0.0.1:1935")]
@@ -80,6 +82,7 @@ fn main() -> ExitCode {
             return cctv_common::heartbeat::health_command(&cli.global.config(), kind);
         }
         Command::Plan => print_plan(&cli.global.config()),
+        Command::Openapi => print_openapi(),
         Command::Run => tokio_main(cli.global.config()),
         Command::Relay => relay_main(cli.global.config()),
         Command::NginxConfig {
@@ -128,6 +131,12 @@ async fn relay_main(config: PathBuf) -> anyhow::Result<()> {
     let config = cctv_common::Config::load(&config)?;
     let shutdown = cctv_common::shutdown::install();
     scheduler::relay::run(config, shutdown).await
+}
+
+fn print_openapi() -> anyhow::Result<()> {
+    let doc = serde_json::to_string_pretty(&scheduler::api::openapi_document())?;
+    writeln!(std::io::stdout().lock(), "{doc}")?;
+    Ok(())
 }
 
 fn print_plan(path: &std::path::Path) -> anyhow::Result<()> {

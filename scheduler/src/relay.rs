@@ -26,7 +26,7 @@ const CLEAN_RUN: Duration = Duration::from_secs(5);
 const STATUS_TTL_SECS: u64 = 10;
 
 /// One relayed stream's state.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct RelayState {
     pub stream: String,
     pub running: bool,
@@ -37,7 +37,7 @@ pub struct RelayState {
 }
 
 /// `<ns>:status:relay:<id>`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct RelayStatus {
     pub channel: u32,
     pub main: RelayState,

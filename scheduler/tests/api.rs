@@ -135,10 +135,10 @@ async fn api_serves_live_data_validates_input_and_guards_mutations() {
 
     let (status, chans) = http.get("/api/channels");
     assert_eq!(status, 200);
-    let ch1 = &chans.as_array().unwrap()[0];
+    let ch1 = &chans["items"].as_array().unwrap()[0];
     assert_eq!((ch1["id"].as_u64(), ch1["online"].as_bool()), (Some(1), Some(true)), "{ch1}");
     assert!(ch1["last_motion_ms"].as_i64().is_some(), "{ch1}");
-    let ch2 = &chans.as_array().unwrap()[1];
+    let ch2 = &chans["items"].as_array().unwrap()[1];
     assert_eq!(ch2["online"].as_bool(), Some(false), "ch2 has no stream: {ch2}");
     assert!(ch2["reason"].as_str().is_some_and(|r| !r.is_empty()), "{ch2}");
     assert_eq!(http.get("/api/channels/1").0, 200);
@@ -191,7 +191,7 @@ async fn api_serves_live_data_validates_input_and_guards_mutations() {
     let (_, jobs) = http.get("/api/jobs");
     assert_eq!(jobs["motion"]["running"].as_u64(), Some(1), "{jobs}");
     let (_, workers) = http.get("/api/workers");
-    let w = &workers.as_array().unwrap()[0];
+    let w = &workers["items"].as_array().unwrap()[0];
     assert_eq!(w["kind"], "motion");
     assert!(w["rss_bytes"].as_u64().unwrap_or(0) > 0, "{w}");
     // A record worker's disk report (none runs here), as worker-record writes it.
@@ -252,6 +252,7 @@ async fn api_serves_live_data_validates_input_and_guards_mutations() {
     assert!(om.ends_with("# EOF\n") && om.contains("# TYPE cctv_motion_events counter"), "{om}");
     let (_, openapi) = http.get("/api/openapi.json");
     assert!(openapi["paths"]["/api/events"].is_object());
+    openapi_check(&http, &openapi);
 
     // A backup on disk and in the stream: listed, downloadable by range, deletable with the token.
     let name = "Channel1_2026-01-01_00-00-00.mkv";
@@ -517,4 +518,37 @@ fn cli_prints_shell_completions() {
     for word in ["_cctv()", "status", "protect", "unprotect", "--check"] {
         assert!(script.contains(word), "{word} missing from the bash completion");
     }
+}
+
+/// The served OpenAPI document is valid (openapi-spec-validator), and what every documented
+/// JSON GET without path parameters answers right now matches the schema it documents.
+fn openapi_check(http: &Http, doc: &serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let doc_file = dir.path().join("openapi.json");
+    std::fs::write(&doc_file, doc.to_string()).unwrap();
+    let mut args = vec![doc_file.display().to_string()];
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let json_answer = item["get"]["responses"]["200"]["content"]["application/json"].is_object();
+        if path.contains('{') || !json_answer || path == "/api/openapi.json" {
+            continue;
+        }
+        let (status, answer) = http.get(path);
+        assert_eq!(status, 200, "GET {path}: {answer}");
+        let file = dir.path().join(format!("answer{}.json", args.len()));
+        std::fs::write(&file, answer.to_string()).unwrap();
+        args.push(format!("{path}={}", file.display()));
+    }
+    assert!(args.len() >= 8, "too few answers checked: {args:?}");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let pylib = root.join(".tools/python");
+    assert!(pylib.is_dir(), "{} missing: run deploy/install-deps.sh (openapi-spec-validator)", pylib.display());
+    let out = std::process::Command::new("python3")
+        .arg(root.join("scheduler/tests/support/openapi_check.py"))
+        .args(&args)
+        .env("PYTHONPATH", &pylib)
+        .output()
+        .expect("python3");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!("{text}");
+    assert!(out.status.success(), "the OpenAPI document or an answer does not hold: {text}");
 }

@@ -294,7 +294,7 @@ record = "off"
     // A restarted worker container rejoins: a new motion worker holds the batch.
     let motion_workers = || -> Vec<(String, usize)> {
         get_json(&format!("{api}/api/workers"))
-            .and_then(|w| w["items"].as_array().or(w.as_array()).cloned())
+            .and_then(|w| w["items"].as_array().cloned())
             .unwrap_or_default()
             .iter()
             .filter(|w| w["kind"] == "motion")

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use cctv_common::config::Config;
 use cctv_common::events::{
@@ -20,17 +20,23 @@ use cctv_common::events::{
 };
 use cctv_common::jobs::{MotionJob, RecordJob, YoloJob};
 use cctv_common::keys::Keys;
-use cctv_common::queue::{Queue, QueueStats};
+use cctv_common::queue::{JobInfo, Queue, QueueStats};
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tower::ServiceExt;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::metrics::ClusterMetrics;
+use views::*;
+
+pub mod openapi;
+pub mod views;
 
 const DASHBOARD: &str = include_str!("dashboard.html");
-const OPENAPI: &str = include_str!("openapi.json");
-/// `/api/docs`: a page that renders `OPENAPI` in the browser (no outside script, works offline).
+/// `/api/docs`: a page that renders the OpenAPI document in the browser (no outside script,
+/// works offline).
 const API_DOCS: &str = include_str!("apidocs.html");
 /// Categories and their streams.
 const CATEGORIES: [&str; 4] = ["motion", "objects", "backup", "system"];
@@ -57,7 +63,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
     }
 }
 
@@ -75,35 +81,59 @@ impl From<cctv_common::queue::QueueError> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-/// The router; `metrics` is fed by [`crate::metrics::follow_events`].
+/// The router; `metrics` is fed by [`crate::metrics::follow_events`]. Every route is
+/// registered with its `#[utoipa::path]` (`routes!`), so none is served undocumented.
 pub fn router(config: Arc<Config>, conn: ConnectionManager, metrics: Arc<ClusterMetrics>) -> Router {
     let state = ApiState { conn, keys: Keys::new(&config.cluster.namespace), config, metrics };
-    Router::new()
-        .route("/", get(|| async { Html(DASHBOARD) }))
-        .route("/api/health", get(health))
-        .route("/api/channels", get(channels))
-        .route("/api/channels/{id}", get(channel))
-        .route("/api/channels/{id}/preview.jpg", get(channel_preview))
-        .route("/api/events", get(events))
-        .route("/api/backups", get(backups))
-        .route("/api/backups/file/{name}", get(download_backup))
-        .route("/api/backups/file/{name}", delete(delete_backup))
-        .route("/api/backups/file/{name}/protect", post(protect_backup).delete(unprotect_backup))
-        .route("/api/snapshots", get(snapshots))
-        .route("/api/snapshots/{channel}/{name}", get(snapshot_file))
-        .route("/api/storage", get(storage))
-        .route("/api/workers", get(workers))
-        .route("/api/jobs", get(jobs))
-        .route("/api/jobs/{queue}", get(job_list))
-        .route("/api/jobs/{queue}/{id}", get(job_show))
-        .route("/api/jobs/{queue}/{id}/retry", post(job_retry))
-        .route("/api/jobs/{queue}/purge", post(job_purge))
-        .route("/api/jobs/record/enqueue", post(job_enqueue_record))
-        .route("/api/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
-        .route("/api/docs", get(|| async { Html(API_DOCS) }))
-        .route("/metrics", get(metrics_page))
+    let (router, doc) = documented_routes().split_for_parts();
+    let doc = Arc::new(openapi::finish(doc));
+    router
+        .route("/api/openapi.json", get(move || async move { Json(doc.as_ref().clone()) }))
         .fallback(|| async { ApiError::not_found("no such endpoint (see /api/openapi.json)") })
         .with_state(state)
+}
+
+/// The routes and their documentation.
+fn documented_routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(dashboard))
+        .routes(routes!(health))
+        .routes(routes!(channels))
+        .routes(routes!(channel))
+        .routes(routes!(channel_preview))
+        .routes(routes!(events))
+        .routes(routes!(backups))
+        .routes(routes!(download_backup, delete_backup))
+        .routes(routes!(protect_backup, unprotect_backup))
+        .routes(routes!(snapshots))
+        .routes(routes!(snapshot_file))
+        .routes(routes!(storage))
+        .routes(routes!(workers))
+        .routes(routes!(jobs))
+        .routes(routes!(job_list))
+        .routes(routes!(job_show))
+        .routes(routes!(job_retry))
+        .routes(routes!(job_purge))
+        .routes(routes!(job_enqueue_record))
+        .routes(routes!(api_docs))
+        .routes(routes!(metrics_page))
+}
+
+/// The OpenAPI document as served.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    openapi::finish(documented_routes().into_openapi())
+}
+
+/// The dashboard.
+#[utoipa::path(get, path = "/", tag = "pages", responses((status = 200, content_type = "text/html", body = String)))]
+async fn dashboard() -> Html<&'static str> {
+    Html(DASHBOARD)
+}
+
+/// This document as a browsable page.
+#[utoipa::path(get, path = "/api/docs", tag = "pages", responses((status = 200, content_type = "text/html", body = String)))]
+async fn api_docs() -> Html<&'static str> {
+    Html(API_DOCS)
 }
 
 /// Serves the API on `listener` until `shutdown`.
@@ -179,6 +209,15 @@ impl Params {
             .map(|v| crate::compare::parse_time(v, now_ms()).map_err(|e| ApiError::bad(format!("{name}: {e}"))))
             .transpose()
     }
+    /// A cursor that is the position of the previous page's last item, `<ts_ms>:<name>`, so
+    /// an item deleted between pages shifts nothing.
+    fn position_cursor(&self) -> ApiResult<Option<(i64, String)>> {
+        let Some(c) = self.0.get("cursor") else { return Ok(None) };
+        c.split_once(':')
+            .and_then(|(t, f)| Some((t.parse::<i64>().ok()?, f.to_string())))
+            .map(Some)
+            .ok_or_else(|| ApiError::bad(format!("cursor: {c:?} is not a cursor from a previous page")))
+    }
     fn limit(&self, default: usize, max: usize) -> ApiResult<usize> {
         match self.0.get("limit") {
             None => Ok(default),
@@ -190,6 +229,17 @@ impl Params {
     }
 }
 
+/// The page of `list` (sorted newest first by `(ts_ms, name)`) after `cursor`.
+fn page_after<T>(list: Vec<(i64, String, T)>, cursor: Option<(i64, String)>, limit: usize) -> Page<T> {
+    let rest: Vec<_> =
+        list.into_iter().filter(|(t, f, _)| cursor.as_ref().is_none_or(|(ct, cf)| (*t, f) < (*ct, cf))).collect();
+    let next_cursor = (rest.len() > limit).then(|| format!("{}:{}", rest[limit - 1].0, rest[limit - 1].1));
+    Page { items: rest.into_iter().take(limit).map(|(_, _, item)| item).collect(), next_cursor }
+}
+
+/// Liveness, Redis reachability, version and the site's time zone.
+#[utoipa::path(get, path = "/api/health", tag = "status",
+    responses((status = 200, body = Health), (status = 503, description = "Redis unreachable", body = Health)))]
 async fn health(State(s): State<ApiState>) -> Response {
     let redis_ok = redis::cmd("PING").query_async::<String>(&mut s.conn.clone()).await.is_ok();
     let status = if redis_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
@@ -197,8 +247,12 @@ async fn health(State(s): State<ApiState>) -> Response {
     let timezone = &s.config.record.timezone;
     (
         status,
-        Json(json!({ "status": if redis_ok { "ok" } else { "degraded" }, "redis": redis_ok,
-        "version": env!("CARGO_PKG_VERSION"), "timezone": timezone })),
+        Json(Health {
+            status: if redis_ok { "ok" } else { "degraded" }.into(),
+            redis: redis_ok,
+            version: env!("CARGO_PKG_VERSION").into(),
+            timezone: timezone.clone(),
+        }),
     )
         .into_response()
 }
@@ -213,7 +267,7 @@ async fn recent<T: serde::de::DeserializeOwned>(
     Ok(r.ids.iter().filter_map(|e| decode_entry(&e.map)).collect())
 }
 
-async fn channel_views(s: &ApiState) -> ApiResult<Vec<Value>> {
+async fn channel_views(s: &ApiState) -> ApiResult<Vec<ChannelView>> {
     let mut conn = s.conn.clone();
     let objects: Vec<ObjectEvent> = recent(&mut conn, &s.keys.object_events(), 2000).await?;
     let backups: Vec<BackupEvent> = recent(&mut conn, &s.keys.backup_events(), 2000).await?;
@@ -223,58 +277,70 @@ async fn channel_views(s: &ApiState) -> ApiResult<Vec<Value>> {
         let status: Option<ChannelStatus> = status.and_then(|j| serde_json::from_str(&j).ok());
         // The relay's view of the camera (running, restarts, redacted last error).
         let relay: Option<String> = conn.get(s.keys.relay_status(ch.id)).await?;
-        let relay: Option<Value> = relay.and_then(|j| serde_json::from_str(&j).ok());
+        let relay: Option<crate::relay::RelayStatus> = relay.and_then(|j| serde_json::from_str(&j).ok());
         let last_objects = objects.iter().find(|o| o.channel == ch.id && !o.detections.is_empty());
         let last_backup = backups.iter().find(|b| b.channel == ch.id && b.kind == BackupEventKind::File);
-        out.push(json!({
-            "id": ch.id,
-            "name": ch.name,
-            "priority": ch.priority,
-            "record": ch.record,
-            "labels": s.config.wanted_labels(ch),
-            "stream": ch.stream_name(),
-            "detect_stream": ch.detect_stream_name(),
-            "online": status.as_ref().map(|st| st.online),
-            "state": status.as_ref().map(|st| st.state),
-            "reason": status.as_ref().and_then(|st| st.reason.clone()),
-            "fps": status.as_ref().map(|st| st.fps),
-            "last_motion_ms": status.as_ref().and_then(|st| st.last_motion_ms),
-            "worker": status.as_ref().map(|st| st.worker.clone()),
-            "relay": relay,
-            "preview": format!("/api/channels/{}/preview.jpg", ch.id),
-            "masks": ch.mask.iter().map(|m| &m.points).collect::<Vec<_>>(),
-            "zones": ch.zone,
-            "record_zones": ch.record_zones,
-            "schedule": ch.schedule,
-            "last_objects": last_objects.map(|o| json!({
-                "ts_ms": o.frame_ts_ms,
-                "labels": o.detections.iter().map(|d| d.label.clone()).collect::<Vec<_>>(),
-                "snapshot": o.snapshot.as_deref().and_then(|p| std::path::Path::new(p).file_name())
+        out.push(ChannelView {
+            id: ch.id,
+            name: ch.name.clone(),
+            priority: ch.priority,
+            record: ch.record,
+            labels: s.config.wanted_labels(ch).to_vec(),
+            stream: ch.stream_name(),
+            detect_stream: ch.detect_stream_name(),
+            online: status.as_ref().map(|st| st.online),
+            state: status.as_ref().map(|st| st.state),
+            reason: status.as_ref().and_then(|st| st.reason.clone()),
+            fps: status.as_ref().map(|st| st.fps),
+            last_motion_ms: status.as_ref().and_then(|st| st.last_motion_ms),
+            worker: status.as_ref().map(|st| st.worker.clone()),
+            relay,
+            preview: format!("/api/channels/{}/preview.jpg", ch.id),
+            masks: ch.mask.iter().map(|m| m.points.clone()).collect(),
+            zones: ch.zone.clone(),
+            record_zones: ch.record_zones.clone(),
+            schedule: ch.schedule.clone(),
+            last_objects: last_objects.map(|o| LastObjects {
+                ts_ms: o.frame_ts_ms,
+                labels: o.detections.iter().map(|d| d.label.clone()).collect(),
+                snapshot: o
+                    .snapshot
+                    .as_deref()
+                    .and_then(|p| std::path::Path::new(p).file_name())
                     .map(|n| format!("/api/snapshots/{}/{}", o.channel, n.to_string_lossy())),
-            })),
-            "last_backup": last_backup.map(|b| json!({
-                "ts_ms": b.ts_ms, "file": b.file_name(),
-            })),
-        }));
+            }),
+            last_backup: last_backup.map(|b| LastBackup { ts_ms: b.ts_ms, file: b.file_name() }),
+        });
     }
     Ok(out)
 }
 
-async fn channels(State(s): State<ApiState>) -> ApiResult<Json<Value>> {
-    Ok(Json(Value::Array(channel_views(&s).await?)))
+/// Channels (no camera URLs) with live status: online/offline and why, fps, last motion, last
+/// objects, last backup, the relay's view of the camera.
+#[utoipa::path(get, path = "/api/channels", tag = "channels",
+    responses((status = 200, body = Page<ChannelView>), (status = 503, body = ErrorBody)))]
+async fn channels(State(s): State<ApiState>) -> ApiResult<Json<Page<ChannelView>>> {
+    Ok(Json(Page::whole(channel_views(&s).await?)))
 }
 
-async fn channel(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+/// One channel.
+#[utoipa::path(get, path = "/api/channels/{id}", tag = "channels", params(("id" = u32, Path, description = "channel id")),
+    responses((status = 200, body = ChannelView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn channel(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<ChannelView>> {
     let id: u32 = id.parse().map_err(|_| ApiError::bad(format!("{id:?} is not a channel number")))?;
     channel_views(&s)
         .await?
         .into_iter()
-        .find(|c| c["id"] == id)
+        .find(|c| c.id == id)
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("channel {id} is not configured")))
 }
 
-/// The channel's latest picture (worker-motion stores one every 10 s, kept 60 s).
+/// The channel's latest picture (JPEG, taken every 10 s by the motion worker, kept 60 s; colour
+/// on priority channels, else the grey frame analysed).
+#[utoipa::path(get, path = "/api/channels/{id}/preview.jpg", tag = "channels",
+    params(("id" = u32, Path, description = "channel id")),
+    responses((status = 200, content_type = "image/jpeg", body = Vec<u8>), (status = 404, body = ErrorBody)))]
 async fn channel_preview(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Response> {
     let id: u32 = id.parse().map_err(|_| ApiError::bad(format!("{id:?} is not a channel number")))?;
     if s.config.channel(id).is_none() {
@@ -294,12 +360,36 @@ fn stream_of(keys: &Keys, category: &str) -> String {
     }
 }
 
-fn event_channel(category: &str, v: &Value) -> Option<u32> {
-    let _ = category;
-    v.get("channel").and_then(Value::as_u64).map(|c| c as u32)
+/// An entry of `category`'s stream, typed (`None`: not an event of that category).
+fn decode_event(category: &str, map: &HashMap<String, redis::Value>) -> Option<AnyEvent> {
+    Some(match category {
+        "motion" => AnyEvent::Motion(decode_entry(map)?),
+        "objects" => AnyEvent::Objects(decode_entry(map)?),
+        "backup" => AnyEvent::Backup(decode_entry(map)?),
+        _ => AnyEvent::System(decode_entry(map)?),
+    })
 }
 
-async fn events(State(s): State<ApiState>, Query(q): Query<HashMap<String, String>>) -> ApiResult<Json<Value>> {
+fn event_channel(e: &AnyEvent) -> Option<u32> {
+    match e {
+        AnyEvent::Motion(m) => Some(m.channel),
+        AnyEvent::Objects(o) => Some(o.channel),
+        AnyEvent::Backup(b) => Some(b.channel),
+        AnyEvent::System(s) => s.channel,
+    }
+}
+
+/// Events of a category, newest first, a page at a time.
+#[utoipa::path(get, path = "/api/events", tag = "events",
+    params(
+        ("category" = Option<String>, Query, description = "motion (default), objects, backup or system"),
+        ("channel" = Option<u32>, Query, description = "a configured channel id"),
+        ("since" = Option<String>, Query, description = "ms since the epoch, or a time ago: 90s, 15m, 2h, 1d"),
+        ("until" = Option<String>, Query, description = "same forms as since"),
+        ("limit" = Option<usize>, Query, description = "1..=1000, default 100"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    responses((status = 200, body = EventPage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn events(State(s): State<ApiState>, Query(q): Query<HashMap<String, String>>) -> ApiResult<Json<EventPage>> {
     let p = Params(q);
     p.check_known(&["category", "channel", "since", "until", "limit", "cursor"])?;
     let category = p.0.get("category").map(String::as_str).unwrap_or("motion");
@@ -335,11 +425,11 @@ async fn events(State(s): State<ApiState>, Query(q): Query<HashMap<String, Strin
         }
         for e in &r.ids {
             end = format!("({}", e.id);
-            let Some(v) = decode_entry::<Value>(&e.map) else { continue };
-            if channel.is_some_and(|c| event_channel(category, &v) != Some(c)) {
+            let Some(event) = decode_event(category, &e.map) else { continue };
+            if channel.is_some_and(|c| event_channel(&event) != Some(c)) {
                 continue;
             }
-            items.push(json!({ "id": e.id, "event": v }));
+            items.push(EventItem { id: e.id.clone(), event });
             if items.len() == limit {
                 next_cursor = Some(e.id.clone());
                 break 'outer;
@@ -349,7 +439,7 @@ async fn events(State(s): State<ApiState>, Query(q): Query<HashMap<String, Strin
             break;
         }
     }
-    Ok(Json(json!({ "category": category, "items": items, "next_cursor": next_cursor })))
+    Ok(Json(EventPage { category: category.to_string(), items, next_cursor }))
 }
 
 /// Backups listed from the backup stream, minus deleted ones, newest first.
@@ -372,7 +462,19 @@ async fn backup_list(
         .collect())
 }
 
-async fn backups(State(s): State<ApiState>, Query(q): Query<HashMap<String, String>>) -> ApiResult<Json<Value>> {
+/// Backup files (not deleted), newest first, a page at a time.
+#[utoipa::path(get, path = "/api/backups", tag = "backups",
+    params(
+        ("channel" = Option<u32>, Query, description = "a configured channel id"),
+        ("since" = Option<String>, Query, description = "files ending after: ms since the epoch, or a time ago (15m, 2h, 1d)"),
+        ("until" = Option<String>, Query, description = "files starting before: same forms as since"),
+        ("limit" = Option<usize>, Query, description = "1..=10000, default 200"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    responses((status = 200, body = Page<BackupItem>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn backups(
+    State(s): State<ApiState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Page<BackupItem>>> {
     let p = Params(q);
     p.check_known(&["channel", "since", "until", "limit", "cursor"])?;
     let channel = p.channel(&s.config)?;
@@ -380,39 +482,38 @@ async fn backups(State(s): State<ApiState>, Query(q): Query<HashMap<String, Stri
     let limit = p.limit(200, 10_000)?;
     // A cursor is the position of the last item of the previous page (`<ts_ms>:<file>`), so a
     // backup deleted between pages shifts nothing.
-    let cursor = match p.0.get("cursor") {
-        None => None,
-        Some(c) => Some(
-            c.split_once(':')
-                .and_then(|(t, f)| Some((t.parse::<i64>().ok()?, f.to_string())))
-                .ok_or_else(|| ApiError::bad(format!("cursor: {c:?} is not a cursor from a previous page")))?,
-        ),
-    };
+    let cursor = p.position_cursor()?;
     let mut list: Vec<(i64, String, BackupEvent)> = backup_list(&s, channel, since, until)
         .await?
         .into_iter()
         .map(|b| (b.ts_ms, b.file_name().unwrap_or_default(), b))
         .collect();
     list.sort_by(|a, b| (b.0, &b.1).cmp(&(a.0, &a.1)));
-    let rest: Vec<_> =
-        list.into_iter().filter(|(t, f, _)| cursor.as_ref().is_none_or(|(ct, cf)| (*t, f) < (*ct, cf))).collect();
-    let next_cursor = (rest.len() > limit).then(|| format!("{}:{}", rest[limit - 1].0, rest[limit - 1].1));
+    let page = page_after(list, cursor, limit);
     let protected = cctv_common::naming::protected_backups(&mut s.conn.clone(), &s.keys).await?;
-    let items: Vec<Value> = rest
-        .iter()
-        .take(limit)
-        .map(|(_, _, b)| {
+    let items: Vec<BackupItem> = page
+        .items
+        .into_iter()
+        .map(|b| {
             let name = b.file_name();
-            json!({
-                "channel": b.channel, "file": name, "start_ms": b.start_ms, "end_ms": b.end_ms,
-                "duration_secs": b.duration_secs, "size_bytes": b.size_bytes, "trigger": b.trigger, "part": b.part,
-                "pre_roll_ms": b.pre_roll_ms, "validation": b.validation, "recording": b.recording,
-                "download": name.as_ref().map(|n| format!("/api/backups/file/{n}")),
-                "protected": name.as_ref().is_some_and(|n| protected.contains(n)),
-            })
+            BackupItem {
+                channel: b.channel,
+                download: name.as_ref().map(|n| format!("/api/backups/file/{n}")),
+                protected: name.as_ref().is_some_and(|n| protected.contains(n)),
+                file: name,
+                start_ms: b.start_ms,
+                end_ms: b.end_ms,
+                duration_secs: b.duration_secs,
+                size_bytes: b.size_bytes,
+                trigger: b.trigger,
+                part: b.part,
+                pre_roll_ms: b.pre_roll_ms,
+                validation: b.validation,
+                recording: b.recording,
+            }
         })
         .collect();
-    Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
+    Ok(Json(Page { items, next_cursor: page.next_cursor }))
 }
 
 fn backup_path(s: &ApiState, name: &str) -> ApiResult<PathBuf> {
@@ -426,6 +527,12 @@ fn backup_path(s: &ApiState, name: &str) -> ApiResult<PathBuf> {
     Ok(path)
 }
 
+/// A backup file (HTTP Range supported: a `<video>` element seeks with it).
+#[utoipa::path(get, path = "/api/backups/file/{name}", tag = "backups",
+    params(("name" = String, Path, description = "file name, as listed")),
+    responses((status = 200, description = "the file (video/mp4 or video/x-matroska)", body = Vec<u8>),
+        (status = 206, description = "the range asked for", body = Vec<u8>),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn download_backup(State(s): State<ApiState>, Path(name): Path<String>, req: Request) -> ApiResult<Response> {
     let path = backup_path(&s, &name)?;
     serve_file(path, req).await
@@ -446,11 +553,16 @@ async fn serve_file(path: PathBuf, req: Request) -> ApiResult<Response> {
     }
 }
 
+/// Deletes a backup (not a protected one).
+#[utoipa::path(delete, path = "/api/backups/file/{name}", tag = "backups", security(("bearer" = [])),
+    params(("name" = String, Path, description = "file name, as listed")),
+    responses((status = 200, body = Deleted), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, description = "protected", body = ErrorBody)))]
 async fn delete_backup(
     State(s): State<ApiState>,
     headers: HeaderMap,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Deleted>> {
     require_token(&s, &headers)?;
     let path = backup_path(&s, &name)?;
     if cctv_common::naming::protected_backups(&mut s.conn.clone(), &s.keys).await?.contains(&name) {
@@ -465,27 +577,34 @@ async fn delete_backup(
         .clone()
         .xadd(s.keys.backup_events(), "*", &[("data", serde_json::to_string(&event).unwrap_or_default())])
         .await?;
-    Ok(Json(json!({ "deleted": name })))
+    Ok(Json(Deleted { deleted: name }))
 }
 
-/// Protects a backup from rotation and retention (`<ns>:backups:protected`).
+/// Protects a backup: rotation and retention never delete it (`<ns>:backups:protected`).
+#[utoipa::path(post, path = "/api/backups/file/{name}/protect", tag = "backups", security(("bearer" = [])),
+    params(("name" = String, Path, description = "file name, as listed")),
+    responses((status = 200, body = Protection), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn protect_backup(
     State(s): State<ApiState>,
     headers: HeaderMap,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Protection>> {
     set_protected(s, headers, name, true).await
 }
 
+/// Releases a backup's protection.
+#[utoipa::path(delete, path = "/api/backups/file/{name}/protect", tag = "backups", security(("bearer" = [])),
+    params(("name" = String, Path, description = "file name")),
+    responses((status = 200, body = Protection), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn unprotect_backup(
     State(s): State<ApiState>,
     headers: HeaderMap,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Protection>> {
     set_protected(s, headers, name, false).await
 }
 
-async fn set_protected(s: ApiState, headers: HeaderMap, name: String, protect: bool) -> ApiResult<Json<Value>> {
+async fn set_protected(s: ApiState, headers: HeaderMap, name: String, protect: bool) -> ApiResult<Json<Protection>> {
     require_token(&s, &headers)?;
     // Protecting needs the file here; releasing works for a name whatever became of the file.
     if protect {
@@ -495,30 +614,44 @@ async fn set_protected(s: ApiState, headers: HeaderMap, name: String, protect: b
     }
     cctv_common::naming::set_protected(&mut s.conn.clone(), &s.keys, &name, protect).await?;
     tracing::info!(file = %name, protect, "backup protection changed through the API");
-    Ok(Json(json!({ "file": name, "protected": protect })))
+    Ok(Json(Protection { file: name, protected: protect }))
 }
 
-async fn snapshots(State(s): State<ApiState>, Query(q): Query<HashMap<String, String>>) -> ApiResult<Json<Value>> {
+/// Annotated snapshots of positive YOLO results, newest first.
+#[utoipa::path(get, path = "/api/snapshots", tag = "objects",
+    params(("channel" = Option<u32>, Query, description = "a configured channel id"),
+        ("limit" = Option<usize>, Query, description = "1..=1000, default 50"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    responses((status = 200, body = Page<SnapshotItem>), (status = 400, body = ErrorBody)))]
+async fn snapshots(
+    State(s): State<ApiState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Page<SnapshotItem>>> {
     let p = Params(q);
-    p.check_known(&["channel", "limit"])?;
+    p.check_known(&["channel", "limit", "cursor"])?;
     let channel = p.channel(&s.config)?;
     let limit = p.limit(50, 1000)?;
+    let cursor = p.position_cursor()?;
     let objects: Vec<ObjectEvent> = recent(&mut s.conn.clone(), &s.keys.object_events(), 5000).await?;
-    let items: Vec<Value> = objects
-        .iter()
+    let mut list: Vec<(i64, String, SnapshotItem)> = objects
+        .into_iter()
         .filter(|o| channel.is_none_or(|c| o.channel == c))
         .filter_map(|o| {
             let name = std::path::Path::new(o.snapshot.as_deref()?).file_name()?.to_string_lossy().into_owned();
-            Some(json!({
-                "channel": o.channel, "frame_ts_ms": o.frame_ts_ms, "detections": o.detections,
-                "url": format!("/api/snapshots/{}/{name}", o.channel),
-            }))
+            let url = format!("/api/snapshots/{}/{name}", o.channel);
+            let item = SnapshotItem { channel: o.channel, frame_ts_ms: o.frame_ts_ms, detections: o.detections, url };
+            Some((item.frame_ts_ms, name, item))
         })
-        .take(limit)
         .collect();
-    Ok(Json(json!({ "items": items })))
+    list.sort_by(|a, b| (b.0, &b.1).cmp(&(a.0, &a.1)));
+    Ok(Json(page_after(list, cursor, limit)))
 }
 
+/// A snapshot JPEG.
+#[utoipa::path(get, path = "/api/snapshots/{channel}/{name}", tag = "objects",
+    params(("channel" = u32, Path, description = "channel id"), ("name" = String, Path, description = "snapshot file name")),
+    responses((status = 200, content_type = "image/jpeg", body = Vec<u8>), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
 async fn snapshot_file(
     State(s): State<ApiState>,
     Path((channel, name)): Path<(String, String)>,
@@ -541,45 +674,66 @@ async fn scan_json<T: serde::de::DeserializeOwned>(conn: &mut ConnectionManager,
         .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
 }
 
-async fn storage(State(s): State<ApiState>) -> ApiResult<Json<Vec<StorageReport>>> {
+/// Per node: total, used, free, backup size and count, oldest backup kept, watermarks, hours
+/// left at the current write rate.
+#[utoipa::path(get, path = "/api/storage", tag = "status",
+    responses((status = 200, body = Page<StorageReport>), (status = 503, body = ErrorBody)))]
+async fn storage(State(s): State<ApiState>) -> ApiResult<Json<StoragePage>> {
     let mut reports: Vec<StorageReport> = scan_json(&mut s.conn.clone(), &s.keys.storage_pattern()).await?;
     reports.sort_by(|a, b| a.node.cmp(&b.node));
-    Ok(Json(reports))
+    Ok(Json(Page::whole(reports)))
 }
 
-async fn workers(State(s): State<ApiState>) -> ApiResult<Json<Vec<WorkerHeartbeat>>> {
+/// Live workers: host, kind, batches held, CPU, RSS, last heartbeat.
+#[utoipa::path(get, path = "/api/workers", tag = "status",
+    responses((status = 200, body = Page<WorkerHeartbeat>), (status = 503, body = ErrorBody)))]
+async fn workers(State(s): State<ApiState>) -> ApiResult<Json<WorkerPage>> {
     let mut w: Vec<WorkerHeartbeat> = scan_json(&mut s.conn.clone(), &s.keys.worker_pattern()).await?;
     w.sort_by(|a, b| (a.kind.as_str(), a.worker.as_str()).cmp(&(b.kind.as_str(), b.worker.as_str())));
-    Ok(Json(w))
+    Ok(Json(Page::whole(w)))
 }
 
 /// Counts of every queue, plus YOLO's drop counters.
+pub async fn queue_counts(conn: &ConnectionManager, keys: &Keys, config: &Config) -> ApiResult<QueuesOverview> {
+    let counts = |s: QueueStats| QueueCounts {
+        waiting: s.waiting,
+        running: s.running,
+        done: s.done,
+        failed: s.dead,
+        dropped: None,
+        counters: None,
+    };
+    let yolo: BTreeMap<String, i64> = conn.clone().hgetall(keys.yolo_stats()).await?;
+    let dropped = yolo.get("dropped_stale").copied().unwrap_or(0) + yolo.get("dropped_full").copied().unwrap_or(0);
+    Ok(QueuesOverview {
+        motion: counts(Queue::<MotionJob>::new(conn.clone(), keys, &config.queue).stats().await?),
+        yolo: QueueCounts {
+            dropped: Some(dropped),
+            counters: Some(yolo),
+            ..counts(Queue::<YoloJob>::new(conn.clone(), keys, &config.queue).stats().await?)
+        },
+        record: counts(Queue::<RecordJob>::new(conn.clone(), keys, &config.queue).stats().await?),
+    })
+}
+
+/// [`queue_counts`] by queue name, for the CLI and the metrics.
 pub async fn queue_overview(
     conn: &ConnectionManager,
     keys: &Keys,
     config: &Config,
 ) -> ApiResult<BTreeMap<String, Value>> {
-    let stats: [(&str, QueueStats); 3] = [
-        ("motion", Queue::<MotionJob>::new(conn.clone(), keys, &config.queue).stats().await?),
-        ("yolo", Queue::<YoloJob>::new(conn.clone(), keys, &config.queue).stats().await?),
-        ("record", Queue::<RecordJob>::new(conn.clone(), keys, &config.queue).stats().await?),
-    ];
-    let yolo: BTreeMap<String, i64> = conn.clone().hgetall(keys.yolo_stats()).await?;
-    let mut out = BTreeMap::new();
-    for (name, s) in stats {
-        let mut v = json!({ "waiting": s.waiting, "running": s.running, "done": s.done, "failed": s.dead });
-        if name == "yolo" {
-            v["dropped"] =
-                json!(yolo.get("dropped_stale").copied().unwrap_or(0) + yolo.get("dropped_full").copied().unwrap_or(0));
-            v["counters"] = json!(yolo);
-        }
-        out.insert(name.to_string(), v);
+    let counts = queue_counts(conn, keys, config).await?;
+    match serde_json::to_value(counts) {
+        Ok(Value::Object(m)) => Ok(m.into_iter().collect()),
+        _ => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, "queue counts are not an object".into())),
     }
-    Ok(out)
 }
 
-async fn jobs(State(s): State<ApiState>) -> ApiResult<Json<BTreeMap<String, Value>>> {
-    Ok(Json(queue_overview(&s.conn, &s.keys, &s.config).await?))
+/// Per queue: waiting, running, done, failed; YOLO's drops.
+#[utoipa::path(get, path = "/api/jobs", tag = "jobs",
+    responses((status = 200, body = QueuesOverview), (status = 503, body = ErrorBody)))]
+async fn jobs(State(s): State<ApiState>) -> ApiResult<Json<QueuesOverview>> {
+    Ok(Json(queue_counts(&s.conn, &s.keys, &s.config).await?))
 }
 
 /// Runs `f` on the typed queue named `queue`.
@@ -603,11 +757,17 @@ macro_rules! with_queue {
     };
 }
 
+/// Jobs of a queue in a state, newest first.
+#[utoipa::path(get, path = "/api/jobs/{queue}", tag = "jobs",
+    params(("queue" = String, Path, description = "motion, yolo or record"),
+        ("state" = Option<String>, Query, description = "waiting (default), running, done or dead"),
+        ("limit" = Option<usize>, Query, description = "1..=1000, default 50")),
+    responses((status = 200, body = JobPage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn job_list(
     State(s): State<ApiState>,
     Path(queue): Path<String>,
     Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<JobPage>> {
     let p = Params(q);
     p.check_known(&["state", "limit"])?;
     let state = p.0.get("state").map(String::as_str).unwrap_or("waiting");
@@ -623,44 +783,62 @@ async fn job_list(
                 items.push(j);
             }
         }
-        Ok(Json(json!({ "queue": queue, "state": state, "items": items })))
+        // Jobs come and go while they are read: one page, no cursor (`limit` says how many).
+        Ok(Json(JobPage { queue: queue.clone(), state: state.to_string(), items, next_cursor: None }))
     })
 }
 
-async fn job_show(State(s): State<ApiState>, Path((queue, id)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+/// One job.
+#[utoipa::path(get, path = "/api/jobs/{queue}/{id}", tag = "jobs",
+    params(("queue" = String, Path, description = "motion, yolo or record"), ("id" = String, Path, description = "job id")),
+    responses((status = 200, body = JobInfo), (status = 404, body = ErrorBody)))]
+async fn job_show(State(s): State<ApiState>, Path((queue, id)): Path<(String, String)>) -> ApiResult<Json<JobInfo>> {
     with_queue!(s, queue.as_str(), |q| {
         match q.show(&id).await? {
-            Some(j) => Ok(Json(serde_json::to_value(j).unwrap_or_default())),
+            Some(j) => Ok(Json(j)),
             None => Err(ApiError::not_found(format!("no job {id} on queue {queue}"))),
         }
     })
 }
 
+/// Pushes a copy of a finished job.
+#[utoipa::path(post, path = "/api/jobs/{queue}/{id}/retry", tag = "jobs", security(("bearer" = [])),
+    params(("queue" = String, Path, description = "motion, yolo or record"), ("id" = String, Path, description = "job id")),
+    responses((status = 200, body = Retried), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn job_retry(
     State(s): State<ApiState>,
     headers: HeaderMap,
     Path((queue, id)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Retried>> {
     require_token(&s, &headers)?;
     with_queue!(s, queue.as_str(), |q| {
         match q.retry(&id).await? {
-            Some(new_id) => Ok(Json(json!({ "retried": id, "job": new_id }))),
+            Some(new_id) => Ok(Json(Retried { retried: id, job: new_id })),
             None => Err(ApiError::not_found(format!("no job {id} on queue {queue}"))),
         }
     })
 }
 
-async fn job_purge(State(s): State<ApiState>, headers: HeaderMap, Path(queue): Path<String>) -> ApiResult<Json<Value>> {
+/// Deletes finished jobs' payloads.
+#[utoipa::path(post, path = "/api/jobs/{queue}/purge", tag = "jobs", security(("bearer" = [])),
+    params(("queue" = String, Path, description = "motion, yolo or record")),
+    responses((status = 200, body = Purged), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn job_purge(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(queue): Path<String>,
+) -> ApiResult<Json<Purged>> {
     require_token(&s, &headers)?;
     let zero = std::time::Duration::ZERO;
     with_queue!(s, queue.as_str(), |q| {
         let n = q.purge_finished(zero, zero).await?;
-        Ok(Json(json!({ "queue": queue, "purged": n })))
+        Ok(Json(Purged { queue: queue.clone(), purged: n as u64 }))
     })
 }
 
-#[derive(serde::Deserialize)]
-struct EnqueueRecord {
+/// `POST /api/jobs/record/enqueue`'s body.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+pub struct EnqueueRecord {
     channel: u32,
     #[serde(default = "default_seconds")]
     seconds: f64,
@@ -670,12 +848,15 @@ fn default_seconds() -> f64 {
     30.0
 }
 
-/// Back up a channel now (pre-roll included) for `seconds`.
+/// Backs up a channel now (pre-roll included) for `seconds` (default 30).
+#[utoipa::path(post, path = "/api/jobs/record/enqueue", tag = "jobs", security(("bearer" = [])), request_body = EnqueueRecord,
+    responses((status = 200, body = Enqueued), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
 async fn job_enqueue_record(
     State(s): State<ApiState>,
     headers: HeaderMap,
     body: Result<Json<EnqueueRecord>, axum::extract::rejection::JsonRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Enqueued>> {
     require_token(&s, &headers)?;
     let Json(req) =
         body.map_err(|e| ApiError::bad(format!("body: {e} (expected {{\"channel\": N, \"seconds\": S}})")))?;
@@ -688,11 +869,13 @@ async fn job_enqueue_record(
     let (rid, job) = crate::jobs_cli::enqueue_record(&s.config, &mut s.conn.clone(), &s.keys, req.channel, req.seconds)
         .await
         .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")))?;
-    Ok(Json(json!({ "recording": rid, "job": job })))
+    Ok(Json(Enqueued { recording: rid, job }))
 }
 
-/// Prometheus metrics (see [`crate::metrics`]): OpenMetrics for a scraper that asks for it,
-/// the classic text format otherwise.
+/// Prometheus metrics (docs/metrics.md): OpenMetrics for a scraper that asks for it
+/// (`Accept: application/openmetrics-text`), the classic text format 0.0.4 otherwise.
+#[utoipa::path(get, path = "/metrics", tag = "status",
+    responses((status = 200, content_type = "text/plain", body = String), (status = 503, body = ErrorBody)))]
 async fn metrics_page(State(s): State<ApiState>, headers: HeaderMap) -> ApiResult<Response> {
     let openmetrics = headers
         .get(header::ACCEPT)
