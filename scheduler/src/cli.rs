@@ -9,6 +9,7 @@ use cctv_common::jobs::{MotionJob, YoloJob};
 use cctv_common::keys::Keys;
 use cctv_common::queue::{self, Queue};
 use clap::Subcommand;
+use jiff::tz::TimeZone;
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::AsyncCommands;
@@ -145,13 +146,30 @@ pub async fn run(config_path: &std::path::Path, command: Command) -> anyhow::Res
     match command {
         Command::CheckConfig => unreachable!("handled above"),
         Command::Events(EventsCommand::Tail { category, channel, last, count, json }) => match category.as_str() {
-            "objects" => tail::<ObjectEvent>(&mut conn, keys.object_events(), channel, last, count, json).await,
-            "backup" => tail::<BackupEvent>(&mut conn, keys.backup_events(), channel, last, count, json).await,
-            "system" => {
-                tail::<cctv_common::system::SystemEvent>(&mut conn, keys.system_events(), channel, last, count, json)
+            "objects" => {
+                tail::<ObjectEvent>(site_zone(&config), &mut conn, keys.object_events(), channel, last, count, json)
                     .await
             }
-            _ => tail::<MotionEvent>(&mut conn, keys.motion_events(), channel, last, count, json).await,
+            "backup" => {
+                tail::<BackupEvent>(site_zone(&config), &mut conn, keys.backup_events(), channel, last, count, json)
+                    .await
+            }
+            "system" => {
+                tail::<cctv_common::system::SystemEvent>(
+                    site_zone(&config),
+                    &mut conn,
+                    keys.system_events(),
+                    channel,
+                    last,
+                    count,
+                    json,
+                )
+                .await
+            }
+            _ => {
+                tail::<MotionEvent>(site_zone(&config), &mut conn, keys.motion_events(), channel, last, count, json)
+                    .await
+            }
         },
         Command::Compare { channels, since, until, json } => {
             crate::compare::command(&mut conn, &keys, &config, &channels, &since, until.as_deref(), json).await
@@ -185,15 +203,16 @@ pub fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
 /// An event type `events tail` can print.
 trait Tailed: serde::de::DeserializeOwned + serde::Serialize {
     fn channel(&self) -> u32;
-    fn line(&self) -> String;
+    /// One line, times in `tz` (the site's `record.timezone`) with their date.
+    fn line(&self, tz: &TimeZone) -> String;
 }
 
 impl Tailed for MotionEvent {
     fn channel(&self) -> u32 {
         self.channel
     }
-    fn line(&self) -> String {
-        format_motion(self)
+    fn line(&self, tz: &TimeZone) -> String {
+        format_motion(self, tz)
     }
 }
 
@@ -201,7 +220,7 @@ impl Tailed for ObjectEvent {
     fn channel(&self) -> u32 {
         self.channel
     }
-    fn line(&self) -> String {
+    fn line(&self, tz: &TimeZone) -> String {
         let found = if self.detections.is_empty() {
             "nothing wanted".to_string()
         } else {
@@ -209,7 +228,7 @@ impl Tailed for ObjectEvent {
         };
         format!(
             "{}  ch{:<4} objects  {}  latency {} ms  batch {}  event {}",
-            format_ms(self.frame_ts_ms),
+            format_ms(self.frame_ts_ms, tz),
             self.channel,
             found,
             self.latency_ms,
@@ -223,7 +242,7 @@ impl Tailed for BackupEvent {
     fn channel(&self) -> u32 {
         self.channel
     }
-    fn line(&self) -> String {
+    fn line(&self, tz: &TimeZone) -> String {
         let what = match self.kind {
             cctv_common::events::BackupEventKind::File => format!(
                 "file {} ({:.1} s, {:.1} MB, part {}{})",
@@ -248,7 +267,7 @@ impl Tailed for BackupEvent {
             .to_lowercase();
         format!(
             "{}  ch{:<4} backup   {}  trigger {}  recording {}",
-            format_ms(self.ts_ms),
+            format_ms(self.ts_ms, tz),
             self.channel,
             what,
             trigger,
@@ -261,10 +280,10 @@ impl Tailed for cctv_common::system::SystemEvent {
     fn channel(&self) -> u32 {
         self.channel.unwrap_or(0)
     }
-    fn line(&self) -> String {
+    fn line(&self, tz: &TimeZone) -> String {
         format!(
             "{}  {:<9} {:<5} {}  ({} on {})",
-            format_ms(self.ts_ms),
+            format_ms(self.ts_ms, tz),
             self.component,
             format!("{:?}", self.kind).to_lowercase(),
             self.message,
@@ -275,6 +294,7 @@ impl Tailed for cctv_common::system::SystemEvent {
 }
 
 async fn tail<T: Tailed>(
+    tz: TimeZone,
     conn: &mut ConnectionManager,
     stream: String,
     channel: Option<u32>,
@@ -291,7 +311,7 @@ async fn tail<T: Tailed>(
         if json {
             writeln!(out, "{}", serde_json::to_string(e)?)?;
         } else {
-            writeln!(out, "{}", e.line())?;
+            writeln!(out, "{}", e.line(&tz))?;
         }
         out.flush()?;
         printed += 1;
@@ -325,13 +345,20 @@ async fn tail<T: Tailed>(
     }
 }
 
-pub(crate) fn format_ms(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
-    format!("{h:02}:{m:02}:{s:02}.{:03}Z", ms.rem_euclid(1000))
+/// `YYYY-MM-DD HH:MM:SS.mmm+hh:mm` of `ms` since the epoch in `tz`.
+pub(crate) fn format_ms(ms: i64, tz: &TimeZone) -> String {
+    match jiff::Timestamp::from_millisecond(ms) {
+        Ok(t) => t.to_zoned(tz.clone()).strftime("%Y-%m-%d %H:%M:%S%.3f%:z").to_string(),
+        Err(_) => format!("t{ms}"),
+    }
 }
 
-fn format_motion(e: &MotionEvent) -> String {
+/// The site's time zone (`record.timezone`), in which the CLI shows times.
+pub(crate) fn site_zone(config: &Config) -> TimeZone {
+    cctv_common::timefmt::zone(&config.record.timezone).unwrap_or(TimeZone::UTC)
+}
+
+fn format_motion(e: &MotionEvent, tz: &TimeZone) -> String {
     let extra = match e.kind {
         cctv_common::events::MotionEventKind::Start => format!("area {:.1}% boxes {}", e.area * 100.0, e.boxes.len()),
         cctv_common::events::MotionEventKind::Zone => "entered a zone".to_string(),
@@ -342,7 +369,7 @@ fn format_motion(e: &MotionEvent) -> String {
     let extra = if e.zones.is_empty() { extra } else { format!("{extra} zones {}", e.zones.join(",")) };
     format!(
         "{}  ch{:<4} {:<5} {}  event {}  worker {}",
-        format_ms(e.ts_ms),
+        format_ms(e.ts_ms, tz),
         e.channel,
         format!("{:?}", e.kind).to_lowercase(),
         extra,
@@ -537,6 +564,25 @@ mod tests {
     use super::*;
     use crate::relay::{RelayState, RelayStatus};
     use cctv_common::events::ChannelState;
+
+    /// Event lines carry the date and time in the site's zone, with its offset.
+    #[test]
+    fn event_lines_show_the_date_in_the_sites_zone() {
+        let tokyo = cctv_common::timefmt::zone("Asia/Tokyo").unwrap();
+        let ms = 1_764_000_000_123; // 2025-11-24T16:00:00.123Z
+        assert_eq!(format_ms(ms, &tokyo), "2025-11-25 01:00:00.123+09:00");
+        assert_eq!(format_ms(ms, &TimeZone::UTC), "2025-11-24 16:00:00.123+00:00");
+        let event = cctv_common::system::SystemEvent {
+            kind: cctv_common::system::SystemEventKind::Start,
+            component: "scheduler".into(),
+            worker: "w".into(),
+            host: "h".into(),
+            message: "started".into(),
+            channel: None,
+            ts_ms: ms,
+        };
+        assert!(event.line(&tokyo).starts_with("2025-11-25 01:00:00.123+09:00  scheduler"), "{}", event.line(&tokyo));
+    }
 
     fn status(channel: u32, online: bool, reason: Option<&str>) -> ChannelStatus {
         ChannelStatus {

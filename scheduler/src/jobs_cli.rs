@@ -214,13 +214,14 @@ pub async fn backups(
     }
     let protected = cctv_common::naming::protected_backups(&mut conn, keys).await?;
     let is_protected = |b: &BackupEvent| b.file_name().is_some_and(|n| protected.contains(&n));
-    println!("CH    START          LENGTH      SIZE  TRIGGER   FILE");
+    let tz = crate::cli::site_zone(config);
+    println!("CH    START                          LENGTH      SIZE  TRIGGER   FILE");
     for b in list {
         let trigger = b.trigger.as_ref().map(|t| format!("{:?}", t.kind).to_lowercase()).unwrap_or_default();
         println!(
             "{:<5} {} {:>7.1} s {:>6.1} MB  {:<8}  {}{}",
             b.channel,
-            format_ms(b.start_ms),
+            format_ms(b.start_ms, &tz),
             b.duration_secs,
             b.size_bytes as f64 / 1e6,
             trigger,
