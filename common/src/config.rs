@@ -311,10 +311,12 @@ impl YoloConfig {
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Container {
-    /// Matroska: any codec, readable when cut short.
-    #[default]
+    /// Matroska: any codec; Firefox and Safari do not play it in the browser.
     Mkv,
-    /// MP4 (fragmented while written, so a cut-short file is readable too).
+    /// MP4 with its index at the front (`+faststart`): every browser plays and seeks it
+    /// progressively through the API. A file is published only once whole, so nothing needs
+    /// the fragmented form's tolerance of a cut.
+    #[default]
     Mp4,
 }
 
@@ -334,7 +336,7 @@ pub struct RecordConfig {
     /// Where backups are written: `<backup_dir>/Channel<id>_<YYYY-MM-DD_HH-MM-SS>.<ext>`.
     /// Default `/var/lib/cctv/backups`.
     pub backup_dir: PathBuf,
-    /// Default `mkv`.
+    /// Default `mp4` (plays in the dashboard in every browser).
     pub container: Container,
     /// Seconds before the triggering detection every backup contains. Default 5.
     pub pre_roll_secs: f64,
@@ -359,7 +361,7 @@ impl Default for RecordConfig {
     fn default() -> Self {
         Self {
             backup_dir: PathBuf::from("/var/lib/cctv/backups"),
-            container: Container::Mkv,
+            container: Container::Mp4,
             pre_roll_secs: 5.0,
             post_roll_secs: 5.0,
             max_file_seconds: 600.0,

@@ -468,6 +468,56 @@ async fn api_serves_live_data_validates_input_and_guards_mutations() {
     let _ = motion.join();
 }
 
+/// A real backup (motion worker → record worker, MP4 by default) plays in the dashboard's
+/// backups view in headless Chromium: opened at its third second (`?play=<file>&t=3`, as a
+/// link to a moment does), the video element draws a picture and its time runs on from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_plays_a_backup_from_the_second_asked() {
+    cctv_common::telemetry::init(None);
+    let port = cctv_testkit::free_port();
+    let tmp = tempfile::tempdir().unwrap();
+    let backups = tmp.path().join("backups");
+    std::fs::create_dir_all(&backups).unwrap();
+    let extra = format!(
+        "[api]\nlisten = \"127.0.0.1:{port}\"\n[record]\nbackup_dir = \"{}\"\ntimezone = \"UTC\"\npre_roll_secs = 3\npost_roll_secs = 3\n",
+        backups.display()
+    );
+    let mut cluster = Cluster::new(&channel_with(1, ""), 8, &extra);
+    let clip = cluster.path("event.mp4");
+    cctv_testkit::make_clip(&cctv_testkit::media("worker-zone-detection.gif"), &clip, 1, 8.0, 40.0);
+    let _p = Pusher::start(&clip, &cluster.nginx.live_url(), "ch1");
+    cluster.start_scheduler();
+    let stop = CancellationToken::new();
+    let motion = run_in_thread(cluster.config.clone(), stop.clone(), worker_motion::run);
+    let record = run_in_thread(cluster.config.clone(), stop.clone(), worker_record::run);
+    cctv_testkit::wait_for_port(port, Duration::from_secs(10), "API");
+    let http = Http::new(format!("http://127.0.0.1:{port}"));
+    let backup = wait_for(Duration::from_secs(90), || async {
+        let (_, list) = http.get("/api/backups?channel=1");
+        list["items"].as_array().and_then(|i| i.first().cloned())
+    })
+    .await
+    .expect("a backup of channel 1");
+    let file = backup["file"].as_str().unwrap().to_string();
+    assert!(file.ends_with(".mp4"), "{backup}");
+    assert!(backup["duration_secs"].as_f64().unwrap() > 6.0, "{backup}");
+
+    let dom = browse(port, &format!("/?play={file}&t=3"), &["--autoplay-policy=no-user-gesture-required"], 15_000);
+    let player = dom.split("id=\"player\"").nth(1).and_then(|r| r.split('>').next()).unwrap_or("").to_string();
+    assert!(player.contains(&format!("data-file=\"{file}\"")), "the player did not open {file}: {player}\n{dom}");
+    assert!(player.contains("data-played=\"yes\""), "no picture drawn from {file}: {player}");
+    let attr = |name: &str| -> f64 {
+        let v = player.split(&format!("data-{name}=\"")).nth(1).and_then(|r| r.split('"').next());
+        v.and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no data-{name} on the player: {player}"))
+    };
+    let (from, at) = (attr("from"), attr("time"));
+    assert!((2.9..4.0).contains(&from), "playing began at {from} s, not at the third second asked: {player}");
+    assert!(at > from, "the video did not play on: at {at} s from {from} s ({player})");
+    assert!(dom.contains(&format!("data-file=\"{file}\"")) && dom.contains("class=\"playing\""), "not listed: {dom}");
+    stop.cancel();
+    let _ = (motion.join(), record.join());
+}
+
 /// The dashboard's DOM after its scripts ran, from Debian's `chromium` in headless mode.
 fn dashboard_dom(port: u16) -> String {
     page_dom(port, "/")
@@ -475,8 +525,15 @@ fn dashboard_dom(port: u16) -> String {
 
 /// The DOM of the page at `path` once Chromium ran its scripts.
 fn page_dom(port: u16, path: &str) -> String {
+    browse(port, path, &[], 6000)
+}
+
+/// The DOM of the page at `path` after `budget_ms` of Chromium's virtual time, with `flags`.
+fn browse(port: u16, path: &str, flags: &[&str], budget_ms: u32) -> String {
     let out = std::process::Command::new("chromium")
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--virtual-time-budget=6000"])
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        .arg(format!("--virtual-time-budget={budget_ms}"))
+        .args(flags)
         .arg("--dump-dom")
         .arg(format!("http://127.0.0.1:{port}{path}"))
         .output()

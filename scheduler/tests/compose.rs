@@ -263,7 +263,7 @@ record = "off"
     });
     eprintln!("first backup listed {:.1} s after `up -d`: {backup}", up_at.elapsed().as_secs_f64());
     let name = backup["file"].as_str().unwrap().to_string();
-    assert!(seed_name(&name, 1), "backup named Channel1_YYYY-MM-DD_HH-MM-SS.mkv: {name}");
+    assert!(seed_name(&name, 1), "backup named Channel1_YYYY-MM-DD_HH-MM-SS.mp4: {name}");
     let listing = compose.ok(&["exec", "-T", "worker-record", "ls", "-ln", "/var/lib/cctv/backups"]);
     assert!(listing.contains(&name), "{name} in the backup volume: {listing}");
     let objects = get_json(&format!("{api}/api/events?category=objects")).unwrap();
@@ -330,9 +330,9 @@ record = "off"
     }
 }
 
-/// `Channel<id>_YYYY-MM-DD_HH-MM-SS.mkv`, the seed's backup file name.
+/// `Channel<id>_YYYY-MM-DD_HH-MM-SS.mp4`, the seed's backup file name (MP4, the default container).
 fn seed_name(name: &str, channel: u32) -> bool {
-    let Some(rest) = name.strip_prefix(&format!("Channel{channel}_")).and_then(|r| r.strip_suffix(".mkv")) else {
+    let Some(rest) = name.strip_prefix(&format!("Channel{channel}_")).and_then(|r| r.strip_suffix(".mp4")) else {
         return false;
     };
     let shape = "dddd-dd-dd_dd-dd-dd";

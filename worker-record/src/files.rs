@@ -206,8 +206,9 @@ pub fn finish(
     cmd.args(["-c", "copy", "-metadata", &format!("title={recording}")]);
     match container {
         Container::Mkv => cmd.args(["-f", "matroska"]),
-        // Fragmented while written: a file cut short stays readable.
-        Container::Mp4 => cmd.args(["-movflags", "+frag_keyframe+empty_moov+default_base_moof", "-f", "mp4"]),
+        // Index at the front: a browser plays and seeks it as it downloads (the .part is
+        // renamed only once whole, so a cut never leaves a file needing the fragmented form).
+        Container::Mp4 => cmd.args(["-movflags", "+faststart", "-f", "mp4"]),
     };
     cmd.output(&part);
     let remux_err = |message: String| FileError::Remux { path: final_path.to_owned(), message };

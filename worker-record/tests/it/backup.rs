@@ -49,7 +49,11 @@ async fn one_event_gives_one_stream_copied_backup_with_pre_and_post_roll() {
     assert!((backup.3 - (file.end_ms - file.start_ms) as f64 / 1000.0).abs() < 2.0, "duration {backup:?} vs {file:?}");
     assert_playable(&path);
     let name = path.file_name().unwrap().to_string_lossy().into_owned();
-    assert!(name.starts_with("Channel1_") && name.ends_with(".mkv"), "{name}");
+    assert!(name.starts_with("Channel1_") && name.ends_with(".mp4"), "{name}");
+    // MP4 with its index first: a browser plays it as it downloads, and seeks by range.
+    let boxes = mp4_top_level_boxes(&path);
+    let at = |b: &str| boxes.iter().position(|x| x == b);
+    assert!(at("moov").is_some() && at("moov") < at("mdat"), "moov after mdat (no faststart): {boxes:?}");
 
     // Exactly one backup, nothing temporary left, and no second one appears.
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -126,4 +130,23 @@ async fn camera_audio_is_kept_when_relays_pass_it_on() {
     assert!(streams.lines().any(|l| l.starts_with("h264,video")), "video stream: {streams}");
     assert!(streams.lines().any(|l| l.starts_with("aac,audio,44100")), "the camera's AAC track: {streams}");
     assert_playable(&path);
+}
+
+/// The types of an MP4 file's top-level boxes, in file order.
+fn mp4_top_level_boxes(path: &std::path::Path) -> Vec<String> {
+    let data = std::fs::read(path).unwrap();
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while at + 8 <= data.len() {
+        let mut size = u32::from_be_bytes(data[at..at + 4].try_into().unwrap()) as u64;
+        out.push(String::from_utf8_lossy(&data[at + 4..at + 8]).into_owned());
+        if size == 1 && at + 16 <= data.len() {
+            size = u64::from_be_bytes(data[at + 8..at + 16].try_into().unwrap());
+        }
+        if size < 8 {
+            break;
+        }
+        at += size as usize;
+    }
+    out
 }
