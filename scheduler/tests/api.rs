@@ -98,17 +98,24 @@ fn dashboard_metrics_exist(metrics: &str) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn api_serves_live_data_validates_input_and_guards_mutations() {
+/// A port for the API, a temp dir with a backup directory, and the config sections that use
+/// them (`api` and `record` lines added).
+fn api_site(api: &str, record: &str) -> (u16, tempfile::TempDir, std::path::PathBuf, String) {
     cctv_common::telemetry::init(None);
     let port = cctv_testkit::free_port();
     let tmp = tempfile::tempdir().unwrap();
     let backups = tmp.path().join("backups");
     std::fs::create_dir_all(&backups).unwrap();
     let extra = format!(
-        "[api]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\n[record]\nbackup_dir = \"{}\"\ntimezone = \"Asia/Tokyo\"\n",
+        "[api]\nlisten = \"127.0.0.1:{port}\"\n{api}\n[record]\nbackup_dir = \"{}\"\n{record}\n",
         backups.display()
     );
+    (port, tmp, backups, extra)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_serves_live_data_validates_input_and_guards_mutations() {
+    let (port, _tmp, backups, extra) = api_site(&format!("token = \"{TOKEN}\""), "timezone = \"Asia/Tokyo\"");
     let door = "record_zones = [\"door\"]\n[[channel.zone]]\nname = \"door\"\npoints = [[0, 0], [0.3, 0], [0.3, 0.3]]";
     let mut cluster = Cluster::new(&[channel_with(1, door), channel_with(2, "priority = true")].concat(), 8, &extra);
     let clip = cluster.path("busy.mp4");
@@ -473,15 +480,7 @@ async fn api_serves_live_data_validates_input_and_guards_mutations() {
 /// link to a moment does), the video element draws a picture and its time runs on from there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_plays_a_backup_from_the_second_asked() {
-    cctv_common::telemetry::init(None);
-    let port = cctv_testkit::free_port();
-    let tmp = tempfile::tempdir().unwrap();
-    let backups = tmp.path().join("backups");
-    std::fs::create_dir_all(&backups).unwrap();
-    let extra = format!(
-        "[api]\nlisten = \"127.0.0.1:{port}\"\n[record]\nbackup_dir = \"{}\"\ntimezone = \"UTC\"\npre_roll_secs = 3\npost_roll_secs = 3\n",
-        backups.display()
-    );
+    let (port, _tmp, _backups, extra) = api_site("", "timezone = \"UTC\"\npre_roll_secs = 3\npost_roll_secs = 3");
     let mut cluster = Cluster::new(&channel_with(1, ""), 8, &extra);
     let clip = cluster.path("event.mp4");
     cctv_testkit::make_clip(&cctv_testkit::media("worker-zone-detection.gif"), &clip, 1, 8.0, 40.0);
