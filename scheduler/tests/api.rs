@@ -513,6 +513,12 @@ async fn dashboard_plays_a_backup_from_the_second_asked() {
     assert!((2.9..4.0).contains(&from), "playing began at {from} s, not at the third second asked: {player}");
     assert!(at > from, "the video did not play on: at {at} s from {from} s ({player})");
     assert!(dom.contains(&format!("data-file=\"{file}\"")) && dom.contains("class=\"playing\""), "not listed: {dom}");
+    // `CCTV_SCREENSHOTS=<dir>`: also save a picture of the view (the ones in docs/ are made so).
+    if let Some(dir) = std::env::var_os("CCTV_SCREENSHOTS") {
+        let shot = std::path::Path::new(&dir).join("dashboard-backup-playing.png");
+        let flags = ["--autoplay-policy=no-user-gesture-required", "--window-size=1400,1100"];
+        screenshot(port, &format!("/?play={file}&t=3"), &flags, 9_000, &shot);
+    }
     stop.cancel();
     let _ = (motion.join(), record.join());
 }
@@ -525,6 +531,19 @@ fn dashboard_dom(port: u16) -> String {
 /// The DOM of the page at `path` once Chromium ran its scripts.
 fn page_dom(port: u16, path: &str) -> String {
     browse(port, path, &[], 6000)
+}
+
+/// A PNG of the page at `path` after `budget_ms` of Chromium's virtual time.
+fn screenshot(port: u16, path: &str, flags: &[&str], budget_ms: u32, out: &std::path::Path) {
+    let status = std::process::Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars"])
+        .arg(format!("--virtual-time-budget={budget_ms}"))
+        .args(flags)
+        .arg(format!("--screenshot={}", out.display()))
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .expect("chromium");
+    assert!(status.status.success() && out.is_file(), "no screenshot: {}", String::from_utf8_lossy(&status.stderr));
 }
 
 /// The DOM of the page at `path` after `budget_ms` of Chromium's virtual time, with `flags`.
