@@ -501,23 +501,35 @@ async fn dashboard_plays_a_backup_from_the_second_asked() {
     assert!(file.ends_with(".mp4"), "{backup}");
     assert!(backup["duration_secs"].as_f64().unwrap() > 6.0, "{backup}");
 
-    let dom = browse(port, &format!("/?play={file}&t=3"), &["--autoplay-policy=no-user-gesture-required"], 15_000);
-    let player = dom.split("id=\"player\"").nth(1).and_then(|r| r.split('>').next()).unwrap_or("").to_string();
-    assert!(player.contains(&format!("data-file=\"{file}\"")), "the player did not open {file}: {player}\n{dom}");
-    assert!(player.contains("data-played=\"yes\""), "no picture drawn from {file}: {player}");
-    let attr = |name: &str| -> f64 {
-        let v = player.split(&format!("data-{name}=\"")).nth(1).and_then(|r| r.split('"').next());
-        v.and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no data-{name} on the player: {player}"))
-    };
-    let (from, at) = (attr("from"), attr("time"));
-    assert!((2.9..4.0).contains(&from), "playing began at {from} s, not at the third second asked: {player}");
-    assert!(at > from, "the video did not play on: at {at} s from {from} s ({player})");
+    let autoplay = ["--autoplay-policy=no-user-gesture-required"];
+    let dom = browse(port, &format!("/?play={file}&t=3"), &autoplay, 15_000);
+    let (from, at) = assert_playing(&dom, &file);
+    assert!((2.9..4.0).contains(&from), "playing began at {from} s, not at the third second asked");
+    assert!(at > from, "the video did not play on: at {at} s from {from} s");
     assert!(dom.contains(&format!("data-file=\"{file}\"")) && dom.contains("class=\"playing\""), "not listed: {dom}");
+    // The timeline shows the backup and the motion; a moment in the backup plays that file from
+    // that second; a moment before it says there is no backup.
+    let start_ms = backup["start_ms"].as_i64().unwrap();
+    let dom = browse(port, &format!("/?seek=1:{}", start_ms + 5000), &autoplay, 15_000);
+    let strip =
+        dom.split("preserveAspectRatio=\"none\" data-channel=\"1\"").nth(1).and_then(|r| r.split("</svg>").next());
+    let strip = strip.unwrap_or_else(|| panic!("no timeline strip of channel 1: {dom}"));
+    assert!(strip.contains("class=\"tl-backup\"") && strip.contains(&format!("data-file=\"{file}\"")), "{strip}");
+    assert!(strip.contains("class=\"tl-motion\""), "no motion on the timeline: {strip}");
+    let (from, _) = assert_playing(&dom, &file);
+    assert!((4.9..6.0).contains(&from), "the timeline's moment (5 s into the backup) began playing at {from} s");
+    let before = start_ms - 30_000;
+    let dom = browse(port, &format!("/?seek=1:{before}"), &autoplay, 8_000);
+    assert!(dom.contains(&format!("data-nobackup=\"1:{before}\"")) && dom.contains("no backup at"), "{dom}");
+    assert!(!dom.contains("id=\"player\" class=\"open\""), "a player opened where there is no backup");
     // `CCTV_SCREENSHOTS=<dir>`: also save a picture of the view (the ones in docs/ are made so).
     if let Some(dir) = std::env::var_os("CCTV_SCREENSHOTS") {
         let shot = std::path::Path::new(&dir).join("dashboard-backup-playing.png");
         let flags = ["--autoplay-policy=no-user-gesture-required", "--window-size=1400,1100"];
         screenshot(port, &format!("/?play={file}&t=3"), &flags, 9_000, &shot);
+        let shot = std::path::Path::new(&dir).join("dashboard-timeline.png");
+        let flags = ["--autoplay-policy=no-user-gesture-required", "--window-size=1400,700"];
+        screenshot(port, &format!("/?hours=0.25&seek=1:{}", start_ms + 5000), &flags, 9_000, &shot);
     }
     stop.cancel();
     let _ = (motion.join(), record.join());
@@ -531,6 +543,19 @@ fn dashboard_dom(port: u16) -> String {
 /// The DOM of the page at `path` once Chromium ran its scripts.
 fn page_dom(port: u16, path: &str) -> String {
     browse(port, path, &[], 6000)
+}
+
+/// The dashboard's player shows `file` and drew a picture from it: (where playing began, where
+/// it is), seconds.
+fn assert_playing(dom: &str, file: &str) -> (f64, f64) {
+    let player = dom.split("id=\"player\"").nth(1).and_then(|r| r.split('>').next()).unwrap_or("");
+    assert!(player.contains(&format!("data-file=\"{file}\"")), "the player did not open {file}: {player}\n{dom}");
+    assert!(player.contains("data-played=\"yes\""), "no picture drawn from {file}: {player}");
+    let attr = |name: &str| -> f64 {
+        let v = player.split(&format!("data-{name}=\"")).nth(1).and_then(|r| r.split('"').next());
+        v.and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no data-{name} on the player: {player}"))
+    };
+    (attr("from"), attr("time"))
 }
 
 /// A PNG of the page at `path` after `budget_ms` of Chromium's virtual time.
