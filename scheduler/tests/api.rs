@@ -475,11 +475,13 @@ async fn api_serves_live_data_validates_input_and_guards_mutations() {
     let _ = motion.join();
 }
 
-/// A real backup (motion worker → record worker, MP4 by default) plays in the dashboard's
-/// backups view in headless Chromium: opened at its third second (`?play=<file>&t=3`, as a
-/// link to a moment does), the video element draws a picture and its time runs on from there.
+/// In headless Chromium against a live cluster: the live view of a camera plays (HLS relayed by
+/// the API, hls.js); a real backup (motion worker → record worker, MP4 by default) plays in the
+/// backups view, opened at its third second (`?play=<file>&t=3`): a picture is drawn and its
+/// time runs on from there; the timeline shows it and its motion, and a moment in it plays it
+/// from that second while a moment before it says there is no backup.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dashboard_plays_a_backup_from_the_second_asked() {
+async fn dashboard_plays_live_view_backups_and_timeline_moments() {
     let (port, _tmp, _backups, extra) = api_site("", "timezone = \"UTC\"\npre_roll_secs = 3\npost_roll_secs = 3");
     let mut cluster = Cluster::new(&channel_with(1, ""), 8, &extra);
     let clip = cluster.path("event.mp4");
@@ -502,6 +504,18 @@ async fn dashboard_plays_a_backup_from_the_second_asked() {
     assert!(backup["duration_secs"].as_f64().unwrap() > 6.0, "{backup}");
 
     let autoplay = ["--autoplay-policy=no-user-gesture-required"];
+    // Live view: the camera's stream, relayed by the API from nginx-rtmp's HLS, plays.
+    let (status, playlist, ctype) = http.call("GET", "/api/channels/1/live/index.m3u8", None, None);
+    assert_eq!(
+        (status, ctype.as_str()),
+        (200, "application/vnd.apple.mpegurl"),
+        "{}",
+        String::from_utf8_lossy(&playlist)
+    );
+    assert_eq!(http.call("GET", "/api/channels/1/live/..%2Fch1%2Findex.m3u8", None, None).0, 400);
+    let dom = browse(port, "/?live=1", &autoplay, 15_000);
+    let section = dom.split("id=\"live\"").nth(1).and_then(|r| r.split('>').next()).unwrap_or("");
+    assert!(section.contains("data-channel=\"1\"") && section.contains("data-played=\"yes\""), "live view: {section}");
     let dom = browse(port, &format!("/?play={file}&t=3"), &autoplay, 15_000);
     let (from, at) = assert_playing(&dom, &file);
     assert!((2.9..4.0).contains(&from), "playing began at {from} s, not at the third second asked");
@@ -530,6 +544,8 @@ async fn dashboard_plays_a_backup_from_the_second_asked() {
         let shot = std::path::Path::new(&dir).join("dashboard-timeline.png");
         let flags = ["--autoplay-policy=no-user-gesture-required", "--window-size=1400,700"];
         screenshot(port, &format!("/?hours=0.25&seek=1:{}", start_ms + 5000), &flags, 9_000, &shot);
+        let shot = std::path::Path::new(&dir).join("dashboard-live.png");
+        screenshot(port, "/?live=1", &flags, 9_000, &shot);
     }
     stop.cancel();
     let _ = (motion.join(), record.join());

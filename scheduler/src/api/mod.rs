@@ -35,6 +35,10 @@ pub mod openapi;
 pub mod views;
 
 const DASHBOARD: &str = include_str!("dashboard.html");
+/// hls.js (vendor/README.md): the live view in browsers without native HLS.
+const HLS_JS: &str = include_str!("vendor/hls.light.min.js");
+/// The longest the API waits for nginx-rtmp's HLS server.
+const LIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// `/api/docs`: a page that renders the OpenAPI document in the browser (no outside script,
 /// works offline).
 const API_DOCS: &str = include_str!("apidocs.html");
@@ -101,6 +105,8 @@ fn documented_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(channels))
         .routes(routes!(channel))
         .routes(routes!(channel_preview))
+        .routes(routes!(channel_live))
+        .routes(routes!(hls_js))
         .routes(routes!(events))
         .routes(routes!(backups))
         .routes(routes!(download_backup, delete_backup))
@@ -349,6 +355,54 @@ async fn channel_preview(State(s): State<ApiState>, Path(id): Path<String>) -> A
     let jpeg: Option<Vec<u8>> = s.conn.clone().hget(s.keys.channel_preview(id), "jpeg").await?;
     let jpeg = jpeg.ok_or_else(|| ApiError::not_found(format!("no picture of channel {id} in the last minute")))?;
     Ok(([(header::CONTENT_TYPE, "image/jpeg"), (header::CACHE_CONTROL, "no-store")], jpeg).into_response())
+}
+
+/// Live video of a channel: its detection stream (the sub-stream when there is one) as HLS,
+/// relayed from nginx-rtmp's HLS buffer (`rtmp.hls_url`), so the dashboard needs one port and
+/// one origin. `file` is `index.m3u8` or a fragment the playlist names.
+#[utoipa::path(get, path = "/api/channels/{id}/live/{file}", tag = "channels",
+    params(("id" = u32, Path, description = "channel id"), ("file" = String, Path, description = "index.m3u8 or a fragment it lists")),
+    responses((status = 200, content_type = "application/vnd.apple.mpegurl", body = String, description = "the playlist (fragments: video/mp2t)"),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 502, body = ErrorBody)))]
+async fn channel_live(State(s): State<ApiState>, Path((id, file)): Path<(String, String)>) -> ApiResult<Response> {
+    let id: u32 = id.parse().map_err(|_| ApiError::bad(format!("{id:?} is not a channel number")))?;
+    let ch = s.config.channel(id).ok_or_else(|| ApiError::not_found(format!("channel {id} is not configured")))?;
+    let fragment = file
+        .strip_suffix(".ts")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+    let ctype = match () {
+        _ if file == "index.m3u8" => "application/vnd.apple.mpegurl",
+        _ if fragment => "video/mp2t",
+        _ => return Err(ApiError::bad(format!("{file:?} is not index.m3u8 or a fragment of it"))),
+    };
+    let url = format!("{}/{}/{file}", s.config.rtmp.hls_url.trim_end_matches('/'), ch.detect_stream_name());
+    let fetched = tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>, String> {
+        let agent: ureq::Agent =
+            ureq::Agent::config_builder().timeout_global(Some(LIVE_TIMEOUT)).http_status_as_error(false).build().into();
+        let mut resp = agent.get(&url).call().map_err(|e| format!("{url}: {e}"))?;
+        if resp.status() != 200 {
+            return Ok(None);
+        }
+        resp.body_mut().with_config().limit(64 << 20).read_to_vec().map(Some).map_err(|e| format!("{url}: {e}"))
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    match fetched {
+        Ok(Some(body)) => {
+            Ok(([(header::CONTENT_TYPE, ctype), (header::CACHE_CONTROL, "no-store")], body).into_response())
+        }
+        Ok(None) => {
+            Err(ApiError::not_found(format!("no live video of channel {id} ({file}): is its stream published?")))
+        }
+        Err(e) => Err(ApiError(StatusCode::BAD_GATEWAY, format!("live video of channel {id}: nginx-rtmp's HLS: {e}"))),
+    }
+}
+
+/// hls.js, for the dashboard's live view (vendored, `scheduler/src/api/vendor/README.md`).
+#[utoipa::path(get, path = "/vendor/hls.light.min.js", tag = "pages",
+    responses((status = 200, content_type = "text/javascript", body = String)))]
+async fn hls_js() -> Response {
+    ([(header::CONTENT_TYPE, "text/javascript"), (header::CACHE_CONTROL, "max-age=86400")], HLS_JS).into_response()
 }
 
 fn stream_of(keys: &Keys, category: &str) -> String {
