@@ -405,11 +405,16 @@ pub struct ApiConfig {
     /// Bearer token required by mutating endpoints (retry, purge, delete). `CCTV_API_TOKEN`
     /// overrides it. Without one, mutating endpoints are refused.
     pub token: Option<String>,
+    /// Token that reading needs (the dashboard, video, pictures, every `/api` read and
+    /// `/metrics`): with one, a browser signs in on `/login` (a session cookie) and a client
+    /// sends `Authorization: Bearer <viewer_token or token>`; `/api/health` and `/login` stay
+    /// open. Default none: reads are open (the API listens on loopback by default).
+    pub viewer_token: Option<String>,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { enabled: true, listen: "127.0.0.1:8088".into(), token: None }
+        Self { enabled: true, listen: "127.0.0.1:8088".into(), token: None, viewer_token: None }
     }
 }
 
@@ -419,6 +424,7 @@ impl fmt::Debug for ApiConfig {
             .field("enabled", &self.enabled)
             .field("listen", &self.listen)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("viewer_token", &self.viewer_token.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }
@@ -876,6 +882,9 @@ impl Config {
         if let Some(pw) = self.cluster.sentinel.as_mut().and_then(|s| s.password.as_mut()) {
             expand("cluster.sentinel.password".into(), pw);
         }
+        if let Some(t) = self.api.viewer_token.as_mut() {
+            expand("api.viewer_token".into(), t);
+        }
         if let Some(t) = self.api.token.as_mut() {
             expand("api.token".into(), t);
         }
@@ -1025,6 +1034,9 @@ impl Config {
         range(&mut p, "storage.interval_secs", st.interval_secs, 0.2, 3600.0);
         if self.api.listen.parse::<std::net::SocketAddr>().is_err() {
             p.add("api.listen", format!("{:?} is not an address:port", self.api.listen));
+        }
+        if self.api.viewer_token.as_ref().is_some_and(|t| t.len() < 16) {
+            p.add("api.viewer_token", "must be at least 16 characters".into());
         }
         if self.api.token.as_ref().is_some_and(|t| t.len() < 16) {
             p.add("api.token", "must be at least 16 characters".into());
@@ -1570,6 +1582,14 @@ mod tests {
             ],
         );
         assert_eq!(problems.len(), 6, "{problems:?}");
+    }
+
+    #[test]
+    fn a_short_viewer_token_is_a_problem_and_it_is_redacted() {
+        let text = "[api]\nviewer_token = \"short\"\n[[channel]]\nid = 1\nname = \"Gate\"\nsource = \"rtsp://cam/1\"\n";
+        assert_listed(&problems_of(text), &["api.viewer_token: must be at least 16 characters"]);
+        let c: Config = toml::from_str(&text.replace("short", "viewer-token-0123456789")).unwrap();
+        assert!(!format!("{c:?}").contains("viewer-token-0123456789"), "the viewer token is in Debug output");
     }
 
     #[test]

@@ -551,6 +551,92 @@ async fn dashboard_plays_live_view_backups_and_timeline_moments() {
     let _ = (motion.join(), record.join());
 }
 
+/// `api.viewer_token`: every read — dashboard, API lists, video, pictures, live view, metrics —
+/// needs it (or the admin token) as a bearer or a session cookie from `/login`; browsers are
+/// sent to the sign-in page; the cookie is no token; a viewer cannot change anything; only
+/// `/api/health` stays open; sign-in never redirects off the site.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewer_token_guards_every_read_and_the_login_page_signs_in() {
+    const VIEWER: &str = "viewer-token-0123456789";
+    let api = format!("token = \"{TOKEN}\"\nviewer_token = \"{VIEWER}\"");
+    let (port, _tmp, backups, extra) = api_site(&api, "timezone = \"UTC\"");
+    std::fs::write(backups.join("Channel1_2026-01-01_00-00-00.mp4"), b"0123456789").unwrap();
+    let mut cluster = Cluster::new(&channel_with(1, ""), 8, &extra);
+    cluster.start_scheduler();
+    cctv_testkit::wait_for_port(port, Duration::from_secs(10), "API");
+    // No redirects followed: the answers themselves are checked.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .max_idle_connections(0)
+        .build()
+        .into();
+    let call = |method: &str, path: &str, headers: &[(&str, &str)], body: &str| {
+        let mut req = ureq::http::Request::builder().method(method).uri(format!("http://127.0.0.1:{port}{path}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let mut resp = agent.run(req.body(body.as_bytes().to_vec()).unwrap()).unwrap();
+        let h = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let (location, cookie) = (h("location"), h("set-cookie"));
+        (resp.status().as_u16(), resp.body_mut().read_to_string().unwrap_or_default(), location, cookie)
+    };
+    let reads = [
+        "/api/channels",
+        "/api/channels/1",
+        "/api/events?category=motion",
+        "/api/backups",
+        "/api/backups/file/Channel1_2026-01-01_00-00-00.mp4",
+        "/api/channels/1/preview.jpg",
+        "/api/channels/1/live/index.m3u8",
+        "/api/storage",
+        "/api/openapi.json",
+        "/metrics",
+        "/vendor/hls.light.min.js",
+    ];
+    assert_eq!(call("GET", "/api/health", &[], "").0, 200, "health checks stay open");
+    for path in reads {
+        let (status, body, _, _) = call("GET", path, &[], "");
+        assert_eq!(status, 401, "{path} answered without signing in: {body}");
+        assert!(body.contains("viewer token"), "{path}: {body}");
+    }
+    let (status, _, location, _) = call("GET", "/?play=x.mp4", &[("Accept", "text/html")], "");
+    assert_eq!((status, location.as_str()), (303, "/login?next=/%3Fplay%3Dx.mp4"), "a browser is sent to sign in");
+    let (status, page, _, _) = call("GET", "/login", &[], "");
+    assert!(status == 200 && page.contains("id=\"login\"") && page.contains("name=\"token\""), "{page}");
+
+    let form = [("Content-Type", "application/x-www-form-urlencoded")];
+    let (status, page, _, cookie) = call("POST", "/login", &form, "token=not-the-token-at-all&next=/");
+    assert!(status == 401 && cookie.is_empty() && page.contains("not right"), "{status} {cookie} {page}");
+    let (status, _, location, cookie) = call("POST", "/login", &form, &format!("token={VIEWER}&next=/%3Fplay%3Dx.mp4"));
+    assert_eq!((status, location.as_str()), (303, "/?play=x.mp4"));
+    assert!(cookie.starts_with("cctv_session=") && cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+    assert!(!cookie.contains(VIEWER) && !cookie.contains(TOKEN), "the cookie carries the token: {cookie}");
+    let session = cookie.split(';').next().unwrap().to_string();
+    for path in reads.iter().filter(|p| !p.contains("preview") && !p.contains("live")) {
+        let (status, body, _, _) = call("GET", path, &[("Cookie", &session)], "");
+        assert_eq!(status, 200, "{path} with the session cookie: {body}");
+    }
+    assert_eq!(call("GET", "/", &[("Cookie", &session), ("Accept", "text/html")], "").0, 200);
+    let viewer = format!("Bearer {VIEWER}");
+    let admin = format!("Bearer {TOKEN}");
+    assert_eq!(call("GET", "/api/channels", &[("Authorization", &viewer)], "").0, 200);
+    assert_eq!(call("GET", "/api/channels", &[("Authorization", &admin)], "").0, 200);
+    // A viewer reads; only the admin token changes anything.
+    let file = "/api/backups/file/Channel1_2026-01-01_00-00-00.mp4";
+    assert_eq!(call("DELETE", file, &[("Authorization", &viewer)], "").0, 401);
+    assert_eq!(call("DELETE", file, &[("Cookie", &session)], "").0, 401);
+    assert!(backups.join("Channel1_2026-01-01_00-00-00.mp4").exists());
+    // Sign-in never sends a browser off the site; sign-out clears the cookie.
+    let (_, _, location, _) = call("POST", "/login", &form, &format!("token={VIEWER}&next=//evil.example/"));
+    assert_eq!(location, "/");
+    let (status, _, location, cookie) = call("GET", "/logout", &[("Cookie", &session)], "");
+    assert!(status == 303 && location == "/login" && cookie.contains("Max-Age=0"), "{cookie}");
+    // In the browser: the dashboard without a session is the sign-in form.
+    let dom = page_dom(port, "/");
+    assert!(dom.contains("id=\"login\"") && !dom.contains("id=\"channels\""), "{dom}");
+}
+
 /// The dashboard's DOM after its scripts ran, from Debian's `chromium` in headless mode.
 fn dashboard_dom(port: u16) -> String {
     page_dom(port, "/")

@@ -31,8 +31,11 @@ use utoipa_axum::routes;
 use crate::metrics::ClusterMetrics;
 use views::*;
 
+pub mod auth;
 pub mod openapi;
 pub mod views;
+
+use auth::require_token;
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 /// hls.js (vendor/README.md): the live view in browsers without native HLS.
@@ -94,6 +97,7 @@ pub fn router(config: Arc<Config>, conn: ConnectionManager, metrics: Arc<Cluster
     router
         .route("/api/openapi.json", get(move || async move { Json(doc.as_ref().clone()) }))
         .fallback(|| async { ApiError::not_found("no such endpoint (see /api/openapi.json)") })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_viewer))
         .with_state(state)
 }
 
@@ -101,6 +105,8 @@ pub fn router(config: Arc<Config>, conn: ConnectionManager, metrics: Arc<Cluster
 fn documented_routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::with_openapi(openapi::base())
         .routes(routes!(dashboard))
+        .routes(routes!(auth::login_page, auth::login))
+        .routes(routes!(auth::logout))
         .routes(routes!(health))
         .routes(routes!(channels))
         .routes(routes!(channel))
@@ -165,23 +171,6 @@ pub async fn serve(
     counting_stop.cancel();
     let _ = counting.await;
     served
-}
-
-fn require_token(state: &ApiState, headers: &HeaderMap) -> ApiResult<()> {
-    let Some(expected) = state.config.api.token.as_deref() else {
-        return Err(ApiError(StatusCode::FORBIDDEN, "mutating endpoints are disabled: no api.token configured".into()));
-    };
-    let given =
-        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    // Compare without an early exit, so timing says nothing about the token.
-    let ok = given.is_some_and(|g| {
-        g.len() == expected.len() && g.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError(StatusCode::UNAUTHORIZED, "missing or wrong bearer token".into()))
-    }
 }
 
 /// Query parameters, parsed by hand so every bad one gets a 400 naming it.
@@ -258,6 +247,7 @@ async fn health(State(s): State<ApiState>) -> Response {
             redis: redis_ok,
             version: env!("CARGO_PKG_VERSION").into(),
             timezone: timezone.clone(),
+            sign_in: s.config.api.viewer_token.is_some(),
         }),
     )
         .into_response()

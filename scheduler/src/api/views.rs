@@ -46,6 +46,8 @@ pub struct Health {
     pub version: String,
     /// The time zone backups are named in and the dashboard shows times in (`record.timezone`).
     pub timezone: String,
+    /// Reading needs signing in (`api.viewer_token`): the dashboard offers to sign out.
+    pub sign_in: bool,
 }
 
 /// A channel as the API shows it: its settings (never its camera URL) and live status.

@@ -1,0 +1,164 @@
+//! Who may read and who may change: the bearer token of mutating endpoints (`api.token`) and,
+//! when `api.viewer_token` is set, the sign-in every read needs — a bearer token (viewer or
+//! admin) from clients, a session cookie from browsers (`/login`). The cookie holds a digest
+//! of the token, never the token; `/api/health` and the sign-in pages stay open.
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Response};
+use axum::Form;
+use sha2::{Digest, Sha256};
+
+use super::{ApiError, ApiResult, ApiState};
+
+const COOKIE: &str = "cctv_session";
+const LOGIN_PAGE: &str = include_str!("login.html");
+
+/// Equal secrets, compared without an early exit (timing says nothing about the token).
+pub fn same_secret(given: &str, expected: &str) -> bool {
+    given.len() == expected.len() && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
+}
+
+/// The session cookie's value for a token: a digest, so the cookie never carries the token.
+fn session_of(token: &str) -> String {
+    let digest = Sha256::new().chain_update(b"cctv-session\0").chain_update(token.as_bytes()).finalize();
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| kv.trim().strip_prefix(name)?.strip_prefix('='))
+}
+
+/// The tokens that let someone read: the viewer token and the admin one.
+fn reading_tokens(s: &ApiState) -> impl Iterator<Item = &str> {
+    s.config.api.viewer_token.as_deref().into_iter().chain(s.config.api.token.as_deref())
+}
+
+/// Mutating endpoints: the admin bearer token.
+pub fn require_token(state: &ApiState, headers: &HeaderMap) -> ApiResult<()> {
+    let Some(expected) = state.config.api.token.as_deref() else {
+        return Err(ApiError(StatusCode::FORBIDDEN, "mutating endpoints are disabled: no api.token configured".into()));
+    };
+    if bearer(headers).is_some_and(|g| same_secret(g, expected)) {
+        Ok(())
+    } else {
+        Err(ApiError(StatusCode::UNAUTHORIZED, "missing or wrong bearer token".into()))
+    }
+}
+
+/// Every request but the open ones, when reads are protected: a reading token as bearer or a
+/// session cookie; else browsers go to `/login`, clients get 401.
+pub async fn require_viewer(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+    if s.config.api.viewer_token.is_none() || matches!(req.uri().path(), "/login" | "/logout" | "/api/health") {
+        return next.run(req).await;
+    }
+    let headers = req.headers();
+    let by_bearer = bearer(headers).is_some_and(|g| reading_tokens(&s).any(|t| same_secret(g, t)));
+    let by_cookie = cookie(headers, COOKIE).is_some_and(|c| reading_tokens(&s).any(|t| same_secret(c, &session_of(t))));
+    if by_bearer || by_cookie {
+        return next.run(req).await;
+    }
+    let browser = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/html"));
+    if browser && req.method() == axum::http::Method::GET {
+        let next_path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let to = format!("/login?next={}", encode(next_path));
+        return (StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response();
+    }
+    ApiError(
+        StatusCode::UNAUTHORIZED,
+        "sign in: reading needs the viewer token (Authorization: Bearer, or /login)".into(),
+    )
+    .into_response()
+}
+
+/// Percent-encodes everything but unreserved characters (a path for `next=`).
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Where to go after signing in: a path on this site only (never `//host` or a URL).
+fn local_path(next: Option<&str>) -> &str {
+    match next {
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n,
+        _ => "/",
+    }
+}
+
+/// The sign-in page.
+#[utoipa::path(get, path = "/login", tag = "pages",
+    responses((status = 200, content_type = "text/html", body = String, description = "the sign-in form")))]
+pub async fn login_page() -> Html<String> {
+    Html(LOGIN_PAGE.replace("{message}", ""))
+}
+
+/// `POST /login`'s form.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+pub struct LoginForm {
+    token: String,
+    #[serde(default)]
+    next: Option<String>,
+}
+
+/// Signs a browser in: the viewer (or admin) token gives a session cookie (HttpOnly,
+/// SameSite=Strict, a digest of the token) and a redirect back to where it was going.
+#[utoipa::path(post, path = "/login", tag = "pages",
+    request_body(content = LoginForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 303, description = "signed in: a session cookie and a redirect"),
+        (status = 401, content_type = "text/html", body = String, description = "wrong token: the form again")))]
+pub async fn login(State(s): State<ApiState>, Form(form): Form<LoginForm>) -> Response {
+    match reading_tokens(&s).find(|t| same_secret(&form.token, t)) {
+        Some(t) => {
+            let set = format!("{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict", session_of(t));
+            let to = local_path(form.next.as_deref()).to_string();
+            tracing::info!("dashboard sign-in");
+            (StatusCode::SEE_OTHER, [(header::SET_COOKIE, set), (header::LOCATION, to)]).into_response()
+        }
+        None => {
+            tracing::warn!("dashboard sign-in refused: wrong token");
+            let page = LOGIN_PAGE.replace("{message}", "That token is not right.");
+            (StatusCode::UNAUTHORIZED, Html(page)).into_response()
+        }
+    }
+}
+
+/// Signs a browser out (the session cookie cleared).
+#[utoipa::path(get, path = "/logout", tag = "pages", responses((status = 303, description = "signed out: to /login")))]
+pub async fn logout() -> Response {
+    let clear = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    (StatusCode::SEE_OTHER, [(header::SET_COOKIE, clear), (header::LOCATION, "/login".to_string())]).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_in_goes_back_only_to_this_site_and_the_cookie_is_no_token() {
+        assert_eq!(local_path(Some("/?play=x.mp4")), "/?play=x.mp4");
+        for evil in ["//evil.example/", "https://evil.example/", "/\\evil.example", ""] {
+            assert_eq!(local_path(Some(evil)), "/", "{evil}");
+        }
+        let token = "viewer-token-0123456789";
+        assert!(!session_of(token).contains(token) && session_of(token).len() == 64);
+        assert_ne!(session_of(token), session_of("another-token-0123456789"));
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, "a=1; cctv_session=abc; b=2".parse().unwrap());
+        assert_eq!(cookie(&h, COOKIE), Some("abc"));
+        assert_eq!(encode("/?play=a b"), "/%3Fplay%3Da%20b");
+    }
+}
