@@ -6,6 +6,8 @@ each with a main stream and a sub-stream, from H.264 MP4 clips, without re-encod
 
 Camera i (from 1) is rtsp://<address>:<port>/cam<i>/main and .../cam<i>/sub. A clip that ends
 ends the RTSP session (as a camera reboot would); clients reconnect and it starts again.
+With --auth user:password the cameras ask for those credentials (RTSP Basic authentication)
+and answer anyone else 401 Unauthorized, as a camera does.
 Debian packages: python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good
 gstreamer1.0-plugins-bad. Prints "ready" once listening.
 """
@@ -19,8 +21,12 @@ gi.require_version("GstRtspServer", "1.0")
 from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 
 
-def factory(clip):
+def factory(clip, auth):
     f = GstRtspServer.RTSPMediaFactory()
+    if auth:
+        # Only the "camera-user" role may see and open the streams.
+        f.add_role_from_structure(Gst.Structure.new_from_string(
+            "camera-user, media.factory.access=(boolean)true, media.factory.construct=(boolean)true"))
     # Stream copy: demux the MP4, repeat SPS/PPS on every keyframe, packetise.
     f.set_launch(
         f'( filesrc location="{clip}" ! qtdemux ! h264parse config-interval=-1 ! rtph264pay name=pay0 pt=96 )'
@@ -37,16 +43,24 @@ def main():
     p.add_argument("--address", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--camera", action="append", required=True, help="main.mp4,sub.mp4 (sub optional)")
+    p.add_argument("--auth", help="user:password every client must give (Basic)")
     a = p.parse_args()
     Gst.init(None)
     server = GstRtspServer.RTSPServer()
+    if a.auth:
+        user, password = a.auth.split(":", 1)
+        auth = GstRtspServer.RTSPAuth()
+        token = GstRtspServer.RTSPToken()
+        token.set_string("media.factory.role", "camera-user")
+        auth.add_basic(GstRtspServer.RTSPAuth.make_basic(user, password), token)
+        server.set_auth(auth)
     server.set_address(a.address)
     server.set_service(str(a.port))
     mounts = server.get_mount_points()
     for i, cam in enumerate(a.camera, start=1):
         clips = cam.split(",")
-        mounts.add_factory(f"/cam{i}/main", factory(clips[0]))
-        mounts.add_factory(f"/cam{i}/sub", factory(clips[1] if len(clips) > 1 else clips[0]))
+        mounts.add_factory(f"/cam{i}/main", factory(clips[0], a.auth))
+        mounts.add_factory(f"/cam{i}/sub", factory(clips[1] if len(clips) > 1 else clips[0], a.auth))
     if server.attach(None) == 0:
         print(f"cannot listen on {a.address}:{a.port}", file=sys.stderr)
         sys.exit(1)

@@ -311,7 +311,7 @@ impl YoloConfig {
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Container {
-    /// Matroska: any codec; Firefox and Safari do not play it in the browser.
+    /// Matroska: any codec; Safari does not play it in the browser.
     Mkv,
     /// MP4 with its index at the front (`+faststart`): every browser plays and seeks it
     /// progressively through the API. A file is published only once whole, so nothing needs

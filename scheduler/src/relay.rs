@@ -170,8 +170,16 @@ fn start_relay(label: String, source: String, publish: String, audio: RelayAudio
 }
 
 impl Relay {
+    /// What the status reports. After a failure, a new attempt counts as running only once it
+    /// has stayed up `CLEAN_RUN`: a camera that refuses the password (or any attempt that fails
+    /// at once) is reported down with its reason, not "running" for the instant each retry takes.
     fn snapshot(&self) -> RelayState {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let young = s.since_ms.is_some_and(|t| now_ms() - t < CLEAN_RUN.as_millis() as i64);
+        if s.running && s.last_error.is_some() && young {
+            s.running = false;
+        }
+        s
     }
     fn stop(mut self) {
         if let Some(s) = self.stopper.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {

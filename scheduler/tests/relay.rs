@@ -85,3 +85,75 @@ async fn rtsp_cameras_are_relayed_into_nginx_and_relays_recover() {
     stop.cancel();
     let _ = relay.await;
 }
+
+/// A camera that asks for a password (a real RTSP server with Basic authentication) and a
+/// channel configured with the wrong one: its relay reports "401 Unauthorized" in plain words —
+/// in the relay status, `/api/channels`, `cctv status` and on the dashboard card — while the
+/// channel with the right password is relayed; no password appears anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_refusing_the_password_is_reported_with_the_reason_everywhere() {
+    cctv_common::telemetry::init(None);
+    let tmp = tempfile::tempdir().unwrap();
+    let (main, sub) = (tmp.path().join("main.mp4"), tmp.path().join("sub.mp4"));
+    let source = cctv_testkit::media("worker-zone-detection.gif");
+    cctv_testkit::make_camera_clip(&source, &main, 6, 640, 360);
+    cctv_testkit::make_camera_clip(&source, &sub, 6, 320, 180);
+    let cameras = RtspCameras::start_with_auth(&[(main.clone(), sub.clone()), (main, sub)], "admin:right-pass");
+    let channels = format!(
+        "[[channel]]\nid = 1\nname = \"gate\"\nsource = \"{}\"\n[[channel]]\nid = 2\nname = \"yard\"\nsource = \"{}\"\n",
+        cameras.url("admin:right-pass@", 1, "main"),
+        cameras.url("admin:wrong-pass@", 2, "main")
+    );
+    let port = cctv_testkit::free_port();
+    let mut cluster = Cluster::new(&channels, 8, &format!("[api]\nlisten = \"127.0.0.1:{port}\"\n"));
+    cluster.start_scheduler();
+    let stop = CancellationToken::new();
+    let relay = tokio::spawn(scheduler::relay::run(cluster.config.clone(), stop.clone()));
+
+    let refused = wait_for(Duration::from_secs(40), || async {
+        status(&cluster, 2)
+            .await
+            .filter(|s| !s.main.running && s.main.last_error.as_deref().is_some_and(|e| e.contains("401")))
+    })
+    .await
+    .expect("the relay of ch2 reports the camera's 401");
+    let reason = refused.main.last_error.clone().unwrap();
+    assert!(reason.contains("401 Unauthorized"), "{reason}");
+    let ok = wait_for(Duration::from_secs(30), || async { status(&cluster, 1).await.filter(|s| s.main.running) }).await;
+    assert!(ok.is_some(), "ch1, with the right password, is relayed");
+
+    cctv_testkit::wait_for_port(port, Duration::from_secs(10), "API");
+    let body = ureq::get(format!("http://127.0.0.1:{port}/api/channels/2"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let ch2: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(ch2["relay"]["main"]["last_error"].as_str().unwrap_or("").contains("401 Unauthorized"), "{ch2}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cctv"))
+        .arg("--config")
+        .arg(&cluster.config_path)
+        .args(["status", "--check"])
+        .output()
+        .unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success() && said.contains("401 Unauthorized"), "cctv status --check: {said}");
+    let dom = std::process::Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--virtual-time-budget=6000"])
+        .arg("--dump-dom")
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .expect("chromium");
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    assert!(
+        dom.contains("data-camera=\"down\"") && dom.contains("401 Unauthorized"),
+        "not on the card:\n{}",
+        dom.split("<main>").nth(1).unwrap_or(&dom).chars().take(3000).collect::<String>()
+    );
+    for text in [body.as_str(), said.as_str(), &dom, &serde_json::to_string(&refused).unwrap()] {
+        assert!(!text.contains("right-pass") && !text.contains("wrong-pass"), "a camera password leaked: {text}");
+    }
+    stop.cancel();
+    let _ = relay.await;
+}

@@ -370,9 +370,21 @@ impl RtspCameras {
 
     /// Same, on a given port (to restart a "rebooted" camera server where clients expect it).
     pub fn start_on(port: u16, cameras: &[(PathBuf, PathBuf)]) -> Self {
+        Self::start_with(port, cameras, None)
+    }
+
+    /// Cameras that ask for `user:password` (RTSP Basic) and answer anyone else 401.
+    pub fn start_with_auth(cameras: &[(PathBuf, PathBuf)], user_password: &str) -> Self {
+        Self::start_with(free_port(), cameras, Some(user_password))
+    }
+
+    fn start_with(port: u16, cameras: &[(PathBuf, PathBuf)], auth: Option<&str>) -> Self {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../loadtest/rtsp_cameras.py");
         let mut cmd = Command::new("/usr/bin/python3");
         cmd.arg(&script).args(["--port", &port.to_string()]);
+        if let Some(a) = auth {
+            cmd.args(["--auth", a]);
+        }
         for (main, sub) in cameras {
             cmd.arg("--camera").arg(format!("{},{}", main.display(), sub.display()));
         }
