@@ -418,6 +418,16 @@ fn camera_clip(i: usize, clips: &[(PathBuf, PathBuf); 3]) -> (PathBuf, PathBuf) 
     }
 }
 
+/// Replaces the config file whole (a temporary file renamed over it): a process starting
+/// meanwhile reads the old file or the new one, never a half-written one. (Rewritten in place,
+/// a worker that read it while it was being written found no channel and exited: the quick
+/// load test failed once in three fresh-clone runs.)
+pub fn write_config(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
 fn config_text(n: usize, redis: &Redis, nginx: &Nginx, cams: &RtspCameras, dir: &Path, api_port: u16) -> String {
     let mut t = format!(
         "[cluster]\nredis_url = \"{}\"\nnamespace = \"load\"\n\
@@ -569,7 +579,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let cameras = RtspCameras::start(&cams);
     let api_port = cctv_testkit::free_port();
     let cfg = work.join("cctv.toml");
-    std::fs::write(&cfg, config_text(opts.stages[0], &redis, &nginx, &cameras, &work, api_port))?;
+    write_config(&cfg, &config_text(opts.stages[0], &redis, &nginx, &cameras, &work, api_port))?;
     let cfgs = cfg.to_str().context("config path")?.to_string();
 
     let mut workers: Vec<Proc> = Vec::new();
@@ -603,7 +613,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
 
     for &n in &opts.stages {
-        std::fs::write(&cfg, config_text(n, &redis, &nginx, &cameras, &work, api_port))?;
+        write_config(&cfg, &config_text(n, &redis, &nginx, &cameras, &work, api_port))?;
         // The scheduler and relays read the channel list at start: restart them per stage; the
         // workers keep running and follow the new plan.
         let mut stage_procs = vec![

@@ -651,7 +651,7 @@ pub async fn quality(opts: QualityOptions) -> anyhow::Result<QualityReport> {
         channels.push((2 * i + 2, "objects"));
     }
     let cfg = work.join("cctv.toml");
-    std::fs::write(&cfg, config_text(&redis, &nginx, &work, &channels))?;
+    crate::write_config(&cfg, &config_text(&redis, &nginx, &work, &channels))?;
     let config = cctv_common::config::Config::load(&cfg)?;
     crate::default_ort_path()?;
     eprintln!("preparing scenes and their ground truth in {} (first run only)...", opts.cache_dir.display());
