@@ -183,6 +183,19 @@ pub struct MotionConfig {
     /// new scene becomes the reference (a parked car does not record forever). 0 turns presence
     /// off. Default 60.
     pub max_hold_secs: f64,
+    /// Compressed-domain gate: the reader watches the detect stream's packets (sizes, keyframes)
+    /// without decoding and decodes only while something may be happening: on a P-frame larger
+    /// than `gate_rise` x the channel's learned quiet level, on a keyframe that shows motion
+    /// (every keyframe is decoded and analysed, so slow changes are still seen), and during
+    /// motion, presence and `gate_hold_secs` after. When it opens, decoding starts from the
+    /// last keyframe (kept in memory), so no frame after it is lost. H.264 only; other codecs
+    /// are decoded always. Default false.
+    pub gate: bool,
+    /// A P-frame this many times the learned quiet level (its 95th percentile over the last
+    /// 10 s of quiet) opens the gate. Default 1.5.
+    pub gate_rise: f64,
+    /// The gate stays open this long after the last motion, presence or event end. Default 10.
+    pub gate_hold_secs: f64,
 }
 
 impl Default for MotionConfig {
@@ -205,6 +218,9 @@ impl Default for MotionConfig {
             decode_threads: 1,
             keyframes_only: false,
             max_hold_secs: 60.0,
+            gate: false,
+            gate_rise: 1.5,
+            gate_hold_secs: 10.0,
         }
     }
 }
@@ -961,6 +977,8 @@ impl Config {
         }
         range(&mut p, "motion.end_quiet_secs", m.end_quiet_secs, 0.2, 600.0);
         range(&mut p, "motion.max_hold_secs", m.max_hold_secs, 0.0, 86_400.0);
+        range(&mut p, "motion.gate_rise", m.gate_rise, 1.0, 20.0);
+        range(&mut p, "motion.gate_hold_secs", m.gate_hold_secs, 1.0, 3600.0);
         range(&mut p, "motion.recalibrate_fraction", m.recalibrate_fraction, 0.05, 1.0);
         range(&mut p, "motion.stall_timeout_secs", m.stall_timeout_secs, 1.0, 600.0);
         range(&mut p, "motion.retry_initial_secs", m.retry_initial_secs, 0.1, 600.0);

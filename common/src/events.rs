@@ -135,6 +135,11 @@ pub struct ChannelStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysing_since_ms: Option<i64>,
     pub frames_total: u64,
+    /// Frames the compressed-domain gate left undecoded because the stream showed nothing
+    /// happening (counted at the analysis rate): with `frames_total`, the frames the channel
+    /// was watched for.
+    #[serde(default)]
+    pub frames_gated: u64,
     pub worker: String,
     pub batch: String,
     pub updated_ms: i64,

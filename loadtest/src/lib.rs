@@ -42,6 +42,27 @@ pub struct Options {
     pub sample_every: Duration,
     pub motion_workers: usize,
     pub progress: bool,
+    /// `[motion]` settings of the cluster (see [`motion_section`]), empty for the defaults.
+    pub motion: String,
+}
+
+/// `KEY=VALUE` pairs as the lines of a `[motion]` section (`""` for none); the cluster's
+/// config check then rejects an unknown key or a bad value, naming it.
+pub fn motion_section(settings: &[String]) -> anyhow::Result<String> {
+    if settings.is_empty() {
+        return Ok(String::new());
+    }
+    let mut t = String::from("[motion]\n");
+    for kv in settings {
+        let (k, v) = kv.split_once('=').with_context(|| format!("--motion {kv:?}: expected KEY=VALUE"))?;
+        let k = k.trim();
+        anyhow::ensure!(
+            !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+            "--motion {kv:?}: {k:?} is not a [motion] key"
+        );
+        t += &format!("{k} = {}\n", v.trim());
+    }
+    Ok(t)
 }
 
 /// A process the load test started, stopped with SIGTERM (then SIGKILL) on drop.
@@ -428,8 +449,17 @@ pub fn write_config(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-fn config_text(n: usize, redis: &Redis, nginx: &Nginx, cams: &RtspCameras, dir: &Path, api_port: u16) -> String {
-    let mut t = format!(
+fn config_text(
+    n: usize,
+    redis: &Redis,
+    nginx: &Nginx,
+    cams: &RtspCameras,
+    dir: &Path,
+    api_port: u16,
+    motion: &str,
+) -> String {
+    let mut t = motion.to_string();
+    t += &format!(
         "[cluster]\nredis_url = \"{}\"\nnamespace = \"load\"\n\
          [rtmp]\npublish_url = \"{live}\"\nplay_url = \"{live}\"\nhls_url = \"{}\"\n\
          [scheduler]\nbatch_size = 8\nreconcile_interval_secs = 2\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n\
@@ -579,7 +609,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let cameras = RtspCameras::start(&cams);
     let api_port = cctv_testkit::free_port();
     let cfg = work.join("cctv.toml");
-    write_config(&cfg, &config_text(opts.stages[0], &redis, &nginx, &cameras, &work, api_port))?;
+    write_config(&cfg, &config_text(opts.stages[0], &redis, &nginx, &cameras, &work, api_port, &opts.motion))?;
     let cfgs = cfg.to_str().context("config path")?.to_string();
 
     let mut workers: Vec<Proc> = Vec::new();
@@ -613,7 +643,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
 
     for &n in &opts.stages {
-        write_config(&cfg, &config_text(n, &redis, &nginx, &cameras, &work, api_port))?;
+        write_config(&cfg, &config_text(n, &redis, &nginx, &cameras, &work, api_port, &opts.motion))?;
         // The scheduler and relays read the channel list at start: restart them per stage; the
         // workers keep running and follow the new plan.
         let mut stage_procs = vec![

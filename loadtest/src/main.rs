@@ -38,6 +38,9 @@ enum Command {
         /// Motion worker processes.
         #[arg(long, default_value_t = 2)]
         motion_workers: usize,
+        /// A `[motion]` setting for the cluster, `KEY=VALUE` in TOML (e.g. `gate=true`); repeatable.
+        #[arg(long = "motion", value_name = "KEY=VALUE")]
+        motion_settings: Vec<String>,
         /// No progress bars (logs and CI).
         #[arg(long)]
         no_progress: bool,
@@ -54,6 +57,9 @@ enum Command {
         /// Where scene clips and their ground truth are cached between runs.
         #[arg(long, default_value = ".local/quality-clips")]
         cache_dir: PathBuf,
+        /// A `[motion]` setting for the cluster, `KEY=VALUE` in TOML (e.g. `gate=true`); repeatable.
+        #[arg(long = "motion", value_name = "KEY=VALUE")]
+        motion_settings: Vec<String>,
     },
     /// Re-render report.md and the plots of a report directory from its report.json.
     Render { report_dir: PathBuf },
@@ -92,8 +98,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig => cctv_common::config::check_config_command(&cli.global.config()),
-        Command::Quality { quick, report_dir, cache_dir } => {
-            let opts = loadtest::quality::QualityOptions { quick, report_dir: report_dir.clone(), cache_dir };
+        Command::Quality { quick, report_dir, cache_dir, motion_settings } => {
+            let motion = match loadtest::motion_section(&motion_settings) {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let opts = loadtest::quality::QualityOptions { quick, report_dir: report_dir.clone(), cache_dir, motion };
             match until_interrupted(loadtest::quality::quality(opts)) {
                 Err(code) => code,
                 Ok(r) => {
@@ -114,7 +127,23 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { stages, hold_secs, quick, report_dir, cache_dir, motion_workers, no_progress } => {
+        Command::Run {
+            stages,
+            hold_secs,
+            quick,
+            report_dir,
+            cache_dir,
+            motion_workers,
+            no_progress,
+            motion_settings,
+        } => {
+            let motion = match loadtest::motion_section(&motion_settings) {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             let (stages, hold) = if quick { (vec![4], 30) } else { (stages, hold_secs) };
             if stages.is_empty() || stages.iter().any(|&n| n == 0 || n > 64) || hold < 10 {
                 eprintln!("error: --stages must be 1..=64 channels each and --hold-secs at least 10");
@@ -128,6 +157,7 @@ fn main() -> ExitCode {
                 sample_every: Duration::from_secs(2),
                 motion_workers,
                 progress: !no_progress,
+                motion,
             };
             match until_interrupted(loadtest::run(opts.clone())) {
                 Err(code) => code,

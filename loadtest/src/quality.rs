@@ -53,6 +53,8 @@ pub struct QualityOptions {
     pub report_dir: PathBuf,
     /// Clips and their ground truth are kept here between runs.
     pub cache_dir: PathBuf,
+    /// `[motion]` settings of the cluster (`crate::motion_section`), empty for the defaults.
+    pub motion: String,
 }
 
 /// One piece of a scene's script.
@@ -460,6 +462,9 @@ pub struct QualityReport {
     pub machine: String,
     pub pre_roll_secs: f64,
     pub post_roll_secs: f64,
+    /// The `[motion]` settings that differ from the defaults, as given (`[]`: defaults).
+    #[serde(default)]
+    pub motion_settings: Vec<String>,
     pub scenes: BTreeMap<String, String>,
     pub channels: Vec<ChannelScore>,
     pub targets_met: bool,
@@ -609,8 +614,9 @@ fn score(r: ChannelRun<'_>) -> ChannelScore {
     }
 }
 
-fn config_text(redis: &Redis, nginx: &Nginx, dir: &Path, channels: &[(u32, &str)]) -> String {
-    let mut t = format!(
+fn config_text(redis: &Redis, nginx: &Nginx, dir: &Path, channels: &[(u32, &str)], motion: &str) -> String {
+    let mut t = motion.to_string();
+    t += &format!(
         "[cluster]\nredis_url = \"{}\"\nnamespace = \"{NS}\"\n\
          [rtmp]\npublish_url = \"{live}\"\nplay_url = \"{live}\"\nhls_url = \"{}\"\n\
          [record]\nbackup_dir = \"{}\"\ntimezone = \"UTC\"\n[logs]\ndir = \"{}\"\n\
@@ -651,7 +657,7 @@ pub async fn quality(opts: QualityOptions) -> anyhow::Result<QualityReport> {
         channels.push((2 * i + 2, "objects"));
     }
     let cfg = work.join("cctv.toml");
-    crate::write_config(&cfg, &config_text(&redis, &nginx, &work, &channels))?;
+    crate::write_config(&cfg, &config_text(&redis, &nginx, &work, &channels, &opts.motion))?;
     let config = cctv_common::config::Config::load(&cfg)?;
     crate::default_ort_path()?;
     eprintln!("preparing scenes and their ground truth in {} (first run only)...", opts.cache_dir.display());
@@ -777,6 +783,7 @@ pub async fn quality(opts: QualityOptions) -> anyhow::Result<QualityReport> {
         machine: crate::machine(),
         pre_roll_secs: config.record.pre_roll_secs,
         post_roll_secs: config.record.post_roll_secs,
+        motion_settings: opts.motion.lines().skip(1).map(str::to_string).collect(),
         scenes: scenes.iter().map(|s| (s.name.to_string(), s.what.to_string())).collect(),
         targets_met: scores.iter().all(|s| s.problems.is_empty()),
         channels: scores,
@@ -794,6 +801,9 @@ pub fn render(r: &QualityReport) -> String {
          backed-up seconds read from the files' frame bar codes. See docs/quality.md.\n\n",
         r.machine, r.pre_roll_secs, r.post_roll_secs
     );
+    if !r.motion_settings.is_empty() {
+        md += &format!("Motion settings: `{}`.\n\n", r.motion_settings.join("`, `"));
+    }
     for (name, what) in &r.scenes {
         md += &format!("- **{name}**: {what}\n");
     }

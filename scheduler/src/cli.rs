@@ -595,6 +595,7 @@ mod tests {
             last_motion_ms: None,
             analysing_since_ms: None,
             frames_total: 10,
+            frames_gated: 0,
             worker: "motion-1".into(),
             batch: "b0".into(),
             updated_ms: 0,

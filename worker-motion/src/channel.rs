@@ -4,14 +4,15 @@
 //! Failures stay inside the channel: a missing or stalled stream is reported offline with the
 //! reason and retried with exponential backoff; the other channels of the batch never notice.
 
-use std::io::Read;
+use std::collections::VecDeque;
+use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cctv_common::config::MotionConfig;
 use cctv_common::events::{now_ms, ChannelState, MotionEventKind, NormBox};
-use cctv_common::ffmpeg::{self, FfmpegProcess, Stopper};
+use cctv_common::ffmpeg::{self, FfmpegCommand, FfmpegProcess, Stopper, VideoSize};
 use cctv_common::jobs::{MotionChannel, YoloFrames};
 use cctv_common::zones;
 use opencv::core::{Mat, Size, Vector};
@@ -20,6 +21,7 @@ use opencv::{imgcodecs, imgproc};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::detector::{Hysteresis, MotionDetector, Transition};
+use crate::gate::{FlvReader, FlvTag, Gate, FLV_CODEC_AVC, FLV_VIDEO_HEADER};
 
 /// Frames analysed after which a failing channel's backoff resets.
 const HEALTHY_FRAMES: u64 = 50;
@@ -82,8 +84,18 @@ pub struct ChannelShared {
     /// First frame of the current reader run (0: not analysing).
     analysing_since_ms: AtomicI64,
     frames: std::sync::atomic::AtomicU64,
-    stopper: Mutex<Option<Stopper>>,
+    /// The reader's ffmpegs (one, or the packet reader and the decoder behind the gate).
+    stoppers: Mutex<Vec<Stopper>>,
     stalled: AtomicBool,
+    /// Frames the gate did not decode (see `ChannelStatus::frames_gated`).
+    frames_gated: AtomicU64,
+    /// The analysis wants every frame until then (motion, presence, an event; ms).
+    gate_hold_until_ms: AtomicI64,
+    /// The detect stream is not H.264: this channel is decoded always.
+    gate_unsupported: AtomicBool,
+    /// Most packets seen fed to the gate's decoder and not yet out when a picture came out:
+    /// how many it holds (1 without B-frames, more with them).
+    decoder_lag: AtomicUsize,
     status: Mutex<(ChannelState, Option<String>)>,
     /// A priority channel whose frames YOLO samples while its backup is open.
     samples_recordings: bool,
@@ -108,8 +120,12 @@ impl ChannelShared {
             last_motion_ms: AtomicI64::new(0),
             analysing_since_ms: AtomicI64::new(0),
             frames: 0.into(),
-            stopper: Mutex::new(None),
+            stoppers: Mutex::new(Vec::new()),
             stalled: AtomicBool::new(false),
+            frames_gated: AtomicU64::new(0),
+            gate_hold_until_ms: AtomicI64::new(0),
+            gate_unsupported: AtomicBool::new(false),
+            decoder_lag: AtomicUsize::new(0),
             status: Mutex::new((ChannelState::Connecting, None)),
         }
     }
@@ -141,6 +157,17 @@ impl ChannelShared {
         self.frames.load(Ordering::Relaxed)
     }
 
+    /// Frames the gate left undecoded, at the analysis rate.
+    pub fn frames_gated(&self) -> u64 {
+        self.frames_gated.load(Ordering::Relaxed)
+    }
+
+    fn terminate_readers(&self) {
+        for s in self.stoppers.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            s.terminate();
+        }
+    }
+
     pub fn last_frame_ms(&self) -> Option<i64> {
         Some(self.last_frame_ms.load(Ordering::Relaxed)).filter(|&t| t > 0)
     }
@@ -159,21 +186,18 @@ impl ChannelShared {
     /// `since_ms` (the later of its last frame and its start).
     pub fn check_stall(&self, timeout: Duration, started_ms: i64) {
         let last = self.last_frame_ms.load(Ordering::Relaxed).max(started_ms);
-        if now_ms() - last > timeout.as_millis() as i64 {
-            if let Some(s) = self.stopper.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-                if !self.stalled.swap(true, Ordering::Relaxed) {
-                    s.terminate();
-                }
-            }
+        if now_ms() - last > timeout.as_millis() as i64
+            && !self.stoppers.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+            && !self.stalled.swap(true, Ordering::Relaxed)
+        {
+            self.terminate_readers();
         }
     }
 
     /// Asks the channel thread to stop; it ends its ffmpeg and any motion event in progress.
     pub fn request_stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(s) = self.stopper.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            s.terminate();
-        }
+        self.terminate_readers();
     }
 
     fn stopping(&self) -> bool {
@@ -284,11 +308,65 @@ fn read_stream(
     shared: &ChannelShared,
     out: &UnboundedSender<ChannelMsg>,
 ) -> Result<(), String> {
+    if params.gate && !params.keyframes_only && !shared.gate_unsupported.load(Ordering::Relaxed) {
+        match read_stream_gated(ch, url, params, yolo, shared, out) {
+            Err(GatedError::Unsupported(codec)) => {
+                tracing::info!(flv_codec = codec, "detect stream is not H.264: no gate, every frame decoded");
+                shared.gate_unsupported.store(true, Ordering::Relaxed);
+            }
+            Err(GatedError::Offline(reason)) => return Err(reason),
+            Ok(()) => return Ok(()),
+        }
+    }
+    read_stream_decoded(ch, url, params, yolo, shared, out)
+}
+
+/// Input options of a reader of the detect stream.
+fn input_args(cmd: &mut FfmpegCommand, params: &MotionConfig) {
     let stall_us = (params.stall_timeout_secs * 1_000_000.0) as u64;
-    let mut cmd = ffmpeg::command();
     cmd.args(["-nostats", "-fflags", "nobuffer", "-analyzeduration", "1000000", "-probesize", "1000000"])
-        .args(["-rw_timeout", &stall_us.to_string()])
-        .args(["-threads", &params.decode_threads.to_string()]);
+        .args(["-rw_timeout", &stall_us.to_string()]);
+}
+
+/// Output options of a decoder: grey frames at `frame_height`, or colour at the detect
+/// stream's resolution (capped) for YOLO, raw on stdout. `rate`: a filter prefix (`fps=5,`).
+fn raw_output_args(cmd: &mut FfmpegCommand, params: &MotionConfig, yolo: Option<&YoloFrames>, rate: &str) {
+    match yolo {
+        // Colour at the detect stream's resolution (capped): motion scales it down itself, YOLO
+        // gets it as JPEG.
+        Some(y) => cmd
+            .args(["-vf", &format!("{rate}scale=w=-2:h=min(ih\\,{})", y.max_frame_height)])
+            .args(["-pix_fmt", "bgr24", "-f", "rawvideo", "pipe:1"]),
+        None => cmd
+            .args(["-vf", &format!("{rate}scale=-2:{}", params.frame_height)])
+            .args(["-pix_fmt", "gray", "-f", "rawvideo", "pipe:1"]),
+    };
+}
+
+/// The reason a reader stopped, with the last line ffmpeg wrote (usually the cause:
+/// "Input/output error", "404 ...").
+fn with_ffmpeg_reason(message: String, process: &FfmpegProcess) -> String {
+    let tail = process.stderr_tail();
+    let last = tail.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+    if last.is_empty() {
+        message
+    } else {
+        format!("{message}: {last}")
+    }
+}
+
+/// One ffmpeg that decodes every frame (at `fps`) and writes raw frames.
+fn read_stream_decoded(
+    ch: &MotionChannel,
+    url: &str,
+    params: &MotionConfig,
+    yolo: Option<&YoloFrames>,
+    shared: &ChannelShared,
+    out: &UnboundedSender<ChannelMsg>,
+) -> Result<(), String> {
+    let mut cmd = ffmpeg::command();
+    input_args(&mut cmd, params);
+    cmd.args(["-threads", &params.decode_threads.to_string()]);
     // Keyframes only: each decoded keyframe is analysed once (no `fps` filter, which would
     // repeat it and make the scene look still between keyframes).
     let rate = if params.keyframes_only {
@@ -301,50 +379,261 @@ fn read_stream(
     if params.keyframes_only {
         cmd.args(["-fps_mode", "passthrough"]);
     }
-    match yolo {
-        // Colour at the detect stream's resolution (capped): motion scales it down itself, YOLO
-        // gets it as JPEG.
-        Some(y) => cmd
-            .args(["-vf", &format!("{rate}scale=w=-2:h=min(ih\\,{})", y.max_frame_height)])
-            .args(["-pix_fmt", "bgr24", "-f", "rawvideo", "pipe:1"]),
-        None => cmd
-            .args(["-vf", &format!("{rate}scale=-2:{}", params.frame_height)])
-            .args(["-pix_fmt", "gray", "-f", "rawvideo", "pipe:1"]),
-    };
+    raw_output_args(&mut cmd, params, yolo, &rate);
     let mut process = FfmpegProcess::spawn(format!("motion ch{}", ch.id), cmd, true).map_err(|e| e.to_string())?;
     shared.stalled.store(false, Ordering::Relaxed);
-    *shared.stopper.lock().unwrap_or_else(|e| e.into_inner()) = Some(process.stopper());
-    let result = analyse(ch, params, yolo, shared, out, &mut process);
-    *shared.stopper.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    *shared.stoppers.lock().unwrap_or_else(|e| e.into_inner()) = vec![process.stopper()];
+    let result = (|| {
+        let stdout = process.take_stdout().ok_or("ffmpeg stdout not captured")?;
+        let size = process
+            .wait_output_video(Duration::from_secs_f64(params.stall_timeout_secs))
+            .ok_or_else(|| "no video from stream".to_string())?;
+        analyse(ch, params, yolo, shared, out, size, &mut DecodedFrames(stdout), false)
+    })();
+    shared.stoppers.lock().unwrap_or_else(|e| e.into_inner()).clear();
     shared.analysing_since_ms.store(0, Ordering::Relaxed);
     process.stop(Duration::from_secs(2));
     if shared.stalled.load(Ordering::Relaxed) {
         return Err(format!("stalled: no frame for {} s", params.stall_timeout_secs));
     }
-    result.map_err(|message| {
-        let tail = process.stderr_tail();
-        // The last line ffmpeg wrote is usually the reason ("Input/output error", "404 ...").
-        let last = tail.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
-        if last.is_empty() {
-            message
+    result.map_err(|message| with_ffmpeg_reason(message, &process))
+}
+
+/// Why a gated reader stopped.
+enum GatedError {
+    /// The detect stream's codec (FLV codec id) is not H.264: read it decoded instead.
+    Unsupported(u8),
+    Offline(String),
+}
+
+/// Packets decoded at most this far behind the stream: beyond, the decoder is stuck.
+const GATE_FIFO_MAX: usize = 1_000;
+
+/// What the analysis needs to know of each frame the decoder writes, in the order fed.
+type GateFifo = Mutex<VecDeque<FrameMeta>>;
+
+/// The gated reader: an ffmpeg copies the detect stream as FLV (no decoding), the gate picks
+/// the packets a second ffmpeg decodes (see `crate::gate`).
+fn read_stream_gated(
+    ch: &MotionChannel,
+    url: &str,
+    params: &MotionConfig,
+    yolo: Option<&YoloFrames>,
+    shared: &ChannelShared,
+    out: &UnboundedSender<ChannelMsg>,
+) -> Result<(), GatedError> {
+    let offline = GatedError::Offline;
+    let mut cmd = ffmpeg::command();
+    input_args(&mut cmd, params);
+    cmd.input(url).args(["-map", "0:v:0", "-an", "-sn", "-dn", "-c:v", "copy"]);
+    // Each packet on its own, at once: buffered, a still scene's tiny packets would wait for 32 KiB.
+    cmd.args(["-flush_packets", "1", "-flvflags", "no_duration_filesize", "-f", "flv", "pipe:1"]);
+    let mut reader =
+        FfmpegProcess::spawn(format!("motion ch{} packets", ch.id), cmd, true).map_err(|e| offline(e.to_string()))?;
+    let mut cmd = ffmpeg::command();
+    // Decode what comes in at once: a tiny probe, frames passed on with their own timestamps.
+    cmd.args(["-nostats", "-threads", &params.decode_threads.to_string(), "-probesize", "32", "-f", "flv"]);
+    cmd.input("pipe:0").args(["-an", "-sn", "-dn", "-fps_mode", "passthrough", "-flush_packets", "1"]);
+    raw_output_args(&mut cmd, params, yolo, "");
+    let mut decoder =
+        FfmpegProcess::spawn_piped(format!("motion ch{} decoder", ch.id), cmd).map_err(|e| offline(e.to_string()))?;
+    shared.stalled.store(false, Ordering::Relaxed);
+    shared.decoder_lag.store(0, Ordering::Relaxed);
+    *shared.stoppers.lock().unwrap_or_else(|e| e.into_inner()) = vec![reader.stopper(), decoder.stopper()];
+    let fifo: GateFifo = Mutex::new(VecDeque::new());
+    let (packets, decoder_in, frames_out) = (reader.take_stdout(), decoder.take_stdin(), decoder.take_stdout());
+    let (fed, analysed) = match (packets, decoder_in, frames_out) {
+        (Some(packets), Some(decoder_in), Some(frames_out)) => std::thread::scope(|scope| {
+            let span = tracing::Span::current();
+            let fifo = &fifo;
+            let feeder = scope.spawn(move || {
+                let _e = span.enter();
+                feed_gate(packets, decoder_in, params, shared, fifo)
+            });
+            let analysed = decoder
+                .wait_output_video(Duration::from_secs_f64(params.stall_timeout_secs))
+                .ok_or_else(|| "no video from stream".to_string())
+                .and_then(|size| {
+                    let mut frames = GatedFrames { out: frames_out, fifo, lag: &shared.decoder_lag };
+                    analyse(ch, params, yolo, shared, out, size, &mut frames, true)
+                });
+            // The feeder ends when the packet reader does; a decoder that stopped reading
+            // would block it, so both go.
+            shared.terminate_readers();
+            let fed = feeder.join().unwrap_or_else(|_| Err(offline("the gate's feeder panicked".into())));
+            (fed, analysed)
+        }),
+        _ => (Err(offline("ffmpeg pipes not captured".into())), Ok(())),
+    };
+    shared.stoppers.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    shared.analysing_since_ms.store(0, Ordering::Relaxed);
+    reader.stop(Duration::from_secs(2));
+    decoder.stop(Duration::from_secs(2));
+    if shared.stalled.load(Ordering::Relaxed) {
+        return Err(offline(format!("stalled: no frame for {} s", params.stall_timeout_secs)));
+    }
+    match fed {
+        Err(GatedError::Unsupported(c)) => Err(GatedError::Unsupported(c)),
+        Err(GatedError::Offline(m)) => Err(offline(with_ffmpeg_reason(m, &reader))),
+        // The packets ended (the stream did, or the channel is stopping): the reader says why.
+        Ok(()) => analysed.map_err(|m| {
+            let reason = with_ffmpeg_reason("stream ended".into(), &reader);
+            if m == "stream ended" {
+                offline(reason)
+            } else {
+                offline(with_ffmpeg_reason(m, &decoder))
+            }
+        }),
+    }
+}
+
+/// The feeder: FLV packets in, the gate's choice out to the decoder; returns at the end of the
+/// packets. Dropping `decoder_in` on return ends the decoder's input.
+fn feed_gate(
+    packets: std::process::ChildStdout,
+    mut decoder_in: std::process::ChildStdin,
+    params: &MotionConfig,
+    shared: &ChannelShared,
+    fifo: &GateFifo,
+) -> Result<(), GatedError> {
+    let mut flv = FlvReader::new(std::io::BufReader::with_capacity(256 << 10, packets));
+    let mut gate: Gate<FlvTag> = Gate::new(params.gate_rise);
+    let mut config: Option<FlvTag> = None;
+    let mut gated_ms = 0.0f64;
+    let mut last_arrival: Option<i64> = None;
+    let write = |decoder_in: &mut std::process::ChildStdin, bytes: &[u8]| {
+        decoder_in.write_all(bytes).map_err(|e| GatedError::Offline(format!("the decoder stopped reading: {e}")))
+    };
+    loop {
+        let tag = match flv.next_tag() {
+            Ok(Some(tag)) => tag,
+            // The reader ended: its log says why.
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(GatedError::Offline(format!("reading packets: {e}"))),
+        };
+        match tag.video_codec() {
+            None => continue,
+            Some(FLV_CODEC_AVC) => {}
+            Some(other) => return Err(GatedError::Unsupported(other)),
+        }
+        if tag.is_avc_config() {
+            match &config {
+                None => {
+                    write(&mut decoder_in, &FLV_VIDEO_HEADER)?;
+                    write(&mut decoder_in, &tag.to_bytes())?;
+                    config = Some(tag);
+                }
+                Some(c) if c.body == tag.body => {}
+                // New stream parameters (the camera's resolution changed): a new decoder.
+                Some(_) => return Err(GatedError::Offline("the stream's parameters changed".into())),
+            }
+            continue;
+        }
+        if !tag.is_avc_picture() || config.is_none() {
+            continue;
+        }
+        let now = now_ms();
+        shared.last_frame_ms.fetch_max(now, Ordering::Relaxed);
+        let hold = now < shared.gate_hold_until_ms.load(Ordering::Relaxed)
+            || (shared.samples_recordings && shared.recording_open.load(Ordering::Relaxed));
+        let (size, key) = (tag.body.len(), tag.is_keyframe());
+        gate.set_pushers(shared.decoder_lag.load(Ordering::Relaxed));
+        let step = gate.push(tag, size, key, now, hold);
+        if let Some(reason) = step.opened {
+            tracing::debug!(?reason, "gate opened");
+        }
+        if step.closed {
+            tracing::debug!(threshold = gate.threshold(), "gate closed: still scene");
+        }
+        if step.skipped {
+            gated_ms += last_arrival.map_or(0, |t| (now - t).max(0)) as f64;
+            shared.frames_gated.store((gated_ms * params.fps / 1000.0) as u64, Ordering::Relaxed);
+        }
+        last_arrival = Some(now);
+        for f in step.feed {
+            {
+                let mut q = fifo.lock().unwrap_or_else(|e| e.into_inner());
+                if q.len() >= GATE_FIFO_MAX {
+                    return Err(GatedError::Offline(format!("the decoder is {GATE_FIFO_MAX} frames behind")));
+                }
+                q.push_back(FrameMeta { ts_ms: f.arrived_ms, analyse: f.analyse });
+            }
+            write(&mut decoder_in, &f.item.to_bytes())?;
+        }
+    }
+}
+
+/// Arrival time of a frame and whether to analyse it.
+#[derive(Debug, Clone, Copy)]
+struct FrameMeta {
+    ts_ms: i64,
+    analyse: bool,
+}
+
+/// Where raw frames come from.
+trait FrameSource {
+    /// Fills `frame` with the next raw frame; an error is the reason the reader stops.
+    fn next_frame(&mut self, frame: &mut [u8]) -> Result<FrameMeta, String>;
+}
+
+fn read_frame(r: &mut impl Read, frame: &mut [u8]) -> Result<(), String> {
+    r.read_exact(frame).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            "stream ended".to_string()
         } else {
-            format!("{message}: {last}")
+            format!("reading frames: {e}")
         }
     })
 }
 
+/// Every frame, analysed as it comes.
+struct DecodedFrames(std::process::ChildStdout);
+
+impl FrameSource for DecodedFrames {
+    fn next_frame(&mut self, frame: &mut [u8]) -> Result<FrameMeta, String> {
+        read_frame(&mut self.0, frame)?;
+        Ok(FrameMeta { ts_ms: now_ms(), analyse: true })
+    }
+}
+
+/// The gate's decoder: each frame belongs to the next packet fed.
+struct GatedFrames<'a> {
+    out: std::process::ChildStdout,
+    fifo: &'a GateFifo,
+    lag: &'a AtomicUsize,
+}
+
+impl FrameSource for GatedFrames<'_> {
+    fn next_frame(&mut self, frame: &mut [u8]) -> Result<FrameMeta, String> {
+        read_frame(&mut self.out, frame)?;
+        let mut fifo = self.fifo.lock().unwrap_or_else(|e| e.into_inner());
+        let meta = fifo.pop_front();
+        // The packets fed after this one and still inside (the stream is fed continuously
+        // while the gate is open, which it is at first).
+        if meta.is_some_and(|m| m.analyse) {
+            self.lag.fetch_max(fifo.len().min(crate::gate::MAX_PUSHERS), Ordering::Relaxed);
+        }
+        Ok(meta.unwrap_or(FrameMeta { ts_ms: now_ms(), analyse: true }))
+    }
+}
+
+/// Analyses frames until the source ends or the channel stops. `gated`: frames come at the
+/// stream's rate (the analysis picks `fps` of them) and motion holds the gate open.
+#[allow(clippy::too_many_arguments)]
 fn analyse(
     ch: &MotionChannel,
     params: &MotionConfig,
     yolo: Option<&YoloFrames>,
     shared: &ChannelShared,
     out: &UnboundedSender<ChannelMsg>,
-    process: &mut FfmpegProcess,
+    size: VideoSize,
+    source: &mut dyn FrameSource,
+    gated: bool,
 ) -> Result<(), String> {
-    let mut stdout = process.take_stdout().ok_or("ffmpeg stdout not captured")?;
-    let size = process
-        .wait_output_video(Duration::from_secs_f64(params.stall_timeout_secs))
-        .ok_or_else(|| "no video from stream".to_string())?;
+    let interval_ms = 1000.0 / params.fps;
+    let hold_ms = (params.gate_hold_secs * 1000.0) as i64;
+    // The next analysis is due at this time (ms, fractional: exact rate over any input rate).
+    let mut due_ms: Option<f64> = None;
     let mut colour = yolo.map(|y| ColourFrames::new(y, size.width, size.height, params.frame_height));
     let (grey_w, grey_h) = colour.as_ref().map_or((size.width, size.height), |c| (c.grey_w, c.grey_h));
     let mut detector = MotionDetector::new(params, grey_w, grey_h);
@@ -362,15 +651,23 @@ fn analyse(
         if shared.stopping() {
             break Ok(());
         }
-        if let Err(e) = stdout.read_exact(&mut frame) {
-            break if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                Err("stream ended".into())
-            } else {
-                Err(format!("reading frames: {e}"))
-            };
+        let meta = match source.next_frame(&mut frame) {
+            Ok(meta) => meta,
+            Err(e) => break Err(e),
+        };
+        let ts = meta.ts_ms;
+        shared.last_frame_ms.fetch_max(ts, Ordering::Relaxed);
+        if !meta.analyse {
+            continue;
         }
-        let ts = now_ms();
-        shared.last_frame_ms.store(ts, Ordering::Relaxed);
+        if gated {
+            // Within a quarter of an interval counts as on time (arrival jitter).
+            let due = *due_ms.get_or_insert(ts as f64);
+            if (ts as f64) < due - interval_ms / 4.0 {
+                continue;
+            }
+            due_ms = Some(if due + interval_ms < ts as f64 { ts as f64 + interval_ms } else { due + interval_ms });
+        }
         // Only the first frame of the run sets it (0 means unset).
         let _ = shared.analysing_since_ms.compare_exchange(0, ts, Ordering::Relaxed, Ordering::Relaxed);
         shared.frames.fetch_add(1, Ordering::Relaxed);
@@ -403,6 +700,9 @@ fn analyse(
             shared.last_motion_ms.store(ts, Ordering::Relaxed);
         }
         let transition = hysteresis.update(ts, verdict.motion, verdict.present, verdict.area);
+        if gated && (verdict.motion || verdict.present || hysteresis.active().is_some()) {
+            shared.gate_hold_until_ms.fetch_max(ts + hold_ms, Ordering::Relaxed);
+        }
         shared.set_status(if hysteresis.active().is_some() { ChannelState::Motion } else { ChannelState::Idle }, None);
         if let Some(active) = hysteresis.active() {
             last_event = Some(active.event_id.clone());

@@ -83,6 +83,9 @@ pub struct MotionDetector {
     quiet_since_ms: Option<i64>,
     in_event: bool,
     last_motion_ms: i64,
+    /// Time of the previous frame: a frame after a gap (the gate decodes one frame per GOP of a
+    /// still scene) ages the background and the unstable map as the frames in between would.
+    last_frame_ms: Option<i64>,
     scratch: Mat,
     /// 255 where the channel's masks are: those pixels are held constant before anything
     /// looks at them, so nothing there is ever motion, presence or a scene change.
@@ -118,6 +121,7 @@ impl MotionDetector {
             quiet_since_ms: None,
             in_event: false,
             last_motion_ms: 0,
+            last_frame_ms: None,
             scratch: Mat::default(),
             masked: None,
             #[cfg(test)]
@@ -159,6 +163,11 @@ impl MotionDetector {
                 height: self.height as u32,
             });
         }
+        // How many analysis frames this one stands for (1 at the configured rate).
+        let interval_ms = 1000.0 / self.params.fps.max(0.1);
+        let frames_spanned =
+            self.last_frame_ms.map_or(1.0, |last| ((ts_ms - last) as f64 / interval_ms).round().clamp(1.0, 100.0));
+        self.last_frame_ms = Some(ts_ms);
         let frame = Mat::new_rows_cols_with_data(self.height, self.width, grey)?;
         let k = self.params.blur_kernel;
         imgproc::gaussian_blur_def(&frame, &mut self.blurred, Size::new(k, k), 0.0)?;
@@ -205,7 +214,8 @@ impl MotionDetector {
         let quiet = !motion && !self.in_event;
         if quiet {
             // Frame-to-frame change while nothing happens: this pixel changes on its own.
-            core::multiply(&self.unstable, &Scalar::all(UNSTABLE_DECAY), &mut self.scratch, 1.0, -1)?;
+            let decay = UNSTABLE_DECAY.powf(frames_spanned);
+            core::multiply(&self.unstable, &Scalar::all(decay), &mut self.scratch, 1.0, -1)?;
             std::mem::swap(&mut self.unstable, &mut self.scratch);
             self.unstable.set_to(&Scalar::all(1.0), &self.mask)?;
             let since = *self.quiet_since_ms.get_or_insert(ts_ms);
@@ -222,7 +232,8 @@ impl MotionDetector {
         // take the current value (a ghost or a parked object is absorbed at once).
         let current = self.previous.as_ref().expect("checked above");
         let background = self.background.as_mut().expect("checked above");
-        imgproc::accumulate_weighted(current, background, self.params.background_alpha, &core::no_array())?;
+        let alpha = 1.0 - (1.0 - self.params.background_alpha).powf(frames_spanned);
+        imgproc::accumulate_weighted(current, background, alpha, &core::no_array())?;
         let settle = f64::from(self.params.settle_frames.min(255));
         core::compare(&self.still_count, &Scalar::all(settle), &mut self.mask, core::CMP_GE)?;
         current.convert_to(&mut self.diff_f32, CV_32F, 1.0, 0.0)?;

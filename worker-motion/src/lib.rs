@@ -10,6 +10,7 @@
 
 pub mod channel;
 pub mod detector;
+pub mod gate;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -487,6 +488,7 @@ async fn publish_status(
         last_motion_ms: s.last_motion_ms(),
         analysing_since_ms: s.analysing_since_ms(),
         frames_total: frames,
+        frames_gated: s.frames_gated(),
         worker: ctx.worker.clone(),
         batch: job.batch.clone(),
         updated_ms: now,

@@ -126,3 +126,61 @@ async fn motion_inside_a_mask_or_under_a_channels_own_threshold_raises_no_event(
     assert!(events.iter().all(|e| e.channel != 2), "motion inside the mask: {events:?}");
     assert!(events.iter().all(|e| e.channel != 3), "motion under ch3's own threshold: {events:?}");
 }
+
+/// `motion.gate`: a still camera is watched from its packets, decoding one keyframe per GOP
+/// (most of its frames are never decoded), while a camera with activity has its motion event
+/// from the activity's start to its end as without the gate: the P-frames of the people
+/// walking in open the gate and the frames from the last keyframe on are analysed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gate_leaves_a_still_camera_undecoded_and_catches_activity_from_its_start() {
+    let channels = [channel(1), channel(2)].concat();
+    let mut cluster = Cluster::new(&channels, 8, "[motion]\ngate = true\n");
+    let active = people_clip(cluster.dir.path(), "active.mp4", 3, QUIET_BEFORE + 12.0, QUIET_AFTER);
+    let active_len = probe_duration(&active);
+    let quiet_before = QUIET_BEFORE + 12.0;
+    let motion_secs = active_len - quiet_before - QUIET_AFTER;
+    let still = cluster.path("still.mp4");
+    cctv_testkit::make_still_clip(&cctv_testkit::media("people-detection.gif"), &still, 60.0);
+    let p1 = Pusher::start(&active, &cluster.nginx.live_url(), "ch1");
+    let _p2 = Pusher::start(&still, &cluster.nginx.live_url(), "ch2");
+    let t0 = p1.wait_publishing();
+    cluster.start_scheduler();
+    let _worker = cluster.spawn(env!("CARGO_BIN_EXE_worker-motion"), &["run", "--concurrency", "1"]);
+
+    let activity_ms = t0 + (quiet_before * 1000.0) as i64;
+    let still_ms = activity_ms + (motion_secs * 1000.0) as i64;
+    let end_quiet_ms = (cluster.config.motion.end_quiet_secs * 1000.0) as i64;
+    // By the time people walk in, ch1's gate has learned the quiet and closed.
+    let before = wait_for(Duration::from_secs(30), || async {
+        cluster.channel_status(1).await.filter(|s| s.frames_gated > 0 && now_ms() < activity_ms)
+    })
+    .await;
+    assert!(before.is_some(), "ch1's gate closed on the quiet scene: {:?}", cluster.channel_status(1).await);
+    let end = wait_for(Duration::from_secs(60), || async {
+        cluster.motion_events().await.into_iter().find(|e| e.channel == 1 && e.kind == MotionEventKind::End)
+    })
+    .await
+    .expect("motion on ch1 should end");
+    let events = cluster.motion_events().await;
+    let start = events.iter().find(|e| e.channel == 1 && e.kind == MotionEventKind::Start).expect("a start on ch1");
+    let start_lag = start.ts_ms - activity_ms;
+    let end_lag = end.ts_ms - still_ms;
+    eprintln!("gated ch1: start {start_lag} ms after activity began; end {end_lag} ms after the scene went still");
+    assert!((-300..=1000).contains(&start_lag), "motion start {start_lag} ms from the activity");
+    assert!(end_lag >= 0 && end_lag <= end_quiet_ms + 2000, "end {end_lag} ms after still; T = {end_quiet_ms}");
+    assert_eq!(events.iter().filter(|e| e.channel == 1).count(), 2, "exactly one event on ch1: {events:?}");
+
+    // The still camera: no event, watched all the while, most of it from packets alone.
+    let until = t0 + 50_000;
+    while now_ms() < until {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let events = cluster.motion_events().await;
+    assert!(events.iter().all(|e| e.channel != 2), "still stream raised motion: {events:?}");
+    let s2 = cluster.channel_status(2).await.expect("ch2 status");
+    let watched = s2.frames_total + s2.frames_gated;
+    eprintln!("still ch2: {} frames analysed, {} left undecoded by the gate", s2.frames_total, s2.frames_gated);
+    assert!(s2.online && watched >= 200, "watched 45 s at 5 fps: {s2:?}");
+    assert!(s2.frames_gated * 10 >= watched * 7, "most frames of the still camera never decoded: {s2:?}");
+    assert!(s2.frames_total >= 20, "one keyframe per GOP is still analysed: {s2:?}");
+}
