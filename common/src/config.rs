@@ -189,7 +189,8 @@ pub struct MotionConfig {
     /// (every keyframe is decoded and analysed, so slow changes are still seen), and during
     /// motion, presence and `gate_hold_secs` after. When it opens, decoding starts from the
     /// last keyframe (kept in memory), so no frame after it is lost. H.264 only; other codecs
-    /// are decoded always. Default false.
+    /// are decoded always. Default true (the quality harness scores the same with and without it,
+    /// docs/quality.md).
     pub gate: bool,
     /// A P-frame this many times the learned quiet level (its 95th percentile over the last
     /// 10 s of quiet) opens the gate. Default 1.5.
@@ -218,7 +219,7 @@ impl Default for MotionConfig {
             decode_threads: 1,
             keyframes_only: false,
             max_hold_secs: 60.0,
-            gate: false,
+            gate: true,
             gate_rise: 1.5,
             gate_hold_secs: 10.0,
         }
@@ -1682,6 +1683,18 @@ mod tests {
         let problems: Vec<String> = c.validate().iter().map(ToString::to_string).collect();
         assert_eq!(problems, ["channel[1] (id 2).motion.pixel_threshold: 300 is out of range 1..=255"]);
         assert!(Config::parse(&text.replace("fps = 2", "fsp = 2")).unwrap_err().contains("fsp"));
+    }
+
+    #[test]
+    fn gate_settings_are_checked() {
+        let c = Config::parse(GOOD).unwrap();
+        assert!(c.motion.gate && c.validate().is_empty(), "on by default: {:?}", c.validate());
+        assert!(!Config::parse("[motion]\ngate = false\n").unwrap().motion.gate);
+        let problems = problems_of(&format!("{GOOD}\n[motion]\ngate_rise = 0.5\ngate_hold_secs = 0\n"));
+        assert_listed(
+            &problems,
+            &["motion.gate_rise: 0.5 is out of range 1..=20", "motion.gate_hold_secs: 0 is out of range 1..=3600"],
+        );
     }
 
     #[test]

@@ -371,6 +371,9 @@ async fn redis_keys(conn: &mut redis::aio::MultiplexedConnection) -> BTreeMap<St
 pub struct Report {
     pub machine: String,
     pub started: String,
+    /// The `[motion]` settings that differ from the defaults, as given (`[]`: defaults).
+    #[serde(default)]
+    pub motion_settings: Vec<String>,
     pub stages: Vec<StageReport>,
     pub samples: Vec<Sample>,
 }
@@ -558,7 +561,7 @@ async fn stream<T: serde::de::DeserializeOwned>(
 /// Per channel: frames analysed so far and when that count was written.
 type FrameCounts = BTreeMap<u32, (u64, i64)>;
 
-/// Per channel: frames analysed so far and when that count was written (the status'
+/// Per channel: frames watched so far (analysed, or left undecoded by the gate) and when that count was written (the status'
 /// `updated_ms`); and the channels offline or without status.
 async fn frames_total(conn: &mut redis::aio::MultiplexedConnection, n: usize) -> (FrameCounts, Vec<u32>) {
     let mut counts = BTreeMap::new();
@@ -567,7 +570,8 @@ async fn frames_total(conn: &mut redis::aio::MultiplexedConnection, n: usize) ->
         let s: Option<String> = conn.get(format!("load:status:channel:{i}")).await.unwrap_or(None);
         match s.and_then(|s| serde_json::from_str::<ChannelStatus>(&s).ok()) {
             Some(st) => {
-                counts.insert(i, (st.frames_total, st.updated_ms));
+                // Frames the gate judged still from their packets alone count as watched.
+                counts.insert(i, (st.frames_total + st.frames_gated, st.updated_ms));
                 if !st.online {
                     offline.push(i);
                 }
@@ -920,7 +924,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     }
     drop(workers);
     eprintln!("process logs and backups of this run: {}", work.display());
-    let report = Report { machine: machine(), started: format!("{}", now_ms()), stages, samples };
+    let motion_settings = opts.motion.lines().skip(1).map(str::to_string).collect();
+    let report = Report { machine: machine(), started: format!("{}", now_ms()), motion_settings, stages, samples };
     write_report(&report, &opts.report_dir)?;
     Ok(report)
 }
@@ -990,7 +995,10 @@ fn fmt_lat(l: &Latency) -> String {
 pub fn write_report(r: &Report, dir: &Path) -> anyhow::Result<()> {
     std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(r)?)?;
     let mut md = format!("# Load test report\n\nMachine: {}.\n\n", r.machine);
-    md += "| channels | stable | cluster CPU (% of machine) | cluster RSS / PSS (MiB) | machine memory above idle (MiB) | frames analysed / expected | dropped | motion latency p50 / p95 ms | YOLO latency p50 / p95 ms | YOLO processed / dropped / max queue | backups (errors) | record start p50 / p95 ms | pre-roll p50 / p95 ms | backup dir growth / recorder disk writes KiB/s | Redis MiB, ops/s |\n";
+    if !r.motion_settings.is_empty() {
+        md += &format!("Motion settings: `{}`.\n\n", r.motion_settings.join("`, `"));
+    }
+    md += "| channels | stable | cluster CPU (% of machine) | cluster RSS / PSS (MiB) | machine memory above idle (MiB) | frames watched / expected | dropped | motion latency p50 / p95 ms | YOLO latency p50 / p95 ms | YOLO processed / dropped / max queue | backups (errors) | record start p50 / p95 ms | pre-roll p50 / p95 ms | backup dir growth / recorder disk writes KiB/s | Redis MiB, ops/s |\n";
     md += "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
     for s in &r.stages {
         md += &format!(
@@ -1125,6 +1133,16 @@ fragment written. Plots: `cpu.png`, `ram.png` (RSS), `pss.png`, `latency.png`.\n
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn motion_settings_become_a_motion_section_and_bad_ones_are_named() {
+        assert_eq!(motion_section(&[]).unwrap(), "");
+        let t = motion_section(&["gate=true".into(), "gate_rise = 2".into()]).unwrap();
+        assert_eq!(t, "[motion]\ngate = true\ngate_rise = 2\n");
+        assert!(cctv_common::config::Config::parse(&t).unwrap().motion.gate);
+        assert!(motion_section(&["gate".into()]).unwrap_err().to_string().contains("KEY=VALUE"));
+        assert!(motion_section(&["[x]\ny=1".into()]).is_err());
+    }
 
     #[test]
     fn a_leak_is_still_growing_in_the_last_quarter_a_warm_up_levels_off() {

@@ -452,6 +452,12 @@ pub struct ChannelScore {
     pub quiet_secs: usize,
     pub quiet_motion_secs: usize,
     pub quiet_motion_percent: f64,
+    /// The channel's motion reader at the end of the run: frames analysed, and frames the
+    /// gate (`motion.gate`) left undecoded.
+    #[serde(default)]
+    pub frames_analysed: u64,
+    #[serde(default)]
+    pub frames_gated: u64,
     pub problems: Vec<String>,
 }
 
@@ -610,6 +616,8 @@ fn score(r: ChannelRun<'_>) -> ChannelScore {
         quiet_secs: quiet.len(),
         quiet_motion_secs,
         quiet_motion_percent,
+        frames_analysed: 0,
+        frames_gated: 0,
         problems,
     }
 }
@@ -619,6 +627,7 @@ fn config_text(redis: &Redis, nginx: &Nginx, dir: &Path, channels: &[(u32, &str)
     t += &format!(
         "[cluster]\nredis_url = \"{}\"\nnamespace = \"{NS}\"\n\
          [rtmp]\npublish_url = \"{live}\"\nplay_url = \"{live}\"\nhls_url = \"{}\"\n\
+         [api]\nlisten = \"127.0.0.1:{api_port}\"\n\
          [record]\nbackup_dir = \"{}\"\ntimezone = \"UTC\"\n[logs]\ndir = \"{}\"\n\
          [yolo]\nmodel = \"{}\"\nsnapshot_dir = \"{}\"\n",
         redis.url(),
@@ -628,6 +637,8 @@ fn config_text(redis: &Redis, nginx: &Nginx, dir: &Path, channels: &[(u32, &str)
         cctv_testkit::shared_dir().join("models/yolov5n.onnx").display(),
         dir.join("snapshots").display(),
         live = nginx.live_url(),
+        // Its own port: the default 8088 may be taken (another cluster, a site's scheduler).
+        api_port = cctv_testkit::free_port(),
     );
     for &(id, policy) in channels {
         // The cameras publish into nginx themselves (stream copy, as the relays do); the
@@ -645,6 +656,9 @@ fn config_text(redis: &Redis, nginx: &Nginx, dir: &Path, channels: &[(u32, &str)
 pub async fn quality(opts: QualityOptions) -> anyhow::Result<QualityReport> {
     std::fs::create_dir_all(&opts.report_dir)?;
     std::fs::create_dir_all(&opts.cache_dir)?;
+    // Absolute: ffmpeg's concat lists name their parts, and a relative name there is taken
+    // from the list's own directory (the default `.local/quality-clips` found no part).
+    let cache_dir = std::path::absolute(&opts.cache_dir)?;
     let work = crate::tempfile_dir(&opts.report_dir)?;
     let logs = work.join("process-logs");
     std::fs::create_dir_all(&logs)?;
@@ -660,9 +674,8 @@ pub async fn quality(opts: QualityOptions) -> anyhow::Result<QualityReport> {
     crate::write_config(&cfg, &config_text(&redis, &nginx, &work, &channels, &opts.motion))?;
     let config = cctv_common::config::Config::load(&cfg)?;
     crate::default_ort_path()?;
-    eprintln!("preparing scenes and their ground truth in {} (first run only)...", opts.cache_dir.display());
-    let clips: Vec<SceneClips> =
-        scenes.iter().map(|s| prepare_scene(s, &opts.cache_dir, &cfg)).collect::<Result<_, _>>()?;
+    eprintln!("preparing scenes and their ground truth in {} (first run only)...", cache_dir.display());
+    let clips: Vec<SceneClips> = scenes.iter().map(|s| prepare_scene(s, &cache_dir, &cfg)).collect::<Result<_, _>>()?;
 
     let mut pushers = Vec::new();
     for (i, _) in scenes.iter().enumerate() {
@@ -717,6 +730,13 @@ pub async fn quality(opts: QualityOptions) -> anyhow::Result<QualityReport> {
         crate::stream::<BackupEvent>(&mut conn, &keys.backup_events(), 0).await.into_iter().map(|(_, e)| e).collect();
     let motion: Vec<MotionEvent> =
         crate::stream::<MotionEvent>(&mut conn, &keys.motion_events(), 0).await.into_iter().map(|(_, e)| e).collect();
+    let mut readers = BTreeMap::new();
+    for (id, _) in &channels {
+        let status: Option<String> = redis::AsyncCommands::get(&mut conn, keys.channel_status(*id)).await.ok();
+        if let Some(st) = status.and_then(|j| serde_json::from_str::<cctv_common::events::ChannelStatus>(&j).ok()) {
+            readers.insert(*id, (st.frames_total, st.frames_gated));
+        }
+    }
     drop(procs);
     drop(pushers);
 
@@ -771,6 +791,7 @@ pub async fn quality(opts: QualityOptions) -> anyhow::Result<QualityReport> {
             if !dead.is_empty() {
                 s.problems.push(format!("processes died: {dead:?}"));
             }
+            (s.frames_analysed, s.frames_gated) = readers.get(&id).copied().unwrap_or_default();
             scores.push(s);
         }
     }
@@ -833,6 +854,14 @@ pub fn render(r: &QualityReport) -> String {
         );
     }
     md += &format!("\nTargets met: **{}**\n", if r.targets_met { "yes" } else { "no" });
+    if r.channels.iter().any(|c| c.frames_gated > 0) {
+        md += "\nFrames of each channel's motion reader (5 per second): analysed, and left undecoded by the gate:";
+        for c in &r.channels {
+            md += &format!(" ch{} {} + {};", c.channel, c.frames_analysed, c.frames_gated);
+        }
+        md.pop();
+        md += ".\n";
+    }
     for c in r.channels.iter().filter(|c| !c.problems.is_empty()) {
         md += &format!("\nChannel {} ({} / {}):\n", c.channel, c.scene, c.policy);
         for p in &c.problems {

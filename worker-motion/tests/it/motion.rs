@@ -56,7 +56,8 @@ async fn motion_follows_activity_still_is_quiet_and_missing_is_offline() {
     let events = cluster.motion_events().await;
     assert!(events.iter().all(|e| e.channel != 2), "still stream raised motion: {events:?}");
     let s2 = cluster.channel_status(2).await.expect("ch2 status");
-    assert!(s2.online && s2.frames_total >= 100, "{s2:?}");
+    // Watched: analysed, or judged still from its packets by the gate (`motion.gate`).
+    assert!(s2.online && s2.frames_total + s2.frames_gated >= 100, "{s2:?}");
 
     // The missing stream is offline with a reason, and never stopped the others.
     let s3 = cluster.channel_status(3).await.expect("ch3 status");
@@ -64,7 +65,8 @@ async fn motion_follows_activity_still_is_quiet_and_missing_is_offline() {
     let reason = s3.reason.clone().unwrap_or_default();
     assert!(!reason.is_empty(), "{s3:?}");
     let s1 = cluster.channel_status(1).await.expect("ch1 status");
-    assert!(s1.online && s1.fps > 3.0, "ch1 keeps running beside the offline ch3: {s1:?}");
+    let fresh = s1.last_frame_ms.is_some_and(|t| now_ms() - t < 5_000);
+    assert!(s1.online && fresh, "ch1 keeps running beside the offline ch3: {s1:?}");
     assert_no_secret(&serde_json::to_string(&(s1, s2, s3)).unwrap());
 
     // The motion log holds the same events.
@@ -117,7 +119,7 @@ async fn motion_inside_a_mask_or_under_a_channels_own_threshold_raises_no_event(
     // A whole loop of the clip (16 s at 5 fps) analysed on ch2 and ch3.
     for ch in [2, 3] {
         let s = wait_for(Duration::from_secs(30), || async {
-            cluster.channel_status(ch).await.filter(|s| s.online && s.frames_total >= 80)
+            cluster.channel_status(ch).await.filter(|s| s.online && s.frames_total + s.frames_gated >= 80)
         })
         .await;
         assert!(s.is_some(), "ch{ch} was analysed: {:?}", cluster.channel_status(ch).await);
@@ -134,6 +136,7 @@ async fn motion_inside_a_mask_or_under_a_channels_own_threshold_raises_no_event(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gate_leaves_a_still_camera_undecoded_and_catches_activity_from_its_start() {
     let channels = [channel(1), channel(2)].concat();
+    // The default; said here so the test keeps testing the gate whatever the default becomes.
     let mut cluster = Cluster::new(&channels, 8, "[motion]\ngate = true\n");
     let active = people_clip(cluster.dir.path(), "active.mp4", 3, QUIET_BEFORE + 12.0, QUIET_AFTER);
     let active_len = probe_duration(&active);
