@@ -29,7 +29,11 @@ pub enum FileError {
 pub fn check_dir(dir: &Path, worker: &str) -> Result<(), FileError> {
     let err = |error| FileError::Dir { dir: dir.to_owned(), error };
     std::fs::create_dir_all(dir).map_err(err)?;
-    let probe = dir.join(format!(".write-test-{worker}"));
+    // One name per check: two jobs of one worker checking at once removed each other's probe
+    // ("No such file or directory", a backup error in the load test).
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let probe = dir.join(format!(".write-test-{worker}-{n}"));
     std::fs::write(&probe, b"ok").map_err(err)?;
     std::fs::remove_file(&probe).map_err(err)?;
     Ok(())
@@ -246,6 +250,20 @@ pub fn finish(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jobs_of_one_worker_checking_the_directory_at_once_all_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        std::thread::scope(|scope| {
+            let checks: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| (0..300).try_for_each(|_| check_dir(dir.path(), "record-1"))))
+                .collect();
+            for c in checks {
+                c.join().unwrap().unwrap();
+            }
+        });
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no probe left behind");
+    }
 
     #[test]
     fn leftovers_of_one_recording_only_are_removed() {
