@@ -429,7 +429,13 @@ fn prepare_clips(cache: &Path) -> anyhow::Result<[(PathBuf, PathBuf); 3]> {
         // Activity then 15 s of stillness, over and over: motion events start and end.
         make("people-q", "worker-zone-detection.gif", ",tpad=stop_mode=clone:stop_duration=15")?,
         make("shoppers-q", "store-aisle-detection.gif", ",tpad=stop_mode=clone:stop_duration=15")?,
-        make("still", "store-aisle-detection.gif", ",trim=end_frame=1,tpad=stop_mode=clone:stop_duration=20")?,
+        // A still scene as a camera sends it: with temporal sensor noise (a frozen frame without
+        // it is nearly free to decode and made quiet cameras look cheaper than they are).
+        make(
+            "still-noisy",
+            "store-aisle-detection.gif",
+            ",trim=end_frame=1,tpad=stop_mode=clone:stop_duration=20,noise=alls=4:allf=t",
+        )?,
     ])
 }
 

@@ -500,6 +500,7 @@ fn feed_gate(
     let mut gate: Gate<FlvTag> = Gate::new(params.gate_rise);
     let mut config: Option<FlvTag> = None;
     let mut gated_ms = 0.0f64;
+    let interval_ms = 1000.0 / params.fps;
     let mut last_arrival: Option<i64> = None;
     let write = |decoder_in: &mut std::process::ChildStdin, bytes: &[u8]| {
         decoder_in.write_all(bytes).map_err(|e| GatedError::Offline(format!("the decoder stopped reading: {e}")))
@@ -545,11 +546,18 @@ fn feed_gate(
         if step.closed {
             tracing::debug!(threshold = gate.threshold(), "gate closed: still scene");
         }
-        if step.skipped {
-            gated_ms += last_arrival.map_or(0, |t| (now - t).max(0)) as f64;
-            shared.frames_gated.store((gated_ms * params.fps / 1000.0) as u64, Ordering::Relaxed);
-        }
+        // Time watched from packets alone, in frames at `fps`: all of it while closed but for
+        // the keyframes analysed; the packets a newly open gate decodes are analysed after all.
+        let gap = last_arrival.map_or(0, |t| (now - t).max(0)) as f64;
         last_arrival = Some(now);
+        if !gate.is_open() {
+            gated_ms += gap - if key { interval_ms } else { 0.0 };
+        }
+        if let (Some(_), Some(first)) = (step.opened, step.feed.first()) {
+            gated_ms -= (now - first.arrived_ms) as f64;
+        }
+        gated_ms = gated_ms.max(0.0);
+        shared.frames_gated.store((gated_ms * params.fps / 1000.0) as u64, Ordering::Relaxed);
         for f in step.feed {
             {
                 let mut q = fifo.lock().unwrap_or_else(|e| e.into_inner());

@@ -255,9 +255,8 @@ mod tests {
     fn jobs_of_one_worker_checking_the_directory_at_once_all_pass() {
         let dir = tempfile::tempdir().unwrap();
         std::thread::scope(|scope| {
-            let checks: Vec<_> = (0..8)
-                .map(|_| scope.spawn(|| (0..300).try_for_each(|_| check_dir(dir.path(), "record-1"))))
-                .collect();
+            let checks: Vec<_> =
+                (0..8).map(|_| scope.spawn(|| (0..300).try_for_each(|_| check_dir(dir.path(), "record-1")))).collect();
             for c in checks {
                 c.join().unwrap().unwrap();
             }
