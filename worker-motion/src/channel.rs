@@ -457,11 +457,13 @@ fn read_stream_gated(
                     let mut frames = GatedFrames { out: frames_out, fifo, lag: &shared.decoder_lag };
                     analyse(ch, params, yolo, shared, out, size, &mut frames, true)
                 });
+            // Which ended first says whose log has the reason.
+            let decoder_first = reader.try_wait().is_none();
             // The feeder ends when the packet reader does; a decoder that stopped reading
             // would block it, so both go.
             shared.terminate_readers();
             let fed = feeder.join().unwrap_or_else(|_| Err(offline("the gate's feeder panicked".into())));
-            (fed, analysed)
+            (fed, analysed.map_err(|m| (m, decoder_first)))
         }),
         _ => (Err(offline("ffmpeg pipes not captured".into())), Ok(())),
     };
@@ -472,18 +474,22 @@ fn read_stream_gated(
     if shared.stalled.load(Ordering::Relaxed) {
         return Err(offline(format!("stalled: no frame for {} s", params.stall_timeout_secs)));
     }
+    let reason_of = |m: String, decoder_first: bool| {
+        if decoder_first {
+            with_ffmpeg_reason(m, &decoder)
+        } else {
+            with_ffmpeg_reason(m, &reader)
+        }
+    };
     match fed {
         Err(GatedError::Unsupported(c)) => Err(GatedError::Unsupported(c)),
-        Err(GatedError::Offline(m)) => Err(offline(with_ffmpeg_reason(m, &reader))),
-        // The packets ended (the stream did, or the channel is stopping): the reader says why.
-        Ok(()) => analysed.map_err(|m| {
-            let reason = with_ffmpeg_reason("stream ended".into(), &reader);
-            if m == "stream ended" {
-                offline(reason)
-            } else {
-                offline(with_ffmpeg_reason(m, &decoder))
-            }
-        }),
+        Err(GatedError::Offline(m)) => {
+            let decoder_first = m.starts_with("the decoder");
+            Err(offline(reason_of(m, decoder_first)))
+        }
+        // The packets ended (the stream did, a stream not published never began, or the channel
+        // is stopping): the packet reader says why, not the decoder it left without input.
+        Ok(()) => analysed.map_err(|(m, decoder_first)| offline(reason_of(m, decoder_first))),
     }
 }
 
@@ -501,6 +507,8 @@ fn feed_gate(
     let mut config: Option<FlvTag> = None;
     let mut gated_ms = 0.0f64;
     let interval_ms = 1000.0 / params.fps;
+    // The count goes on across reader runs, as `frames_total` does.
+    let gated_before = shared.frames_gated.load(Ordering::Relaxed);
     let mut last_arrival: Option<i64> = None;
     let write = |decoder_in: &mut std::process::ChildStdin, bytes: &[u8]| {
         decoder_in.write_all(bytes).map_err(|e| GatedError::Offline(format!("the decoder stopped reading: {e}")))
@@ -557,14 +565,16 @@ fn feed_gate(
             gated_ms -= (now - first.arrived_ms) as f64;
         }
         gated_ms = gated_ms.max(0.0);
-        shared.frames_gated.store((gated_ms * params.fps / 1000.0) as u64, Ordering::Relaxed);
+        shared.frames_gated.store(gated_before + (gated_ms * params.fps / 1000.0) as u64, Ordering::Relaxed);
         for f in step.feed {
             {
                 let mut q = fifo.lock().unwrap_or_else(|e| e.into_inner());
                 if q.len() >= GATE_FIFO_MAX {
                     return Err(GatedError::Offline(format!("the decoder is {GATE_FIFO_MAX} frames behind")));
                 }
-                q.push_back(FrameMeta { ts_ms: f.arrived_ms, analyse: f.analyse });
+                // A closed gate's keyframe is its look at the scene: always analysed.
+                let check = key && !gate.is_open();
+                q.push_back(FrameMeta { ts_ms: f.arrived_ms, analyse: f.analyse, check });
             }
             write(&mut decoder_in, &f.item.to_bytes())?;
         }
@@ -576,6 +586,8 @@ fn feed_gate(
 struct FrameMeta {
     ts_ms: i64,
     analyse: bool,
+    /// A closed gate's keyframe: analysed whatever the rate says.
+    check: bool,
 }
 
 /// Where raw frames come from.
@@ -600,7 +612,7 @@ struct DecodedFrames(std::process::ChildStdout);
 impl FrameSource for DecodedFrames {
     fn next_frame(&mut self, frame: &mut [u8]) -> Result<FrameMeta, String> {
         read_frame(&mut self.0, frame)?;
-        Ok(FrameMeta { ts_ms: now_ms(), analyse: true })
+        Ok(FrameMeta { ts_ms: now_ms(), analyse: true, check: false })
     }
 }
 
@@ -621,7 +633,7 @@ impl FrameSource for GatedFrames<'_> {
         if meta.is_some_and(|m| m.analyse) {
             self.lag.fetch_max(fifo.len().min(crate::gate::MAX_PUSHERS), Ordering::Relaxed);
         }
-        Ok(meta.unwrap_or(FrameMeta { ts_ms: now_ms(), analyse: true }))
+        Ok(meta.unwrap_or(FrameMeta { ts_ms: now_ms(), analyse: true, check: false }))
     }
 }
 
@@ -671,7 +683,7 @@ fn analyse(
         if gated {
             // Within a quarter of an interval counts as on time (arrival jitter).
             let due = *due_ms.get_or_insert(ts as f64);
-            if (ts as f64) < due - interval_ms / 4.0 {
+            if (ts as f64) < due - interval_ms / 4.0 && !meta.check {
                 continue;
             }
             due_ms = Some(if due + interval_ms < ts as f64 { ts as f64 + interval_ms } else { due + interval_ms });
