@@ -510,6 +510,7 @@ fn feed_gate(
     // The count goes on across reader runs, as `frames_total` does.
     let gated_before = shared.frames_gated.load(Ordering::Relaxed);
     let mut last_arrival: Option<i64> = None;
+    let mut clock = StreamClock::default();
     let write = |decoder_in: &mut std::process::ChildStdin, bytes: &[u8]| {
         decoder_in.write_all(bytes).map_err(|e| GatedError::Offline(format!("the decoder stopped reading: {e}")))
     };
@@ -545,9 +546,10 @@ fn feed_gate(
         shared.last_frame_ms.fetch_max(now, Ordering::Relaxed);
         let hold = now < shared.gate_hold_until_ms.load(Ordering::Relaxed)
             || (shared.samples_recordings && shared.recording_open.load(Ordering::Relaxed));
+        let taken = clock.frame_time(tag.ts, now);
         let (size, key) = (tag.body.len(), tag.is_keyframe());
         gate.set_pushers(shared.decoder_lag.load(Ordering::Relaxed));
-        let step = gate.push(tag, size, key, now, hold);
+        let step = gate.push(tag, size, key, taken, hold);
         if let Some(reason) = step.opened {
             tracing::debug!(?reason, "gate opened");
         }
@@ -556,13 +558,13 @@ fn feed_gate(
         }
         // Time watched from packets alone, in frames at `fps`: all of it while closed but for
         // the keyframes analysed; the packets a newly open gate decodes are analysed after all.
-        let gap = last_arrival.map_or(0, |t| (now - t).max(0)) as f64;
-        last_arrival = Some(now);
+        let gap = last_arrival.map_or(0, |t| (taken - t).max(0)) as f64;
+        last_arrival = Some(taken);
         if !gate.is_open() {
             gated_ms += gap - if key { interval_ms } else { 0.0 };
         }
         if let (Some(_), Some(first)) = (step.opened, step.feed.first()) {
-            gated_ms -= (now - first.arrived_ms) as f64;
+            gated_ms -= (taken - first.arrived_ms) as f64;
         }
         gated_ms = gated_ms.max(0.0);
         shared.frames_gated.store(gated_before + (gated_ms * params.fps / 1000.0) as u64, Ordering::Relaxed);
@@ -578,6 +580,33 @@ fn feed_gate(
             }
             write(&mut decoder_in, &f.item.to_bytes())?;
         }
+    }
+}
+
+/// Wall-clock time of each frame from the stream's own timestamps: packets that arrive in a
+/// burst (a busy machine, a network hiccup) keep their spacing, so the analysis rate and the
+/// event times follow the pictures, not the pipe. Anchored on the earliest-arriving packet: a
+/// frame never gets a time after it arrived, nor one more than `MAX_LAG_MS` before (a stream
+/// whose clock jumped, or a reconnect, re-anchors).
+#[derive(Debug, Default)]
+struct StreamClock {
+    /// (wall ms, stream ms) of the anchor.
+    anchor: Option<(i64, u32)>,
+}
+
+impl StreamClock {
+    const MAX_LAG_MS: i64 = 1_000;
+
+    fn frame_time(&mut self, stream_ms: u32, now_ms: i64) -> i64 {
+        if let Some((wall, base)) = self.anchor {
+            // Signed difference of 32-bit stream times (FLV timestamps wrap).
+            let t = wall + i64::from(stream_ms.wrapping_sub(base) as i32);
+            if t <= now_ms && t >= now_ms - Self::MAX_LAG_MS {
+                return t;
+            }
+        }
+        self.anchor = Some((now_ms, stream_ms));
+        now_ms
     }
 }
 
@@ -925,5 +954,25 @@ mod in_flight_tests {
         drop(held);
         assert_eq!(count.load(Ordering::Acquire), 0);
         assert!(InFlight::take(&count, 3).is_some());
+    }
+}
+
+#[cfg(test)]
+mod stream_clock_tests {
+    use super::*;
+
+    #[test]
+    fn frames_of_a_burst_keep_their_spacing_and_a_jump_re_anchors() {
+        let mut c = StreamClock::default();
+        assert_eq!(c.frame_time(5_000, 100_000), 100_000);
+        // Four frames 100 ms apart arrive together 400 ms later.
+        let burst: Vec<i64> = (1..=4).map(|i| c.frame_time(5_000 + i * 100, 100_400)).collect();
+        assert_eq!(burst, vec![100_100, 100_200, 100_300, 100_400]);
+        // A frame can never be later than its arrival: an early anchor moves.
+        assert_eq!(c.frame_time(5_600, 100_450), 100_450);
+        assert_eq!(c.frame_time(5_700, 100_560), 100_550);
+        // The stream's clock jumped (a reconnect): re-anchored on arrival.
+        assert_eq!(c.frame_time(90, 100_700), 100_700);
+        assert_eq!(c.frame_time(190, 100_800), 100_800);
     }
 }
