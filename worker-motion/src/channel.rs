@@ -87,6 +87,8 @@ pub struct ChannelShared {
     /// The reader's ffmpegs (one, or the packet reader and the decoder behind the gate).
     stoppers: Mutex<Vec<Stopper>>,
     stalled: AtomicBool,
+    /// When the reader's current attempt began (ms).
+    attempt_started_ms: AtomicI64,
     /// Frames the gate did not decode (see `ChannelStatus::frames_gated`).
     frames_gated: AtomicU64,
     /// The analysis wants every frame until then (motion, presence, an event; ms).
@@ -122,6 +124,7 @@ impl ChannelShared {
             frames: 0.into(),
             stoppers: Mutex::new(Vec::new()),
             stalled: AtomicBool::new(false),
+            attempt_started_ms: AtomicI64::new(0),
             frames_gated: AtomicU64::new(0),
             gate_hold_until_ms: AtomicI64::new(0),
             gate_unsupported: AtomicBool::new(false),
@@ -183,9 +186,15 @@ impl ChannelShared {
     }
 
     /// Called by the supervisor: stops a reader that delivered no frame for `timeout` since
-    /// `since_ms` (the later of its last frame and its start).
+    /// the latest of its last frame, the channel's start (`started_ms`) and the start of the
+    /// reader's current attempt: a new attempt after an outage is given the whole timeout (it
+    /// was killed as stalled at once when its first frame came after the next check).
     pub fn check_stall(&self, timeout: Duration, started_ms: i64) {
-        let last = self.last_frame_ms.load(Ordering::Relaxed).max(started_ms);
+        let last = self
+            .last_frame_ms
+            .load(Ordering::Relaxed)
+            .max(started_ms)
+            .max(self.attempt_started_ms.load(Ordering::Relaxed));
         if now_ms() - last > timeout.as_millis() as i64
             && !self.stoppers.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
             && !self.stalled.swap(true, Ordering::Relaxed)
@@ -382,6 +391,7 @@ fn read_stream_decoded(
     raw_output_args(&mut cmd, params, yolo, &rate);
     let mut process = FfmpegProcess::spawn(format!("motion ch{}", ch.id), cmd, true).map_err(|e| e.to_string())?;
     shared.stalled.store(false, Ordering::Relaxed);
+    shared.attempt_started_ms.store(now_ms(), Ordering::Relaxed);
     *shared.stoppers.lock().unwrap_or_else(|e| e.into_inner()) = vec![process.stopper()];
     let result = (|| {
         let stdout = process.take_stdout().ok_or("ffmpeg stdout not captured")?;
@@ -438,6 +448,7 @@ fn read_stream_gated(
     let mut decoder =
         FfmpegProcess::spawn_piped(format!("motion ch{} decoder", ch.id), cmd).map_err(|e| offline(e.to_string()))?;
     shared.stalled.store(false, Ordering::Relaxed);
+    shared.attempt_started_ms.store(now_ms(), Ordering::Relaxed);
     shared.decoder_lag.store(0, Ordering::Relaxed);
     *shared.stoppers.lock().unwrap_or_else(|e| e.into_inner()) = vec![reader.stopper(), decoder.stopper()];
     let fifo: GateFifo = Mutex::new(VecDeque::new());
@@ -944,6 +955,27 @@ fn emit(
 #[cfg(test)]
 mod in_flight_tests {
     use super::*;
+
+    #[test]
+    fn a_new_reader_attempt_gets_the_whole_stall_timeout() {
+        let shared = ChannelShared::new(1, false);
+        let mut cmd = ffmpeg::command();
+        cmd.args(["-f", "lavfi", "-i", "nullsrc=rate=1", "-f", "null", "-"]);
+        let mut p = FfmpegProcess::spawn("stall test", cmd, false).unwrap();
+        *shared.stoppers.lock().unwrap() = vec![p.stopper()];
+        let long_ago = now_ms() - 60_000;
+        shared.last_frame_ms.store(long_ago, Ordering::Relaxed);
+        // The last frame is a minute old (an outage), but this attempt has just begun.
+        shared.attempt_started_ms.store(now_ms(), Ordering::Relaxed);
+        shared.check_stall(Duration::from_secs(20), long_ago);
+        assert!(!shared.stalled.load(Ordering::Relaxed), "a fresh attempt was killed as stalled");
+        assert!(p.try_wait().is_none());
+        // The attempt itself is now 20 s without a frame: stalled.
+        shared.attempt_started_ms.store(long_ago, Ordering::Relaxed);
+        shared.check_stall(Duration::from_secs(20), long_ago);
+        assert!(shared.stalled.load(Ordering::Relaxed));
+        p.stop(Duration::from_secs(5));
+    }
 
     #[test]
     fn yolo_frames_in_flight_are_capped_and_places_come_back_when_sent_or_dropped() {
