@@ -165,6 +165,22 @@ impl ChannelShared {
         self.frames_gated.load(Ordering::Relaxed)
     }
 
+    /// A reader attempt begins with these ffmpegs: the watchdog may stop them, and its stall
+    /// clock starts now.
+    fn begin_attempt(&self, stoppers: Vec<Stopper>) {
+        self.stalled.store(false, Ordering::Relaxed);
+        self.attempt_started_ms.store(now_ms(), Ordering::Relaxed);
+        *self.stoppers.lock().unwrap_or_else(|e| e.into_inner()) = stoppers;
+    }
+
+    /// The attempt is over (its ffmpegs are stopped next): `Some(reason)` when the stall
+    /// watchdog ended it.
+    fn end_attempt(&self, stall_timeout_secs: f64) -> Option<String> {
+        self.stoppers.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.analysing_since_ms.store(0, Ordering::Relaxed);
+        self.stalled.load(Ordering::Relaxed).then(|| format!("stalled: no frame for {stall_timeout_secs} s"))
+    }
+
     fn terminate_readers(&self) {
         for s in self.stoppers.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             s.terminate();
@@ -390,9 +406,7 @@ fn read_stream_decoded(
     }
     raw_output_args(&mut cmd, params, yolo, &rate);
     let mut process = FfmpegProcess::spawn(format!("motion ch{}", ch.id), cmd, true).map_err(|e| e.to_string())?;
-    shared.stalled.store(false, Ordering::Relaxed);
-    shared.attempt_started_ms.store(now_ms(), Ordering::Relaxed);
-    *shared.stoppers.lock().unwrap_or_else(|e| e.into_inner()) = vec![process.stopper()];
+    shared.begin_attempt(vec![process.stopper()]);
     let result = (|| {
         let stdout = process.take_stdout().ok_or("ffmpeg stdout not captured")?;
         let size = process
@@ -400,11 +414,10 @@ fn read_stream_decoded(
             .ok_or_else(|| "no video from stream".to_string())?;
         analyse(ch, params, yolo, shared, out, size, &mut DecodedFrames(stdout), false)
     })();
-    shared.stoppers.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    shared.analysing_since_ms.store(0, Ordering::Relaxed);
+    let stalled = shared.end_attempt(params.stall_timeout_secs);
     process.stop(Duration::from_secs(2));
-    if shared.stalled.load(Ordering::Relaxed) {
-        return Err(format!("stalled: no frame for {} s", params.stall_timeout_secs));
+    if let Some(reason) = stalled {
+        return Err(reason);
     }
     result.map_err(|message| with_ffmpeg_reason(message, &process))
 }
@@ -447,10 +460,8 @@ fn read_stream_gated(
     raw_output_args(&mut cmd, params, yolo, "");
     let mut decoder =
         FfmpegProcess::spawn_piped(format!("motion ch{} decoder", ch.id), cmd).map_err(|e| offline(e.to_string()))?;
-    shared.stalled.store(false, Ordering::Relaxed);
-    shared.attempt_started_ms.store(now_ms(), Ordering::Relaxed);
     shared.decoder_lag.store(0, Ordering::Relaxed);
-    *shared.stoppers.lock().unwrap_or_else(|e| e.into_inner()) = vec![reader.stopper(), decoder.stopper()];
+    shared.begin_attempt(vec![reader.stopper(), decoder.stopper()]);
     let fifo: GateFifo = Mutex::new(VecDeque::new());
     let (packets, decoder_in, frames_out) = (reader.take_stdout(), decoder.take_stdin(), decoder.take_stdout());
     let (fed, analysed) = match (packets, decoder_in, frames_out) {
@@ -478,12 +489,11 @@ fn read_stream_gated(
         }),
         _ => (Err(offline("ffmpeg pipes not captured".into())), Ok(())),
     };
-    shared.stoppers.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    shared.analysing_since_ms.store(0, Ordering::Relaxed);
+    let stalled = shared.end_attempt(params.stall_timeout_secs);
     reader.stop(Duration::from_secs(2));
     decoder.stop(Duration::from_secs(2));
-    if shared.stalled.load(Ordering::Relaxed) {
-        return Err(offline(format!("stalled: no frame for {} s", params.stall_timeout_secs)));
+    if let Some(reason) = stalled {
+        return Err(offline(reason));
     }
     let reason_of = |m: String, decoder_first: bool| {
         if decoder_first {
@@ -962,11 +972,10 @@ mod in_flight_tests {
         let mut cmd = ffmpeg::command();
         cmd.args(["-f", "lavfi", "-i", "nullsrc=rate=1", "-f", "null", "-"]);
         let mut p = FfmpegProcess::spawn("stall test", cmd, false).unwrap();
-        *shared.stoppers.lock().unwrap() = vec![p.stopper()];
         let long_ago = now_ms() - 60_000;
         shared.last_frame_ms.store(long_ago, Ordering::Relaxed);
         // The last frame is a minute old (an outage), but this attempt has just begun.
-        shared.attempt_started_ms.store(now_ms(), Ordering::Relaxed);
+        shared.begin_attempt(vec![p.stopper()]);
         shared.check_stall(Duration::from_secs(20), long_ago);
         assert!(!shared.stalled.load(Ordering::Relaxed), "a fresh attempt was killed as stalled");
         assert!(p.try_wait().is_none());

@@ -204,8 +204,6 @@ pub struct Gate<T> {
     gop: Vec<Kept<T>>,
     gop_bytes: usize,
     fed: usize,
-    /// The GOP outgrew [`MAX_GOP_BYTES`]/[`MAX_GOP_PACKETS`]: open until the next keyframe.
-    long_gop: bool,
     learn_after_ms: i64,
     pushers: usize,
 }
@@ -221,7 +219,6 @@ impl<T: Clone> Gate<T> {
             gop: Vec::new(),
             gop_bytes: 0,
             fed: 0,
-            long_gop: false,
             learn_after_ms: 0,
             pushers: 1,
         }
@@ -256,7 +253,6 @@ impl<T: Clone> Gate<T> {
             self.gop.clear();
             self.gop_bytes = 0;
             self.fed = 0;
-            self.long_gop = false;
             if self.open && !hold && self.threshold().is_some() {
                 self.open = false;
                 step.closed = true;
@@ -300,7 +296,6 @@ impl<T: Clone> Gate<T> {
         match reason {
             Some(reason) => {
                 self.open = true;
-                self.long_gop = reason == OpenReason::LongGop;
                 self.learn_after_ms = now_ms + LEARN_PAUSE_MS;
                 step.opened = Some(reason);
                 // Every packet of the GOP not yet decoded, in order, analysed.
