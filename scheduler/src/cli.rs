@@ -638,7 +638,14 @@ mod tests {
             since_ms: None,
         };
         let relays = vec![
-            Some(RelayStatus { channel: 1, main: refused, sub: None, host: "h".into(), updated_ms: 0 }),
+            Some(RelayStatus {
+                channel: 1,
+                main: refused,
+                sub: None,
+                host: "h".into(),
+                updated_ms: 0,
+                one_process: false,
+            }),
             None,
             None,
         ];

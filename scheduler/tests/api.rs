@@ -430,6 +430,7 @@ async fn api_serves_live_data_validates_input_and_guards_mutations() {
         sub: None,
         host: "test".into(),
         updated_ms: now_ms(),
+        one_process: false,
     };
     let _: () = conn.set(cluster.keys.relay_status(2), serde_json::to_string(&refused).unwrap()).await.unwrap();
     let (_, ch2) = http.get("/api/channels/2");

@@ -157,3 +157,100 @@ async fn a_camera_refusing_the_password_is_reported_with_the_reason_everywhere()
     stop.cancel();
     let _ = relay.await;
 }
+
+/// A camera relayed in one ffmpeg (main + sub-stream) whose sub-stream ends while the main
+/// stream goes on (ffmpeg keeps relaying the main one alone, exits with no error): the
+/// watchdog sees the sub-stream stand still at nginx-rtmp and restarts the camera's process,
+/// so the sub-stream comes back. Without the watchdog it would stay down for as long as the
+/// main stream runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sub_stream_that_ends_in_a_shared_relay_is_restarted_by_the_watchdog() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (main, sub) = (tmp.path().join("main.mp4"), tmp.path().join("sub.mp4"));
+    let source = cctv_testkit::media("worker-zone-detection.gif");
+    cctv_testkit::make_camera_clip(&source, &main, 6, 640, 360);
+    // The sub-stream: a short clip served over HTTP as MPEG-TS (read straight through, no
+    // seeking), at full speed to its end: a clean end of one input.
+    cctv_testkit::make_camera_clip(&source, &sub, 1, 320, 180);
+    let remux = std::process::Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-y", "-i"])
+        .arg(&sub)
+        .args(["-c", "copy", "-f", "mpegts"])
+        .arg(tmp.path().join("sub.ts"))
+        .status()
+        .unwrap();
+    assert!(remux.success());
+    let http_port = cctv_testkit::free_port();
+    let _http = cctv_testkit::KillOnDrop(
+        std::process::Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1", &http_port.to_string(), "--directory"])
+            .arg(tmp.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 http.server"),
+    );
+    cctv_testkit::wait_for_port(http_port, Duration::from_secs(10), "http.server");
+    let cameras = RtspCameras::start(&[(main.clone(), main.clone())]);
+    let channels = format!(
+        "[[channel]]\nid = 1\nname = \"cam 1\"\nsource = \"{}\"\ndetect_source = \"http://127.0.0.1:{http_port}/sub.ts\"\n",
+        cameras.url("", 1, "main"),
+    );
+    let cluster = Cluster::new(&channels, 8, "");
+    let stop = CancellationToken::new();
+    let relay = tokio::spawn(scheduler::relay::run(cluster.config.clone(), stop.clone()));
+
+    let live = cluster.nginx.live_url();
+    let m = wait_for(Duration::from_secs(30), || async { probe_stream(&format!("{live}/ch1")) }).await;
+    assert_eq!(m, Some(("h264".into(), 640, 360)), "ch1 main");
+    let st = wait_for(Duration::from_secs(10), || async { status(&cluster, 1).await.filter(|s| s.main.running) })
+        .await
+        .expect("ch1 status");
+    assert!(st.one_process, "main and sub-stream in one process: {st:?}");
+    // The sub-stream ended within a second; the watchdog restarts the camera's relay (grace
+    // 15 s + 10 s standing still), and says why.
+    let restarted = wait_for(Duration::from_secs(60), || async {
+        status(&cluster, 1).await.filter(|s| s.sub.as_ref().is_some_and(|sub| sub.restarts >= 1))
+    })
+    .await
+    .expect("the camera's relay restarted after its sub-stream ended");
+    let why = restarted.sub.as_ref().unwrap().last_error.clone().unwrap_or_default();
+    assert!(why.contains("ch1_sub") && why.contains("nginx-rtmp"), "{why}");
+    assert_eq!(restarted.main.restarts, restarted.sub.as_ref().unwrap().restarts, "{restarted:?}");
+    stop.cancel();
+    let _ = relay.await;
+}
+
+/// A camera whose sub-stream cannot be opened (a wrong path: the camera answers 404): the shared
+/// process fails, and after SPLIT_AFTER_FAILURES tries the streams get one ffmpeg each, so the
+/// main stream — what backups are cut from — is relayed; the sub-stream's status says why it
+/// is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_sub_stream_does_not_keep_the_main_stream_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (main, sub) = (tmp.path().join("main.mp4"), tmp.path().join("sub.mp4"));
+    let source = cctv_testkit::media("worker-zone-detection.gif");
+    cctv_testkit::make_camera_clip(&source, &main, 6, 640, 360);
+    cctv_testkit::make_camera_clip(&source, &sub, 6, 320, 180);
+    let cameras = RtspCameras::start(&[(main, sub)]);
+    let channels = format!(
+        "[[channel]]\nid = 1\nname = \"cam 1\"\nsource = \"{}\"\ndetect_source = \"{}\"\n",
+        cameras.url("", 1, "main"),
+        cameras.url("", 1, "no-such-stream"),
+    );
+    let cluster = Cluster::new(&channels, 8, "");
+    let stop = CancellationToken::new();
+    let relay = tokio::spawn(scheduler::relay::run(cluster.config.clone(), stop.clone()));
+    let live = cluster.nginx.live_url();
+    let m = wait_for(Duration::from_secs(40), || async { probe_stream(&format!("{live}/ch1")) }).await;
+    assert_eq!(m, Some(("h264".into(), 640, 360)), "ch1 main relayed despite its broken sub-stream");
+    let st = wait_for(Duration::from_secs(20), || async {
+        status(&cluster, 1).await.filter(|s| s.main.running && !s.one_process)
+    })
+    .await
+    .expect("ch1 relayed by one process per stream");
+    let sub = st.sub.as_ref().unwrap();
+    assert!(!sub.running && sub.last_error.as_deref().is_some_and(|e| e.contains("404")), "{st:?}");
+    stop.cancel();
+    let _ = relay.await;
+}

@@ -22,6 +22,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::detector::{Hysteresis, MotionDetector, Transition};
 use crate::gate::{FlvReader, FlvTag, Gate, FLV_CODEC_AVC, FLV_VIDEO_HEADER};
+use crate::rtmp::{RtmpPlayer, RtmpStop};
 
 /// Frames analysed after which a failing channel's backoff resets.
 const HEALTHY_FRAMES: u64 = 50;
@@ -85,7 +86,7 @@ pub struct ChannelShared {
     analysing_since_ms: AtomicI64,
     frames: std::sync::atomic::AtomicU64,
     /// The reader's ffmpegs (one, or the packet reader and the decoder behind the gate).
-    stoppers: Mutex<Vec<Stopper>>,
+    stoppers: Mutex<Vec<ReaderStop>>,
     stalled: AtomicBool,
     /// When the reader's current attempt began (ms).
     attempt_started_ms: AtomicI64,
@@ -167,7 +168,7 @@ impl ChannelShared {
 
     /// A reader attempt begins with these ffmpegs: the watchdog may stop them, and its stall
     /// clock starts now.
-    fn begin_attempt(&self, stoppers: Vec<Stopper>) {
+    fn begin_attempt(&self, stoppers: Vec<ReaderStop>) {
         self.stalled.store(false, Ordering::Relaxed);
         self.attempt_started_ms.store(now_ms(), Ordering::Relaxed);
         *self.stoppers.lock().unwrap_or_else(|e| e.into_inner()) = stoppers;
@@ -183,7 +184,10 @@ impl ChannelShared {
 
     fn terminate_readers(&self) {
         for s in self.stoppers.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            s.terminate();
+            match s {
+                ReaderStop::Ffmpeg(s) => s.terminate(),
+                ReaderStop::Rtmp(s) => s.stop(),
+            }
         }
     }
 
@@ -406,7 +410,7 @@ fn read_stream_decoded(
     }
     raw_output_args(&mut cmd, params, yolo, &rate);
     let mut process = FfmpegProcess::spawn(format!("motion ch{}", ch.id), cmd, true).map_err(|e| e.to_string())?;
-    shared.begin_attempt(vec![process.stopper()]);
+    shared.begin_attempt(vec![ReaderStop::Ffmpeg(process.stopper())]);
     let result = (|| {
         let stdout = process.take_stdout().ok_or("ffmpeg stdout not captured")?;
         let size = process
@@ -446,13 +450,27 @@ fn read_stream_gated(
     out: &UnboundedSender<ChannelMsg>,
 ) -> Result<(), GatedError> {
     let offline = GatedError::Offline;
-    let mut cmd = ffmpeg::command();
-    input_args(&mut cmd, params);
-    cmd.input(url).args(["-map", "0:v:0", "-an", "-sn", "-dn", "-c:v", "copy"]);
-    // Each packet on its own, at once: buffered, a still scene's tiny packets would wait for 32 KiB.
-    cmd.args(["-flush_packets", "1", "-flvflags", "no_duration_filesize", "-f", "flv", "pipe:1"]);
-    let mut reader =
-        FfmpegProcess::spawn(format!("motion ch{} packets", ch.id), cmd, true).map_err(|e| offline(e.to_string()))?;
+    let stall = Duration::from_secs_f64(params.stall_timeout_secs);
+    // nginx-rtmp's stream is played in this process; any other source through an ffmpeg that
+    // copies it as FLV (no decoding).
+    let (mut reader, packets) = if url.starts_with("rtmp://") {
+        let player = RtmpPlayer::connect(url, stall).map_err(|e| offline(format!("playing the detect stream: {e}")))?;
+        let stop = player.stopper().map_err(|e| offline(e.to_string()))?;
+        (None, Some((Packets::Rtmp(Box::new(player)), ReaderStop::Rtmp(stop))))
+    } else {
+        let mut cmd = ffmpeg::command();
+        input_args(&mut cmd, params);
+        cmd.input(url).args(["-map", "0:v:0", "-an", "-sn", "-dn", "-c:v", "copy"]);
+        // Each packet on its own, at once: buffered, a still scene's tiny packets would wait for 32 KiB.
+        cmd.args(["-flush_packets", "1", "-flvflags", "no_duration_filesize", "-f", "flv", "pipe:1"]);
+        let mut reader = FfmpegProcess::spawn(format!("motion ch{} packets", ch.id), cmd, true)
+            .map_err(|e| offline(e.to_string()))?;
+        let stop = ReaderStop::Ffmpeg(reader.stopper());
+        let packets = reader
+            .take_stdout()
+            .map(|out| (Packets::Ffmpeg(FlvReader::new(std::io::BufReader::with_capacity(256 << 10, out))), stop));
+        (Some(reader), packets)
+    };
     let mut cmd = ffmpeg::command();
     // Decode what comes in at once: a tiny probe, frames passed on with their own timestamps.
     cmd.args(["-nostats", "-threads", &params.decode_threads.to_string(), "-probesize", "32", "-f", "flv"]);
@@ -461,9 +479,13 @@ fn read_stream_gated(
     let mut decoder =
         FfmpegProcess::spawn_piped(format!("motion ch{} decoder", ch.id), cmd).map_err(|e| offline(e.to_string()))?;
     shared.decoder_lag.store(0, Ordering::Relaxed);
-    shared.begin_attempt(vec![reader.stopper(), decoder.stopper()]);
+    let (packets, packets_stop) = match packets {
+        Some((p, stop)) => (Some(p), Some(stop)),
+        None => (None, None),
+    };
+    shared.begin_attempt(packets_stop.into_iter().chain([ReaderStop::Ffmpeg(decoder.stopper())]).collect());
     let fifo: GateFifo = Mutex::new(VecDeque::new());
-    let (packets, decoder_in, frames_out) = (reader.take_stdout(), decoder.take_stdin(), decoder.take_stdout());
+    let (decoder_in, frames_out) = (decoder.take_stdin(), decoder.take_stdout());
     let (fed, analysed) = match (packets, decoder_in, frames_out) {
         (Some(packets), Some(decoder_in), Some(frames_out)) => std::thread::scope(|scope| {
             let span = tracing::Span::current();
@@ -479,8 +501,12 @@ fn read_stream_gated(
                     let mut frames = GatedFrames { out: frames_out, fifo, lag: &shared.decoder_lag };
                     analyse(ch, params, yolo, shared, out, size, &mut frames, true)
                 });
-            // Which ended first says whose log has the reason.
-            let decoder_first = reader.try_wait().is_none();
+            // Which ended first says whose log has the reason (in-process packets: the
+            // feeder's own error says it).
+            let decoder_first = match reader.as_mut() {
+                Some(r) => r.try_wait().is_none(),
+                None => !feeder.is_finished(),
+            };
             // The feeder ends when the packet reader does; a decoder that stopped reading
             // would block it, so both go.
             shared.terminate_readers();
@@ -490,17 +516,17 @@ fn read_stream_gated(
         _ => (Err(offline("ffmpeg pipes not captured".into())), Ok(())),
     };
     let stalled = shared.end_attempt(params.stall_timeout_secs);
-    reader.stop(Duration::from_secs(2));
+    if let Some(r) = reader.as_mut() {
+        r.stop(Duration::from_secs(2));
+    }
     decoder.stop(Duration::from_secs(2));
     if let Some(reason) = stalled {
         return Err(offline(reason));
     }
-    let reason_of = |m: String, decoder_first: bool| {
-        if decoder_first {
-            with_ffmpeg_reason(m, &decoder)
-        } else {
-            with_ffmpeg_reason(m, &reader)
-        }
+    let reason_of = |m: String, decoder_first: bool| match (&reader, decoder_first) {
+        (_, true) => with_ffmpeg_reason(m, &decoder),
+        (Some(reader), false) => with_ffmpeg_reason(m, reader),
+        (None, false) => m,
     };
     match fed {
         Err(GatedError::Unsupported(c)) => Err(GatedError::Unsupported(c)),
@@ -517,13 +543,12 @@ fn read_stream_gated(
 /// The feeder: FLV packets in, the gate's choice out to the decoder; returns at the end of the
 /// packets. Dropping `decoder_in` on return ends the decoder's input.
 fn feed_gate(
-    packets: std::process::ChildStdout,
+    mut flv: Packets,
     mut decoder_in: std::process::ChildStdin,
     params: &MotionConfig,
     shared: &ChannelShared,
     fifo: &GateFifo,
 ) -> Result<(), GatedError> {
-    let mut flv = FlvReader::new(std::io::BufReader::with_capacity(256 << 10, packets));
     let mut gate: Gate<FlvTag> = Gate::new(params.gate_rise);
     let mut config: Option<FlvTag> = None;
     let mut gated_ms = 0.0f64;
@@ -538,7 +563,10 @@ fn feed_gate(
     loop {
         let tag = match flv.next_tag() {
             Ok(Some(tag)) => tag,
-            // The reader ended: its log says why.
+            // The reader ended: its log says why (played in process: the server ended it).
+            Ok(None) if matches!(flv, Packets::Rtmp(_)) => {
+                return Err(GatedError::Offline("nginx-rtmp ended the stream (its publisher left?)".into()))
+            }
             Ok(None) => return Ok(()),
             Err(e) => return Err(GatedError::Offline(format!("reading packets: {e}"))),
         };
@@ -600,6 +628,30 @@ fn feed_gate(
                 q.push_back(FrameMeta { ts_ms: f.arrived_ms, analyse: f.analyse, check });
             }
             write(&mut decoder_in, &f.item.to_bytes())?;
+        }
+    }
+}
+
+/// What stops a reader of the detect stream from another thread (the stall watchdog, a stop).
+#[derive(Debug)]
+enum ReaderStop {
+    Ffmpeg(Stopper),
+    Rtmp(RtmpStop),
+}
+
+/// Where the gate's packets come from.
+enum Packets {
+    /// An ffmpeg copying the stream as FLV on a pipe (any source ffmpeg reads).
+    Ffmpeg(FlvReader<std::io::BufReader<std::process::ChildStdout>>),
+    /// nginx-rtmp's stream played in this process.
+    Rtmp(Box<RtmpPlayer>),
+}
+
+impl Packets {
+    fn next_tag(&mut self) -> std::io::Result<Option<FlvTag>> {
+        match self {
+            Packets::Ffmpeg(r) => r.next_tag(),
+            Packets::Rtmp(p) => p.next_tag(),
         }
     }
 }
@@ -975,7 +1027,7 @@ mod in_flight_tests {
         let long_ago = now_ms() - 60_000;
         shared.last_frame_ms.store(long_ago, Ordering::Relaxed);
         // The last frame is a minute old (an outage), but this attempt has just begun.
-        shared.begin_attempt(vec![p.stopper()]);
+        shared.begin_attempt(vec![ReaderStop::Ffmpeg(p.stopper())]);
         shared.check_stall(Duration::from_secs(20), long_ago);
         assert!(!shared.stalled.load(Ordering::Relaxed), "a fresh attempt was killed as stalled");
         assert!(p.try_wait().is_none());

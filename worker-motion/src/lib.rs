@@ -11,6 +11,7 @@
 pub mod channel;
 pub mod detector;
 pub mod gate;
+pub mod rtmp;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;

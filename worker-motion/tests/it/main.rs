@@ -8,3 +8,5 @@ mod failover;
 /// Motion start/end timing, a still stream, a missing stream (issue 2, tests 1 and 3);
 /// keyframe-only decoding.
 mod motion;
+/// The gate's in-process RTMP packet source against nginx-rtmp.
+mod rtmp;
