@@ -652,24 +652,32 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let mut sys = sysinfo::System::new()?;
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
 
+    // One relay for the whole run: each stage's config reaches it by SIGHUP, which starts the
+    // added cameras and leaves the running ones alone (as a site adding cameras does).
+    let mut relay: Option<Proc> = None;
     for &n in &opts.stages {
         write_config(&cfg, &config_text(n, &redis, &nginx, &cameras, &work, api_port, &opts.motion))?;
-        // The scheduler and relays read the channel list at start: restart them per stage; the
-        // workers keep running and follow the new plan.
-        let mut stage_procs = vec![
-            Proc::spawn(
-                "relay",
-                &workspace_bin("scheduler")?,
-                &["--config", &cfgs, "relay"],
-                &logs.join(format!("relay-{n}.log")),
-            )?,
-            Proc::spawn(
-                "scheduler",
-                &workspace_bin("scheduler")?,
-                &["--config", &cfgs, "run"],
-                &logs.join(format!("scheduler-{n}.log")),
-            )?,
-        ];
+        match &relay {
+            None => {
+                relay = Some(Proc::spawn(
+                    "relay",
+                    &workspace_bin("scheduler")?,
+                    &["--config", &cfgs, "relay"],
+                    &logs.join("relay.log"),
+                )?)
+            }
+            Some(r) => {
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(r.pid() as i32), nix::sys::signal::Signal::SIGHUP)?
+            }
+        }
+        // The scheduler reads the channel list at start: restart it per stage; the workers keep
+        // running and follow the new plan (batches whose channels did not change keep their job).
+        let mut stage_procs = vec![Proc::spawn(
+            "scheduler",
+            &workspace_bin("scheduler")?,
+            &["--config", &cfgs, "run"],
+            &logs.join(format!("scheduler-{n}.log")),
+        )?];
         let stage_start = Instant::now();
         let stage_start_ms = now_ms();
         let bar = if opts.progress {
@@ -715,7 +723,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             roots.insert(redis.pid(), "redis-server".into());
             roots.insert(nginx.pid(), "nginx".into());
             roots.insert(cameras.pid(), "cameras (simulator)".into());
-            for p in workers.iter_mut().chain(stage_procs.iter_mut()) {
+            for p in workers.iter_mut().chain(stage_procs.iter_mut()).chain(relay.iter_mut()) {
                 if !p.alive() && !dead.contains(&p.name) {
                     dead.push(p.name.clone());
                 }
@@ -929,6 +937,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         stage_procs.clear();
     }
     drop(workers);
+    drop(relay);
     eprintln!("process logs and backups of this run: {}", work.display());
     let motion_settings = opts.motion.lines().skip(1).map(str::to_string).collect();
     let report = Report { machine: machine(), started: format!("{}", now_ms()), motion_settings, stages, samples };

@@ -458,7 +458,45 @@ pub struct ChannelScore {
     pub frames_analysed: u64,
     #[serde(default)]
     pub frames_gated: u64,
+    /// Per onset (activity after at least [`ONSET_QUIET_SECS`] of none): seconds from its first
+    /// clip second to the start of the motion event that covers it (0 when one was already
+    /// open); `None`: no motion event began during that activity.
+    #[serde(default)]
+    pub onset_lags_s: Vec<Option<f64>>,
     pub problems: Vec<String>,
+}
+
+/// An onset is activity after at least this many seconds of none.
+pub const ONSET_QUIET_SECS: usize = 3;
+/// Target: every onset's motion event starts within this many seconds (issue 17: p95 ≤ 1 s).
+pub const ONSET_TARGET_SECS: f64 = 1.0;
+
+/// Onset lags (see [`ChannelScore::onset_lags_s`]): `activity` per clip second, `motion` as
+/// (start, last motion) clip seconds.
+pub fn onset_lags(activity: &[bool], motion: &[(f64, f64)]) -> Vec<Option<f64>> {
+    let mut lags = Vec::new();
+    for s in 0..activity.len() {
+        let quiet_before = (s.saturating_sub(ONSET_QUIET_SECS)..s).all(|t| !activity[t]) && s >= ONSET_QUIET_SECS;
+        if !activity[s] || !quiet_before {
+            continue;
+        }
+        let a = s as f64;
+        let end = (s..activity.len()).find(|&t| !activity[t]).unwrap_or(activity.len()) as f64;
+        // An event already open (started before, still moving at or after the onset): no lag.
+        if motion.iter().any(|&(m0, m1)| m0 <= a && m1 >= a) {
+            lags.push(Some(0.0));
+            continue;
+        }
+        // The first event to start from a second before the onset (the activity's first frames
+        // can fall in the previous clip second) to the activity's end.
+        let first = motion
+            .iter()
+            .map(|&(m0, _)| m0)
+            .filter(|&m0| m0 >= a - 1.0 && m0 < end)
+            .fold(None, |acc: Option<f64>, m0| Some(acc.map_or(m0, |x| x.min(m0))));
+        lags.push(first.map(|m0| ((m0 - a).max(0.0) * 100.0).round() / 100.0));
+    }
+    lags
 }
 
 /// The harness' result.
@@ -570,6 +608,7 @@ fn score(r: ChannelRun<'_>) -> ChannelScore {
     let quiet: Vec<usize> = (0..secs).filter(|&s| !near(s, 0.0, 0.0)).collect();
     let in_motion = |s: usize| r.motion.iter().any(|&(a, b)| (s as f64) < b && (s as f64 + 1.0) > a);
     let quiet_motion_secs = quiet.iter().filter(|&&s| in_motion(s)).count();
+    let onset_lags_s = onset_lags(&activity, &r.motion);
 
     let mut problems = Vec::new();
     let recall_percent = percent(present_secs - missed_present.len(), present_secs);
@@ -591,6 +630,16 @@ fn score(r: ChannelRun<'_>) -> ChannelScore {
     }
     if backup_secs as f64 > backup_allowance_secs {
         problems.push(format!("{backup_secs} s backed up > allowance {backup_allowance_secs:.0} s"));
+    }
+    let late: Vec<String> = onset_lags_s
+        .iter()
+        .map(|l| l.map_or("none".to_string(), |l| format!("{l} s")))
+        .zip(&onset_lags_s)
+        .filter(|(_, l)| l.is_none_or(|l| l > ONSET_TARGET_SECS))
+        .map(|(t, _)| t)
+        .collect();
+    if !late.is_empty() {
+        problems.push(format!("motion started more than {ONSET_TARGET_SECS} s after activity began: {late:?}"));
     }
     if files.iter().any(|f| f.unreadable_frames > 0) {
         problems.push("unreadable frames in a backup file".into());
@@ -618,6 +667,7 @@ fn score(r: ChannelRun<'_>) -> ChannelScore {
         quiet_motion_percent,
         frames_analysed: 0,
         frames_gated: 0,
+        onset_lags_s,
         problems,
     }
 }
@@ -828,12 +878,14 @@ pub fn render(r: &QualityReport) -> String {
     for (name, what) in &r.scenes {
         md += &format!("- **{name}**: {what}\n");
     }
-    md += "\n| ch | scene | policy | recall (present s) | activity backed | backup s / allowance | quiet beyond roll | duplicated s | recordings per activity | quiet s with motion |\n";
-    md += "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
+    md += "\n| ch | scene | policy | recall (present s) | activity backed | backup s / allowance | quiet beyond roll | duplicated s | recordings per activity | quiet s with motion | motion start after onset, s |\n";
+    md += "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
     for c in &r.channels {
         let per_activity: Vec<String> = c.activities.iter().map(|a| a.recordings.to_string()).collect();
+        let onsets: Vec<String> =
+            c.onset_lags_s.iter().map(|l| l.map_or("none".into(), |l| format!("{l:.2}"))).collect();
         md += &format!(
-            "| {} | {} | {} | {} % ({} of {}) | {} % ({} of {}) | {} / {:.0} | {} | {} | {} | {} % ({} of {}) |\n",
+            "| {} | {} | {} | {} % ({} of {}) | {} % ({} of {}) | {} / {:.0} | {} | {} | {} | {} % ({} of {}) | {} |\n",
             c.channel,
             c.scene,
             c.policy,
@@ -851,6 +903,7 @@ pub fn render(r: &QualityReport) -> String {
             c.quiet_motion_percent,
             c.quiet_motion_secs,
             c.quiet_secs,
+            onsets.join(", "),
         );
     }
     md += &format!("\nTargets met: **{}**\n", if r.targets_met { "yes" } else { "no" });
@@ -958,5 +1011,21 @@ mod tests {
         assert_eq!(bad.quiet_backed_beyond_roll, vec![60, 61]);
         assert_eq!(bad.activities[0].recordings, 2);
         assert_eq!(bad.problems.len(), 4, "{:?}", bad.problems);
+    }
+
+    #[test]
+    fn onsets_are_timed_from_quiet_and_an_open_event_counts_as_no_lag() {
+        // Quiet 0-4, activity 5-9, quiet 10-11, activity 12-13 (2 s gap: no onset), quiet
+        // 14-19, activity 20-22, quiet 23-29, activity 30 (never seen).
+        let mut activity = vec![false; 32];
+        for s in [5, 6, 7, 8, 9, 12, 13, 20, 21, 22, 30] {
+            activity[s] = true;
+        }
+        let motion = [(5.4, 13.2), (19.7, 22.0), (40.0, 41.0)];
+        assert_eq!(onset_lags(&activity, &motion), vec![Some(0.4), Some(0.0), None]);
+        // An event held open across the onset.
+        assert_eq!(onset_lags(&activity[..12], &[(1.0, 6.0)]), vec![Some(0.0)]);
+        // A late start is reported as it is.
+        assert_eq!(onset_lags(&activity[..12], &[(7.25, 9.0)]), vec![Some(2.25)]);
     }
 }

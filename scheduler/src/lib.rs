@@ -4,9 +4,10 @@
 //! Only one scheduler is active per namespace (a Redis leader lease); a second one waits. The
 //! plan is published to `<ns>:motion:plan`; every `reconcile_interval_secs` each batch's job is
 //! checked and, if it is done or dead, replaced. Pushes use idempotency keys
-//! (`<plan>:<batch>:<generation>`), so a restarted scheduler finds its jobs instead of
-//! duplicating them, and a changed channel list (new plan hash) re-plans: jobs of the old plan
-//! end themselves.
+//! (`<batch plan>:<batch>:<generation>`), so a restarted scheduler finds its jobs instead of
+//! duplicating them, and a changed channel list re-plans the batches it changed (each batch has
+//! its own hash, published as `batch:<b>` in the plan key): jobs of a changed or removed batch
+//! end themselves, an unchanged batch keeps its job and its worker.
 
 pub mod api;
 pub mod cli;
@@ -218,13 +219,16 @@ impl Scheduler {
             return Ok(());
         }
         let batches = serde_json::to_string(&self.plan.jobs)?;
-        let _: () = redis::pipe()
-            .atomic()
-            .hset(&key, "hash", &self.plan.hash)
-            .hset(&key, "batches", batches)
-            .hset(&key, "published_ms", cctv_common::events::now_ms())
-            .query_async(&mut self.conn)
-            .await?;
+        let mut pipe = redis::pipe();
+        pipe.atomic().del(&key).hset(&key, "hash", &self.plan.hash).hset(&key, "batches", batches).hset(
+            &key,
+            "published_ms",
+            cctv_common::events::now_ms(),
+        );
+        for job in &self.plan.jobs {
+            pipe.hset(&key, format!("batch:{}", job.batch), &job.plan);
+        }
+        let _: () = pipe.query_async(&mut self.conn).await?;
         // Records of batches the new plan no longer has.
         let stale: Vec<String> = (self.plan.jobs.len()..self.plan.jobs.len() + 64)
             .map(|i| self.keys.motion_batch(&format!("b{i}")))
@@ -238,7 +242,7 @@ impl Scheduler {
         let job = &self.plan.jobs[index];
         let record_key = self.keys.motion_batch(&job.batch);
         let record: std::collections::HashMap<String, String> = self.conn.hgetall(&record_key).await?;
-        let same_plan = record.get("plan") == Some(&self.plan.hash);
+        let same_plan = record.get("plan") == Some(&job.plan);
         let generation: u64 =
             if same_plan { record.get("generation").and_then(|g| g.parse().ok()).unwrap_or(0) } else { 0 };
         if same_plan {
@@ -251,7 +255,7 @@ impl Scheduler {
         }
         // A record of this plan whose job ended moves on to the next generation.
         let generation = if same_plan && record.contains_key("job") { generation + 1 } else { generation };
-        let idem = format!("{}:{}:{generation}", self.plan.hash, job.batch);
+        let idem = format!("{}:{}:{generation}", job.plan, job.batch);
         let job = job.clone();
         let id = match self.queue.push_unique(&job, &idem).await? {
             Some(id) => {
@@ -264,7 +268,7 @@ impl Scheduler {
         let _: () = redis::pipe()
             .atomic()
             .del(&record_key)
-            .hset(&record_key, "plan", &self.plan.hash)
+            .hset(&record_key, "plan", &job.plan)
             .hset(&record_key, "generation", generation)
             .hset(&record_key, "job", &id)
             .query_async(&mut self.conn)

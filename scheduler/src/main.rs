@@ -28,7 +28,8 @@ enum HealthKind {
 enum Command {
     /// Run the scheduler (and the HTTP API) until SIGINT/SIGTERM.
     Run,
-    /// Run the RTSP → RTMP relays of every channel (next to nginx-rtmp) until SIGINT/SIGTERM.
+    /// Run the RTSP → RTMP relays of every channel (next to nginx-rtmp) until SIGINT/SIGTERM;
+    /// SIGHUP re-reads the config and starts or stops only the cameras added, removed or changed.
     Relay,
     /// Validate the config file and list every problem.
     CheckConfig,
@@ -127,10 +128,10 @@ async fn tokio_main(config: PathBuf) -> anyhow::Result<()> {
 }
 
 #[tokio::main]
-async fn relay_main(config: PathBuf) -> anyhow::Result<()> {
-    let config = cctv_common::Config::load(&config)?;
+async fn relay_main(path: PathBuf) -> anyhow::Result<()> {
+    let config = cctv_common::Config::load(&path)?;
     let shutdown = cctv_common::shutdown::install();
-    scheduler::relay::run(config, shutdown).await
+    scheduler::relay::run_reloading(config, Some(path), shutdown).await
 }
 
 fn print_openapi() -> anyhow::Result<()> {

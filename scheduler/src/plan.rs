@@ -5,11 +5,19 @@ use cctv_common::jobs::{MotionChannel, MotionJob, YoloFrames};
 use sha2::{Digest, Sha256};
 
 /// The batches of one configuration. Its `hash` changes whenever anything a motion job carries
-/// changes (channels, batch size, motion parameters, play URL), which re-plans the cluster.
+/// changes (channels, batch size, motion parameters, play URL). Each job carries its own batch's
+/// hash as `plan`: a batch whose channels and settings did not change keeps its job, its worker
+/// and its readers when cameras are added or removed elsewhere; a changed batch is re-planned.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub hash: String,
     pub jobs: Vec<MotionJob>,
+}
+
+fn short_hash(value: &serde_json::Value) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(value.to_string().as_bytes());
+    hasher.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 
 /// Batches of `scheduler.batch_size` channels, in config order.
@@ -17,27 +25,30 @@ pub fn plan(config: &Config) -> Plan {
     let size = config.scheduler.batch_size.max(1);
     let batches: Vec<Vec<MotionChannel>> =
         config.channels.chunks(size).map(|chunk| chunk.iter().map(MotionChannel::from_config).collect()).collect();
-    let mut hasher = Sha256::new();
-    let identity = serde_json::json!({
-        "batches": batches,
-        "motion": config.motion,
-        "play_url": config.rtmp.play_url,
-        "yolo": YoloFrames::from_config(&config.yolo),
-    });
-    hasher.update(identity.to_string().as_bytes());
-    let hash: String = hasher.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect();
-    let jobs = batches
+    let yolo = YoloFrames::from_config(&config.yolo);
+    let jobs: Vec<MotionJob> = batches
         .into_iter()
         .enumerate()
-        .map(|(i, channels)| MotionJob {
-            batch: format!("b{i}"),
-            plan: hash.clone(),
-            play_url: config.rtmp.play_url.clone(),
-            channels,
-            motion: config.motion.clone(),
-            yolo: YoloFrames::from_config(&config.yolo),
+        .map(|(i, channels)| {
+            let batch = format!("b{i}");
+            let identity = serde_json::json!({
+                "batch": batch,
+                "channels": channels,
+                "motion": config.motion,
+                "play_url": config.rtmp.play_url,
+                "yolo": yolo,
+            });
+            MotionJob {
+                batch,
+                plan: short_hash(&identity),
+                play_url: config.rtmp.play_url.clone(),
+                channels,
+                motion: config.motion.clone(),
+                yolo: yolo.clone(),
+            }
         })
         .collect();
+    let hash = short_hash(&serde_json::json!(jobs.iter().map(|j| &j.plan).collect::<Vec<_>>()));
     Plan { hash, jobs }
 }
 
@@ -92,5 +103,15 @@ mod tests {
         let p = plan(&config(3, 8));
         let json = serde_json::to_string(&p.jobs).unwrap();
         assert!(!json.contains("u:p@") && !json.contains("rtsp"), "{json}");
+    }
+
+    #[test]
+    fn an_unchanged_batch_keeps_its_identity_when_channels_are_added() {
+        let (p20, p30) = (plan(&config(20, 8)), plan(&config(30, 8)));
+        assert_ne!(p20.hash, p30.hash);
+        assert_eq!(p20.jobs[0].plan, p30.jobs[0].plan, "b0 (1-8) did not change");
+        assert_eq!(p20.jobs[1].plan, p30.jobs[1].plan, "b1 (9-16) did not change");
+        assert_ne!(p20.jobs[2].plan, p30.jobs[2].plan, "b2 grew from 17-20 to 17-24");
+        assert_ne!(p20.jobs[0].plan, p20.jobs[1].plan, "batches differ from each other");
     }
 }

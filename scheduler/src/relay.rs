@@ -533,11 +533,126 @@ pub fn stat_url(hls_url: &str) -> Option<String> {
     Some(format!("{scheme}://{host}/stat"))
 }
 
+/// What a camera's relay is made of: a camera whose spec did not change keeps running across a
+/// reload.
+#[derive(Debug, Clone, PartialEq)]
+struct CameraSpec {
+    main: String,
+    sub: Option<String>,
+    audio: RelayAudio,
+    publish: String,
+}
+
+impl CameraSpec {
+    fn of(ch: &cctv_common::config::ChannelConfig, config: &Config) -> Self {
+        CameraSpec {
+            main: ch.source.clone(),
+            sub: ch.detect_source.clone(),
+            audio: config.relay.audio,
+            publish: config.rtmp.publish_url.trim_end_matches('/').to_string(),
+        }
+    }
+}
+
+/// Starts one camera's relay thread(s).
+fn start_camera(
+    ch: &cctv_common::config::ChannelConfig,
+    spec: &CameraSpec,
+    watch: &Arc<Mutex<StreamWatch>>,
+    stop: &CancellationToken,
+) -> CameraRelay {
+    let publish = &spec.publish;
+    let main = StreamSpec {
+        name: ch.stream_name(),
+        source: spec.main.clone(),
+        publish: format!("{publish}/{}", ch.stream_name()),
+    };
+    let main_state: StateCell = Arc::new(Mutex::new(RelayState { stream: main.name.clone(), ..Default::default() }));
+    let cam_stop = stop.child_token();
+    let one_process = Arc::new(AtomicBool::new(false));
+    let (slot, sub_state, thread) = match &spec.sub {
+        None => {
+            let mut r =
+                start_relay(main.name, main.source, main.publish, spec.audio, main_state.clone(), cam_stop.clone());
+            (r.slot.clone(), None, r.thread.take())
+        }
+        Some(d) => {
+            let name = ch.detect_stream_name();
+            let sub = StreamSpec { name: name.clone(), source: d.clone(), publish: format!("{publish}/{name}") };
+            let sub_state: StateCell = Arc::new(Mutex::new(RelayState { stream: name, ..Default::default() }));
+            let slot: RunningSlot = Arc::default();
+            let states = (main_state.clone(), sub_state.clone());
+            let (op, sl, w, st, audio) =
+                (one_process.clone(), slot.clone(), watch.clone(), cam_stop.clone(), spec.audio);
+            let thread = std::thread::Builder::new()
+                .name(format!("relay {}", main.name))
+                .spawn(move || run_camera(main, sub, audio, states, op, sl, w, st))
+                .expect("spawning a camera relay thread");
+            (slot, Some(sub_state), Some(thread))
+        }
+    };
+    CameraRelay { id: ch.id, main: main_state, sub: sub_state, one_process, slot, thread, stop: cam_stop }
+}
+
+/// The running cameras, by channel id, with the spec each was started from.
+type Cameras = std::collections::BTreeMap<u32, (CameraSpec, CameraRelay)>;
+
+/// Brings `cameras` to `config`: cameras removed or changed are stopped (changed ones started
+/// anew), new ones started; unchanged ones go on untouched. Returns the stopped relays, to be
+/// joined off the async runtime.
+fn apply(
+    cameras: &mut Cameras,
+    config: &Config,
+    watch: &Arc<Mutex<StreamWatch>>,
+    stop: &CancellationToken,
+) -> Vec<CameraRelay> {
+    let mut stopped = Vec::new();
+    let wanted: std::collections::BTreeMap<u32, (&cctv_common::config::ChannelConfig, CameraSpec)> =
+        config.channels.iter().map(|ch| (ch.id, (ch, CameraSpec::of(ch, config)))).collect();
+    let gone: Vec<u32> = cameras
+        .iter()
+        .filter(|(id, (spec, _))| wanted.get(id).is_none_or(|(_, w)| w != spec))
+        .map(|(id, _)| *id)
+        .collect();
+    for id in gone {
+        if let Some((_, cam)) = cameras.remove(&id) {
+            cam.stop.cancel();
+            if let Some(r) = lock(&cam.slot).as_ref() {
+                r.stopper.terminate();
+            }
+            stopped.push(cam);
+        }
+    }
+    for (id, (ch, spec)) in wanted {
+        if let std::collections::btree_map::Entry::Vacant(e) = cameras.entry(id) {
+            let cam = start_camera(ch, &spec, watch, stop);
+            e.insert((spec, cam));
+        }
+    }
+    stopped
+}
+
 /// Runs every channel's relays until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_reloading(config, None, shutdown).await
+}
+
+/// Like [`run`]; with `reload`, SIGHUP reads the config file again and applies its channels:
+/// only cameras added, removed or changed are started or stopped (adding a camera interrupts
+/// no other). A config that does not load or validate is refused with its errors, and the
+/// relays go on as they were.
+pub async fn run_reloading(
+    config: Config,
+    reload: Option<std::path::PathBuf>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    // First, so that a SIGHUP during start-up is not the default action (the end of the process).
+    let mut hangup = match reload {
+        Some(_) => Some(tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?),
+        None => None,
+    };
     let keys = Keys::new(&config.cluster.namespace);
     let mut conn = cctv_common::queue::connect(&config.cluster, &config.queue).await?;
-    let publish = config.rtmp.publish_url.trim_end_matches('/').to_string();
     let stop = shutdown.child_token();
     let watch: Arc<Mutex<StreamWatch>> = Arc::default();
     let stat = stat_url(&config.rtmp.hls_url);
@@ -552,59 +667,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         let reading = tokio::task::spawn_blocking(move || read_stat(&agent, &url)).await?;
         lock(&watch).update(reading, Instant::now());
     }
-    let mut cameras: Vec<CameraRelay> = Vec::new();
-    for ch in &config.channels {
-        let main = StreamSpec {
-            name: ch.stream_name(),
-            source: ch.source.clone(),
-            publish: format!("{publish}/{}", ch.stream_name()),
-        };
-        let main_state: StateCell =
-            Arc::new(Mutex::new(RelayState { stream: main.name.clone(), ..Default::default() }));
-        let cam_stop = stop.child_token();
-        let one_process = Arc::new(AtomicBool::new(false));
-        let (slot, sub_state, thread) = match &ch.detect_source {
-            None => {
-                let mut r = start_relay(
-                    main.name,
-                    main.source,
-                    main.publish,
-                    config.relay.audio,
-                    main_state.clone(),
-                    cam_stop.clone(),
-                );
-                (r.slot.clone(), None, r.thread.take())
-            }
-            Some(d) => {
-                let name = ch.detect_stream_name();
-                let sub = StreamSpec { name: name.clone(), source: d.clone(), publish: format!("{publish}/{name}") };
-                let sub_state: StateCell = Arc::new(Mutex::new(RelayState { stream: name, ..Default::default() }));
-                let slot: RunningSlot = Arc::default();
-                let states = (main_state.clone(), sub_state.clone());
-                let (op, sl, w, st, audio) =
-                    (one_process.clone(), slot.clone(), watch.clone(), cam_stop.clone(), config.relay.audio);
-                let thread = std::thread::Builder::new()
-                    .name(format!("relay {}", main.name))
-                    .spawn(move || run_camera(main, sub, audio, states, op, sl, w, st))
-                    .expect("spawning a camera relay thread");
-                (slot, Some(sub_state), Some(thread))
-            }
-        };
-        cameras.push(CameraRelay {
-            id: ch.id,
-            main: main_state,
-            sub: sub_state,
-            one_process,
-            slot,
-            thread,
-            stop: cam_stop,
-        });
-    }
-    tracing::info!(channels = cameras.len(), publish = %publish, "relays started");
+    let cameras: Arc<Mutex<Cameras>> = Arc::default();
+    let stopped = apply(&mut lock(&cameras), &config, &watch, &stop);
+    debug_assert!(stopped.is_empty());
+    tracing::info!(channels = lock(&cameras).len(), publish = %config.rtmp.publish_url, "relays started");
     // The watchdog of shared processes: reads `/stat` every STAT_EVERY.
     let watchdog = stat.map(|url| {
-        let (watch, slots, stop) =
-            (watch.clone(), cameras.iter().map(|c| c.slot.clone()).collect::<Vec<_>>(), stop.clone());
+        let (watch, cameras, stop) = (watch.clone(), cameras.clone(), stop.clone());
         std::thread::Builder::new()
             .name("relay watchdog".into())
             .spawn(move || {
@@ -612,6 +681,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                     pause(STAT_EVERY, &stop);
                     let reading = read_stat(&agent, &url);
                     let now = Instant::now();
+                    let slots: Vec<RunningSlot> = lock(&cameras).values().map(|(_, c)| c.slot.clone()).collect();
                     let mut w = lock(&watch);
                     w.update(reading, now);
                     watchdog_round(&w, &slots, now);
@@ -623,29 +693,58 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // check) and `cctv status` see the relay host alive.
     let worker = cctv_common::worker_name("relay");
     let held: heartbeat::Held = Default::default();
-    *held.lock().unwrap_or_else(|e| e.into_inner()) = cameras.iter().map(|c| format!("ch{}", c.id)).collect();
-    let hb = tokio::spawn(heartbeat::run(conn.clone(), keys.clone(), worker.clone(), "relay", held));
+    let held_of = |cameras: &Cameras| cameras.keys().map(|id| format!("ch{id}")).collect::<Vec<_>>();
+    *lock(&held) = held_of(&lock(&cameras));
+    let hb = tokio::spawn(heartbeat::run(conn.clone(), keys.clone(), worker.clone(), "relay", held.clone()));
     let host = cctv_common::host_name();
     loop {
-        for cam in &cameras {
-            let status = cam.status(&host);
+        let statuses: Vec<RelayStatus> = lock(&cameras).values().map(|(_, c)| c.status(&host)).collect();
+        for status in statuses {
             if let Ok(json) = serde_json::to_string(&status) {
-                let r: redis::RedisResult<()> = conn.set_ex(keys.relay_status(cam.id), json, STATUS_TTL_SECS).await;
+                let r: redis::RedisResult<()> =
+                    conn.set_ex(keys.relay_status(status.channel), json, STATUS_TTL_SECS).await;
                 if let Err(e) = r {
                     tracing::warn!(error = %e, "cannot publish relay status");
                 }
             }
         }
-        tokio::select! {
+        let reload_now = tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = tokio::time::sleep(Duration::from_secs(2)) => false,
+            Some(_) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+        };
+        if let (true, Some(path)) = (reload_now, reload.as_ref()) {
+            let loaded = Config::load(path).map_err(|e| e.to_string()).and_then(|c| {
+                let problems = c.validate();
+                if problems.is_empty() {
+                    Ok(c)
+                } else {
+                    Err(problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))
+                }
+            });
+            match loaded {
+                Err(e) => tracing::error!(path = %path.display(), error = %e, "config not reloaded; relays unchanged"),
+                Ok(new) => {
+                    let stopped = apply(&mut lock(&cameras), &new, &watch, &stop);
+                    let removed: Vec<u32> = stopped.iter().map(|c| c.id).collect();
+                    *lock(&held) = held_of(&lock(&cameras));
+                    tracing::info!(channels = lock(&cameras).len(), restarted_or_removed = ?removed, "config reloaded");
+                    for id in &removed {
+                        if !lock(&cameras).contains_key(id) {
+                            let _: redis::RedisResult<()> = conn.del(keys.relay_status(*id)).await;
+                        }
+                    }
+                    tokio::task::spawn_blocking(move || stopped.into_iter().for_each(CameraRelay::stop)).await?;
+                }
+            }
         }
     }
     stop.cancel();
     hb.abort();
     heartbeat::remove(&mut conn, &keys, &worker).await;
     tokio::task::spawn_blocking(move || {
-        for cam in cameras {
+        let all = std::mem::take(&mut *lock(&cameras));
+        for (_, (_, cam)) in all {
             cam.stop();
         }
         if let Some(w) = watchdog {

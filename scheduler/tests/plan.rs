@@ -53,21 +53,32 @@ async fn restart_creates_no_duplicates_and_a_new_channel_list_replans() {
     assert!(restarted.tick().await.unwrap());
     assert_eq!(waiting(&c20).await, 3, "restart must not duplicate jobs");
 
-    // More channels: a new plan with its own jobs; the plan key names it, so workers end the
-    // old plan's jobs when they claim them.
+    // More channels: the batches that changed (b2: 17-20 → 17-24) and the new one (b3) get
+    // jobs of their own; b0 and b1 did not change and keep theirs (their workers and readers go
+    // on: adding a camera interrupts no other). The plan key names each batch's hash, so
+    // workers end a changed batch's old job when they claim it.
     restarted.resign().await;
     let c30 = config(&redis, 30);
+    let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let job_of = |b: u32| format!("sched:motion:batch:b{b}");
+    let (b0_before, b2_before): (String, String) =
+        (conn.hget(job_of(0), "job").await.unwrap(), conn.hget(job_of(2), "job").await.unwrap());
     let mut replanned = scheduler(&c30).await;
     assert_ne!(replanned.plan().hash, restarted.plan().hash);
     assert!(replanned.tick().await.unwrap());
-    assert_eq!(waiting(&c30).await, 3 + 4);
-    let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    assert_eq!(waiting(&c30).await, 3 + 2, "new jobs for b2 (changed) and b3 (new) only");
     let published: String = conn.hget("sched:motion:plan", "hash").await.unwrap();
     assert_eq!(published, replanned.plan().hash);
-    for b in 0..4 {
-        let plan: String = conn.hget(format!("sched:motion:batch:b{b}"), "plan").await.unwrap();
-        assert_eq!(plan, replanned.plan().hash);
+    for (b, job) in replanned.plan().jobs.iter().enumerate() {
+        let plan: String = conn.hget(job_of(b as u32), "plan").await.unwrap();
+        assert_eq!(plan, job.plan);
+        let published: String = conn.hget("sched:motion:plan", format!("batch:{}", job.batch)).await.unwrap();
+        assert_eq!(published, job.plan);
     }
+    let (b0_after, b2_after): (String, String) =
+        (conn.hget(job_of(0), "job").await.unwrap(), conn.hget(job_of(2), "job").await.unwrap());
+    assert_eq!(b0_before, b0_after, "an unchanged batch keeps its job");
+    assert_ne!(b2_before, b2_after, "a changed batch gets a new job");
     assert!(replanned.tick().await.unwrap());
-    assert_eq!(waiting(&c30).await, 7, "a second round adds nothing");
+    assert_eq!(waiting(&c30).await, 5, "a second round adds nothing");
 }

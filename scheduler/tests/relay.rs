@@ -254,3 +254,62 @@ async fn a_broken_sub_stream_does_not_keep_the_main_stream_down() {
     stop.cancel();
     let _ = relay.await;
 }
+
+/// A camera added to the config of a running relay (`scheduler relay`, SIGHUP) is relayed while
+/// the cameras already running go on untouched (same process, no restart: adding a camera
+/// interrupts no other recording); a config that does not load is refused and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_adds_a_camera_without_touching_the_running_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (main, sub) = (tmp.path().join("main.mp4"), tmp.path().join("sub.mp4"));
+    let source = cctv_testkit::media("worker-zone-detection.gif");
+    cctv_testkit::make_camera_clip(&source, &main, 20, 640, 360);
+    cctv_testkit::make_camera_clip(&source, &sub, 20, 320, 180);
+    let cameras = RtspCameras::start(&[(main.clone(), sub.clone()), (main, sub)]);
+    let channel = |i: u32| {
+        format!(
+            "[[channel]]\nid = {i}\nname = \"cam {i}\"\nsource = \"{}\"\ndetect_source = \"{}\"\n",
+            cameras.url("", i, "main"),
+            cameras.url("", i, "sub")
+        )
+    };
+    let cluster = Cluster::new(&channel(1), 8, "");
+    let _relay = cluster.spawn(env!("CARGO_BIN_EXE_scheduler"), &["relay"]);
+    let live = cluster.nginx.live_url();
+    let m = wait_for(Duration::from_secs(30), || async { probe_stream(&format!("{live}/ch1")) }).await;
+    assert_eq!(m, Some(("h264".into(), 640, 360)), "ch1 main");
+    let before = wait_for(Duration::from_secs(10), || async { status(&cluster, 1).await.filter(|s| s.main.running) })
+        .await
+        .expect("ch1 running");
+    let signal = |sig| nix::sys::signal::kill(nix::unistd::Pid::from_raw(_relay.0.id() as i32), sig).unwrap();
+
+    // A broken config: refused, nothing changes.
+    let good = std::fs::read_to_string(&cluster.config_path).unwrap();
+    std::fs::write(&cluster.config_path, format!("{good}\n[[channel]]\nid = 2\nsurce = \"typo\"\n")).unwrap();
+    signal(nix::sys::signal::Signal::SIGHUP);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(status(&cluster, 2).await.is_none(), "a broken config was applied");
+
+    // The camera added: relayed; ch1's relay was not restarted.
+    std::fs::write(&cluster.config_path, format!("{good}\n{}", channel(2))).unwrap();
+    signal(nix::sys::signal::Signal::SIGHUP);
+    let m = wait_for(Duration::from_secs(30), || async { probe_stream(&format!("{live}/ch2")) }).await;
+    assert_eq!(m, Some(("h264".into(), 640, 360)), "ch2 relayed after the reload");
+    let after = status(&cluster, 1).await.expect("ch1 status");
+    assert!(after.main.running, "{after:?}");
+    assert_eq!(
+        (after.main.restarts, after.main.since_ms),
+        (before.main.restarts, before.main.since_ms),
+        "ch1 was restarted"
+    );
+
+    // The camera removed: its relay stops, the other goes on.
+    std::fs::write(&cluster.config_path, &good).unwrap();
+    signal(nix::sys::signal::Signal::SIGHUP);
+    let gone =
+        wait_for(Duration::from_secs(20), || async { probe_stream(&format!("{live}/ch2")).is_none().then_some(()) })
+            .await;
+    assert!(gone.is_some(), "ch2 still relayed after its removal");
+    let after = status(&cluster, 1).await.expect("ch1 status");
+    assert_eq!(after.main.since_ms, before.main.since_ms, "ch1 was restarted");
+}

@@ -171,7 +171,7 @@ async fn hold_batch(ctx: Ctx, job: MotionJob, meta: JobMeta) -> Result<(), JobEr
 async fn take_lease(ctx: &Ctx, job: &MotionJob) -> Result<bool, JobError> {
     let mut conn = ctx.conn.clone();
     loop {
-        if !plan_is_current(&mut conn, &ctx.keys, &job.plan).await? {
+        if !plan_is_current(&mut conn, &ctx.keys, &job.batch, &job.plan).await? {
             return Ok(false);
         }
         if acquire_lease(&mut conn, &ctx.keys, &job.batch, &ctx.worker).await? {
@@ -280,7 +280,7 @@ async fn watch_batch(ctx: &Ctx, job: &MotionJob, meta: &JobMeta) -> Release {
                         lease_failing = true;
                     }
                 }
-                match plan_is_current(&mut conn, &ctx.keys, &job.plan).await {
+                match plan_is_current(&mut conn, &ctx.keys, &job.batch, &job.plan).await {
                     Ok(false) => break Release::PlanChanged,
                     Ok(true) => {}
                     Err(e) => tracing::warn!(error = %e, "cannot read the plan; will retry"),
@@ -504,13 +504,22 @@ async fn publish_status(
     }
 }
 
-async fn plan_is_current(conn: &mut ConnectionManager, keys: &Keys, plan: &str) -> Result<bool, JobError> {
-    let current: Option<String> = conn
-        .hget(keys.motion_plan(), "hash")
+/// Is `plan` (a job's batch hash) still the published plan of `batch`? A plan without per-batch
+/// hashes (an older scheduler) is compared whole.
+async fn plan_is_current(conn: &mut ConnectionManager, keys: &Keys, batch: &str, plan: &str) -> Result<bool, JobError> {
+    let (whole, of_batch): (Option<String>, Option<String>) = redis::cmd("HMGET")
+        .arg(keys.motion_plan())
+        .arg("hash")
+        .arg(format!("batch:{batch}"))
+        .query_async(conn)
         .await
         .map_err(|e| JobError::Transient(format!("reading the plan: {e}")))?;
-    // No plan published (scheduler not yet up, or Redis flushed): keep working.
-    Ok(current.is_none_or(|c| c == plan))
+    Ok(match (whole, of_batch) {
+        // No plan published (scheduler not yet up, or Redis flushed): keep working.
+        (None, _) => true,
+        (Some(_), Some(b)) => b == plan,
+        (Some(whole), None) => whole == plan,
+    })
 }
 
 async fn acquire_lease(conn: &mut ConnectionManager, keys: &Keys, batch: &str, worker: &str) -> Result<bool, JobError> {

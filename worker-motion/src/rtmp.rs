@@ -65,6 +65,8 @@ pub struct RtmpPlayer {
     stream_key: String,
     tags: VecDeque<FlvTag>,
     ended: bool,
+    /// The server accepted the play request (`NetStream.Play.Start`).
+    playing: bool,
     buf: Vec<u8>,
     stall: Duration,
 }
@@ -115,13 +117,31 @@ impl RtmpPlayer {
         let mut config = ClientSessionConfig::new();
         config.tc_url = Some(format!("rtmp://{}:{}/{}", u.host, u.port, u.app));
         let (session, initial) = ClientSession::new(config).map_err(session_err)?;
-        let mut player =
-            Self { socket, session, stream_key: u.stream.clone(), tags: VecDeque::new(), ended: false, buf, stall };
+        let mut player = Self {
+            socket,
+            session,
+            stream_key: u.stream.clone(),
+            tags: VecDeque::new(),
+            ended: false,
+            playing: false,
+            buf,
+            stall,
+        };
         player.handle(initial)?;
         let results = player.session.handle_input(&remaining).map_err(session_err)?;
         player.handle(results)?;
         let connect = player.session.request_connection(u.app).map_err(session_err)?;
         player.handle(vec![connect])?;
+        // Until the server says it plays (or why not): a stream nobody publishes fails here, before
+        // the caller starts a decoder for it.
+        while !player.playing && player.tags.is_empty() {
+            if player.ended || !player.receive()? {
+                return Err(io_err(
+                    io::ErrorKind::UnexpectedEof,
+                    "the RTMP server closed the connection before playing",
+                ));
+            }
+        }
         Ok(player)
     }
 
@@ -139,13 +159,21 @@ impl RtmpPlayer {
             if self.ended {
                 return Ok(None);
             }
-            let n = read_some(&mut self.socket, &mut self.buf, self.stall)?;
-            if n == 0 {
+            if !self.receive()? {
                 return Ok(None);
             }
-            let results = self.session.handle_input(&self.buf[..n]).map_err(session_err)?;
-            self.handle(results)?;
         }
+    }
+
+    /// Reads what the server sent and acts on it; false when it closed the connection.
+    fn receive(&mut self) -> io::Result<bool> {
+        let n = read_some(&mut self.socket, &mut self.buf, self.stall)?;
+        if n == 0 {
+            return Ok(false);
+        }
+        let results = self.session.handle_input(&self.buf[..n]).map_err(session_err)?;
+        self.handle(results)?;
+        Ok(true)
     }
 
     fn handle(&mut self, results: Vec<ClientSessionResult>) -> io::Result<()> {
@@ -171,6 +199,7 @@ impl RtmpPlayer {
                     format!("the RTMP server refused the connection: {description}"),
                 ));
             }
+            ClientSessionEvent::PlaybackRequestAccepted => self.playing = true,
             ClientSessionEvent::VideoDataReceived { timestamp, data } => {
                 self.tags.push_back(FlvTag { kind: 9, ts: timestamp.value, body: data.to_vec() });
             }
