@@ -468,8 +468,23 @@ pub struct ChannelScore {
 
 /// An onset is activity after at least this many seconds of none.
 pub const ONSET_QUIET_SECS: usize = 3;
-/// Target: every onset's motion event starts within this many seconds (issue 17: p95 ≤ 1 s).
+/// Reported against: p95 of the onset lags of a run (issue 17). Not a pass/fail target of the
+/// harness: the ground truth's onset is a clip second (the first visible change lies somewhere in
+/// it), so a lag is known to a second at best; the gate's onset is held to its bound by
+/// `worker-motion/tests/it/motion.rs` instead, on frame-exact footage.
 pub const ONSET_TARGET_SECS: f64 = 1.0;
+
+/// p50 and p95 (nearest rank) of the onset lags seen; `None` when there were none. Onsets with
+/// no motion event count as infinitely late.
+pub fn onset_percentiles(lags: &[Option<f64>]) -> Option<(f64, f64)> {
+    let mut v: Vec<f64> = lags.iter().map(|l| l.unwrap_or(f64::INFINITY)).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let rank = |p: f64| v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+    Some((rank(0.5), rank(0.95)))
+}
 
 /// Onset lags (see [`ChannelScore::onset_lags_s`]): `activity` per clip second, `motion` as
 /// (start, last motion) clip seconds.
@@ -630,16 +645,6 @@ fn score(r: ChannelRun<'_>) -> ChannelScore {
     }
     if backup_secs as f64 > backup_allowance_secs {
         problems.push(format!("{backup_secs} s backed up > allowance {backup_allowance_secs:.0} s"));
-    }
-    let late: Vec<String> = onset_lags_s
-        .iter()
-        .map(|l| l.map_or("none".to_string(), |l| format!("{l} s")))
-        .zip(&onset_lags_s)
-        .filter(|(_, l)| l.is_none_or(|l| l > ONSET_TARGET_SECS))
-        .map(|(t, _)| t)
-        .collect();
-    if !late.is_empty() {
-        problems.push(format!("motion started more than {ONSET_TARGET_SECS} s after activity began: {late:?}"));
     }
     if files.iter().any(|f| f.unreadable_frames > 0) {
         problems.push("unreadable frames in a backup file".into());
@@ -907,6 +912,15 @@ pub fn render(r: &QualityReport) -> String {
         );
     }
     md += &format!("\nTargets met: **{}**\n", if r.targets_met { "yes" } else { "no" });
+    let all: Vec<Option<f64>> = r.channels.iter().flat_map(|c| c.onset_lags_s.iter().copied()).collect();
+    if let Some((p50, p95)) = onset_percentiles(&all) {
+        md += &format!(
+            "\nMotion start after onset (activity after at least {ONSET_QUIET_SECS} s of none; from the onset's clip \
+             second, so known to a second): p50 {p50:.2} s, p95 {p95:.2} s over {} onsets (issue 17 asks p95 ≤ \
+             {ONSET_TARGET_SECS} s).\n",
+            all.len()
+        );
+    }
     if r.channels.iter().any(|c| c.frames_gated > 0) {
         md += "\nFrames of each channel's motion reader (5 per second): analysed, and left undecoded by the gate:";
         for c in &r.channels {
@@ -1027,5 +1041,9 @@ mod tests {
         assert_eq!(onset_lags(&activity[..12], &[(1.0, 6.0)]), vec![Some(0.0)]);
         // A late start is reported as it is.
         assert_eq!(onset_lags(&activity[..12], &[(7.25, 9.0)]), vec![Some(2.25)]);
+        let lags = [Some(0.5), Some(1.1), Some(0.7), Some(0.1), None];
+        assert_eq!(onset_percentiles(&lags), Some((0.7, f64::INFINITY)));
+        assert_eq!(onset_percentiles(&lags[..4]), Some((0.5, 1.1)));
+        assert_eq!(onset_percentiles(&[]), None);
     }
 }

@@ -41,6 +41,10 @@ const STATUS_TTL_SECS: u64 = 10;
 pub const SPLIT_AFTER_FAILURES: u32 = 3;
 /// A shared process is judged by `/stat` only once it has run this long (connecting, probing).
 const WATCH_GRACE: Duration = Duration::from_secs(15);
+/// A stream the process has not yet got to nginx-rtmp is judged only after this long: a relay
+/// publishes once both inputs are probed, which on a busy host or a slow camera takes a while
+/// (ffmpeg's own `-timeout` ends an input that sends nothing).
+const START_GRACE: Duration = Duration::from_secs(60);
 /// A stream of a shared process whose byte count at nginx-rtmp stood still this long is dead.
 const STREAM_STALE: Duration = Duration::from_secs(10);
 /// How often `/stat` is read; a reading older than [`STAT_FRESH`] does not count.
@@ -197,6 +201,11 @@ impl StreamWatch {
         self.read_at.is_some_and(|t| now.duration_since(t) < STAT_FRESH)
     }
 
+    /// `stream`'s byte count changed after `t` (a process started at `t` publishes it).
+    pub fn grew_since(&self, stream: &str, t: Instant) -> bool {
+        self.streams.get(stream).is_some_and(|(_, changed)| *changed > t)
+    }
+
     /// Why `stream` is dead at `now`, when it is: not published, or no new byte for
     /// [`STREAM_STALE`]. `None` while alive or when there is no fresh reading to judge by.
     pub fn dead(&self, stream: &str, now: Instant) -> Option<String> {
@@ -222,6 +231,8 @@ struct Running {
     watched: Vec<String>,
     /// Set by the watchdog when it ended the process: the reason reported.
     killed: Option<String>,
+    /// Per watched stream: its bytes grew at nginx-rtmp since this process started.
+    seen: Vec<bool>,
 }
 
 type RunningSlot = Arc<Mutex<Option<Running>>>;
@@ -232,15 +243,28 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The watchdog's round: ends every shared process that has run [`WATCH_GRACE`] and one of whose
-/// streams is dead at nginx-rtmp.
+/// streams is dead at nginx-rtmp: one that reached nginx and stopped, or one that never did in
+/// [`START_GRACE`].
 fn watchdog_round(watch: &StreamWatch, slots: &[RunningSlot], now: Instant) {
     for slot in slots {
         let mut slot = lock(slot);
         let Some(running) = slot.as_mut() else { continue };
-        if running.killed.is_some() || now.duration_since(running.started) < WATCH_GRACE {
+        let age = now.duration_since(running.started);
+        if running.killed.is_some() || age < WATCH_GRACE {
             continue;
         }
-        if let Some(why) = running.watched.iter().find_map(|s| watch.dead(s, now)) {
+        running.seen.resize(running.watched.len(), false);
+        for (stream, seen) in running.watched.iter().zip(running.seen.iter_mut()) {
+            *seen |= watch.grew_since(stream, running.started);
+        }
+        let dead = running.watched.iter().zip(&running.seen).find_map(|(stream, &seen)| {
+            if seen || age >= START_GRACE {
+                watch.dead(stream, now)
+            } else {
+                None
+            }
+        });
+        if let Some(why) = dead {
             tracing::warn!(reason = %why, "a stream of a camera's relay died: restarting the camera's relay");
             running.killed = Some(format!("{why} (the camera's relay was restarted)"));
             running.stopper.terminate();
@@ -261,7 +285,8 @@ fn run_once(
         Err(e) => return e.to_string(),
         Ok(p) => p,
     };
-    *lock(slot) = Some(Running { stopper: p.stopper(), started: Instant::now(), watched, killed: None });
+    *lock(slot) =
+        Some(Running { stopper: p.stopper(), started: Instant::now(), watched, killed: None, seen: Vec::new() });
     for st in states {
         let mut s = lock(st);
         s.running = true;
@@ -857,35 +882,46 @@ mod tests {
             FfmpegProcess::spawn("watchdog test", cmd, false).unwrap()
         };
         let now = Instant::now();
+        // ch1 and ch4 got bytes to nginx 12 s ago; ch1 goes on, ch4 stood still since.
         let mut w = StreamWatch::default();
-        w.update(Some(HashMap::from([("ch1".to_string(), 5)])), now);
-        let (mut dead_one, mut young, mut single) = (spawn(), spawn(), spawn());
+        w.update(Some(HashMap::from([("ch1".to_string(), 5), ("ch4".to_string(), 7)])), now - Duration::from_secs(12));
+        w.update(Some(HashMap::from([("ch1".to_string(), 9), ("ch4".to_string(), 7)])), now);
+        let (mut never, mut stale, mut slow, mut young, mut single) = (spawn(), spawn(), spawn(), spawn(), spawn());
         let slot = |p: &FfmpegProcess, age: Duration, watched: &[&str]| -> RunningSlot {
             Arc::new(Mutex::new(Some(Running {
                 stopper: p.stopper(),
                 started: now - age,
                 watched: watched.iter().map(|s| s.to_string()).collect(),
                 killed: None,
+                seen: Vec::new(),
             })))
         };
         let slots = [
-            slot(&dead_one, WATCH_GRACE, &["ch1", "ch1_sub"]),
+            // ch1_sub never reached nginx in START_GRACE.
+            slot(&never, START_GRACE, &["ch1", "ch1_sub"]),
+            // ch4 reached nginx after its process started, then stood still 12 s.
+            slot(&stale, WATCH_GRACE, &["ch4", "ch1"]),
+            // Nothing published yet, but a slow start is given START_GRACE.
+            slot(&slow, WATCH_GRACE * 2, &["ch3", "ch3_sub"]),
             slot(&young, WATCH_GRACE / 2, &["ch2", "ch2_sub"]),
             slot(&single, WATCH_GRACE * 2, &[]),
         ];
         watchdog_round(&w, &slots, now);
-        let killed = lock(&slots[0]).as_ref().unwrap().killed.clone().expect("ch1_sub is not published");
-        assert!(killed.contains("ch1_sub is not published"), "{killed}");
-        assert!(
-            lock(&slots[1]).as_ref().unwrap().killed.is_none() && lock(&slots[2]).as_ref().unwrap().killed.is_none()
-        );
+        let killed = |i: usize| lock(&slots[i]).as_ref().unwrap().killed.clone();
+        assert!(killed(0).is_some_and(|k| k.contains("ch1_sub is not published")), "{:?}", killed(0));
+        assert!(killed(1).is_some_and(|k| k.contains("ch4 sent nginx-rtmp nothing for 12 s")), "{:?}", killed(1));
+        assert_eq!((killed(2), killed(3), killed(4)), (None, None, None));
         let deadline = Instant::now() + Duration::from_secs(5);
-        while dead_one.try_wait().is_none() && Instant::now() < deadline {
+        while (never.try_wait().is_none() || stale.try_wait().is_none()) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
-        assert!(dead_one.try_wait().is_some(), "the shared process with a dead stream was ended");
-        assert!(young.try_wait().is_none() && single.try_wait().is_none());
-        young.stop(Duration::from_secs(2));
-        single.stop(Duration::from_secs(2));
+        assert!(
+            never.try_wait().is_some() && stale.try_wait().is_some(),
+            "the shared processes with a dead stream were ended"
+        );
+        assert!(slow.try_wait().is_none() && young.try_wait().is_none() && single.try_wait().is_none());
+        for mut p in [slow, young, single] {
+            p.stop(Duration::from_secs(2));
+        }
     }
 }
