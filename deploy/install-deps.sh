@@ -6,6 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# libav*-dev + libswscale-dev: worker-motion decodes the gate's packets in process with Debian's
+# FFmpeg libraries (ffmpeg-next; bindings made with clang).
 # chromium: the dashboard test renders the page headless.
 # python3-gi + gir1.2-gst-rtsp-server-1.0 + gstreamer plugins: the simulated RTSP cameras.
 # mosquitto (+ clients): the MQTT broker of the notifier test and the local cluster.
@@ -13,7 +15,7 @@ cd "$(dirname "$0")/.."
 # iproute2: the multi-host (network namespace) test. docker.io + docker-compose + debootstrap:
 # the compose test builds the images (base image from Debian packages when no registry answers)
 # and runs the stack.
-APT_PACKAGES=(ffmpeg nginx libnginx-mod-rtmp redis-server libopencv-dev clang libclang-dev pkg-config python3-pip unzip curl chromium
+APT_PACKAGES=(ffmpeg libavcodec-dev libavformat-dev libavutil-dev libswscale-dev nginx libnginx-mod-rtmp redis-server libopencv-dev clang libclang-dev pkg-config python3-pip unzip curl chromium
     python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad iproute2
     docker.io docker-compose debootstrap binutils fonts-dejavu-core mosquitto mosquitto-clients prometheus)
 SUDO=""

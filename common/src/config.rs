@@ -172,7 +172,8 @@ pub struct MotionConfig {
     /// Longest retry delay, seconds: a stream back after an outage is watched again within
     /// this (a retry is one ffmpeg start against the local RTMP server). Default 5.
     pub retry_max_secs: f64,
-    /// ffmpeg decode threads per channel. Default 1.
+    /// Decode threads per channel: ffmpeg's `-threads`, or the gate's in-process decoder's frame
+    /// threads (each adds a frame of delay). Default 1.
     pub decode_threads: u32,
     /// Decode keyframes only (`-skip_frame nokey`): ~30x cheaper, one frame per GOP, for cameras
     /// without a sub-stream when CPU is short. Default false.

@@ -5,7 +5,7 @@
 //! reason and retried with exponential backoff; the other channels of the batch never notice.
 
 use std::collections::VecDeque;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,8 +20,9 @@ use opencv::prelude::*;
 use opencv::{imgcodecs, imgproc};
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::decode::{AvcDecoder, PictureFormat};
 use crate::detector::{Hysteresis, MotionDetector, Transition};
-use crate::gate::{FlvReader, FlvTag, Gate, FLV_CODEC_AVC, FLV_VIDEO_HEADER};
+use crate::gate::{FlvReader, FlvTag, Gate, FLV_CODEC_AVC};
 use crate::rtmp::{RtmpPlayer, RtmpStop};
 
 /// Frames analysed after which a failing channel's backoff resets.
@@ -85,7 +86,8 @@ pub struct ChannelShared {
     /// First frame of the current reader run (0: not analysing).
     analysing_since_ms: AtomicI64,
     frames: std::sync::atomic::AtomicU64,
-    /// The reader's ffmpegs (one, or the packet reader and the decoder behind the gate).
+    /// What reads the detect stream: an ffmpeg, or the gate's packet source (played in process,
+    /// or an ffmpeg copying it).
     stoppers: Mutex<Vec<ReaderStop>>,
     stalled: AtomicBool,
     /// When the reader's current attempt began (ms).
@@ -96,9 +98,6 @@ pub struct ChannelShared {
     gate_hold_until_ms: AtomicI64,
     /// The detect stream is not H.264: this channel is decoded always.
     gate_unsupported: AtomicBool,
-    /// Most packets seen fed to the gate's decoder and not yet out when a picture came out:
-    /// how many it holds (1 without B-frames, more with them).
-    decoder_lag: AtomicUsize,
     status: Mutex<(ChannelState, Option<String>)>,
     /// A priority channel whose frames YOLO samples while its backup is open.
     samples_recordings: bool,
@@ -129,7 +128,6 @@ impl ChannelShared {
             frames_gated: AtomicU64::new(0),
             gate_hold_until_ms: AtomicI64::new(0),
             gate_unsupported: AtomicBool::new(false),
-            decoder_lag: AtomicUsize::new(0),
             status: Mutex::new((ChannelState::Connecting, None)),
         }
     }
@@ -433,14 +431,20 @@ enum GatedError {
     Offline(String),
 }
 
-/// Packets decoded at most this far behind the stream: beyond, the decoder is stuck.
-const GATE_FIFO_MAX: usize = 1_000;
+/// Decoded pictures on their way from the feeder to the analysis: a couple, so decoding the
+/// next packet overlaps analysing the last picture and a slow analysis holds the feeder back.
+const GATE_PICTURES_QUEUED: usize = 2;
 
-/// What the analysis needs to know of each frame the decoder writes, in the order fed.
-type GateFifo = Mutex<VecDeque<FrameMeta>>;
+/// A picture the gate's decoder handed out, with what the analysis needs to know of it.
+struct GatePicture {
+    pixels: Vec<u8>,
+    size: VideoSize,
+    meta: FrameMeta,
+}
 
-/// The gated reader: an ffmpeg copies the detect stream as FLV (no decoding), the gate picks
-/// the packets a second ffmpeg decodes (see `crate::gate`).
+/// The gated reader: packets of the detect stream (played from nginx-rtmp in process, or an
+/// ffmpeg copying any other source as FLV: no decoding), the gate picks those decoded in
+/// process (`crate::decode`), pictures to the analysis.
 fn read_stream_gated(
     ch: &MotionChannel,
     url: &str,
@@ -451,12 +455,10 @@ fn read_stream_gated(
 ) -> Result<(), GatedError> {
     let offline = GatedError::Offline;
     let stall = Duration::from_secs_f64(params.stall_timeout_secs);
-    // nginx-rtmp's stream is played in this process; any other source through an ffmpeg that
-    // copies it as FLV (no decoding).
-    let (mut reader, packets) = if url.starts_with("rtmp://") {
+    let (mut reader, packets, stop) = if url.starts_with("rtmp://") {
         let player = RtmpPlayer::connect(url, stall).map_err(|e| offline(format!("playing the detect stream: {e}")))?;
         let stop = player.stopper().map_err(|e| offline(e.to_string()))?;
-        (None, Some((Packets::Rtmp(Box::new(player)), ReaderStop::Rtmp(stop))))
+        (None, Packets::Rtmp(Box::new(player)), ReaderStop::Rtmp(stop))
     } else {
         let mut cmd = ffmpeg::command();
         input_args(&mut cmd, params);
@@ -466,100 +468,92 @@ fn read_stream_gated(
         let mut reader = FfmpegProcess::spawn(format!("motion ch{} packets", ch.id), cmd, true)
             .map_err(|e| offline(e.to_string()))?;
         let stop = ReaderStop::Ffmpeg(reader.stopper());
-        let packets = reader
-            .take_stdout()
-            .map(|out| (Packets::Ffmpeg(FlvReader::new(std::io::BufReader::with_capacity(256 << 10, out))), stop));
-        (Some(reader), packets)
+        let Some(stdout) = reader.take_stdout() else {
+            reader.stop(Duration::from_secs(2));
+            return Err(offline("ffmpeg stdout not captured".into()));
+        };
+        let packets = Packets::Ffmpeg(FlvReader::new(std::io::BufReader::with_capacity(256 << 10, stdout)));
+        (Some(reader), packets, stop)
     };
-    let mut cmd = ffmpeg::command();
-    // Decode what comes in at once: a tiny probe, frames passed on with their own timestamps.
-    cmd.args(["-nostats", "-threads", &params.decode_threads.to_string(), "-probesize", "32", "-f", "flv"]);
-    cmd.input("pipe:0").args(["-an", "-sn", "-dn", "-fps_mode", "passthrough", "-flush_packets", "1"]);
-    raw_output_args(&mut cmd, params, yolo, "");
-    let mut decoder =
-        FfmpegProcess::spawn_piped(format!("motion ch{} decoder", ch.id), cmd).map_err(|e| offline(e.to_string()))?;
-    shared.decoder_lag.store(0, Ordering::Relaxed);
-    let (packets, packets_stop) = match packets {
-        Some((p, stop)) => (Some(p), Some(stop)),
-        None => (None, None),
+    let format = match yolo {
+        Some(y) => PictureFormat::Colour { max_height: y.max_frame_height },
+        None => PictureFormat::Grey { height: params.frame_height },
     };
-    shared.begin_attempt(packets_stop.into_iter().chain([ReaderStop::Ffmpeg(decoder.stopper())]).collect());
-    let fifo: GateFifo = Mutex::new(VecDeque::new());
-    let (decoder_in, frames_out) = (decoder.take_stdin(), decoder.take_stdout());
-    let (fed, analysed) = match (packets, decoder_in, frames_out) {
-        (Some(packets), Some(decoder_in), Some(frames_out)) => std::thread::scope(|scope| {
-            let span = tracing::Span::current();
-            let fifo = &fifo;
-            let feeder = scope.spawn(move || {
-                let _e = span.enter();
-                feed_gate(packets, decoder_in, params, shared, fifo)
-            });
-            let analysed = decoder
-                .wait_output_video(Duration::from_secs_f64(params.stall_timeout_secs))
-                .ok_or_else(|| "no video from stream".to_string())
-                .and_then(|size| {
-                    let mut frames = GatedFrames { out: frames_out, fifo, lag: &shared.decoder_lag };
+    shared.begin_attempt(vec![stop]);
+    let (pictures_in, pictures) = std::sync::mpsc::sync_channel::<GatePicture>(GATE_PICTURES_QUEUED);
+    // Buffers the analysis is done with, back to the feeder (no allocation per picture).
+    let (spare_in, spare) = std::sync::mpsc::channel::<Vec<u8>>();
+    let (fed, analysed) = std::thread::scope(|scope| {
+        let span = tracing::Span::current();
+        let feeder = scope.spawn(move || {
+            let _e = span.enter();
+            feed_gate(packets, format, params, shared, &pictures_in, &spare)
+        });
+        // The receiver goes with this block (or with `frames`): a feeder blocked on a full
+        // queue then finds the analysis gone, whatever ended it.
+        let analysed = {
+            let pictures = pictures;
+            match pictures.recv_timeout(stall) {
+                Ok(first) => {
+                    let size = first.size;
+                    let mut frames = GatedFrames { pictures, spare: spare_in, first: Some(first) };
                     analyse(ch, params, yolo, shared, out, size, &mut frames, true)
-                });
-            // Which ended first says whose log has the reason (in-process packets: the
-            // feeder's own error says it).
-            let decoder_first = match reader.as_mut() {
-                Some(r) => r.try_wait().is_none(),
-                None => !feeder.is_finished(),
-            };
-            // The feeder ends when the packet reader does; a decoder that stopped reading
-            // would block it, so both go.
-            shared.terminate_readers();
-            let fed = feeder.join().unwrap_or_else(|_| Err(offline("the gate's feeder panicked".into())));
-            (fed, analysed.map_err(|m| (m, decoder_first)))
-        }),
-        _ => (Err(offline("ffmpeg pipes not captured".into())), Ok(())),
-    };
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err("no video from stream".to_string()),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err("stream ended".to_string()),
+            }
+        };
+        // The feeder ends when its packets do (stopped here) or when it finds the analysis
+        // gone (the receiver, dropped above).
+        shared.terminate_readers();
+        let fed = feeder.join().unwrap_or_else(|_| Err(offline("the gate's feeder panicked".into())));
+        (fed, analysed)
+    });
     let stalled = shared.end_attempt(params.stall_timeout_secs);
     if let Some(r) = reader.as_mut() {
         r.stop(Duration::from_secs(2));
     }
-    decoder.stop(Duration::from_secs(2));
     if let Some(reason) = stalled {
         return Err(offline(reason));
     }
-    let reason_of = |m: String, decoder_first: bool| match (&reader, decoder_first) {
-        (_, true) => with_ffmpeg_reason(m, &decoder),
-        (Some(reader), false) => with_ffmpeg_reason(m, reader),
-        (None, false) => m,
+    let with_reason = |m: String| match &reader {
+        Some(reader) => with_ffmpeg_reason(m, reader),
+        None => m,
     };
     match fed {
         Err(GatedError::Unsupported(c)) => Err(GatedError::Unsupported(c)),
-        Err(GatedError::Offline(m)) => {
-            let decoder_first = m.starts_with("the decoder");
-            Err(offline(reason_of(m, decoder_first)))
-        }
+        // The packets or the decoder failed: that is the reason, not the analysis left without
+        // pictures.
+        Err(GatedError::Offline(m)) => Err(offline(with_reason(m))),
         // The packets ended (the stream did, a stream not published never began, or the channel
-        // is stopping): the packet reader says why, not the decoder it left without input.
-        Ok(()) => analysed.map_err(|(m, decoder_first)| offline(reason_of(m, decoder_first))),
+        // is stopping).
+        Ok(()) => analysed.map_err(|m| offline(with_reason(m))),
     }
 }
 
-/// The feeder: FLV packets in, the gate's choice out to the decoder; returns at the end of the
-/// packets. Dropping `decoder_in` on return ends the decoder's input.
+/// The feeder: packets in, the gate's choice decoded, pictures out to the analysis; returns at
+/// the end of the packets or when the analysis is gone.
 fn feed_gate(
     mut flv: Packets,
-    mut decoder_in: std::process::ChildStdin,
+    format: PictureFormat,
     params: &MotionConfig,
     shared: &ChannelShared,
-    fifo: &GateFifo,
+    pictures: &std::sync::mpsc::SyncSender<GatePicture>,
+    spare: &std::sync::mpsc::Receiver<Vec<u8>>,
 ) -> Result<(), GatedError> {
     let mut gate: Gate<FlvTag> = Gate::new(params.gate_rise);
     let mut config: Option<FlvTag> = None;
+    let mut decoder: Option<AvcDecoder> = None;
     let mut gated_ms = 0.0f64;
     let interval_ms = 1000.0 / params.fps;
     // The count goes on across reader runs, as `frames_total` does.
     let gated_before = shared.frames_gated.load(Ordering::Relaxed);
     let mut last_arrival: Option<i64> = None;
     let mut clock = StreamClock::default();
-    let write = |decoder_in: &mut std::process::ChildStdin, bytes: &[u8]| {
-        decoder_in.write_all(bytes).map_err(|e| GatedError::Offline(format!("the decoder stopped reading: {e}")))
-    };
+    // What the analysis needs of each packet fed, by its tag (the decoder hands pictures out
+    // in presentation order, with the tag of their own packet).
+    let mut metas: VecDeque<(u64, FrameMeta)> = VecDeque::new();
+    let mut next_tag = 0u64;
     loop {
         let tag = match flv.next_tag() {
             Ok(Some(tag)) => tag,
@@ -578,8 +572,12 @@ fn feed_gate(
         if tag.is_avc_config() {
             match &config {
                 None => {
-                    write(&mut decoder_in, &FLV_VIDEO_HEADER)?;
-                    write(&mut decoder_in, &tag.to_bytes())?;
+                    let record = tag.body.get(5..).unwrap_or_default();
+                    let threads = params.decode_threads;
+                    decoder = Some(
+                        AvcDecoder::new(record, format, threads)
+                            .map_err(|e| GatedError::Offline(format!("the decoder: {e}")))?,
+                    );
                     config = Some(tag);
                 }
                 Some(c) if c.body == tag.body => {}
@@ -588,7 +586,8 @@ fn feed_gate(
             }
             continue;
         }
-        if !tag.is_avc_picture() || config.is_none() {
+        let Some(decoder) = decoder.as_mut() else { continue };
+        if !tag.is_avc_picture() {
             continue;
         }
         let now = now_ms();
@@ -597,7 +596,9 @@ fn feed_gate(
             || (shared.samples_recordings && shared.recording_open.load(Ordering::Relaxed));
         let taken = clock.frame_time(tag.ts, now);
         let (size, key) = (tag.body.len(), tag.is_keyframe());
-        gate.set_pushers(shared.decoder_lag.load(Ordering::Relaxed));
+        if let Some(lag) = decoder.lag() {
+            gate.set_pushers(lag);
+        }
         let step = gate.push(tag, size, key, taken, hold);
         if let Some(reason) = step.opened {
             tracing::debug!(?reason, "gate opened");
@@ -618,19 +619,38 @@ fn feed_gate(
         gated_ms = gated_ms.max(0.0);
         shared.frames_gated.store(gated_before + (gated_ms * params.fps / 1000.0) as u64, Ordering::Relaxed);
         for f in step.feed {
-            {
-                let mut q = fifo.lock().unwrap_or_else(|e| e.into_inner());
-                if q.len() >= GATE_FIFO_MAX {
-                    return Err(GatedError::Offline(format!("the decoder is {GATE_FIFO_MAX} frames behind")));
-                }
-                // A closed gate's keyframe is its look at the scene: always analysed.
-                let check = key && !gate.is_open();
-                q.push_back(FrameMeta { ts_ms: f.arrived_ms, analyse: f.analyse, check });
+            // A closed gate's keyframe is its look at the scene: always analysed.
+            let check = key && !gate.is_open();
+            let meta = FrameMeta { ts_ms: f.arrived_ms, analyse: f.analyse, check };
+            metas.push_back((next_tag, meta));
+            let mut gone = false;
+            let body = f.item.body.get(5..).unwrap_or_default();
+            decoder
+                .decode(body, f.item.is_keyframe(), next_tag, &mut |p| {
+                    let Some(i) = metas.iter().position(|(t, _)| *t == p.tag) else { return };
+                    let Some((_, meta)) = metas.remove(i) else { return };
+                    let mut pixels = spare.try_recv().unwrap_or_default();
+                    pixels.clear();
+                    pixels.extend_from_slice(p.pixels);
+                    let size = VideoSize { width: p.width, height: p.height };
+                    gone |= pictures.send(GatePicture { pixels, size, meta }).is_err();
+                })
+                .map_err(|e| GatedError::Offline(format!("the decoder: {e}")))?;
+            next_tag += 1;
+            // Packets whose picture never came (damaged): forgotten after a while.
+            while metas.len() > GATE_METAS_MAX {
+                metas.pop_front();
             }
-            write(&mut decoder_in, &f.item.to_bytes())?;
+            if gone {
+                return Ok(());
+            }
         }
     }
 }
+
+/// Packets fed whose picture is not out yet, at most: a decoder holds a few (B-frames,
+/// threads); the rest are packets it dropped.
+const GATE_METAS_MAX: usize = 64;
 
 /// What stops a reader of the detect stream from another thread (the stall watchdog, a stop).
 #[derive(Debug)]
@@ -718,27 +738,31 @@ impl FrameSource for DecodedFrames {
     }
 }
 
-/// The gate's decoder: each frame belongs to the next packet fed.
-struct GatedFrames<'a> {
-    out: std::process::ChildStdout,
-    fifo: &'a GateFifo,
-    lag: &'a AtomicUsize,
+/// The gate's pictures, decoded in process by its feeder.
+struct GatedFrames {
+    pictures: std::sync::mpsc::Receiver<GatePicture>,
+    spare: std::sync::mpsc::Sender<Vec<u8>>,
+    /// The first picture, taken to learn the size before the analysis began.
+    first: Option<GatePicture>,
 }
 
-impl FrameSource for GatedFrames<'_> {
+impl FrameSource for GatedFrames {
     fn next_frame(&mut self, frame: &mut [u8]) -> Result<FrameMeta, String> {
-        read_frame(&mut self.out, frame)?;
-        let mut fifo = self.fifo.lock().unwrap_or_else(|e| e.into_inner());
-        let meta = fifo.pop_front();
-        // The packets fed after this one and still inside (the stream is fed continuously
-        // while the gate is open, which it is at first).
-        if meta.is_some_and(|m| m.analyse) {
-            self.lag.fetch_max(fifo.len().min(crate::gate::MAX_PUSHERS), Ordering::Relaxed);
+        let picture = match self.first.take() {
+            Some(p) => p,
+            None => self.pictures.recv().map_err(|_| "stream ended".to_string())?,
+        };
+        if picture.pixels.len() != frame.len() {
+            return Err(format!(
+                "the stream's picture size changed (now {}x{})",
+                picture.size.width, picture.size.height
+            ));
         }
-        Ok(meta.unwrap_or(FrameMeta { ts_ms: now_ms(), analyse: true, check: false }))
+        frame.copy_from_slice(&picture.pixels);
+        let _ = self.spare.send(picture.pixels);
+        Ok(picture.meta)
     }
 }
-
 /// Analyses frames until the source ends or the channel stops. `gated`: frames come at the
 /// stream's rate (the analysis picks `fps` of them) and motion holds the gate open.
 #[allow(clippy::too_many_arguments)]

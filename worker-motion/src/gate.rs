@@ -1,14 +1,16 @@
 //! The compressed-domain gate (`motion.gate`): a still camera is watched without decoding it.
 //!
-//! The reader copies the detect stream out of nginx-rtmp as FLV (no decoding) and
-//! [`FlvReader`] splits it into video packets. [`Gate`] decides, packet by packet, which ones a
-//! second ffmpeg decodes:
+//! The reader plays the detect stream from nginx-rtmp in process (`crate::rtmp`; any other
+//! source through an ffmpeg copying it as FLV, split by [`FlvReader`]): video packets, no
+//! decoding. [`Gate`] decides, packet by packet, which ones are decoded (in process,
+//! `crate::decode`):
 //!
 //! - **open** (at start, during motion, presence, an open backup of a priority channel, and
 //!   `gate_hold_secs` after): every packet, as a plain reader would;
 //! - **closed**: every keyframe (analysed: a slow change that never shows in packet sizes is
 //!   still seen, one frame per GOP) and the few packets after it (decoded, not
-//!   analysed: they push the keyframe's picture out of ffmpeg now instead of a GOP later); the
+//!   analysed: they push the keyframe's picture out of the decoder now instead of a GOP later,
+//!   none without B-frames); the
 //!   other packets of the GOP are kept in memory, undecoded.
 //!
 //! The gate opens on a P-frame larger than `gate_rise` x the learned quiet level (the 95th
@@ -37,10 +39,10 @@ pub const MAX_GOP_BYTES: usize = 8 << 20;
 pub const MAX_GOP_PACKETS: usize = 600;
 
 /// Most packets decoded after each keyframe of a closed gate, not analysed, to push its
-/// picture out of ffmpeg: ffmpeg (5.1, reading FLV from a pipe) hands a picture on only once
-/// more packets came in — one for a stream without B-frames, up to its reorder depth more
-/// with them (measured 1 and 3); without them the keyframe's picture came out a GOP late.
-/// How many is measured on the stream (`Gate::set_pushers`: the decoder's lag while open).
+/// picture out of the decoder: H.264 with B-frames hands a picture on only once up to its
+/// reorder depth more packets came in (none without B-frames); without them the keyframe's
+/// picture would come out a GOP late. How many is measured on the stream
+/// (`Gate::set_pushers`: the decoder's lag, `AvcDecoder::lag`).
 pub const MAX_PUSHERS: usize = 4;
 
 /// FLV codec id of H.264 (AVC).
@@ -224,9 +226,9 @@ impl<T: Clone> Gate<T> {
         }
     }
 
-    /// Packets the decoder holds before it hands a picture on (measured; 1..=[`MAX_PUSHERS`]).
+    /// Packets the decoder holds before it hands a picture on (measured; 0..=[`MAX_PUSHERS`]).
     pub fn set_pushers(&mut self, n: usize) {
-        self.pushers = n.clamp(1, MAX_PUSHERS);
+        self.pushers = n.min(MAX_PUSHERS);
     }
 
     pub fn is_open(&self) -> bool {

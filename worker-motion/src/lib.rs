@@ -9,6 +9,7 @@
 //! then makes their recordings from the HLS buffer, as far back as it reaches.
 
 pub mod channel;
+pub mod decode;
 pub mod detector;
 pub mod gate;
 pub mod rtmp;

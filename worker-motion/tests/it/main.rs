@@ -3,6 +3,8 @@
 
 /// Broken config: every error listed, non-zero exit (issue 2, test 4).
 mod config;
+/// The gate's in-process decoder against ffmpeg's own pictures.
+mod decode;
 /// kill -9 of a worker: its batch resumes on another worker (issue 2, test 2).
 mod failover;
 /// Motion start/end timing, a still stream, a missing stream (issue 2, tests 1 and 3);
