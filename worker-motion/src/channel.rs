@@ -1,5 +1,6 @@
-//! One channel of a batch: an ffmpeg reading its detect stream from nginx-rtmp as small grey raw
-//! frames, the detector, and the hysteresis, on one dedicated thread.
+//! One channel of a batch: a reader of its detect stream (the gate's packets decoded in
+//! process, or an ffmpeg writing small grey raw frames), the detector, and the hysteresis, on
+//! one dedicated thread (the gate's feeder on a second).
 //!
 //! Failures stay inside the channel: a missing or stalled stream is reported offline with the
 //! reason and retried with exponential backoff; the other channels of the batch never notice.

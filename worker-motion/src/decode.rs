@@ -46,8 +46,8 @@ pub enum DecodeError {
         #[source]
         source: av::Error,
     },
-    #[error("the decoder rejected {0} packets in a row (last: {1})")]
-    Rejected(u32, av::Error),
+    #[error("{0} packets in a row could not be decoded (last: {1})")]
+    Rejected(u32, String),
 }
 
 /// Packets in a row the decoder may reject (a damaged stretch of stream, as ffmpeg skips it)
@@ -255,26 +255,35 @@ impl AvcDecoder {
         tag: u64,
         picture: &mut dyn FnMut(Picture<'_>),
     ) -> Result<(), DecodeError> {
-        self.config.to_annex_b(avcc, keyframe, &mut self.annex_b)?;
-        let mut packet = av::Packet::copy(&self.annex_b);
-        packet.set_pts(Some(self.sent));
-        if keyframe {
-            packet.set_flags(av::packet::Flags::KEY);
-        }
-        match self.decoder.send_packet(&packet) {
+        let accepted = match self.config.to_annex_b(avcc, keyframe, &mut self.annex_b) {
+            Err(e) => Err(e.to_string()),
+            Ok(()) => {
+                let mut packet = av::Packet::copy(&self.annex_b);
+                packet.set_pts(Some(self.sent));
+                if keyframe {
+                    packet.set_flags(av::packet::Flags::KEY);
+                }
+                match self.decoder.send_packet(&packet) {
+                    Ok(()) => Ok(()),
+                    Err(e @ av::Error::InvalidData) => Err(e.to_string()),
+                    Err(source) => return Err(DecodeError::Av { what: "sending a packet to the decoder", source }),
+                }
+            }
+        };
+        match accepted {
             Ok(()) => {
                 self.rejected_in_a_row = 0;
                 self.tags.push_back((self.sent, tag, keyframe));
                 self.sent += 1;
             }
-            Err(e @ av::Error::InvalidData) => {
-                // A damaged packet: skipped, as ffmpeg does; its picture never comes.
+            Err(reason) => {
+                // A damaged packet: skipped, as ffmpeg does; its picture never comes (the
+                // decoder conceals what referred to it).
                 self.rejected_in_a_row += 1;
                 if self.rejected_in_a_row >= MAX_REJECTED_IN_A_ROW {
-                    return Err(DecodeError::Rejected(self.rejected_in_a_row, e));
+                    return Err(DecodeError::Rejected(self.rejected_in_a_row, reason));
                 }
             }
-            Err(source) => return Err(DecodeError::Av { what: "sending a packet to the decoder", source }),
         }
         loop {
             match self.decoder.receive_frame(&mut self.decoded) {

@@ -92,3 +92,52 @@ fn in_process_pictures_are_ffmpegs_byte_for_byte() {
         }
     }
 }
+
+/// Damaged packets are skipped as ffmpeg skips them (pictures go on coming after them, and from
+/// the next keyframe on every one), and a stream of nothing but damage is an error that says so,
+/// not a reader stuck without frames.
+#[test]
+fn damaged_packets_are_skipped_and_only_damage_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let flv = footage_flv(dir.path(), 0);
+    let mut reader = FlvReader::new(std::fs::File::open(&flv).unwrap());
+    let format = PictureFormat::Grey { height: 180 };
+    let (mut decoder, mut tags, mut n, mut second_gop) = (None::<AvcDecoder>, Vec::new(), 0u64, None);
+    while let Some(tag) = reader.next_tag().expect("reading the FLV") {
+        if tag.is_avc_config() {
+            decoder = Some(AvcDecoder::new(&tag.body[5..], format, 1).expect("a decoder for the stream"));
+            continue;
+        }
+        if !tag.is_avc_picture() {
+            continue;
+        }
+        let d = decoder.as_mut().expect("the sequence header comes first");
+        let mut body = tag.body[5..].to_vec();
+        n += 1;
+        if tag.is_keyframe() && n > 1 {
+            second_gop.get_or_insert(n);
+        }
+        // In the first GOP, every 7th P-frame cut short inside its NAL unit.
+        if second_gop.is_none() && n % 7 == 0 && !tag.is_keyframe() {
+            body.truncate(body.len() / 2);
+        }
+        d.decode(&body, tag.is_keyframe(), n, &mut |p| tags.push(p.tag)).expect("a damaged packet is skipped");
+    }
+    let key = second_gop.expect("the clip has a second keyframe");
+    assert!(tags.iter().any(|t| (8..key).contains(t)), "pictures came after the first damage: {tags:?}");
+    assert!(!tags.contains(&7), "a damaged packet has no picture");
+    let after: Vec<u64> = tags.iter().copied().filter(|t| *t >= key).collect();
+    assert_eq!(after, (key..=n).collect::<Vec<_>>(), "from the next keyframe on, every picture");
+
+    let d = decoder.as_mut().unwrap();
+    let garbage = [0u8, 0, 0, 200, 1, 2, 3];
+    let mut result = Ok(());
+    for i in 0..worker_motion::decode::MAX_REJECTED_IN_A_ROW {
+        result = d.decode(&garbage, false, 10_000 + u64::from(i), &mut |_| {});
+        if result.is_err() {
+            break;
+        }
+    }
+    let err = result.expect_err("only damage is an error").to_string();
+    assert!(err.contains("could not be decoded") && err.contains("NAL unit"), "{err}");
+}
