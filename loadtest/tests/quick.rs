@@ -24,18 +24,11 @@ fn quick_run_reports_every_component_and_a_stable_stage() {
     );
     let stage = &report["stages"][0];
     assert_eq!(stage["channels"], 4);
-    for c in [
-        "nginx",
-        "redis-server",
-        "worker-motion",
-        "ffmpeg (worker-motion)",
-        "ffmpeg (relay)",
-        "scheduler",
-        "worker-yolo",
-        "worker-record",
-    ] {
+    for c in ["nginx", "redis-server", "worker-motion", "ffmpeg (relay)", "scheduler", "worker-yolo", "worker-record"] {
         assert!(stage["rss_mib"][c].as_f64().unwrap_or(0.0) > 0.0, "{c} missing: {}", stage["rss_mib"]);
     }
+    // The gate (on by default) decodes in the worker: a gated channel runs no ffmpeg.
+    assert!(stage["rss_mib"].get("ffmpeg (worker-motion)").is_none(), "motion ffmpegs: {}", stage["rss_mib"]);
     assert!(stage["frames_analysed"].as_u64().unwrap() > 100, "{stage}");
     assert!(stage["frames_dropped_percent"].as_f64().unwrap() <= 1.0, "{stage}");
     assert!(report["samples"].as_array().unwrap().len() >= 10);
