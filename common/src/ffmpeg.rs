@@ -146,27 +146,11 @@ impl FfmpegProcess {
     /// Spawns `cmd`. `label` names the process in logs and errors (e.g. `motion ch3`); it must
     /// not contain credentials. With `capture_stdout`, stdout is a pipe to take with
     /// [`take_stdout`](Self::take_stdout); otherwise it is discarded.
-    pub fn spawn(label: impl Into<String>, cmd: FfmpegCommand, capture_stdout: bool) -> Result<Self, FfmpegError> {
-        Self::spawn_with(label, cmd, false, capture_stdout)
-    }
-
-    /// Like [`spawn`](Self::spawn), stdin a pipe too (take it with
-    /// [`take_stdin`](Self::take_stdin)): for an ffmpeg that reads `pipe:0`, e.g. a decoder
-    /// fed packets chosen by the caller. Closing stdin ends its input.
-    pub fn spawn_piped(label: impl Into<String>, cmd: FfmpegCommand) -> Result<Self, FfmpegError> {
-        Self::spawn_with(label, cmd, true, true)
-    }
-
-    fn spawn_with(
-        label: impl Into<String>,
-        mut cmd: FfmpegCommand,
-        pipe_stdin: bool,
-        capture_stdout: bool,
-    ) -> Result<Self, FfmpegError> {
+    pub fn spawn(label: impl Into<String>, mut cmd: FfmpegCommand, capture_stdout: bool) -> Result<Self, FfmpegError> {
         let label = label.into();
         let inner = cmd.as_inner_mut();
         inner
-            .stdin(if pipe_stdin { Stdio::piped() } else { Stdio::null() })
+            .stdin(Stdio::null())
             .stdout(if capture_stdout { Stdio::piped() } else { Stdio::null() })
             .stderr(Stdio::piped());
         let args: Vec<OsString> = inner.get_args().map(|a| a.to_owned()).collect();
@@ -197,11 +181,6 @@ impl FfmpegProcess {
 
     pub fn take_stdout(&mut self) -> Option<ChildStdout> {
         self.child.stdout.take()
-    }
-
-    /// The stdin pipe of a [`spawn_piped`](Self::spawn_piped) ffmpeg.
-    pub fn take_stdin(&mut self) -> Option<std::process::ChildStdin> {
-        self.child.stdin.take()
     }
 
     /// The last lines ffmpeg wrote to stderr, redacted.

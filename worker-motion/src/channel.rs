@@ -5,7 +5,6 @@
 //! Failures stay inside the channel: a missing or stalled stream is reported offline with the
 //! reason and retried with exponential backoff; the other channels of the batch never notice.
 
-use std::collections::VecDeque;
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -544,17 +543,15 @@ fn feed_gate(
 ) -> Result<(), GatedError> {
     let mut gate: Gate<FlvTag> = Gate::new(params.gate_rise);
     let mut config: Option<FlvTag> = None;
-    let mut decoder: Option<AvcDecoder> = None;
+    // Each packet's tag is what the analysis needs of it: the decoder hands it back with the
+    // packet's own picture (presentation order, B-frames).
+    let mut decoder: Option<AvcDecoder<FrameMeta>> = None;
     let mut gated_ms = 0.0f64;
     let interval_ms = 1000.0 / params.fps;
     // The count goes on across reader runs, as `frames_total` does.
     let gated_before = shared.frames_gated.load(Ordering::Relaxed);
     let mut last_arrival: Option<i64> = None;
     let mut clock = StreamClock::default();
-    // What the analysis needs of each packet fed, by its tag (the decoder hands pictures out
-    // in presentation order, with the tag of their own packet).
-    let mut metas: VecDeque<(u64, FrameMeta)> = VecDeque::new();
-    let mut next_tag = 0u64;
     loop {
         let tag = match flv.next_tag() {
             Ok(Some(tag)) => tag,
@@ -573,10 +570,8 @@ fn feed_gate(
         if tag.is_avc_config() {
             match &config {
                 None => {
-                    let record = tag.body.get(5..).unwrap_or_default();
-                    let threads = params.decode_threads;
                     decoder = Some(
-                        AvcDecoder::new(record, format, threads)
+                        AvcDecoder::new(tag.avc_payload(), format, params.decode_threads)
                             .map_err(|e| GatedError::Offline(format!("the decoder: {e}")))?,
                     );
                     config = Some(tag);
@@ -623,35 +618,22 @@ fn feed_gate(
             // A closed gate's keyframe is its look at the scene: always analysed.
             let check = key && !gate.is_open();
             let meta = FrameMeta { ts_ms: f.arrived_ms, analyse: f.analyse, check };
-            metas.push_back((next_tag, meta));
             let mut gone = false;
-            let body = f.item.body.get(5..).unwrap_or_default();
             decoder
-                .decode(body, f.item.is_keyframe(), next_tag, &mut |p| {
-                    let Some(i) = metas.iter().position(|(t, _)| *t == p.tag) else { return };
-                    let Some((_, meta)) = metas.remove(i) else { return };
+                .decode(f.item.avc_payload(), f.item.is_keyframe(), meta, &mut |p| {
                     let mut pixels = spare.try_recv().unwrap_or_default();
                     pixels.clear();
                     pixels.extend_from_slice(p.pixels);
                     let size = VideoSize { width: p.width, height: p.height };
-                    gone |= pictures.send(GatePicture { pixels, size, meta }).is_err();
+                    gone |= pictures.send(GatePicture { pixels, size, meta: p.tag }).is_err();
                 })
                 .map_err(|e| GatedError::Offline(format!("the decoder: {e}")))?;
-            next_tag += 1;
-            // Packets whose picture never came (damaged): forgotten after a while.
-            while metas.len() > GATE_METAS_MAX {
-                metas.pop_front();
-            }
             if gone {
                 return Ok(());
             }
         }
     }
 }
-
-/// Packets fed whose picture is not out yet, at most: a decoder holds a few (B-frames,
-/// threads); the rest are packets it dropped.
-const GATE_METAS_MAX: usize = 64;
 
 /// What stops a reader of the detect stream from another thread (the stall watchdog, a stop).
 #[derive(Debug)]
@@ -941,8 +923,8 @@ struct ColourFrames {
 
 impl ColourFrames {
     fn new(y: &YoloFrames, width: u32, height: u32, grey_h: u32) -> Self {
-        // Same rounding as ffmpeg's `scale=-2:<h>` on the grey path: width even, aspect kept.
-        let grey_w = ((width as f64 * grey_h as f64 / height.max(1) as f64 / 2.0).round() as u32 * 2).max(2);
+        // Same width as ffmpeg's `scale=-2:<h>` on the grey path: even, aspect kept.
+        let (grey_w, _) = PictureFormat::Grey { height: grey_h }.output_size(width, height);
         Self {
             width: width as i32,
             height: height as i32,

@@ -163,8 +163,8 @@ impl PictureFormat {
 
 /// A picture out of the decoder: `tag` is the one given with its packet.
 #[derive(Debug)]
-pub struct Picture<'a> {
-    pub tag: u64,
+pub struct Picture<'a, T> {
+    pub tag: T,
     pub width: u32,
     pub height: u32,
     /// Rows of `width` pixels, no padding.
@@ -177,8 +177,9 @@ struct Scaler {
     output: av::frame::Video,
 }
 
-/// One H.264 stream's decoder and picture conversion.
-pub struct AvcDecoder {
+/// One H.264 stream's decoder and picture conversion; each packet comes with a tag of type
+/// `T` (what the caller needs to know of it), handed back with its picture.
+pub struct AvcDecoder<T> {
     config: AvcConfig,
     decoder: av::decoder::Video,
     format: PictureFormat,
@@ -190,7 +191,7 @@ pub struct AvcDecoder {
     sent: i64,
     /// The tag of each packet sent and not yet out as a picture, by number, and whether it
     /// was a keyframe.
-    tags: VecDeque<(i64, u64, bool)>,
+    tags: VecDeque<(i64, T, bool)>,
     /// For the last keyframes: packets sent after its own before its picture came out.
     lags: VecDeque<usize>,
     rejected_in_a_row: u32,
@@ -205,7 +206,7 @@ fn init_libav() {
     });
 }
 
-impl AvcDecoder {
+impl<T> AvcDecoder<T> {
     /// A decoder for the stream whose sequence header payload is `record`; `threads`: as
     /// ffmpeg's `-threads` (frame threads; 1 decodes on the calling thread).
     pub fn new(record: &[u8], format: PictureFormat, threads: u32) -> Result<Self, DecodeError> {
@@ -252,8 +253,8 @@ impl AvcDecoder {
         &mut self,
         avcc: &[u8],
         keyframe: bool,
-        tag: u64,
-        picture: &mut dyn FnMut(Picture<'_>),
+        tag: T,
+        picture: &mut dyn FnMut(Picture<'_, T>),
     ) -> Result<(), DecodeError> {
         let accepted = match self.config.to_annex_b(avcc, keyframe, &mut self.annex_b) {
             Err(e) => Err(e.to_string()),
@@ -298,7 +299,7 @@ impl AvcDecoder {
         }
     }
 
-    fn hand_out(&mut self, picture: &mut dyn FnMut(Picture<'_>)) -> Result<(), DecodeError> {
+    fn hand_out(&mut self, picture: &mut dyn FnMut(Picture<'_, T>)) -> Result<(), DecodeError> {
         let number = self.decoded.pts().unwrap_or(self.sent - 1);
         // Packets whose picture never came (damaged) are older than this one's by a window.
         while self.tags.front().is_some_and(|(n, _, _)| *n < number - PENDING_MAX) {

@@ -79,23 +79,13 @@ impl FlvTag {
         self.body.first().is_some_and(|b| b >> 4 == 1)
     }
 
-    /// The tag as FLV bytes, with its trailing PreviousTagSize.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let len = self.body.len() as u32;
-        let mut out = Vec::with_capacity(self.body.len() + 15);
-        out.push(self.kind);
-        out.extend_from_slice(&len.to_be_bytes()[1..]);
-        out.extend_from_slice(&(self.ts & 0x00ff_ffff).to_be_bytes()[1..]);
-        out.push((self.ts >> 24) as u8);
-        out.extend_from_slice(&[0, 0, 0]);
-        out.extend_from_slice(&self.body);
-        out.extend_from_slice(&(len + 11).to_be_bytes());
-        out
+    /// What follows an AVC tag's 5-byte header (frame type and codec, `AVCPacketType`,
+    /// composition time): the decoder configuration record of a sequence header, or the
+    /// length-prefixed NAL units of a picture.
+    pub fn avc_payload(&self) -> &[u8] {
+        self.body.get(5..).unwrap_or_default()
     }
 }
-
-/// The FLV file header of a video-only stream, with PreviousTagSize0.
-pub const FLV_VIDEO_HEADER: [u8; 13] = [b'F', b'L', b'V', 1, 1, 0, 0, 0, 9, 0, 0, 0, 0];
 
 /// Reads FLV tags from a stream (ffmpeg's `-f flv pipe:1`).
 pub struct FlvReader<R> {
@@ -462,6 +452,23 @@ mod tests {
         assert_eq!(g.kept(), (0, 0), "nothing kept once open");
     }
 
+    /// The FLV file header of a video-only stream, with PreviousTagSize0.
+    const FLV_VIDEO_HEADER: [u8; 13] = [b'F', b'L', b'V', 1, 1, 0, 0, 0, 9, 0, 0, 0, 0];
+
+    /// A tag as FLV bytes, with its trailing PreviousTagSize.
+    fn flv_bytes(t: &FlvTag) -> Vec<u8> {
+        let len = t.body.len() as u32;
+        let mut out = Vec::with_capacity(t.body.len() + 15);
+        out.push(t.kind);
+        out.extend_from_slice(&len.to_be_bytes()[1..]);
+        out.extend_from_slice(&(t.ts & 0x00ff_ffff).to_be_bytes()[1..]);
+        out.push((t.ts >> 24) as u8);
+        out.extend_from_slice(&[0, 0, 0]);
+        out.extend_from_slice(&t.body);
+        out.extend_from_slice(&(len + 11).to_be_bytes());
+        out
+    }
+
     #[test]
     fn flv_tags_round_trip() {
         let tags = vec![
@@ -470,7 +477,7 @@ mod tests {
         ];
         let mut bytes = FLV_VIDEO_HEADER.to_vec();
         for t in &tags {
-            bytes.extend(t.to_bytes());
+            bytes.extend(flv_bytes(t));
         }
         let mut r = FlvReader::new(&bytes[..]);
         let back: Vec<FlvTag> = std::iter::from_fn(|| r.next_tag().unwrap()).collect();

@@ -39,13 +39,13 @@ fn ffmpeg_pictures(flv: &Path, format: PictureFormat) -> Vec<u8> {
 /// (the packet's index) and the decoder's lag at the end.
 fn in_process_pictures(flv: &Path, format: PictureFormat) -> (Vec<Vec<u8>>, Vec<u64>, usize) {
     let mut reader = FlvReader::new(std::fs::File::open(flv).unwrap());
-    let (mut decoder, mut pictures, mut tags, mut n) = (None::<AvcDecoder>, Vec::new(), Vec::new(), 0u64);
+    let (mut decoder, mut pictures, mut tags, mut n) = (None::<AvcDecoder<u64>>, Vec::new(), Vec::new(), 0u64);
     while let Some(tag) = reader.next_tag().expect("reading the FLV") {
         if tag.is_avc_config() {
-            decoder = Some(AvcDecoder::new(&tag.body[5..], format, 1).expect("a decoder for the stream"));
+            decoder = Some(AvcDecoder::new(tag.avc_payload(), format, 1).expect("a decoder for the stream"));
         } else if tag.is_avc_picture() {
             let d = decoder.as_mut().expect("the sequence header comes first");
-            d.decode(&tag.body[5..], tag.is_keyframe(), n, &mut |p| {
+            d.decode(tag.avc_payload(), tag.is_keyframe(), n, &mut |p| {
                 pictures.push(p.pixels.to_vec());
                 tags.push(p.tag);
             })
@@ -102,17 +102,17 @@ fn damaged_packets_are_skipped_and_only_damage_is_an_error() {
     let flv = footage_flv(dir.path(), 0);
     let mut reader = FlvReader::new(std::fs::File::open(&flv).unwrap());
     let format = PictureFormat::Grey { height: 180 };
-    let (mut decoder, mut tags, mut n, mut second_gop) = (None::<AvcDecoder>, Vec::new(), 0u64, None);
+    let (mut decoder, mut tags, mut n, mut second_gop) = (None::<AvcDecoder<u64>>, Vec::new(), 0u64, None);
     while let Some(tag) = reader.next_tag().expect("reading the FLV") {
         if tag.is_avc_config() {
-            decoder = Some(AvcDecoder::new(&tag.body[5..], format, 1).expect("a decoder for the stream"));
+            decoder = Some(AvcDecoder::new(tag.avc_payload(), format, 1).expect("a decoder for the stream"));
             continue;
         }
         if !tag.is_avc_picture() {
             continue;
         }
         let d = decoder.as_mut().expect("the sequence header comes first");
-        let mut body = tag.body[5..].to_vec();
+        let mut body = tag.avc_payload().to_vec();
         n += 1;
         if tag.is_keyframe() && n > 1 {
             second_gop.get_or_insert(n);
