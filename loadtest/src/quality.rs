@@ -240,6 +240,9 @@ struct SceneClips {
     frames: u32,
     /// Per clip second: the script has someone in view.
     scripted: Vec<bool>,
+    /// Clip time (s) of the first frame of every step that brings someone into view (`Enter`,
+    /// `Play`): activity cannot begin before it, so onsets are timed from it.
+    activity_starts_s: Vec<f64>,
     /// Per clip second: the labels YOLO saw (2 frames per second, score ≥ `yolo.min_score`).
     seen: Vec<BTreeSet<String>>,
 }
@@ -300,9 +303,13 @@ fn prepare_scene(scene: &Scene, cache: &Path, yolo_config: &Path) -> anyhow::Res
     let secs = frames.div_ceil(FPS) as usize;
     // The script's timeline, from the steps' real lengths.
     let mut scripted = vec![false; secs];
+    let mut activity_starts_s = Vec::new();
     let mut t = 0.0;
     for (step, path) in scene.script.iter().zip(&steps) {
         let len = media_secs(path)?;
+        if matches!(step, Step::Enter | Step::Play(_)) {
+            activity_starts_s.push(t);
+        }
         if !matches!(step, Step::Empty(_)) {
             let end = ((t + len).ceil() as usize).min(secs);
             scripted[(t as usize).min(end)..end].fill(true);
@@ -310,7 +317,7 @@ fn prepare_scene(scene: &Scene, cache: &Path, yolo_config: &Path) -> anyhow::Res
         t += len;
     }
     let seen = ground_truth(&sub, secs, &dir.join("truth"), yolo_config)?;
-    let clips = SceneClips { main, sub, frames, scripted, seen };
+    let clips = SceneClips { main, sub, frames, scripted, activity_starts_s, seen };
     std::fs::write(&meta, serde_json::to_string_pretty(&clips)?)?;
     Ok(clips)
 }
@@ -458,9 +465,11 @@ pub struct ChannelScore {
     pub frames_analysed: u64,
     #[serde(default)]
     pub frames_gated: u64,
-    /// Per onset (activity after at least [`ONSET_QUIET_SECS`] of none): seconds from its first
-    /// clip second to the start of the motion event that covers it (0 when one was already
-    /// open); `None`: no motion event began during that activity.
+    /// Per onset (activity after at least [`ONSET_QUIET_SECS`] of none): seconds from its start
+    /// to the start of the motion event that covers it (0 when one was already open); `None`:
+    /// no motion event began during that activity. The start is the first frame of the
+    /// script's step that brings someone into view where one begins in the onset's second (an
+    /// upper bound on the lag: the step may show nobody for a few frames), else the second.
     #[serde(default)]
     pub onset_lags_s: Vec<Option<f64>>,
     pub problems: Vec<String>,
@@ -469,8 +478,9 @@ pub struct ChannelScore {
 /// An onset is activity after at least this many seconds of none.
 pub const ONSET_QUIET_SECS: usize = 3;
 /// Reported against: p95 of the onset lags of a run (issue 17). Not a pass/fail target of the
-/// harness: the ground truth's onset is a clip second (the first visible change lies somewhere in
-/// it), so a lag is known to a second at best; the gate's onset is held to its bound by
+/// harness: a lag is timed from the first frame of the step that brings someone into view, an
+/// upper bound (the person may appear a few frames later), and on a busy machine it grows with
+/// the machine's load; the gate's onset is held to its bound by
 /// `worker-motion/tests/it/motion.rs` instead, on frame-exact footage.
 pub const ONSET_TARGET_SECS: f64 = 1.0;
 
@@ -486,9 +496,10 @@ pub fn onset_percentiles(lags: &[Option<f64>]) -> Option<(f64, f64)> {
     Some((rank(0.5), rank(0.95)))
 }
 
-/// Onset lags (see [`ChannelScore::onset_lags_s`]): `activity` per clip second, `motion` as
-/// (start, last motion) clip seconds.
-pub fn onset_lags(activity: &[bool], motion: &[(f64, f64)]) -> Vec<Option<f64>> {
+/// Onset lags (see [`ChannelScore::onset_lags_s`]): `activity` per clip second, `starts` the
+/// clip times where the script brings someone into view, `motion` as (start, last motion) clip
+/// seconds.
+pub fn onset_lags(activity: &[bool], starts: &[f64], motion: &[(f64, f64)]) -> Vec<Option<f64>> {
     let mut lags = Vec::new();
     for s in 0..activity.len() {
         let quiet_before = (s.saturating_sub(ONSET_QUIET_SECS)..s).all(|t| !activity[t]) && s >= ONSET_QUIET_SECS;
@@ -496,9 +507,11 @@ pub fn onset_lags(activity: &[bool], motion: &[(f64, f64)]) -> Vec<Option<f64>> 
             continue;
         }
         let a = s as f64;
+        // When in its second the activity began, as exactly as the script knows it.
+        let begun = starts.iter().copied().find(|&t| t >= a && t < a + 1.0).unwrap_or(a);
         let end = (s..activity.len()).find(|&t| !activity[t]).unwrap_or(activity.len()) as f64;
         // An event already open (started before, still moving at or after the onset): no lag.
-        if motion.iter().any(|&(m0, m1)| m0 <= a && m1 >= a) {
+        if motion.iter().any(|&(m0, m1)| m0 <= begun && m1 >= begun) {
             lags.push(Some(0.0));
             continue;
         }
@@ -509,7 +522,7 @@ pub fn onset_lags(activity: &[bool], motion: &[(f64, f64)]) -> Vec<Option<f64>> 
             .map(|&(m0, _)| m0)
             .filter(|&m0| m0 >= a - 1.0 && m0 < end)
             .fold(None, |acc: Option<f64>, m0| Some(acc.map_or(m0, |x| x.min(m0))));
-        lags.push(first.map(|m0| ((m0 - a).max(0.0) * 100.0).round() / 100.0));
+        lags.push(first.map(|m0| ((m0 - begun).max(0.0) * 100.0).round() / 100.0));
     }
     lags
 }
@@ -623,7 +636,7 @@ fn score(r: ChannelRun<'_>) -> ChannelScore {
     let quiet: Vec<usize> = (0..secs).filter(|&s| !near(s, 0.0, 0.0)).collect();
     let in_motion = |s: usize| r.motion.iter().any(|&(a, b)| (s as f64) < b && (s as f64 + 1.0) > a);
     let quiet_motion_secs = quiet.iter().filter(|&&s| in_motion(s)).count();
-    let onset_lags_s = onset_lags(&activity, &r.motion);
+    let onset_lags_s = onset_lags(&activity, &r.clips.activity_starts_s, &r.motion);
 
     let mut problems = Vec::new();
     let recall_percent = percent(present_secs - missed_present.len(), present_secs);
@@ -915,8 +928,8 @@ pub fn render(r: &QualityReport) -> String {
     let all: Vec<Option<f64>> = r.channels.iter().flat_map(|c| c.onset_lags_s.iter().copied()).collect();
     if let Some((p50, p95)) = onset_percentiles(&all) {
         md += &format!(
-            "\nMotion start after onset (activity after at least {ONSET_QUIET_SECS} s of none; from the onset's clip \
-             second, so known to a second): p50 {p50:.2} s, p95 {p95:.2} s over {} onsets (issue 17 asks p95 ≤ \
+            "\nMotion start after onset (activity after at least {ONSET_QUIET_SECS} s of none; timed from the first \
+             frame of the script's step that brings someone into view, an upper bound): p50 {p50:.2} s, p95 {p95:.2} s over {} onsets (issue 17 asks p95 ≤ \
              {ONSET_TARGET_SECS} s).\n",
             all.len()
         );
@@ -963,6 +976,7 @@ mod tests {
             sub: PathBuf::new(),
             frames: scripted.len() as u32 * FPS,
             scripted: scripted.to_vec(),
+            activity_starts_s: Vec::new(),
             seen: scripted
                 .iter()
                 .map(|&p| if p { BTreeSet::from(["person".to_string()]) } else { BTreeSet::new() })
@@ -1036,11 +1050,17 @@ mod tests {
             activity[s] = true;
         }
         let motion = [(5.4, 13.2), (19.7, 22.0), (40.0, 41.0)];
-        assert_eq!(onset_lags(&activity, &motion), vec![Some(0.4), Some(0.0), None]);
+        assert_eq!(onset_lags(&activity, &[], &motion), vec![Some(0.4), Some(0.0), None]);
         // An event held open across the onset.
-        assert_eq!(onset_lags(&activity[..12], &[(1.0, 6.0)]), vec![Some(0.0)]);
+        assert_eq!(onset_lags(&activity[..12], &[], &[(1.0, 6.0)]), vec![Some(0.0)]);
         // A late start is reported as it is.
-        assert_eq!(onset_lags(&activity[..12], &[(7.25, 9.0)]), vec![Some(2.25)]);
+        assert_eq!(onset_lags(&activity[..12], &[], &[(7.25, 9.0)]), vec![Some(2.25)]);
+        // Where the script says when in its second the activity began, the lag counts from
+        // there; a start in another second does not move this onset.
+        assert_eq!(onset_lags(&activity[..12], &[5.3], &[(5.9, 9.0)]), vec![Some(0.6)]);
+        assert_eq!(onset_lags(&activity[..12], &[1.5, 6.2], &[(5.9, 9.0)]), vec![Some(0.9)]);
+        // An event that began after the second started but before the activity did counts as open.
+        assert_eq!(onset_lags(&activity[..12], &[5.8], &[(5.2, 9.0)]), vec![Some(0.0)]);
         let lags = [Some(0.5), Some(1.1), Some(0.7), Some(0.1), None];
         assert_eq!(onset_percentiles(&lags), Some((0.7, f64::INFINITY)));
         assert_eq!(onset_percentiles(&lags[..4]), Some((0.5, 1.1)));
