@@ -253,7 +253,9 @@ pub struct YoloConfig {
     /// ONNX Runtime shared library (`libonnxruntime.so.1.32.0`). Default: the `ORT_DYLIB_PATH`
     /// environment variable.
     pub ort_library: Option<PathBuf>,
-    /// Threads one inference uses. Default 2.
+    /// Threads one inference uses. Default 1 on a machine with 2 cores or fewer, else 2: a
+    /// second thread makes a frame about a third faster but costs about 15 % more CPU per frame,
+    /// which on a small machine is taken from the decoders (measured, docs/benchmarks.md).
     pub intra_threads: usize,
     /// Let ONNX Runtime's threads spin (busy-wait) between work items instead of sleeping.
     /// Default false: on a machine shared with the decoders spinning burned about a sixth of a
@@ -292,6 +294,15 @@ pub struct YoloConfig {
     pub snapshot_keep: usize,
 }
 
+/// `yolo.intra_threads` when unset: 1 where the machine has 2 cores or fewer (the other core
+/// is the decoders'), else 2.
+pub fn default_intra_threads() -> usize {
+    match std::thread::available_parallelism() {
+        Ok(n) if n.get() > 2 => 2,
+        _ => 1,
+    }
+}
+
 impl Default for YoloConfig {
     fn default() -> Self {
         Self {
@@ -299,7 +310,7 @@ impl Default for YoloConfig {
             model: PathBuf::from("/var/lib/cctv/models/yolov5n.onnx"),
             class_names: None,
             ort_library: None,
-            intra_threads: 2,
+            intra_threads: default_intra_threads(),
             spin_wait: false,
             max_batch: 1,
             fps: 2.0,
@@ -1385,6 +1396,9 @@ mod tests {
         assert_eq!(c.motion.fps, 5.0);
         assert_eq!(c.channels[0].record, RecordPolicy::Objects);
         assert_eq!(c.channels[0].detect_stream_name(), "ch1_sub");
+        // One thread per inference where the decoders need the other core.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(c.yolo.intra_threads, if cores <= 2 { 1 } else { 2 }, "{cores} cores");
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub struct Options {
     pub progress: bool,
     /// `[motion]` settings of the cluster (see [`motion_section`]), empty for the defaults.
     pub motion: String,
+    /// Lines added to the cluster's `[yolo]` section (see [`setting_lines`]), empty for the
+    /// defaults.
+    pub yolo: String,
 }
 
 /// `KEY=VALUE` pairs as the lines of a `[motion]` section (`""` for none); the cluster's
@@ -52,13 +55,18 @@ pub fn motion_section(settings: &[String]) -> anyhow::Result<String> {
     if settings.is_empty() {
         return Ok(String::new());
     }
-    let mut t = String::from("[motion]\n");
+    Ok(format!("[motion]\n{}", setting_lines("motion", settings)?))
+}
+
+/// `KEY=VALUE` pairs (of the command-line flag `--<section>`) as TOML lines of that section.
+pub fn setting_lines(section: &str, settings: &[String]) -> anyhow::Result<String> {
+    let mut t = String::new();
     for kv in settings {
-        let (k, v) = kv.split_once('=').with_context(|| format!("--motion {kv:?}: expected KEY=VALUE"))?;
+        let (k, v) = kv.split_once('=').with_context(|| format!("--{section} {kv:?}: expected KEY=VALUE"))?;
         let k = k.trim();
         anyhow::ensure!(
             !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
-            "--motion {kv:?}: {k:?} is not a [motion] key"
+            "--{section} {kv:?}: {k:?} is not a [{section}] key"
         );
         t += &format!("{k} = {}\n", v.trim());
     }
@@ -374,6 +382,9 @@ pub struct Report {
     /// The `[motion]` settings that differ from the defaults, as given (`[]`: defaults).
     #[serde(default)]
     pub motion_settings: Vec<String>,
+    /// The `[yolo]` settings that differ from the defaults, as given (`[]`: defaults).
+    #[serde(default)]
+    pub yolo_settings: Vec<String>,
     pub stages: Vec<StageReport>,
     pub samples: Vec<Sample>,
 }
@@ -465,15 +476,16 @@ fn config_text(
     cams: &RtspCameras,
     dir: &Path,
     api_port: u16,
-    motion: &str,
+    opts: &Options,
 ) -> String {
+    let (motion, yolo) = (&opts.motion, &opts.yolo);
     let mut t = motion.to_string();
     t += &format!(
         "[cluster]\nredis_url = \"{}\"\nnamespace = \"load\"\n\
          [rtmp]\npublish_url = \"{live}\"\nplay_url = \"{live}\"\nhls_url = \"{}\"\n\
          [scheduler]\nbatch_size = 8\nreconcile_interval_secs = 2\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n\
          [record]\nbackup_dir = \"{}\"\ntimezone = \"UTC\"\n[logs]\ndir = \"{}\"\n\
-         [yolo]\nmodel = \"{}\"\nsnapshot_dir = \"{}\"\n",
+         [yolo]\nmodel = \"{}\"\nsnapshot_dir = \"{}\"\n{yolo}",
         redis.url(),
         nginx.hls_url(),
         dir.join("backups").display(),
@@ -619,7 +631,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let cameras = RtspCameras::start(&cams);
     let api_port = cctv_testkit::free_port();
     let cfg = work.join("cctv.toml");
-    write_config(&cfg, &config_text(opts.stages[0], &redis, &nginx, &cameras, &work, api_port, &opts.motion))?;
+    write_config(&cfg, &config_text(opts.stages[0], &redis, &nginx, &cameras, &work, api_port, &opts))?;
     let cfgs = cfg.to_str().context("config path")?.to_string();
 
     let mut workers: Vec<Proc> = Vec::new();
@@ -656,7 +668,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     // added cameras and leaves the running ones alone (as a site adding cameras does).
     let mut relay: Option<Proc> = None;
     for &n in &opts.stages {
-        write_config(&cfg, &config_text(n, &redis, &nginx, &cameras, &work, api_port, &opts.motion))?;
+        write_config(&cfg, &config_text(n, &redis, &nginx, &cameras, &work, api_port, &opts))?;
         match &relay {
             None => {
                 relay = Some(Proc::spawn(
@@ -940,7 +952,15 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     drop(relay);
     eprintln!("process logs and backups of this run: {}", work.display());
     let motion_settings = opts.motion.lines().skip(1).map(str::to_string).collect();
-    let report = Report { machine: machine(), started: format!("{}", now_ms()), motion_settings, stages, samples };
+    let yolo_settings = opts.yolo.lines().map(str::to_string).collect();
+    let report = Report {
+        machine: machine(),
+        started: format!("{}", now_ms()),
+        motion_settings,
+        yolo_settings,
+        stages,
+        samples,
+    };
     write_report(&report, &opts.report_dir)?;
     Ok(report)
 }
@@ -1012,6 +1032,9 @@ pub fn write_report(r: &Report, dir: &Path) -> anyhow::Result<()> {
     let mut md = format!("# Load test report\n\nMachine: {}.\n\n", r.machine);
     if !r.motion_settings.is_empty() {
         md += &format!("Motion settings: `{}`.\n\n", r.motion_settings.join("`, `"));
+    }
+    if !r.yolo_settings.is_empty() {
+        md += &format!("YOLO settings: `{}`.\n\n", r.yolo_settings.join("`, `"));
     }
     md += "| channels | stable | cluster CPU (% of machine) | cluster RSS / PSS (MiB) | machine memory above idle (MiB) | frames watched / expected | dropped | motion latency p50 / p95 ms | YOLO latency p50 / p95 ms | YOLO processed / dropped / max queue | backups (errors) | record start p50 / p95 ms | pre-roll p50 / p95 ms | backup dir growth / recorder disk writes KiB/s | Redis MiB, ops/s |\n";
     md += "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
@@ -1157,6 +1180,10 @@ mod tests {
         assert!(cctv_common::config::Config::parse(&t).unwrap().motion.gate);
         assert!(motion_section(&["gate".into()]).unwrap_err().to_string().contains("KEY=VALUE"));
         assert!(motion_section(&["[x]\ny=1".into()]).is_err());
+        let y = setting_lines("yolo", &["intra_threads=1".into()]).unwrap();
+        assert_eq!(y, "intra_threads = 1\n");
+        let e = setting_lines("yolo", &["Threads=1".into()]).unwrap_err().to_string();
+        assert!(e.contains("--yolo") && e.contains("[yolo]"), "{e}");
     }
 
     #[test]

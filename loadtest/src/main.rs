@@ -41,6 +41,10 @@ enum Command {
         /// A `[motion]` setting for the cluster, `KEY=VALUE` in TOML (e.g. `gate=true`); repeatable.
         #[arg(long = "motion", value_name = "KEY=VALUE")]
         motion_settings: Vec<String>,
+        /// A `[yolo]` setting for the cluster, `KEY=VALUE` in TOML (e.g. `intra_threads=1`);
+        /// repeatable.
+        #[arg(long = "yolo", value_name = "KEY=VALUE")]
+        yolo_settings: Vec<String>,
         /// No progress bars (logs and CI).
         #[arg(long)]
         no_progress: bool,
@@ -136,8 +140,11 @@ fn main() -> ExitCode {
             motion_workers,
             no_progress,
             motion_settings,
+            yolo_settings,
         } => {
-            let motion = match loadtest::motion_section(&motion_settings) {
+            let settings = loadtest::motion_section(&motion_settings)
+                .and_then(|m| Ok((m, loadtest::setting_lines("yolo", &yolo_settings)?)));
+            let (motion, yolo) = match settings {
                 Ok(m) => m,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -158,6 +165,7 @@ fn main() -> ExitCode {
                 motion_workers,
                 progress: !no_progress,
                 motion,
+                yolo,
             };
             match until_interrupted(loadtest::run(opts.clone())) {
                 Err(code) => code,

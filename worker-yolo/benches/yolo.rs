@@ -19,8 +19,14 @@ use ort::session::Session;
 use ort::value::TensorRef;
 use worker_yolo::model::{self, YoloModel};
 
+/// Two threads per inference, as the numbers in docs/benchmarks.md were measured (the default
+/// depends on the machine's cores).
 fn config() -> YoloConfig {
-    YoloConfig { model: cctv_testkit::shared_dir().join("models/yolov5n.onnx"), ..YoloConfig::default() }
+    YoloConfig {
+        model: cctv_testkit::shared_dir().join("models/yolov5n.onnx"),
+        intra_threads: 2,
+        ..YoloConfig::default()
+    }
 }
 
 /// A camera-sized frame (640x360) cut from real footage.

@@ -7,34 +7,15 @@
 //! frame, process CPU time per frame (busy threads included) and the work the busy threads got
 //! done per second.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+#[path = "shared/cost.rs"]
+mod cost;
 use std::time::Instant;
 
 use cctv_common::config::YoloConfig;
+use cost::{cpu_secs, median, Busy};
 use worker_yolo::model::{self, YoloModel};
 
 const FRAMES: usize = 60;
-
-/// This process' user + system CPU time, seconds (`/proc/self/stat`, clock ticks of 1/100 s).
-fn cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    (f[11].parse::<f64>().expect("utime") + f[12].parse::<f64>().expect("stime")) / 100.0
-}
-
-fn busy_work(stop: Arc<AtomicBool>, done: Arc<AtomicU64>) {
-    let mut x = 1u64;
-    while !stop.load(Ordering::Relaxed) {
-        for _ in 0..100_000 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        }
-        done.fetch_add(1, Ordering::Relaxed);
-    }
-    std::hint::black_box(x);
-}
 
 fn frame() -> opencv::core::Mat {
     model::decode_image(&cctv_testkit::media_frame_jpeg("worker-zone-detection.gif", 640, 360)).expect("a frame")
@@ -51,6 +32,8 @@ impl Runner {
         let cfg = YoloConfig {
             model: cctv_testkit::shared_dir().join("models/yolov5n.onnx"),
             spin_wait: spin,
+            // As measured in docs/benchmarks.md (the default depends on the machine's cores).
+            intra_threads: 2,
             ..YoloConfig::default()
         };
         if !plain {
@@ -84,11 +67,6 @@ impl Runner {
             }
         }
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() {
@@ -128,28 +106,18 @@ fn main() {
         for _ in 0..5 {
             r.run(&f);
         }
-        let stop = Arc::new(AtomicBool::new(false));
-        let done = Arc::new(AtomicU64::new(0));
-        let threads: Vec<_> = (0..cpus)
-            .map(|_| {
-                let (s, d) = (stop.clone(), done.clone());
-                std::thread::spawn(move || busy_work(s, d))
-            })
-            .collect();
+        let busy = Busy::start(cpus);
         let (t0, c0) = (Instant::now(), cpu_secs());
         for _ in 0..FRAMES {
             r.run(&f);
         }
         let (wall, cpu) = (t0.elapsed().as_secs_f64(), cpu_secs() - c0);
-        stop.store(true, Ordering::Relaxed);
-        for t in threads {
-            t.join().expect("busy thread");
-        }
+        let done = busy.stop();
         println!(
             "{spin} | {:.1} | {:.1} | {:.0}",
             wall * 1000.0 / FRAMES as f64,
             cpu * 1000.0 / FRAMES as f64,
-            done.load(Ordering::Relaxed) as f64 / wall
+            done as f64 / wall
         );
     }
 }
