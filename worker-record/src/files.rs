@@ -159,6 +159,22 @@ pub fn probe(path: &Path) -> Result<Probe, String> {
     })
 }
 
+/// [`crate::mp4::check`] on its own thread, given up after `limit` as an ffprobe would be: a read
+/// from a storage that hangs must not hold the job (the thread is left to the stuck read).
+pub fn check_mp4_within(path: &Path, limit: Duration) -> Result<Probe, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = path.to_owned();
+    std::thread::Builder::new()
+        .name("mp4-check".into())
+        .spawn(move || {
+            let _ = tx.send(crate::mp4::check(&p));
+        })
+        .map_err(|e| format!("cannot start the check: {e}"))?;
+    rx.recv_timeout(limit).unwrap_or_else(|_| {
+        Err(format!("reading {} took longer than {} s (storage hanging?)", path.display(), limit.as_secs()))
+    })
+}
+
 /// True when the file has an audio stream with a sample rate (a real one).
 fn has_audio(path: &Path) -> bool {
     let args = ["-v", "error", "-select_streams", "a", "-show_entries", "stream=sample_rate", "-of", "csv=p=0"];
@@ -185,7 +201,8 @@ pub fn final_path(dir: &Path, channel: u32, stamp: &str, ext: &str, recording: &
 }
 
 /// Remuxes the spool into `final_path` with stream copy (no encoder in the pipeline), checks
-/// the result with ffprobe (video present, duration close to what was spooled), fsyncs it and
+/// the result (MP4: [`crate::mp4::check`], Matroska: ffprobe; video present, duration close to
+/// what was spooled), fsyncs it and
 /// only then gives it its final name. `audio`: the relays pass camera audio on, so look for it
 /// (one ffprobe run less per file when they drop it, the default).
 pub fn finish(
@@ -222,7 +239,12 @@ pub fn finish(
         return Err(remux_err(e.to_string()));
     }
     let invalid = |message: String| FileError::Invalid { path: final_path.to_owned(), message };
-    let probed = match probe(&part) {
+    // MP4, the default, is checked in process (no ffprobe start per file); Matroska by ffprobe.
+    let checked = match container {
+        Container::Mp4 => check_mp4_within(&part, PROBE_TIMEOUT),
+        Container::Mkv => probe(&part),
+    };
+    let probed = match checked {
         Ok(p) => p,
         Err(e) => {
             let _ = std::fs::remove_file(&part);

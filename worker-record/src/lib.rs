@@ -8,6 +8,7 @@
 
 pub mod files;
 pub mod hls;
+pub mod mp4;
 pub mod storage;
 
 use std::path::PathBuf;
