@@ -202,9 +202,9 @@ pub fn final_path(dir: &Path, channel: u32, stamp: &str, ext: &str, recording: &
 
 /// Remuxes the spool into `final_path` with stream copy (no encoder in the pipeline), checks
 /// the result (MP4: [`crate::mp4::check`], Matroska: ffprobe; video present, duration close to
-/// what was spooled), fsyncs it and
-/// only then gives it its final name. `audio`: the relays pass camera audio on, so look for it
-/// (one ffprobe run less per file when they drop it, the default).
+/// what was spooled), fsyncs it and only then gives it its final name. `audio`: the relays pass
+/// camera audio on, so look for it (one ffprobe run less per file when they drop it, the
+/// default).
 pub fn finish(
     spool: Spool,
     final_path: &Path,
