@@ -187,10 +187,10 @@ pub struct MotionConfig {
     /// Compressed-domain gate: the reader watches the detect stream's packets (sizes, keyframes)
     /// without decoding and decodes only while something may be happening: on a P-frame larger
     /// than `gate_rise` x the channel's learned quiet level, on a keyframe that shows motion
-    /// (every keyframe is decoded and analysed, so slow changes are still seen), and during
-    /// motion, presence and `gate_hold_secs` after. When it opens, decoding starts from the
-    /// last keyframe (kept in memory), so no frame after it is lost. H.264 only; other codecs
-    /// are decoded always. Default true (the quality harness scores the same with and without it,
+    /// (keyframes are decoded and analysed, at most every `gate_keyframe_secs`, so slow changes
+    /// are still seen), and during motion, presence and `gate_hold_secs` after. When it opens,
+    /// decoding starts from the last keyframe (kept in memory), so no frame after it is lost.
+    /// H.264 only; other codecs are decoded always. Default true (the quality harness scores the same with and without it,
     /// docs/quality.md).
     pub gate: bool,
     /// A P-frame this many times the learned quiet level (its 95th percentile over the last
@@ -198,6 +198,13 @@ pub struct MotionConfig {
     pub gate_rise: f64,
     /// The gate stays open this long after the last motion, presence or event end. Default 10.
     pub gate_hold_secs: f64,
+    /// A closed gate analyses a keyframe at most this often, seconds (0: every keyframe):
+    /// what a still camera costs no longer depends on its GOP (a camera sending a keyframe
+    /// every 0.5 s costs what one with a 2 s GOP does), and a change that shows neither in
+    /// packet sizes nor on a keyframe is seen within this plus one GOP. The keyframes not
+    /// analysed are kept all the same, so an opening gate still decodes from the last one.
+    /// Default 2.
+    pub gate_keyframe_secs: f64,
 }
 
 impl Default for MotionConfig {
@@ -223,6 +230,7 @@ impl Default for MotionConfig {
             gate: true,
             gate_rise: 1.5,
             gate_hold_secs: 10.0,
+            gate_keyframe_secs: 2.0,
         }
     }
 }
@@ -286,7 +294,12 @@ pub struct YoloConfig {
     pub input_size: u32,
     /// Frames taller than this are scaled down before they are sent. Default 720.
     pub max_frame_height: u32,
-    /// JPEG quality of the frames sent (1..=100). Default 85.
+    /// How frames travel to YOLO: `png` (lossless: the model sees the decoded picture itself)
+    /// or `jpeg` (`jpeg_quality`; about a third of the bytes, but a person the model scores
+    /// near `min_score` on the picture can fall below it on the JPEG: measured in
+    /// docs/quality.md). Default png.
+    pub frame_format: FrameFormat,
+    /// JPEG quality of the frames sent with `frame_format = "jpeg"` (1..=100). Default 85.
     pub jpeg_quality: u32,
     /// Annotated snapshots of positive results. Default `snapshots`.
     pub snapshot_dir: PathBuf,
@@ -322,6 +335,7 @@ impl Default for YoloConfig {
             classes: ["person", "bicycle", "car", "motorcycle", "bus", "truck"].map(String::from).to_vec(),
             input_size: 640,
             max_frame_height: 720,
+            frame_format: FrameFormat::Png,
             jpeg_quality: 85,
             snapshot_dir: PathBuf::from("snapshots"),
             snapshot_keep: 200,
@@ -599,6 +613,17 @@ impl Default for LogsConfig {
     fn default() -> Self {
         Self { dir: PathBuf::from("logs"), max_file_mb: 50.0, keep_files: 30 }
     }
+}
+
+/// How a frame travels to YOLO (`yolo.frame_format`).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FrameFormat {
+    /// Lossless: YOLO scores the decoded picture itself.
+    #[default]
+    Png,
+    /// Smaller, lossy (`yolo.jpeg_quality`).
+    Jpeg,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default, utoipa::ToSchema)]
@@ -992,6 +1017,19 @@ impl Config {
         range(&mut p, "motion.max_hold_secs", m.max_hold_secs, 0.0, 86_400.0);
         range(&mut p, "motion.gate_rise", m.gate_rise, 1.0, 20.0);
         range(&mut p, "motion.gate_hold_secs", m.gate_hold_secs, 1.0, 3600.0);
+        // A still channel's analysis sees a picture only this often: it must stay well inside
+        // the stall timeout, and the pre-roll (5 s by default) should still reach back over it.
+        range(&mut p, "motion.gate_keyframe_secs", m.gate_keyframe_secs, 0.0, 10.0);
+        if m.gate_keyframe_secs > m.stall_timeout_secs / 2.0 {
+            p.add(
+                "motion.gate_keyframe_secs",
+                format!(
+                    "{} must be at most half of motion.stall_timeout_secs ({}): a still channel would be \
+                     taken for a stalled one",
+                    m.gate_keyframe_secs, m.stall_timeout_secs
+                ),
+            );
+        }
         range(&mut p, "motion.recalibrate_fraction", m.recalibrate_fraction, 0.05, 1.0);
         range(&mut p, "motion.stall_timeout_secs", m.stall_timeout_secs, 1.0, 600.0);
         range(&mut p, "motion.retry_initial_secs", m.retry_initial_secs, 0.1, 600.0);
@@ -1710,6 +1748,15 @@ mod tests {
             &problems,
             &["motion.gate_rise: 0.5 is out of range 1..=20", "motion.gate_hold_secs: 0 is out of range 1..=3600"],
         );
+        assert_eq!(c.motion.gate_keyframe_secs, 2.0);
+        let problems = problems_of(&format!("{GOOD}\n[motion]\ngate_keyframe_secs = 11\n"));
+        assert_listed(&problems, &["motion.gate_keyframe_secs: 11 is out of range 0..=10"]);
+        let problems = problems_of(&format!("{GOOD}\n[motion]\ngate_keyframe_secs = 6\nstall_timeout_secs = 10\n"));
+        assert_listed(
+            &problems,
+            &["motion.gate_keyframe_secs: 6 must be at most half of motion.stall_timeout_secs (10)"],
+        );
+        assert!(problems_of(&format!("{GOOD}\n[motion]\ngate_keyframe_secs = 0\n")).is_empty());
     }
 
     #[test]

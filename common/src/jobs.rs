@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ChannelConfig, MotionConfig, MotionOverrides, RecordPolicy, YoloConfig, ZoneConfig};
+use crate::config::{ChannelConfig, FrameFormat, MotionConfig, MotionOverrides, RecordPolicy, YoloConfig, ZoneConfig};
 use crate::events::NormBox;
 
 /// A job kind: its queue name is fixed here, never derived from the Rust type name.
@@ -76,6 +76,9 @@ pub struct YoloFrames {
     #[serde(default)]
     pub recording_fps: f64,
     pub max_frame_height: u32,
+    /// Older jobs have none: png.
+    #[serde(default)]
+    pub format: FrameFormat,
     pub jpeg_quality: u32,
 }
 
@@ -85,6 +88,7 @@ impl YoloFrames {
             fps: y.fps,
             recording_fps: y.recording_fps,
             max_frame_height: y.max_frame_height,
+            format: y.frame_format,
             jpeg_quality: y.jpeg_quality,
         })
     }
@@ -101,23 +105,24 @@ pub struct YoloJob {
     pub motion_event: String,
     /// Motion boxes of the frame (fractions of the frame).
     pub motion_boxes: Vec<NormBox>,
-    /// The colour frame, JPEG, at the detect stream's resolution.
-    #[serde(with = "base64_bytes")]
-    pub jpeg: Vec<u8>,
+    /// The colour frame at the detect stream's resolution, PNG or JPEG (`yolo.frame_format`;
+    /// the YOLO worker reads either). Jobs of older workers call it `jpeg`.
+    #[serde(with = "base64_bytes", alias = "jpeg")]
+    pub image: Vec<u8>,
 }
 
 impl Job for YoloJob {
     const QUEUE: &'static str = "yolo";
 }
 
-// Hand-written: a JPEG dump in a log line helps no one.
+// Hand-written: an image dump in a log line helps no one.
 impl std::fmt::Debug for YoloJob {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("YoloJob")
             .field("channel", &self.channel)
             .field("frame_ts_ms", &self.frame_ts_ms)
             .field("motion_event", &self.motion_event)
-            .field("jpeg_bytes", &self.jpeg.len())
+            .field("image_bytes", &self.image.len())
             .finish()
     }
 }

@@ -47,6 +47,26 @@ pub struct Options {
     /// Lines added to the cluster's `[yolo]` section (see [`setting_lines`]), empty for the
     /// defaults.
     pub yolo: String,
+    /// What the simulated cameras show.
+    pub scenes: SceneMix,
+    /// The cameras' keyframe interval, seconds (main and sub-stream).
+    pub gop_secs: f64,
+}
+
+/// What the simulated cameras show. `Still` and `Active` split the `Mixed` load into its two
+/// parts, so what the still cameras cost and what the active ones cost are measured apart.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SceneMix {
+    /// Every fourth camera active (alternating people and shoppers, one in eight a priority
+    /// channel), the rest still with sensor noise.
+    #[default]
+    Mixed,
+    /// Every camera still (sensor noise only).
+    Still,
+    /// Every camera active, every other one a priority channel: n channels here are the active
+    /// part of 4n mixed channels.
+    Active,
 }
 
 /// `KEY=VALUE` pairs as the lines of a `[motion]` section (`""` for none); the cluster's
@@ -374,6 +394,10 @@ async fn redis_keys(conn: &mut redis::aio::MultiplexedConnection) -> BTreeMap<St
     out
 }
 
+pub(crate) fn default_gop_secs() -> f64 {
+    DEFAULT_GOP_SECS
+}
+
 /// The whole run.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Report {
@@ -385,18 +409,30 @@ pub struct Report {
     /// The `[yolo]` settings that differ from the defaults, as given (`[]`: defaults).
     #[serde(default)]
     pub yolo_settings: Vec<String>,
+    /// What the cameras showed (older reports: mixed).
+    #[serde(default)]
+    pub scenes: SceneMix,
+    /// The cameras' keyframe interval, seconds (older reports: 2).
+    #[serde(default = "default_gop_secs")]
+    pub gop_secs: f64,
     pub stages: Vec<StageReport>,
     pub samples: Vec<Sample>,
 }
 
+/// The cameras' keyframe interval unless `--gop-secs` says otherwise (many cameras' default).
+pub const DEFAULT_GOP_SECS: f64 = 2.0;
+
 /// Camera clips: an active scene and a still one, main and sub-stream, long enough for the run
 /// (a short encode, then stream-copied many times over, so clip ends are rare).
-fn prepare_clips(cache: &Path) -> anyhow::Result<[(PathBuf, PathBuf); 3]> {
+fn prepare_clips(cache: &Path, gop_secs: f64) -> anyhow::Result<[(PathBuf, PathBuf); 3]> {
     std::fs::create_dir_all(cache)?;
     let make = |name: &str, src: &str, vf_extra: &str| -> anyhow::Result<(PathBuf, PathBuf)> {
         let mut out = Vec::new();
-        for (kind, w, h, fps, gop) in [("main", 1280, 720, 25, 50), ("sub", 640, 360, 10, 20)] {
-            let long = cache.join(format!("{name}-{kind}.mp4"));
+        for (kind, w, h, fps) in [("main", 1280, 720, 25), ("sub", 640, 360, 10)] {
+            let gop = ((fps as f64 * gop_secs).round() as u32).max(1);
+            // The default 2 s GOP keeps the cache names of earlier runs.
+            let suffix = if gop_secs == DEFAULT_GOP_SECS { String::new() } else { format!("-g{gop}") };
+            let long = cache.join(format!("{name}-{kind}{suffix}.mp4"));
             if !long.is_file() {
                 let short = cache.join(format!("{name}-{kind}-short.mp4"));
                 let vf = format!("fps={fps},scale={w}:{h}{vf_extra},format=yuv420p");
@@ -450,12 +486,23 @@ fn prepare_clips(cache: &Path) -> anyhow::Result<[(PathBuf, PathBuf); 3]> {
     ])
 }
 
-/// Camera `i` (from 1): every fourth is active (alternating scenes), the rest still.
-fn camera_clip(i: usize, clips: &[(PathBuf, PathBuf); 3]) -> (PathBuf, PathBuf) {
-    match i % 8 {
-        1 => clips[0].clone(),
-        5 => clips[1].clone(),
-        _ => clips[2].clone(),
+/// What camera `i` (from 1) shows: 0 people (the priority channels' scene), 1 shoppers, 2 still.
+fn camera_scene(i: usize, scenes: SceneMix) -> usize {
+    match (scenes, i % 8) {
+        (SceneMix::Still, _) => 2,
+        (SceneMix::Mixed, 1) => 0,
+        (SceneMix::Mixed, 5) => 1,
+        (SceneMix::Mixed, _) => 2,
+        (SceneMix::Active, _) => 1 - i % 2,
+    }
+}
+
+/// Whether camera `i` is a priority channel (YOLO): the cameras showing people in a mixed or
+/// active load, one in eight of a still one.
+fn camera_priority(i: usize, scenes: SceneMix) -> bool {
+    match scenes {
+        SceneMix::Active => camera_scene(i, scenes) == 0,
+        SceneMix::Mixed | SceneMix::Still => i % 8 == 1,
     }
 }
 
@@ -495,7 +542,7 @@ fn config_text(
         live = nginx.live_url(),
     );
     for i in 1..=n {
-        let priority = i % 8 == 1;
+        let priority = camera_priority(i, opts.scenes);
         t += &format!(
             "[[channel]]\nid = {i}\nname = \"cam {i}\"\nsource = \"{}\"\ndetect_source = \"{}\"\npriority = {priority}\n",
             cams.url("viewer:load@", i as u32, "main"),
@@ -624,10 +671,10 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     std::fs::create_dir_all(&logs)?;
     let max = *opts.stages.iter().max().context("no stage")?;
     eprintln!("preparing camera clips in {} (first run only)...", opts.cache_dir.display());
-    let clips = prepare_clips(&opts.cache_dir)?;
+    let clips = prepare_clips(&opts.cache_dir, opts.gop_secs)?;
     let redis = Redis::start();
     let nginx = Nginx::start();
-    let cams: Vec<(PathBuf, PathBuf)> = (1..=max).map(|i| camera_clip(i, &clips)).collect();
+    let cams: Vec<(PathBuf, PathBuf)> = (1..=max).map(|i| clips[camera_scene(i, opts.scenes)].clone()).collect();
     let cameras = RtspCameras::start(&cams);
     let api_port = cctv_testkit::free_port();
     let cfg = work.join("cctv.toml");
@@ -958,6 +1005,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         started: format!("{}", now_ms()),
         motion_settings,
         yolo_settings,
+        scenes: opts.scenes,
+        gop_secs: opts.gop_secs,
         stages,
         samples,
     };
@@ -1032,6 +1081,17 @@ pub fn write_report(r: &Report, dir: &Path) -> anyhow::Result<()> {
     let mut md = format!("# Load test report\n\nMachine: {}.\n\n", r.machine);
     if !r.motion_settings.is_empty() {
         md += &format!("Motion settings: `{}`.\n\n", r.motion_settings.join("`, `"));
+    }
+    match r.scenes {
+        SceneMix::Mixed => {}
+        SceneMix::Still => md += "Scenes: every camera **still** (the still part of a mixed load).\n\n",
+        SceneMix::Active => {
+            md += "Scenes: every camera **active**, every other one a priority channel (the active part of a \
+                   mixed load four times as large).\n\n"
+        }
+    }
+    if r.gop_secs != DEFAULT_GOP_SECS {
+        md += &format!("Cameras' keyframe interval (GOP): {} s.\n\n", r.gop_secs);
     }
     if !r.yolo_settings.is_empty() {
         md += &format!("YOLO settings: `{}`.\n\n", r.yolo_settings.join("`, `"));
@@ -1171,6 +1231,29 @@ fragment written. Plots: `cpu.png`, `ram.png` (RSS), `pss.png`, `latency.png`.\n
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// (cameras per scene: people, shoppers, still; priority channels) of `n` cameras.
+    fn load_of(n: usize, scenes: SceneMix) -> ([usize; 3], usize) {
+        let mut per_scene = [0; 3];
+        for i in 1..=n {
+            per_scene[camera_scene(i, scenes)] += 1;
+        }
+        let priority: Vec<usize> = (1..=n).filter(|&i| camera_priority(i, scenes)).collect();
+        // A priority channel in a load with activity is always one showing people.
+        if scenes != SceneMix::Still {
+            assert!(priority.iter().all(|&i| camera_scene(i, scenes) == 0), "{scenes:?}");
+        }
+        (per_scene, priority.len())
+    }
+
+    #[test]
+    fn the_active_load_is_the_active_part_of_a_mixed_load_four_times_as_large() {
+        assert_eq!(load_of(32, SceneMix::Mixed), ([4, 4, 24], 4));
+        assert_eq!(load_of(8, SceneMix::Active), ([4, 4, 0], 4));
+        assert_eq!(load_of(64, SceneMix::Mixed), ([8, 8, 48], 8));
+        assert_eq!(load_of(16, SceneMix::Active), ([8, 8, 0], 8));
+        assert_eq!(load_of(32, SceneMix::Still), ([0, 0, 32], 4));
+    }
 
     #[test]
     fn motion_settings_become_a_motion_section_and_bad_ones_are_named() {

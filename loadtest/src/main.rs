@@ -45,6 +45,13 @@ enum Command {
         /// repeatable.
         #[arg(long = "yolo", value_name = "KEY=VALUE")]
         yolo_settings: Vec<String>,
+        /// What the cameras show: `mixed` (a quarter active), `still` or `active` (the two
+        /// parts of a mixed load, measured apart).
+        #[arg(long, value_enum, default_value_t)]
+        scenes: loadtest::SceneMix,
+        /// The cameras' keyframe interval (GOP), seconds, main and sub-stream.
+        #[arg(long, default_value_t = loadtest::DEFAULT_GOP_SECS)]
+        gop_secs: f64,
         /// No progress bars (logs and CI).
         #[arg(long)]
         no_progress: bool,
@@ -64,6 +71,9 @@ enum Command {
         /// A `[motion]` setting for the cluster, `KEY=VALUE` in TOML (e.g. `gate=true`); repeatable.
         #[arg(long = "motion", value_name = "KEY=VALUE")]
         motion_settings: Vec<String>,
+        /// The cameras' keyframe interval (GOP), seconds.
+        #[arg(long, default_value_t = loadtest::DEFAULT_GOP_SECS)]
+        gop_secs: f64,
     },
     /// Re-render report.md and the plots of a report directory from its report.json.
     Render { report_dir: PathBuf },
@@ -102,7 +112,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig => cctv_common::config::check_config_command(&cli.global.config()),
-        Command::Quality { quick, report_dir, cache_dir, motion_settings } => {
+        Command::Quality { quick, report_dir, cache_dir, motion_settings, gop_secs } => {
             let motion = match loadtest::motion_section(&motion_settings) {
                 Ok(m) => m,
                 Err(e) => {
@@ -110,7 +120,17 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let opts = loadtest::quality::QualityOptions { quick, report_dir: report_dir.clone(), cache_dir, motion };
+            if !(0.1..=10.0).contains(&gop_secs) {
+                eprintln!("error: --gop-secs must be 0.1..=10");
+                return ExitCode::from(2);
+            }
+            let opts = loadtest::quality::QualityOptions {
+                quick,
+                report_dir: report_dir.clone(),
+                cache_dir,
+                motion,
+                gop_secs,
+            };
             match until_interrupted(loadtest::quality::quality(opts)) {
                 Err(code) => code,
                 Ok(r) => {
@@ -141,6 +161,8 @@ fn main() -> ExitCode {
             no_progress,
             motion_settings,
             yolo_settings,
+            scenes,
+            gop_secs,
         } => {
             let settings = loadtest::motion_section(&motion_settings)
                 .and_then(|m| Ok((m, loadtest::setting_lines("yolo", &yolo_settings)?)));
@@ -156,6 +178,10 @@ fn main() -> ExitCode {
                 eprintln!("error: --stages must be 1..=64 channels each and --hold-secs at least 10");
                 return ExitCode::from(2);
             }
+            if !(0.1..=10.0).contains(&gop_secs) {
+                eprintln!("error: --gop-secs must be 0.1..=10");
+                return ExitCode::from(2);
+            }
             let opts = loadtest::Options {
                 stages,
                 hold: Duration::from_secs(hold),
@@ -166,6 +192,8 @@ fn main() -> ExitCode {
                 progress: !no_progress,
                 motion,
                 yolo,
+                scenes,
+                gop_secs,
             };
             match until_interrupted(loadtest::run(opts.clone())) {
                 Err(code) => code,

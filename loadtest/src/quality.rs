@@ -55,6 +55,8 @@ pub struct QualityOptions {
     pub cache_dir: PathBuf,
     /// `[motion]` settings of the cluster (`crate::motion_section`), empty for the defaults.
     pub motion: String,
+    /// The cameras' keyframe interval, seconds (both streams).
+    pub gop_secs: f64,
 }
 
 /// One piece of a scene's script.
@@ -248,8 +250,11 @@ struct SceneClips {
 }
 
 /// Makes (or reuses from `cache`) the scene's main and sub-stream clips and their ground truth.
-fn prepare_scene(scene: &Scene, cache: &Path, yolo_config: &Path) -> anyhow::Result<SceneClips> {
-    let key = format!("{}-{:016x}", scene.name, fingerprint(&format!("{:?}", scene)));
+fn prepare_scene(scene: &Scene, gop_secs: f64, cache: &Path, yolo_config: &Path) -> anyhow::Result<SceneClips> {
+    let gop = ((f64::from(FPS) * gop_secs).round() as u32).max(1);
+    // The default GOP keeps the cache keys of earlier runs.
+    let gop_key = if gop_secs == crate::DEFAULT_GOP_SECS { String::new() } else { format!("-g{gop}") };
+    let key = format!("{}{gop_key}-{:016x}", scene.name, fingerprint(&format!("{:?}", scene)));
     let dir = cache.join(&key);
     let meta = dir.join("scene.json");
     if let Ok(text) = std::fs::read_to_string(&meta) {
@@ -292,7 +297,8 @@ fn prepare_scene(scene: &Scene, cache: &Path, yolo_config: &Path) -> anyhow::Res
         last = cell * (BAR_CELLS - 1),
     );
     let (main, sub) = (dir.join("main.mp4"), dir.join("sub.mp4"));
-    let enc = ["-c:v", "libx264", "-preset", "veryfast", "-g", "20", "-bf", "0", "-an"];
+    let gop = gop.to_string();
+    let enc = ["-c:v", "libx264", "-preset", "veryfast", "-g", &gop, "-bf", "0", "-an"];
     let mut args = vec!["-i", raw.to_str().unwrap_or_default(), "-filter_complex", &graph, "-map", "[sub]"];
     args.extend(enc);
     args.extend([sub.to_str().unwrap_or_default(), "-map", "[main]"]);
@@ -537,6 +543,9 @@ pub struct QualityReport {
     /// The `[motion]` settings that differ from the defaults, as given (`[]`: defaults).
     #[serde(default)]
     pub motion_settings: Vec<String>,
+    /// The cameras' keyframe interval, seconds (older reports: 2).
+    #[serde(default = "crate::default_gop_secs")]
+    pub gop_secs: f64,
     pub scenes: BTreeMap<String, String>,
     pub channels: Vec<ChannelScore>,
     pub targets_met: bool,
@@ -743,7 +752,8 @@ pub async fn quality(opts: QualityOptions) -> anyhow::Result<QualityReport> {
     let config = cctv_common::config::Config::load(&cfg)?;
     crate::default_ort_path()?;
     eprintln!("preparing scenes and their ground truth in {} (first run only)...", cache_dir.display());
-    let clips: Vec<SceneClips> = scenes.iter().map(|s| prepare_scene(s, &cache_dir, &cfg)).collect::<Result<_, _>>()?;
+    let clips: Vec<SceneClips> =
+        scenes.iter().map(|s| prepare_scene(s, opts.gop_secs, &cache_dir, &cfg)).collect::<Result<_, _>>()?;
 
     let mut pushers = Vec::new();
     for (i, _) in scenes.iter().enumerate() {
@@ -873,6 +883,7 @@ pub async fn quality(opts: QualityOptions) -> anyhow::Result<QualityReport> {
         pre_roll_secs: config.record.pre_roll_secs,
         post_roll_secs: config.record.post_roll_secs,
         motion_settings: opts.motion.lines().skip(1).map(str::to_string).collect(),
+        gop_secs: opts.gop_secs,
         scenes: scenes.iter().map(|s| (s.name.to_string(), s.what.to_string())).collect(),
         targets_met: scores.iter().all(|s| s.problems.is_empty()),
         channels: scores,
@@ -890,6 +901,9 @@ pub fn render(r: &QualityReport) -> String {
          backed-up seconds read from the files' frame bar codes. See docs/quality.md.\n\n",
         r.machine, r.pre_roll_secs, r.post_roll_secs
     );
+    if r.gop_secs != crate::DEFAULT_GOP_SECS {
+        md += &format!("Cameras' keyframe interval (GOP): {} s.\n\n", r.gop_secs);
+    }
     if !r.motion_settings.is_empty() {
         md += &format!("Motion settings: `{}`.\n\n", r.motion_settings.join("`, `"));
     }

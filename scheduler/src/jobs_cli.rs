@@ -112,8 +112,8 @@ pub async fn run(config: &Config, mut conn: ConnectionManager, keys: &Keys, cmd:
                 }
                 _ => {
                     let path = image.context("yolo needs --image <file.jpg>")?;
-                    let jpeg = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-                    let job = YoloJob { channel, frame_ts_ms: now, motion_event: event, motion_boxes: vec![], jpeg };
+                    let image = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+                    let job = YoloJob { channel, frame_ts_ms: now, motion_event: event, motion_boxes: vec![], image };
                     let id = Queue::<YoloJob>::new(conn.clone(), keys, &config.queue).push(&job).await?;
                     println!("queued yolo job {id} for channel {channel} ({})", path.display());
                 }

@@ -36,10 +36,11 @@ pub use plan::{plan, Plan};
 /// How long a scheduler's leadership lasts without renewal.
 const LEADER_TTL_MS: u64 = 15_000;
 /// How often the leader purges finished jobs from the queues.
-const PURGE_EVERY: Duration = Duration::from_secs(30);
-/// Finished YOLO jobs (each carries a frame) are purged after this; dead ones are kept longer
-/// for inspection.
-const YOLO_DONE_KEEP: Duration = Duration::from_secs(60);
+const PURGE_EVERY: Duration = Duration::from_secs(10);
+/// Finished YOLO jobs (each carries a frame, a lossless one by default: a few hundred KiB) are
+/// purged after this, so Redis holds about 20 s of them; their results are on the objects
+/// stream. Dead ones are kept longer for inspection.
+const YOLO_DONE_KEEP: Duration = Duration::from_secs(10);
 const DEAD_KEEP: Duration = Duration::from_secs(3600);
 
 /// Runs the scheduler until `shutdown` is cancelled.
@@ -174,7 +175,7 @@ impl Scheduler {
         Ok(true)
     }
 
-    /// apalis keeps finished jobs forever; YOLO jobs carry a JPEG each, so they would fill Redis.
+    /// apalis keeps finished jobs forever; YOLO jobs carry a frame each, so they would fill Redis.
     async fn purge(&mut self) {
         let yolo = self.yolo.purge_finished(YOLO_DONE_KEEP, DEAD_KEEP).await;
         let motion = self.queue.purge_finished(DEAD_KEEP, DEAD_KEEP).await;

@@ -387,7 +387,7 @@ async fn api_serves_live_data_validates_input_and_guards_mutations() {
     let waiting: serde_json::Value = serde_json::from_str(&cctv(&["jobs", "list", "yolo", "--json"])).unwrap();
     assert_eq!(waiting.as_array().unwrap().len(), 1, "{waiting}");
     assert!(
-        waiting[0]["payload"]["jpeg"].as_str().unwrap().contains("bytes of base64"),
+        waiting[0]["payload"]["image"].as_str().unwrap().contains("bytes of base64"),
         "payload shown without the image"
     );
     assert!(cctv(&["storage"]).contains("NODE"));

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cctv_common::config::MotionConfig;
+use cctv_common::config::{FrameFormat, MotionConfig};
 use cctv_common::events::{now_ms, ChannelState, MotionEventKind, NormBox};
 use cctv_common::ffmpeg::{self, FfmpegCommand, FfmpegProcess, Stopper, VideoSize};
 use cctv_common::jobs::{MotionChannel, YoloFrames};
@@ -73,7 +73,7 @@ pub enum ChannelMsg {
     /// the detector sees), every [`PREVIEW_EVERY_MS`].
     Preview { channel: u32, ts_ms: i64, jpeg: Vec<u8> },
     /// A colour frame of a priority channel in motion, for object detection.
-    Frame { channel: u32, ts_ms: i64, motion_event: String, boxes: Vec<NormBox>, jpeg: Vec<u8>, _place: InFlight },
+    Frame { channel: u32, ts_ms: i64, motion_event: String, boxes: Vec<NormBox>, image: Vec<u8>, _place: InFlight },
 }
 
 /// State shared between a channel thread and its batch supervisor.
@@ -541,7 +541,7 @@ fn feed_gate(
     pictures: &std::sync::mpsc::SyncSender<GatePicture>,
     spare: &std::sync::mpsc::Receiver<Vec<u8>>,
 ) -> Result<(), GatedError> {
-    let mut gate: Gate<FlvTag> = Gate::new(params.gate_rise);
+    let mut gate: Gate<FlvTag> = Gate::new(params.gate_rise, (params.gate_keyframe_secs * 1000.0) as i64);
     let mut config: Option<FlvTag> = None;
     // Each packet's tag is what the analysis needs of it: the decoder hands it back with the
     // packet's own picture (presentation order, B-frames).
@@ -603,14 +603,18 @@ fn feed_gate(
             tracing::debug!(threshold = gate.threshold(), "gate closed: still scene");
         }
         // Time watched from packets alone, in frames at `fps`: all of it while closed but for
-        // the keyframes analysed; the packets a newly open gate decodes are analysed after all.
+        // the keyframes analysed; the packets a newly open gate decodes are analysed after all
+        // (with their keyframe, when it was kept undecoded: the first of them, before this one).
         let gap = last_arrival.map_or(0, |t| (taken - t).max(0)) as f64;
         last_arrival = Some(taken);
         if !gate.is_open() {
-            gated_ms += gap - if key { interval_ms } else { 0.0 };
+            gated_ms += gap - if key && !step.skipped { interval_ms } else { 0.0 };
         }
         if let (Some(_), Some(first)) = (step.opened, step.feed.first()) {
             gated_ms -= (taken - first.arrived_ms) as f64;
+            if first.item.is_keyframe() && first.arrived_ms < taken {
+                gated_ms -= interval_ms;
+            }
         }
         gated_ms = gated_ms.max(0.0);
         shared.frames_gated.store(gated_before + (gated_ms * params.fps / 1000.0) as u64, Ordering::Relaxed);
@@ -851,14 +855,14 @@ fn analyse(
                     None => {
                         shared.yolo_dropped_backlog.fetch_add(1, Ordering::Relaxed);
                     }
-                    Some(place) => match c.jpeg(&frame) {
-                        Ok(jpeg) => {
+                    Some(place) => match c.yolo_image(&frame) {
+                        Ok(image) => {
                             let _ = out.send(ChannelMsg::Frame {
                                 channel: ch.id,
                                 ts_ms: ts,
                                 motion_event: event,
                                 boxes: verdict.boxes.clone(),
-                                jpeg,
+                                image,
                                 _place: place,
                             });
                         }
@@ -916,6 +920,7 @@ struct ColourFrames {
     grey_w: u32,
     grey_h: u32,
     quality: i32,
+    format: FrameFormat,
     last_sent_ms: i64,
     grey_full: Mat,
     grey_small: Mat,
@@ -931,6 +936,7 @@ impl ColourFrames {
             grey_w,
             grey_h,
             quality: y.jpeg_quality as i32,
+            format: y.format,
             last_sent_ms: 0,
             grey_full: Mat::default(),
             grey_small: Mat::default(),
@@ -965,6 +971,21 @@ impl ColourFrames {
         let params = Vector::from_slice(&[imgcodecs::IMWRITE_JPEG_QUALITY, self.quality]);
         imgcodecs::imencode(".jpg", &m, &mut buf, &params)?;
         Ok(buf.to_vec())
+    }
+
+    /// The frame as YOLO gets it: PNG (lossless; zlib level 1, the fastest: the bytes only
+    /// cross Redis once) or JPEG.
+    fn yolo_image(&self, bgr: &[u8]) -> opencv::Result<Vec<u8>> {
+        match self.format {
+            FrameFormat::Jpeg => self.jpeg(bgr),
+            FrameFormat::Png => {
+                let m = self.mat(bgr)?;
+                let mut buf = Vector::<u8>::new();
+                let params = Vector::from_slice(&[imgcodecs::IMWRITE_PNG_COMPRESSION, 1]);
+                imgcodecs::imencode(".png", &m, &mut buf, &params)?;
+                Ok(buf.to_vec())
+            }
+        }
     }
 }
 
@@ -1074,5 +1095,46 @@ mod stream_clock_tests {
         // The stream's clock jumped (a reconnect): re-anchored on arrival.
         assert_eq!(c.frame_time(90, 100_700), 100_700);
         assert_eq!(c.frame_time(190, 100_800), 100_800);
+    }
+}
+
+#[cfg(test)]
+mod yolo_image_tests {
+    use super::*;
+
+    /// A camera-like picture: a gradient with noise, so a lossy codec cannot keep it exactly.
+    fn picture(w: usize, h: usize) -> Vec<u8> {
+        let mut seed = 12345u32;
+        (0..w * h * 3)
+            .map(|i| {
+                seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                ((i % (w * 3)) as u32 / 8 + (seed >> 16) % 24) as u8
+            })
+            .collect()
+    }
+
+    fn decoded(image: &[u8]) -> Vec<u8> {
+        let m = imgcodecs::imdecode(&Vector::from_slice(image), imgcodecs::IMREAD_COLOR).unwrap();
+        m.data_bytes().unwrap().to_vec()
+    }
+
+    #[test]
+    fn yolo_gets_the_decoded_picture_itself_unless_jpeg_is_asked_for() {
+        let (w, h) = (64, 36);
+        let bgr = picture(w, h);
+        let mut frames = YoloFrames {
+            fps: 2.0,
+            recording_fps: 1.0,
+            max_frame_height: 720,
+            format: FrameFormat::Png,
+            jpeg_quality: 85,
+        };
+        let png = ColourFrames::new(&frames, w as u32, h as u32, 18).yolo_image(&bgr).unwrap();
+        assert!(png.starts_with(b"\x89PNG"));
+        assert!(decoded(&png) == bgr, "PNG is lossless: YOLO scores exactly what was decoded");
+        frames.format = FrameFormat::Jpeg;
+        let jpeg = ColourFrames::new(&frames, w as u32, h as u32, 18).yolo_image(&bgr).unwrap();
+        assert!(jpeg.starts_with(b"\xff\xd8"));
+        assert!(decoded(&jpeg) != bgr, "JPEG is not");
     }
 }

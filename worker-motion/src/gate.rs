@@ -7,11 +7,11 @@
 //!
 //! - **open** (at start, during motion, presence, an open backup of a priority channel, and
 //!   `gate_hold_secs` after): every packet, as a plain reader would;
-//! - **closed**: every keyframe (analysed: a slow change that never shows in packet sizes is
-//!   still seen, one frame per GOP) and the few packets after it (decoded, not
-//!   analysed: they push the keyframe's picture out of the decoder now instead of a GOP later,
-//!   none without B-frames); the
-//!   other packets of the GOP are kept in memory, undecoded.
+//! - **closed**: a keyframe at most every `gate_keyframe_secs` (analysed: a slow change that
+//!   never shows in packet sizes is still seen; with a longer GOP, every keyframe) and the few
+//!   packets after it (decoded, not analysed: they push the keyframe's picture out of the
+//!   decoder now instead of a GOP later, none without B-frames); the other packets of the GOP,
+//!   and a keyframe not analysed, are kept in memory, undecoded.
 //!
 //! The gate opens on a P-frame larger than `gate_rise` x the learned quiet level (the 95th
 //! percentile of the last [`QUIET_WINDOW`] P-frame sizes seen while nothing happened), or when
@@ -44,6 +44,10 @@ pub const MAX_GOP_PACKETS: usize = 600;
 /// picture would come out a GOP late. How many is measured on the stream
 /// (`Gate::set_pushers`: the decoder's lag, `AvcDecoder::lag`).
 pub const MAX_PUSHERS: usize = 4;
+
+/// A keyframe arriving this share of `gate_keyframe_secs` after the last one analysed is due:
+/// arrival jitter must not make a GOP exactly that long skip every other keyframe.
+const KEYFRAME_DUE_SHARE: f64 = 0.9;
 
 /// FLV codec id of H.264 (AVC).
 pub const FLV_CODEC_AVC: u8 = 7;
@@ -198,12 +202,18 @@ pub struct Gate<T> {
     fed: usize,
     learn_after_ms: i64,
     pushers: usize,
+    /// A closed gate analyses a keyframe only this long after the last one analysed.
+    keyframe_every_ms: i64,
+    last_keyframe_analysed_ms: Option<i64>,
 }
 
 impl<T: Clone> Gate<T> {
-    /// A gate that opens at `rise` x the quiet level; it starts open.
-    pub fn new(rise: f64) -> Self {
+    /// A gate that opens at `rise` x the quiet level and, closed, analyses a keyframe at most
+    /// every `keyframe_every_ms` (0: every one); it starts open.
+    pub fn new(rise: f64, keyframe_every_ms: i64) -> Self {
         Self {
+            keyframe_every_ms: (keyframe_every_ms as f64 * KEYFRAME_DUE_SHARE) as i64,
+            last_keyframe_analysed_ms: None,
             rise,
             open: true,
             seen_keyframe: false,
@@ -253,11 +263,18 @@ impl<T: Clone> Gate<T> {
                 self.learn_after_ms = now_ms + LEARN_PAUSE_MS;
                 step.opened = Some(OpenReason::Hold);
             }
-            step.feed.push(Feed { item: item.clone(), arrived_ms: now_ms, analyse: true });
+            let due = self.last_keyframe_analysed_ms.is_none_or(|t| now_ms - t >= self.keyframe_every_ms);
+            if self.open || step.closed || due {
+                step.feed.push(Feed { item: item.clone(), arrived_ms: now_ms, analyse: true });
+                self.last_keyframe_analysed_ms = Some(now_ms);
+                self.fed = 1;
+            } else {
+                // Kept undecoded: the GOP an opening gate decodes still starts at it.
+                step.skipped = true;
+            }
             if !self.open {
                 self.gop.push(Kept { item, arrived_ms: now_ms });
                 self.gop_bytes += size;
-                self.fed = 1;
             }
             return step;
         }
@@ -329,18 +346,26 @@ impl<T: Clone> Gate<T> {
 mod tests {
     use super::*;
 
-    /// A 10 fps stream with a GOP of 20: packet `i` arrives at `i * 100` ms.
+    /// A 10 fps stream with a GOP of 20 (or `gop`): packet `i` arrives at `i * 100` ms.
     struct Stream {
         gate: Gate<usize>,
         next: usize,
         fed: Vec<Feed<usize>>,
+        gop: usize,
     }
 
     impl Stream {
+        /// The default setting (a keyframe analysed at most every 2 s) and a 2 s GOP.
         fn new() -> Self {
-            let mut gate = Gate::new(1.5);
+            Self::with(20, 2000)
+        }
+        fn with(gop: usize, keyframe_every_ms: i64) -> Self {
+            let mut gate = Gate::new(1.5, keyframe_every_ms);
             gate.set_pushers(2);
-            Self { gate, next: 0, fed: Vec::new() }
+            Self { gate, next: 0, fed: Vec::new(), gop }
+        }
+        fn analysed_items(&self) -> Vec<usize> {
+            self.fed.iter().filter(|f| f.analyse).map(|f| f.item).collect()
         }
         /// Pushes packets of `size` (keyframes 4000 bytes) with `hold` for `n` packets.
         fn play(&mut self, n: usize, size: usize, hold: bool) -> Vec<Step<usize>> {
@@ -348,7 +373,7 @@ mod tests {
                 .map(|_| {
                     let i = self.next;
                     self.next += 1;
-                    let key = i % 20 == 0;
+                    let key = i % self.gop == 0;
                     let step = self.gate.push(i, if key { 4000 } else { size }, key, i as i64 * 100, hold);
                     self.fed.extend(step.feed.iter().cloned());
                     step
@@ -393,6 +418,59 @@ mod tests {
     }
 
     #[test]
+    fn a_short_gop_is_analysed_every_gate_keyframe_secs_and_an_opening_gate_decodes_from_its_keyframe() {
+        // A camera with a keyframe every 0.5 s: closed, one keyframe in four is analysed.
+        let mut s = Stream::with(5, 2000);
+        s.play(60, 100, false);
+        assert!(!s.gate.is_open(), "closed after learning");
+        s.fed.clear();
+        let steps = s.play(80, 100, false);
+        let analysed = s.analysed_items();
+        assert_eq!(analysed.len(), 4, "8 s of a still scene: {analysed:?}");
+        assert!(analysed.windows(2).all(|w| w[1] - w[0] == 20), "every 2 s: {analysed:?}");
+        assert!(analysed.iter().all(|i| i % 5 == 0), "keyframes only: {analysed:?}");
+        let skipped_keys = steps.iter().zip(60..).filter(|(st, i)| i % 5 == 0 && st.skipped).count();
+        assert_eq!(skipped_keys, 12, "the other keyframes are kept, not decoded");
+        // A rise in a GOP whose keyframe was not analysed: decoding starts at that keyframe.
+        let next = loop {
+            let i = s.next;
+            if s.play(1, 100, false)[0].skipped && i % 5 == 0 {
+                break i;
+            }
+        };
+        s.play(1, 100, false);
+        assert_eq!(s.gate.kept().0, 2, "its keyframe and the P-frame after it are kept");
+        s.fed.clear();
+        let steps = s.play(1, 400, false);
+        assert_eq!(steps[0].opened, Some(OpenReason::SizeRise));
+        assert_eq!(s.fed_items(), vec![next, next + 1, next + 2], "from the kept keyframe, in order");
+        assert!(s.fed.iter().all(|f| f.analyse));
+        assert_eq!(s.fed[0].arrived_ms, next as i64 * 100, "with its own arrival time");
+    }
+
+    #[test]
+    fn every_keyframe_is_analysed_with_zero_or_a_gop_as_long_as_the_setting_even_when_packets_jitter() {
+        let mut s = Stream::with(5, 0);
+        s.play(60, 100, false);
+        s.fed.clear();
+        s.play(40, 100, false);
+        assert_eq!(s.analysed_items(), vec![60, 65, 70, 75, 80, 85, 90, 95], "0: every keyframe");
+        // A 2 s GOP under a 2 s setting, keyframes arriving 1.95 s apart: none is skipped.
+        let mut g: Gate<u32> = Gate::new(1.5, 2000);
+        let mut analysed = 0;
+        let mut t = 0;
+        for i in 0..200u32 {
+            let key = i % 20 == 0;
+            t += if key { 50 } else { 100 };
+            let st = g.push(i, if key { 4000 } else { 100 }, key, t, false);
+            assert!(!(key && st.skipped), "keyframe {i} at {t} ms skipped");
+            analysed += st.feed.iter().filter(|f| key && f.analyse).count();
+        }
+        assert!(!g.is_open());
+        assert_eq!(analysed, 10);
+    }
+
+    #[test]
     fn a_small_rise_or_noise_within_the_learned_level_keeps_it_closed() {
         let mut s = Stream::new();
         // A noisy scene: P-frames between 800 and 1200 bytes.
@@ -425,7 +503,7 @@ mod tests {
 
     #[test]
     fn nothing_before_the_first_keyframe_is_fed_and_it_never_closes_before_learning() {
-        let mut g: Gate<u32> = Gate::new(1.5);
+        let mut g: Gate<u32> = Gate::new(1.5, 2000);
         assert!(g.push(1, 100, false, 0, false).skipped);
         let st = g.push(2, 4000, true, 100, false);
         assert!(!st.closed && st.feed.len() == 1, "starts open");

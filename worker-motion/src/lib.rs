@@ -350,8 +350,8 @@ async fn publish_event(
             }
             return;
         }
-        ChannelMsg::Frame { channel, ts_ms, motion_event, boxes, jpeg, _place } => {
-            let job = YoloJob { channel, frame_ts_ms: ts_ms, motion_event, motion_boxes: boxes, jpeg };
+        ChannelMsg::Frame { channel, ts_ms, motion_event, boxes, image, _place } => {
+            let job = YoloJob { channel, frame_ts_ms: ts_ms, motion_event, motion_boxes: boxes, image };
             return send_to_yolo(ctx, conn, job).await; // `_place` is freed after the send
         }
     };

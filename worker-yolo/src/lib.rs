@@ -144,7 +144,7 @@ fn start_inference(
                     let _ = p.reply.send(Outcome::Stale);
                     continue;
                 }
-                match model::decode_image(&p.job.jpeg) {
+                match model::decode_image(&p.job.image) {
                     Ok(frame) => ready.push((p, frame)),
                     Err(e) => {
                         let _ = p.reply.send(Outcome::BadFrame(e.to_string()));

@@ -136,8 +136,10 @@ async fn motion_inside_a_mask_or_under_a_channels_own_threshold_raises_no_event(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gate_leaves_a_still_camera_undecoded_and_catches_activity_from_its_start() {
     let channels = [channel(1), channel(2)].concat();
-    // The default; said here so the test keeps testing the gate whatever the default becomes.
-    let mut cluster = Cluster::new(&channels, 8, "[motion]\ngate = true\n");
+    // The defaults; said here so the test keeps testing them whatever the defaults become. The
+    // clips have a 1 s GOP: a closed gate analyses every other keyframe, keeps the others
+    // undecoded, and an opening gate may have to start from one of those.
+    let mut cluster = Cluster::new(&channels, 8, "[motion]\ngate = true\ngate_keyframe_secs = 2\n");
     let active = people_clip(cluster.dir.path(), "active.mp4", 3, QUIET_BEFORE + 12.0, QUIET_AFTER);
     let active_len = probe_duration(&active);
     let quiet_before = QUIET_BEFORE + 12.0;
@@ -185,5 +187,6 @@ async fn the_gate_leaves_a_still_camera_undecoded_and_catches_activity_from_its_
     eprintln!("still ch2: {} frames analysed, {} left undecoded by the gate", s2.frames_total, s2.frames_gated);
     assert!(s2.online && watched >= 200, "watched 45 s at 5 fps: {s2:?}");
     assert!(s2.frames_gated * 10 >= watched * 7, "most frames of the still camera never decoded: {s2:?}");
-    assert!(s2.frames_total >= 20, "one keyframe per GOP is still analysed: {s2:?}");
+    // Open while it learns (~1 s at 5 fps), then one keyframe every 2 s (not every 1 s).
+    assert!((20..=44).contains(&s2.frames_total), "one keyframe every 2 s analysed (56 with every keyframe): {s2:?}");
 }

@@ -66,7 +66,7 @@ async fn priority_channel_gets_objects_others_none_stale_and_corrupt_jobs_droppe
         frame_ts_ms: now_ms() - 10_000,
         motion_event: "stale-probe".into(),
         motion_boxes: vec![],
-        jpeg: jpeg.clone(),
+        image: jpeg.clone(),
     };
     let dropped_before = cluster.yolo_stat("dropped_stale").await;
     q.push(&stale).await.unwrap();
@@ -82,7 +82,7 @@ async fn priority_channel_gets_objects_others_none_stale_and_corrupt_jobs_droppe
         frame_ts_ms: now_ms(),
         motion_event: "corrupt-probe".into(),
         motion_boxes: vec![],
-        jpeg: b"\xff\xd8garbage".to_vec(),
+        image: b"\xff\xd8garbage".to_vec(),
     };
     q.push(&corrupt).await.unwrap();
     wait_for(Duration::from_secs(15), || async { (cluster.yolo_stat("failed").await >= 1).then_some(()) })
