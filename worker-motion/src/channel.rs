@@ -973,17 +973,25 @@ impl ColourFrames {
         Ok(buf.to_vec())
     }
 
-    /// The frame as YOLO gets it: PNG (lossless; zlib level 1, the fastest: the bytes only
-    /// cross Redis once) or JPEG.
-    fn yolo_image(&self, bgr: &[u8]) -> opencv::Result<Vec<u8>> {
+    /// The frame as YOLO gets it: PNG (lossless) or JPEG. The PNG is written by the `png`
+    /// crate with its fast deflate and one fixed filter (Paeth): 1.8 ms for 640x360 where
+    /// OpenCV's libpng at level 1 took 11.7 ms (adaptive filtering), for ~290 KiB against 262.
+    fn yolo_image(&self, bgr: &[u8]) -> Result<Vec<u8>, String> {
         match self.format {
-            FrameFormat::Jpeg => self.jpeg(bgr),
+            FrameFormat::Jpeg => self.jpeg(bgr).map_err(|e| e.to_string()),
             FrameFormat::Png => {
-                let m = self.mat(bgr)?;
-                let mut buf = Vector::<u8>::new();
-                let params = Vector::from_slice(&[imgcodecs::IMWRITE_PNG_COMPRESSION, 1]);
-                imgcodecs::imencode(".png", &m, &mut buf, &params)?;
-                Ok(buf.to_vec())
+                let rgb: Vec<u8> = bgr.chunks_exact(3).flat_map(|p| [p[2], p[1], p[0]]).collect();
+                let mut out = Vec::with_capacity(bgr.len() / 2);
+                let mut encoder = png::Encoder::new(&mut out, self.width as u32, self.height as u32);
+                encoder.set_color(png::ColorType::Rgb);
+                encoder.set_depth(png::BitDepth::Eight);
+                encoder.set_compression(png::Compression::Fast);
+                encoder.set_filter(png::FilterType::Paeth);
+                encoder.set_adaptive_filter(png::AdaptiveFilterType::NonAdaptive);
+                let mut writer = encoder.write_header().map_err(|e| format!("PNG: {e}"))?;
+                writer.write_image_data(&rgb).map_err(|e| format!("PNG: {e}"))?;
+                writer.finish().map_err(|e| format!("PNG: {e}"))?;
+                Ok(out)
             }
         }
     }
