@@ -20,7 +20,10 @@ fn workers_ride_out_a_network_cut_to_redis_and_nginx() {
     let clip = tmp.path().join("cam.mp4");
     cctv_testkit::make_clip(&cctv_testkit::media("people-detection.gif"), &clip, 6, 6.0, 8.0);
     let site = SiteServers::start(&a, tmp.path(), &logs, &clip, 1, true);
-    let cfg = site.write_config(&a, tmp.path(), 1);
+    // The clip's quiet stretches are its first and last frame held, with people standing at
+    // its edge: YOLO (scoring the decoded pictures) sees them, so the recording stays open
+    // across the whole loop. Files then come at `max_file_seconds`, not at its end.
+    let cfg = site.write_config_with(&a, tmp.path(), 1, "max_file_seconds = 20\n");
     let cfg_s = cfg.to_str().unwrap();
     let _scheduler = a.spawn(workspace_bin("scheduler"), &["--config", cfg_s, "run"], &logs.join("scheduler.log"));
     let redis = RedisCli { host: &a, port: site.redis_port };

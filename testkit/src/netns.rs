@@ -191,11 +191,16 @@ impl SiteServers {
     /// one channel per batch, 5 s pre/post-roll, YOLO with the shared model, and `channels`
     /// priority channels (`live/ch<i>`). Backups go to `<dir>/backups`.
     pub fn write_config(&self, host: &Host, dir: &Path, channels: u32) -> PathBuf {
+        self.write_config_with(host, dir, channels, "")
+    }
+
+    /// The same with `record_extra` (TOML lines) added to its `[record]` section.
+    pub fn write_config_with(&self, host: &Host, dir: &Path, channels: u32, record_extra: &str) -> PathBuf {
         let mut text = format!(
             "[cluster]\nredis_url = \"redis://{a}:{redis_port}\"\nnamespace = \"it\"\n\
              [rtmp]\npublish_url = \"rtmp://{a}:{rtmp_port}/live\"\nplay_url = \"rtmp://{a}:{rtmp_port}/live\"\nhls_url = \"http://{a}:{http_port}/hls\"\n\
              [scheduler]\nbatch_size = 1\nreconcile_interval_secs = 1\n[api]\nlisten = \"{a}:8088\"\n\
-             [record]\nbackup_dir = \"{bk}\"\ntimezone = \"UTC\"\npre_roll_secs = 5\npost_roll_secs = 5\n[logs]\ndir = \"{lg}\"\n\
+             [record]\nbackup_dir = \"{bk}\"\ntimezone = \"UTC\"\npre_roll_secs = 5\npost_roll_secs = 5\n{record_extra}[logs]\ndir = \"{lg}\"\n\
              [motion]\nmax_hold_secs = 10\n\
              [yolo]\nmodel = \"{model}\"\nsnapshot_dir = \"{snap}\"\n",
             a = host.addr,
