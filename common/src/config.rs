@@ -190,8 +190,8 @@ pub struct MotionConfig {
     /// (keyframes are decoded and analysed, at most every `gate_keyframe_secs`, so slow changes
     /// are still seen), and during motion, presence and `gate_hold_secs` after. When it opens,
     /// decoding starts from the last keyframe (kept in memory), so no frame after it is lost.
-    /// H.264 only; other codecs are decoded always. Default true (the quality harness scores the same with and without it,
-    /// docs/quality.md).
+    /// H.264 only; other codecs are decoded always. Default true (the quality harness scores
+    /// the same with and without it, docs/quality.md).
     pub gate: bool,
     /// A P-frame this many times the learned quiet level (its 95th percentile over the last
     /// 10 s of quiet) opens the gate. Default 1.5.

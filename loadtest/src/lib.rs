@@ -422,6 +422,24 @@ pub struct Report {
 /// The cameras' keyframe interval unless `--gop-secs` says otherwise (many cameras' default).
 pub const DEFAULT_GOP_SECS: f64 = 2.0;
 
+/// A keyframe interval of `gop_secs` at `fps`: in frames (x264's `-g`), and the tag clip cache
+/// names carry for it (none for the default, so the caches of earlier runs stay valid).
+pub(crate) fn gop_frames(fps: u32, gop_secs: f64) -> (u32, String) {
+    let frames = ((f64::from(fps) * gop_secs).round() as u32).max(1);
+    let tag = if gop_secs == DEFAULT_GOP_SECS { String::new() } else { format!("-g{frames}") };
+    (frames, tag)
+}
+
+/// `--gop-secs`, checked (both subcommands take it).
+pub fn parse_gop_secs(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if (0.1..=10.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is out of range 0.1..=10"))
+    }
+}
+
 /// Camera clips: an active scene and a still one, main and sub-stream, long enough for the run
 /// (a short encode, then stream-copied many times over, so clip ends are rare).
 fn prepare_clips(cache: &Path, gop_secs: f64) -> anyhow::Result<[(PathBuf, PathBuf); 3]> {
@@ -429,9 +447,7 @@ fn prepare_clips(cache: &Path, gop_secs: f64) -> anyhow::Result<[(PathBuf, PathB
     let make = |name: &str, src: &str, vf_extra: &str| -> anyhow::Result<(PathBuf, PathBuf)> {
         let mut out = Vec::new();
         for (kind, w, h, fps) in [("main", 1280, 720, 25), ("sub", 640, 360, 10)] {
-            let gop = ((fps as f64 * gop_secs).round() as u32).max(1);
-            // The default 2 s GOP keeps the cache names of earlier runs.
-            let suffix = if gop_secs == DEFAULT_GOP_SECS { String::new() } else { format!("-g{gop}") };
+            let (gop, suffix) = gop_frames(fps, gop_secs);
             let long = cache.join(format!("{name}-{kind}{suffix}.mp4"));
             if !long.is_file() {
                 let short = cache.join(format!("{name}-{kind}-short.mp4"));
@@ -1244,6 +1260,16 @@ mod tests {
             assert!(priority.iter().all(|&i| camera_scene(i, scenes) == 0), "{scenes:?}");
         }
         (per_scene, priority.len())
+    }
+
+    #[test]
+    fn a_gop_in_frames_tags_only_caches_of_a_non_default_interval_and_bad_ones_are_refused() {
+        assert_eq!(gop_frames(25, DEFAULT_GOP_SECS), (50, String::new()));
+        assert_eq!(gop_frames(10, 0.5), (5, "-g5".to_string()));
+        assert_eq!(gop_frames(10, 0.01).0, 1);
+        assert_eq!(parse_gop_secs("0.5"), Ok(0.5));
+        assert!(parse_gop_secs("0").unwrap_err().contains("out of range"));
+        assert!(parse_gop_secs("x").is_err());
     }
 
     #[test]

@@ -251,9 +251,7 @@ struct SceneClips {
 
 /// Makes (or reuses from `cache`) the scene's main and sub-stream clips and their ground truth.
 fn prepare_scene(scene: &Scene, gop_secs: f64, cache: &Path, yolo_config: &Path) -> anyhow::Result<SceneClips> {
-    let gop = ((f64::from(FPS) * gop_secs).round() as u32).max(1);
-    // The default GOP keeps the cache keys of earlier runs.
-    let gop_key = if gop_secs == crate::DEFAULT_GOP_SECS { String::new() } else { format!("-g{gop}") };
+    let (gop, gop_key) = crate::gop_frames(FPS, gop_secs);
     let key = format!("{}{gop_key}-{:016x}", scene.name, fingerprint(&format!("{:?}", scene)));
     let dir = cache.join(&key);
     let meta = dir.join("scene.json");

@@ -202,8 +202,9 @@ pub struct Gate<T> {
     fed: usize,
     learn_after_ms: i64,
     pushers: usize,
-    /// A closed gate analyses a keyframe only this long after the last one analysed.
-    keyframe_every_ms: i64,
+    /// A closed gate analyses a keyframe only this long after the last one analysed
+    /// (`gate_keyframe_secs` less the jitter leeway).
+    keyframe_due_after_ms: i64,
     last_keyframe_analysed_ms: Option<i64>,
 }
 
@@ -212,7 +213,7 @@ impl<T: Clone> Gate<T> {
     /// every `keyframe_every_ms` (0: every one); it starts open.
     pub fn new(rise: f64, keyframe_every_ms: i64) -> Self {
         Self {
-            keyframe_every_ms: (keyframe_every_ms as f64 * KEYFRAME_DUE_SHARE) as i64,
+            keyframe_due_after_ms: (keyframe_every_ms as f64 * KEYFRAME_DUE_SHARE) as i64,
             last_keyframe_analysed_ms: None,
             rise,
             open: true,
@@ -263,7 +264,7 @@ impl<T: Clone> Gate<T> {
                 self.learn_after_ms = now_ms + LEARN_PAUSE_MS;
                 step.opened = Some(OpenReason::Hold);
             }
-            let due = self.last_keyframe_analysed_ms.is_none_or(|t| now_ms - t >= self.keyframe_every_ms);
+            let due = self.last_keyframe_analysed_ms.is_none_or(|t| now_ms - t >= self.keyframe_due_after_ms);
             if self.open || step.closed || due {
                 step.feed.push(Feed { item: item.clone(), arrived_ms: now_ms, analyse: true });
                 self.last_keyframe_analysed_ms = Some(now_ms);
