@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 # the compose test builds the images (base image from Debian packages when no registry answers)
 # and runs the stack.
 APT_PACKAGES=(ffmpeg libavcodec-dev libavformat-dev libavutil-dev libswscale-dev nginx libnginx-mod-rtmp redis-server libopencv-dev clang libclang-dev pkg-config python3-pip unzip curl chromium
-    python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad iproute2
+    python3-gi gir1.2-gst-rtsp-server-1.0 gir1.2-gst-plugins-base-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad iproute2
     docker.io docker-compose debootstrap binutils fonts-dejavu-core mosquitto mosquitto-clients prometheus)
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"

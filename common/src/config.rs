@@ -416,25 +416,40 @@ impl Default for RecordConfig {
     }
 }
 
-/// What relays do with camera audio (FLV carries AAC/MP3; cameras often send G.711).
+/// What relays do with camera audio (FLV and MPEG-TS carry AAC/MP3; cameras often send G.711).
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum RelayAudio {
     /// No audio in the relayed stream (and so in backups).
     #[default]
     Drop,
-    /// Copy the first audio track (it must be AAC or MP3).
+    /// Keep the first audio track: copied when it is AAC or MP3, transcoded to AAC otherwise
+    /// (G.711, G.726, ...), so no camera codec stops the video.
     Copy,
     /// Transcode the first audio track to AAC (costs a little CPU per channel).
     Aac,
 }
 
 /// The RTSP → RTMP relays (`scheduler relay`, next to nginx-rtmp).
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RelayConfig {
     /// Default `drop`.
     pub audio: RelayAudio,
+    /// nginx-rtmp's HLS directory (`scheduler nginx-config --hls-dir`), which `rtmp.hls_url`
+    /// serves. Streams nginx-rtmp cannot carry (H.265) get a rolling buffer that the relay
+    /// writes itself under `<hls_dir>/relay/ch<id>/`, served as `<hls_url>/relay/ch<id>/`, so
+    /// the relay runs where it can write this directory. Default `/dev/shm/cctv-hls`.
+    pub hls_dir: std::path::PathBuf,
+    /// Seconds of video the relay's own buffer keeps (like `--hls-playlist-secs`: pre-roll
+    /// plus the record workers' retries). Default 60, at least 30.
+    pub buffer_secs: u32,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self { audio: RelayAudio::Drop, hls_dir: "/dev/shm/cctv-hls".into(), buffer_secs: 60 }
+    }
 }
 
 /// The HTTP API and dashboard, served by `scheduler run`.
@@ -1111,6 +1126,12 @@ impl Config {
             p.add("api.token", "must be at least 16 characters".into());
         }
         check_url(&mut p, "rtmp.hls_url", &self.rtmp.hls_url, &["http", "https"]);
+        if !self.relay.hls_dir.is_absolute() {
+            p.add("relay.hls_dir", format!("{} must be an absolute path", self.relay.hls_dir.display()));
+        }
+        if !(30..=3600).contains(&self.relay.buffer_secs) {
+            p.add("relay.buffer_secs", format!("{} must be 30..=3600 (pre-roll and retries need 30 s)", self.relay.buffer_secs));
+        }
         if self.logs.dir.as_os_str().is_empty() {
             p.add("logs.dir", "must not be empty".into());
         }
@@ -1221,6 +1242,12 @@ impl Config {
     /// The HLS playlist of a channel's main stream (what record workers read).
     pub fn hls_playlist_url(&self, ch: &ChannelConfig) -> String {
         format!("{}/{}/index.m3u8", self.rtmp.hls_url.trim_end_matches('/'), ch.stream_name())
+    }
+
+    /// The relay's own rolling buffer of `ch`'s main stream (for codecs nginx-rtmp cannot
+    /// carry): `<hls_url>/relay/ch<id>/index.m3u8`, in the same form as nginx-rtmp's.
+    pub fn relay_playlist_url(&self, ch: &ChannelConfig) -> String {
+        format!("{}/relay/{}/index.m3u8", self.rtmp.hls_url.trim_end_matches('/'), ch.stream_name())
     }
 
     /// Labels that make an `objects` channel record.

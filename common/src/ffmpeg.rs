@@ -40,7 +40,7 @@ pub enum FfmpegError {
 /// file on a storage that hangs (a dead network mount) must not hold a worker thread forever.
 pub fn ffprobe(args: &[&str], path: &std::path::Path, timeout: Duration) -> Result<String, FfmpegError> {
     use std::io::Read;
-    let label = format!("ffprobe {}", path.display());
+    let label = format!("ffprobe {}", scrub_urls(&path.display().to_string()));
     let mut child = std::process::Command::new("ffprobe")
         .args(args)
         .arg(path)
@@ -74,7 +74,7 @@ pub fn ffprobe(args: &[&str], path: &std::path::Path, timeout: Duration) -> Resu
         }
     };
     let (out, err) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
-    let tail = redact_text(String::from_utf8_lossy(&err).trim()).into_owned();
+    let tail = scrub_urls(&redact_text(String::from_utf8_lossy(&err).trim()));
     match status {
         None => Err(FfmpegError::Failed {
             label,
@@ -84,6 +84,96 @@ pub fn ffprobe(args: &[&str], path: &std::path::Path, timeout: Duration) -> Resu
         Some(s) if !s.success() => Err(FfmpegError::Exited { label, status: s.to_string(), tail }),
         Some(_) => Ok(String::from_utf8_lossy(&out).into_owned()),
     }
+}
+
+/// Why an ffmpeg (or ffprobe) run failed, in plain words, from its stderr tail: a known cause
+/// first (H.265 into FLV, a refused password, a camera that does not answer, ...), else the
+/// first error line with ffmpeg's `[ctx @ 0x…] [error]` prefixes removed. Never an empty
+/// level tag, never a URL's credentials or query string.
+pub fn explain_failure(tail: &str) -> String {
+    let lower = tail.to_lowercase();
+    let has = |s: &str| lower.contains(s);
+    let known: Option<String> = if has("not compatible with flv") {
+        let codec = if has("codec hevc") { "H.265" } else { "a video codec other than H.264" };
+        Some(format!("camera sends {codec}, which nginx-rtmp cannot carry"))
+    } else if has("401 unauthorized") {
+        Some("camera refused the user name or password (401 Unauthorized)".into())
+    } else if has("403 forbidden") {
+        Some("camera refused access (403 Forbidden)".into())
+    } else if has("404 not found") {
+        Some("camera has no stream at that path (404 Not Found)".into())
+    } else if has("connection refused") {
+        // The publish side is the relay's only rtmp:// output.
+        let rtmp = tail.lines().any(|l| l.contains("onnection refused") && l.contains("rtmp://"));
+        Some(if rtmp {
+            "nginx-rtmp refused the connection (is it running?)".into()
+        } else {
+            "camera refused the connection (wrong address or port, or the camera is down)".into()
+        })
+    } else if has("timed out") || has("timeout") {
+        Some("no answer within the timeout (camera unreachable or stalled)".into())
+    } else if has("no route to host") || has("network is unreachable") {
+        Some("no route to the camera's address".into())
+    } else if has("name or service not known") || has("failed to resolve") {
+        Some("the camera's host name does not resolve".into())
+    } else if has("non-monotonous dts") || has("non monotonically increasing dts") {
+        Some("the camera's timestamps went backwards".into())
+    } else if has("badname") || has("already publishing") {
+        Some("nginx-rtmp refused the stream: another relay already publishes it".into())
+    } else {
+        None
+    };
+    if let Some(k) = known {
+        return k;
+    }
+    let clean = |l: &str| -> String {
+        let mut rest = l.trim();
+        // `[tcp @ 0x55…] [error] message`: drop every leading bracketed tag.
+        while rest.starts_with('[') {
+            match rest.find(']') {
+                Some(end) => rest = rest[end + 1..].trim_start(),
+                None => break,
+            }
+        }
+        scrub_urls(rest)
+    };
+    let is_error = |l: &str| l.contains("[error]") || l.contains("[fatal]");
+    let lines: Vec<&str> = tail.lines().collect();
+    lines
+        .iter()
+        .filter(|l| is_error(l))
+        .chain(lines.iter().rev().filter(|l| !is_error(l)))
+        .map(|l| clean(l))
+        .find(|m| !m.is_empty() && m != "Conversion failed!")
+        .unwrap_or_else(|| "ffmpeg ended without saying why".into())
+}
+
+/// Every `scheme://…` in `text` cut to `scheme://host/path`: no user-info, no query (where
+/// cameras take `?password=`), no fragment.
+pub fn scrub_urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find("://") {
+        let start = rest[..pos].rfind(|c: char| !c.is_ascii_alphanumeric() && c != '+').map_or(0, |i| i + 1);
+        out.push_str(&rest[..start]);
+        let after = &rest[pos + 3..];
+        let end = after.find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | '`')).unwrap_or(after.len());
+        let mut url = &after[..end];
+        let trailing_colon = url.ends_with(':');
+        url = url.trim_end_matches(':');
+        let url = url.split(['?', '#']).next().unwrap_or("");
+        let (authority, path) = url.split_at(url.find('/').unwrap_or(url.len()));
+        let host = authority.rsplit('@').next().unwrap_or("");
+        out.push_str(&rest[start..pos + 3]);
+        out.push_str(host);
+        out.push_str(path);
+        if trailing_colon {
+            out.push(':');
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Size of a raw video output stream, parsed from ffmpeg's log.
@@ -308,6 +398,28 @@ fn drain_stderr(stderr: std::process::ChildStderr, shared: &Shared, label: &str)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_are_explained_in_plain_words_never_as_a_bare_level_tag() {
+        let hevc = "[info] Stream #0:0: Video: hevc (Main)\n[flv @ 0x5] [error] Video codec hevc not compatible with flv\n\
+                    [error] Could not write header for output file #0 (incorrect codec parameters ?): Function not implemented\n[error] ";
+        assert_eq!(explain_failure(hevc), "camera sends H.265, which nginx-rtmp cannot carry");
+        let pw = "[rtsp @ 0x1] [error] method DESCRIBE failed: 401 Unauthorized\n[error] rtsp://***@cam/1: Server returned 401 Unauthorized";
+        assert!(explain_failure(pw).contains("user name or password"));
+        let nginx = "[tcp @ 0x55] [error] Connection to tcp://127.0.0.1:1?tcp_nodelay=0 failed: Connection refused\n\
+                     [rtmp @ 0x5] [error] Cannot open connection tcp://127.0.0.1:1?tcp_nodelay=0\n[error] rtmp://127.0.0.1:1/x: Connection refused";
+        assert_eq!(explain_failure(nginx), "nginx-rtmp refused the connection (is it running?)");
+        let cam = "[tcp @ 0x5] [error] Connection to tcp://127.0.0.1:9?timeout=1 failed: Connection refused\n[error] rtsp://127.0.0.1:9/a: Connection refused";
+        assert!(explain_failure(cam).starts_with("camera refused the connection"), "{}", explain_failure(cam));
+        // Unknown: the first error line, without its tags, with URLs cut to host and path.
+        let odd = "[info] x\n[h264 @ 0x5] [error] odd thing at rtsp://u:pw@cam:554/s?password=pw happened\n[error] \n[error]";
+        assert_eq!(explain_failure(odd), "odd thing at rtsp://cam:554/s happened");
+        assert_eq!(explain_failure("[error]\n[error] "), "ffmpeg ended without saying why");
+        for tail in [hevc, pw, nginx, cam, odd, "[error]", ""] {
+            let why = explain_failure(tail);
+            assert!(!why.is_empty() && !why.contains("[error]") && !why.contains("pw"), "{why}");
+        }
+    }
 
     #[test]
     fn ffprobe_that_hangs_is_killed_and_names_the_file() {

@@ -160,7 +160,9 @@ pub struct RecordJob {
     /// Recording id, also the job's idempotency key.
     pub recording: String,
     pub channel: u32,
-    /// HLS playlist of the main stream, `<rtmp.hls_url>/ch<id>/index.m3u8`.
+    /// HLS playlist of the main stream: nginx-rtmp's `<rtmp.hls_url>/ch<id>/index.m3u8`, or
+    /// the relay's own buffer `<rtmp.hls_url>/relay/ch<id>/index.m3u8` for a main stream
+    /// nginx-rtmp cannot carry (see [`RecordJob::playlist_url_for`]).
     pub playlist_url: String,
     /// First instant the backup must contain (trigger − pre-roll), ms since epoch.
     pub start_ms: i64,
@@ -169,6 +171,21 @@ pub struct RecordJob {
 
 impl Job for RecordJob {
     const QUEUE: &'static str = "record";
+}
+
+impl RecordJob {
+    /// The buffer a record job of `ch` reads: the relay's own while the relay says the main
+    /// stream goes there (`<ns>:relay:playlist:<id>`), else nginx-rtmp's. Both URLs come from
+    /// the config: the key only says which, so nothing in Redis can point a worker elsewhere.
+    pub async fn playlist_url_for(
+        conn: &mut redis::aio::ConnectionManager,
+        keys: &crate::keys::Keys,
+        config: &crate::config::Config,
+        ch: &ChannelConfig,
+    ) -> redis::RedisResult<String> {
+        let buffered: bool = redis::AsyncCommands::exists(conn, keys.record_playlist(ch.id)).await?;
+        Ok(if buffered { config.relay_playlist_url(ch) } else { config.hls_playlist_url(ch) })
+    }
 }
 
 /// JSON carries the JPEG as base64 (a third larger) instead of an array of numbers (four times).

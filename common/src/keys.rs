@@ -136,6 +136,11 @@ impl Keys {
     pub fn relay_status(&self, channel: u32) -> String {
         format!("{}:status:relay:{channel}", self.ns)
     }
+    /// The playlist record jobs of `channel` read when it is not nginx-rtmp's (the relay's own
+    /// buffer of an H.265 main stream); written by the relay with a TTL, absent otherwise.
+    pub fn record_playlist(&self, channel: u32) -> String {
+        format!("{}:relay:playlist:{channel}", self.ns)
+    }
     pub fn channel_status(&self, channel: u32) -> String {
         format!("{}:status:channel:{channel}", self.ns)
     }
@@ -175,6 +180,7 @@ mod tests {
             k.backup_status(),
             k.backups_protected(),
             k.channel_status(3),
+            k.record_playlist(3),
             k.channel_preview(3),
             k.worker("w"),
         ] {

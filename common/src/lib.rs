@@ -11,6 +11,7 @@ pub mod heartbeat;
 pub mod jobs;
 pub mod keys;
 pub mod naming;
+pub mod probe;
 pub mod queue;
 pub mod recording;
 pub mod redact;

@@ -552,6 +552,15 @@ async fn status(
             ),
         }
     }
+    // What each camera sends and how it travels (probed by the relay at each start).
+    println!("\nCH    CODECS");
+    for ((id, _, _), relay) in channels.iter().zip(&relays) {
+        let Some(r) = relay else { continue };
+        let codecs = r.codecs().unwrap_or_else(|| "not probed yet".into());
+        let routes: Vec<String> =
+            r.streams().filter_map(|s| s.route.as_ref().map(|route| format!("{}: {route}", s.stream))).collect();
+        println!("{id:<5} {codecs}  [{}]", routes.join("; "));
+    }
     println!("\nWORKER                                    KIND     BATCHES");
     for w in &workers {
         println!("{:<41} {:<8} {}", w.worker, w.kind, w.batches.join(","));
@@ -636,6 +645,8 @@ mod tests {
             last_error: Some("401 Unauthorized (authentication failed)".into()),
             restarts: 4,
             since_ms: None,
+            probe: None,
+            route: None,
         };
         let relays = vec![
             Some(RelayStatus {
@@ -645,6 +656,7 @@ mod tests {
                 host: "h".into(),
                 updated_ms: 0,
                 one_process: false,
+                detect: None,
             }),
             None,
             None,

@@ -401,10 +401,11 @@ impl Decider {
 
     async fn push_job(&mut self, rec: &Recording) -> anyhow::Result<()> {
         let Some(ch) = self.config.channel(rec.channel) else { return Ok(()) };
+        let playlist_url = RecordJob::playlist_url_for(&mut self.conn, &self.keys, &self.config, ch).await?;
         let job = RecordJob {
             recording: rec.id.clone(),
             channel: rec.channel,
-            playlist_url: self.config.hls_playlist_url(ch),
+            playlist_url,
             start_ms: rec.start_ms,
             trigger: rec.trigger.clone(),
         };

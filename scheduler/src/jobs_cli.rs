@@ -156,8 +156,8 @@ pub async fn enqueue_record(
         .put(0, &rec, false)
         .await?
         .with_context(|| format!("recording {rid} exists already"))?;
-    let job =
-        RecordJob { recording: rid.clone(), channel, playlist_url: config.hls_playlist_url(ch), start_ms, trigger };
+    let playlist_url = RecordJob::playlist_url_for(&mut conn.clone(), keys, config, ch).await?;
+    let job = RecordJob { recording: rid.clone(), channel, playlist_url, start_ms, trigger };
     let id = Queue::<RecordJob>::new(conn.clone(), keys, &config.queue).push_unique(&job, &rid).await?;
     Ok((rid, id.unwrap_or_default()))
 }

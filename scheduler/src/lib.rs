@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod nginx;
 pub mod plan;
 pub mod relay;
+pub mod ring;
 
 use std::time::Duration;
 

@@ -1,20 +1,27 @@
-//! `scheduler relay`: the RTSP → RTMP relays, run next to nginx-rtmp. One ffmpeg per camera
-//! copies its video into nginx-rtmp (`-c copy`): `ch<id>` from `source` and, with two inputs
-//! and two outputs in the same process, `ch<id>_sub` from `detect_source`; audio is dropped,
-//! copied or transcoded to AAC (`relay.audio`).
+//! `scheduler relay`: the camera relays, run next to nginx-rtmp.
 //!
-//! One process per camera halves the relays' memory (each Debian ffmpeg costs ~9 MiB of private
-//! library pages before it relays a byte), but ffmpeg keeps running on one input when the other
-//! ends. So a camera is relayed in one process only while nginx-rtmp's `/stat` can be read: a
-//! watchdog restarts a camera's process when one of its streams stops growing there. Where
-//! `/stat` cannot be read, or a camera's shared process failed [`SPLIT_AFTER_FAILURES`] times in
-//! a row without running well (a broken sub-stream must not keep the main stream, the backups'
-//! source, down), its streams get one ffmpeg each, as before; they are joined again only when
-//! both are down, so joining never interrupts a running stream.
+//! Every camera stream is probed (codec, size, frame rate, audio; [`cctv_common::probe`]) when
+//! its relay starts and whenever it restarts; the probe decides how the stream travels
+//! ([`CameraPlan`]):
+//! - H.264 is copied into nginx-rtmp (`-c copy`): `ch<id>` from `source`, `ch<id>_sub` from
+//!   `detect_source`. While nginx-rtmp's `/stat` can be read, both go through one ffmpeg per
+//!   camera (half the memory; a watchdog restarts it when one stream stops growing there); where
+//!   it cannot, or after [`SPLIT_AFTER_FAILURES`] failed runs, one ffmpeg per stream.
+//! - A main stream nginx-rtmp cannot carry (H.265: Debian's ffmpeg 5.1 has no HEVC in FLV and
+//!   nginx-rtmp's HLS is H.264-only) is copied into the relay's own rolling buffer
+//!   ([`crate::ring`]), which record workers read like nginx-rtmp's (`<ns>:relay:playlist:<id>`
+//!   says where).
+//! - A detect stream nginx-rtmp cannot carry (an H.265 sub-stream, or the main stream of a
+//!   camera without one) is transcoded to a small H.264 (640 px wide at most, a keyframe every
+//!   2 s) into nginx-rtmp, so motion and YOLO run on it unchanged.
+//! - Such a camera's streams each get their own ffmpeg: one stream's codec never takes the
+//!   other down.
 //!
+//! Audio (`relay.audio`): AAC and MP3 are copied, anything else (G.711, ...) becomes AAC.
 //! A relay that dies is restarted with exponential backoff (reset after a minute of health); a
 //! clean end of stream is retried at once. Status per channel goes to `<ns>:status:relay:<id>`
-//! with a TTL. Camera URLs appear in no log, status or error: every message is redacted.
+//! with a TTL; its reasons are ffmpeg's first meaningful error in plain words. Camera URLs
+//! appear in no log, status or error.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +33,7 @@ use cctv_common::events::now_ms;
 use cctv_common::ffmpeg::{self, FfmpegProcess, Stopper};
 use cctv_common::heartbeat;
 use cctv_common::keys::Keys;
+use cctv_common::probe::StreamProbe;
 use cctv_common::shutdown::CancellationToken;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
@@ -36,6 +44,9 @@ const HEALTHY_AFTER: Duration = Duration::from_secs(60);
 const CLEAN_RUN: Duration = Duration::from_secs(5);
 /// Status TTL; refreshed every 2 s.
 const STATUS_TTL_SECS: u64 = 10;
+/// `<ns>:relay:playlist:<id>` TTL, refreshed every 2 s: long enough that a relay restart
+/// does not send record jobs to a buffer the channel does not have.
+const RECORD_PLAYLIST_TTL_SECS: u64 = 120;
 /// A camera's shared process that failed this many times in a row, each run shorter than
 /// [`HEALTHY_AFTER`], gives way to one process per stream.
 pub const SPLIT_AFTER_FAILURES: u32 = 3;
@@ -60,6 +71,12 @@ pub struct RelayState {
     pub last_error: Option<String>,
     pub restarts: u64,
     pub since_ms: Option<i64>,
+    /// What the stream carries, from its last probe (at every start and restart).
+    #[serde(default)]
+    pub probe: Option<StreamProbe>,
+    /// How it travels (e.g. "nginx-rtmp, stream copy", "relay buffer, stream copy").
+    #[serde(default)]
+    pub route: Option<String>,
 }
 
 /// `<ns>:status:relay:<id>`.
@@ -73,12 +90,89 @@ pub struct RelayStatus {
     /// Main and sub-stream are relayed by one ffmpeg (see the module documentation).
     #[serde(default)]
     pub one_process: bool,
+    /// The H.264 detect stream transcoded from the main stream of a camera that has no
+    /// sub-stream and whose main stream nginx-rtmp cannot carry.
+    #[serde(default)]
+    pub detect: Option<RelayState>,
 }
 
 impl RelayStatus {
-    /// The main stream's relay, then the sub-stream's when there is one.
+    /// The main stream's relay, then the sub-stream's and the transcoded detect stream's.
     pub fn streams(&self) -> impl Iterator<Item = &RelayState> {
-        std::iter::once(&self.main).chain(self.sub.as_ref())
+        std::iter::once(&self.main).chain(self.sub.as_ref()).chain(self.detect.as_ref())
+    }
+
+    /// "main H.265 1280x720 25 fps · audio G.711 A-law · sub H.264 640x360": what each probed
+    /// stream carries.
+    pub fn codecs(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if let Some(p) = &self.main.probe {
+            parts.push(format!("main {}", p.summary()));
+        }
+        if let Some(p) = self.sub.as_ref().and_then(|s| s.probe.as_ref()) {
+            parts.push(format!("sub {}", p.summary()));
+        }
+        (!parts.is_empty()).then(|| parts.join(" · "))
+    }
+}
+
+/// How one stream of a camera travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Stream copy into nginx-rtmp (H.264).
+    Nginx,
+    /// Stream copy into the relay's own rolling buffer (a main stream nginx-rtmp cannot carry).
+    Buffer,
+    /// Transcoded to H.264 into nginx-rtmp (a detect stream nginx-rtmp cannot carry).
+    Transcode,
+}
+
+impl Route {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Route::Nginx => "nginx-rtmp, stream copy",
+            Route::Buffer => "relay buffer, stream copy (nginx-rtmp cannot carry this codec)",
+            Route::Transcode => "nginx-rtmp, transcoded to H.264 for detection",
+        }
+    }
+}
+
+/// How a camera's streams travel, from their probes (`None`: not probed yet or the probe
+/// failed: treated as H.264, as every camera was before probing, and probed again at the
+/// next restart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CameraPlan {
+    pub main: Route,
+    /// The sub-stream's route, for a camera with one.
+    pub sub: Option<Route>,
+    /// A camera without sub-stream whose main stream goes to the buffer: its main stream is
+    /// also transcoded into nginx-rtmp (as `ch<id>`) for detection and live view.
+    pub detect_transcode: bool,
+}
+
+fn carried(probe: Option<&StreamProbe>) -> bool {
+    probe.and_then(|p| p.video.as_ref()).is_none_or(|v| v.nginx_carries())
+}
+
+impl CameraPlan {
+    pub fn of(main: Option<&StreamProbe>, sub: Option<Option<&StreamProbe>>) -> Self {
+        let main_route = if carried(main) { Route::Nginx } else { Route::Buffer };
+        let sub_route = sub.map(|p| if carried(p) { Route::Nginx } else { Route::Transcode });
+        CameraPlan { main: main_route, sub: sub_route, detect_transcode: sub.is_none() && main_route == Route::Buffer }
+    }
+
+    /// Every stream is copied into nginx-rtmp (the case one shared process may relay).
+    pub fn all_nginx(&self) -> bool {
+        self.main == Route::Nginx && self.sub.is_none_or(|r| r == Route::Nginx)
+    }
+}
+
+/// The audio a relay writes for `setting` and what the camera sends: AAC and MP3 are copied
+/// (FLV and MPEG-TS carry them), anything else is transcoded to AAC; unknown audio is copied.
+pub fn audio_for(setting: RelayAudio, probe: Option<&StreamProbe>) -> RelayAudio {
+    match (setting, probe.and_then(|p| p.audio.as_ref())) {
+        (RelayAudio::Copy, Some(a)) if !a.copyable() => RelayAudio::Aac,
+        (s, _) => s,
     }
 }
 
@@ -119,6 +213,41 @@ fn relay_output(cmd: &mut ffmpeg_sidecar::command::FfmpegCommand, index: usize, 
         RelayAudio::Aac => cmd.args(["-map", &audio_map, "-c:a", "aac", "-b:a", "64k", "-ar", "44100"]),
     };
     cmd.args(["-f", "flv"]).output(publish);
+}
+
+/// The ffmpeg of a main stream nginx-rtmp cannot carry: stream copy into the relay's buffer
+/// (`ring_args`: [`crate::ring::Ring::output_args`]), audio per `audio`. No `-xerror`: MPEG-TS
+/// is strict about timestamps where FLV was tolerant, and one odd packet must not end it.
+pub fn buffer_command(
+    source: &str,
+    ring_args: &[String],
+    audio: RelayAudio,
+    timeout_s: u64,
+) -> ffmpeg_sidecar::command::FfmpegCommand {
+    let mut cmd = ffmpeg::command();
+    cmd.arg("-nostats");
+    relay_input(&mut cmd, source, timeout_s);
+    cmd.args(["-map", "0:v:0", "-c:v", "copy", "-bsf:v", RELAY_FIX_MISSING_PTS]);
+    match audio {
+        RelayAudio::Drop => cmd.arg("-an"),
+        RelayAudio::Copy => cmd.args(["-map", "0:a:0?", "-c:a", "copy"]),
+        RelayAudio::Aac => cmd.args(["-map", "0:a:0?", "-c:a", "aac", "-b:a", "64k", "-ar", "44100"]),
+    };
+    cmd.args(ring_args);
+    cmd
+}
+
+/// The ffmpeg of a detect stream nginx-rtmp cannot carry: decoded and encoded to H.264 at
+/// most 640 px wide, a keyframe every 2 s (the motion gate's pace), no B-frames or look-ahead
+/// (latency), no audio, into nginx-rtmp.
+pub fn transcode_command(source: &str, publish: &str, timeout_s: u64) -> ffmpeg_sidecar::command::FfmpegCommand {
+    let mut cmd = ffmpeg::command();
+    cmd.arg("-nostats");
+    relay_input(&mut cmd, source, timeout_s);
+    cmd.args(["-map", "0:v:0", "-vf", "scale='min(640,iw)':-2", "-c:v", "libx264", "-preset", "ultrafast"]);
+    cmd.args(["-tune", "zerolatency", "-pix_fmt", "yuv420p", "-force_key_frames", "expr:gte(t,n_forced*2)"]);
+    cmd.args(["-an", "-f", "flv"]).output(publish);
+    cmd
 }
 
 /// The ffmpeg arguments of one relay (input options, input, output options, output).
@@ -236,6 +365,7 @@ struct Running {
 }
 
 type RunningSlot = Arc<Mutex<Option<Running>>>;
+type WatchedSlots = Arc<Mutex<Vec<RunningSlot>>>;
 type StateCell = Arc<Mutex<RelayState>>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -272,17 +402,24 @@ fn watchdog_round(watch: &StreamWatch, slots: &[RunningSlot], now: Instant) {
     }
 }
 
-/// Runs `cmd` to its end with its state(s) marked running; the reason it ended (the
-/// watchdog's, or ffmpeg's last line).
+/// A buffer output whose ffmpeg finished no fragment for this long is ended: the camera sends
+/// no keyframe (ffmpeg's own `-timeout` ends one that sends nothing).
+const NO_KEYFRAME_FOR: Duration = Duration::from_secs(20);
+
+/// Runs `cmd` to its end with its state(s) marked running; the reason it ended, in plain words
+/// (the watchdog's, or ffmpeg's first meaningful error). With `ring`, the buffer's fragments
+/// are taken as ffmpeg finishes them, and a run that finishes none for [`NO_KEYFRAME_FOR`] is
+/// ended.
 fn run_once(
     label: &str,
     cmd: ffmpeg_sidecar::command::FfmpegCommand,
     states: &[&StateCell],
     slot: &RunningSlot,
     watched: Vec<String>,
+    mut ring: Option<&mut crate::ring::Ring>,
 ) -> String {
     let mut p = match FfmpegProcess::spawn(format!("relay {label}"), cmd, false) {
-        Err(e) => return e.to_string(),
+        Err(e) => return ffmpeg::explain_failure(&e.to_string()),
         Ok(p) => p,
     };
     *lock(slot) =
@@ -293,18 +430,47 @@ fn run_once(
         s.since_ms = Some(now_ms());
     }
     tracing::info!("relay running");
-    let r = p.wait();
+    let r = match ring.as_deref_mut() {
+        None => p.wait().map(|_| ()),
+        Some(ring) => {
+            let started = Instant::now();
+            let mut last_fragment = started;
+            let status = loop {
+                if let Some(status) = p.try_wait() {
+                    break status;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                match ring.poll(now_ms(), false) {
+                    Ok(0) => {}
+                    Ok(_) => last_fragment = Instant::now(),
+                    Err(e) => tracing::warn!(error = %e, "cannot take the relay buffer's fragments"),
+                }
+                if last_fragment.elapsed() >= NO_KEYFRAME_FOR {
+                    let mut slot = lock(slot);
+                    if let Some(running) = slot.as_mut().filter(|r| r.killed.is_none()) {
+                        running.killed = Some(format!("no keyframe for {} s", NO_KEYFRAME_FOR.as_secs()));
+                        running.stopper.terminate();
+                    }
+                }
+            };
+            // ffmpeg wrote its last part as it ended.
+            if let Err(e) = ring.poll(now_ms(), true) {
+                tracing::warn!(error = %e, "cannot take the relay buffer's last fragment");
+            }
+            if status.success() {
+                Ok(())
+            } else {
+                Err(p.failure(format!("ffmpeg exited with {status}")))
+            }
+        }
+    };
     let killed = lock(slot).take().and_then(|r| r.killed);
     if let Some(why) = killed {
         return why;
     }
     match r {
-        Ok(_) => "stream ended".to_string(),
-        Err(e) => {
-            let tail = p.stderr_tail();
-            let last = tail.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
-            format!("ffmpeg failed: {}", if last.is_empty() { e.to_string() } else { last.to_string() })
-        }
+        Ok(()) => "stream ended".to_string(),
+        Err(_) => ffmpeg::explain_failure(&p.stderr_tail()),
     }
 }
 
@@ -350,6 +516,125 @@ fn pause(wait: Duration, stop: &CancellationToken) {
     }
 }
 
+/// How long a stream's probe may take (ffprobe is killed 5 s after).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What one relay loop writes.
+#[derive(Clone, Debug)]
+enum Output {
+    /// Stream copy into nginx-rtmp; audio per the setting and the probe.
+    Nginx { publish: String, audio: RelayAudio },
+    /// Stream copy into the relay's own buffer in `dir`.
+    Buffer { dir: std::path::PathBuf, keep_secs: u32, audio: RelayAudio },
+    /// H.264 transcode into nginx-rtmp.
+    Transcode { publish: String },
+}
+
+impl Output {
+    fn route(&self) -> Route {
+        match self {
+            Output::Nginx { .. } => Route::Nginx,
+            Output::Buffer { .. } => Route::Buffer,
+            Output::Transcode { .. } => Route::Transcode,
+        }
+    }
+
+    /// The stream, as last probed, still travels this way (an unknown codec fits anything).
+    fn fits(&self, probe: Option<&StreamProbe>) -> bool {
+        match probe.and_then(|p| p.video.as_ref()) {
+            None => true,
+            Some(v) => (self.route() == Route::Nginx) == v.nginx_carries(),
+        }
+    }
+}
+
+/// Probes `source` into `state`; the probe, or the last one when the stream cannot be probed
+/// now (ffmpeg will then say why it cannot be read).
+fn probe_into(source: &str, state: &StateCell) -> Option<StreamProbe> {
+    match cctv_common::probe::probe(source, PROBE_TIMEOUT) {
+        Ok(p) => {
+            tracing::info!(codecs = %p.summary(), "stream probed");
+            lock(state).probe = Some(p.clone());
+            Some(p)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot probe the stream");
+            lock(state).probe.clone()
+        }
+    }
+}
+
+/// Relays one stream to `output` until `stop`, probing it before every restart (the first run
+/// uses the probe already in `state` when `probed`). A probe that no longer fits the output (a
+/// camera switched codec) cancels `plan`: the camera is planned anew.
+#[allow(clippy::too_many_arguments)]
+fn relay_loop(
+    label: &str,
+    source: &str,
+    output: &Output,
+    state: &StateCell,
+    slot: &RunningSlot,
+    stop: &CancellationToken,
+    plan: &CancellationToken,
+    mut probed: bool,
+) {
+    lock(state).route = Some(output.route().describe().to_string());
+    let mut backoff = Backoff::new();
+    let mut ring: Option<crate::ring::Ring> = None;
+    while !stop.is_cancelled() {
+        let probe = if probed { lock(state).probe.clone() } else { probe_into(source, state) };
+        probed = false;
+        if stop.is_cancelled() {
+            break;
+        }
+        if !output.fits(probe.as_ref()) {
+            tracing::info!(route = ?output.route(), "the stream's codec changed: planning the camera anew");
+            plan.cancel();
+            break;
+        }
+        let started = Instant::now();
+        let reason = match output {
+            Output::Nginx { publish, audio } => {
+                let cmd = relay_command(source, publish, audio_for(*audio, probe.as_ref()), 10);
+                run_once(label, cmd, &[state], slot, Vec::new(), None)
+            }
+            Output::Transcode { publish } => {
+                // Video only: its bytes at nginx-rtmp grow only while video comes, so the
+                // watchdog sees a camera whose video stalled while its session lives on.
+                let watched = publish.rsplit('/').next().map(str::to_string).into_iter().collect();
+                run_once(label, transcode_command(source, publish, 10), &[state], slot, watched, None)
+            }
+            Output::Buffer { dir, keep_secs, audio } => {
+                if ring.is_none() {
+                    match crate::ring::Ring::open(dir.clone(), *keep_secs) {
+                        Ok(r) => ring = Some(r),
+                        Err(e) => tracing::error!(dir = %dir.display(), error = %e, "cannot open the relay buffer"),
+                    }
+                }
+                match ring.as_mut() {
+                    None => format!("cannot write the relay buffer in {} (relay.hls_dir)", dir.display()),
+                    Some(ring) => {
+                        ring.begin_run(probe.as_ref().and_then(|p| p.video.as_ref()).and_then(|v| v.fps));
+                        let cmd = buffer_command(source, &ring.output_args(), audio_for(*audio, probe.as_ref()), 10);
+                        let why = run_once(label, cmd, &[state], slot, Vec::new(), Some(ring));
+                        let codec = probe.as_ref().and_then(|p| p.video.as_ref()).map(|v| v.codec.as_str());
+                        match codec {
+                            Some("hevc") if why == "stream ended" => why,
+                            Some("hevc") => format!("{why} (H.265: recorded through the relay's own buffer)"),
+                            _ => why,
+                        }
+                    }
+                }
+            }
+        };
+        if stop.is_cancelled() {
+            break;
+        }
+        let (wait, _) = backoff.ended(&reason, started.elapsed(), &[state]);
+        pause(wait, stop);
+    }
+}
+
 /// A thread relaying one stream until `stop`.
 struct Relay {
     slot: RunningSlot,
@@ -359,10 +644,11 @@ struct Relay {
 fn start_relay(
     label: String,
     source: String,
-    publish: String,
-    audio: RelayAudio,
+    output: Output,
     state: StateCell,
     stop: CancellationToken,
+    plan: CancellationToken,
+    probed: bool,
 ) -> Relay {
     let slot: RunningSlot = Arc::default();
     let sl = slot.clone();
@@ -371,16 +657,7 @@ fn start_relay(
         .spawn(move || {
             let span = tracing::info_span!("relay", stream = %label);
             let _e = span.enter();
-            let mut backoff = Backoff::new();
-            while !stop.is_cancelled() {
-                let started = Instant::now();
-                let reason = run_once(&label, relay_command(&source, &publish, audio, 10), &[&state], &sl, Vec::new());
-                if stop.is_cancelled() {
-                    break;
-                }
-                let (wait, _) = backoff.ended(&reason, started.elapsed(), &[&state]);
-                pause(wait, &stop);
-            }
+            relay_loop(&label, &source, &output, &state, &sl, &stop, &plan, probed);
         })
         .expect("spawning a relay thread");
     Relay { slot, thread: Some(thread) }
@@ -415,9 +692,17 @@ struct CameraRelay {
     id: u32,
     main: StateCell,
     sub: Option<StateCell>,
+    /// The transcoded detect stream of a camera without sub-stream (reported while it has a
+    /// route).
+    detect: StateCell,
+    /// The main stream goes to the relay's own buffer, at `buffer_url`.
+    buffered: Arc<AtomicBool>,
+    buffer_url: String,
     one_process: Arc<AtomicBool>,
     /// The shared process, for the watchdog.
     slot: RunningSlot,
+    /// The per-stream processes the watchdog also judges (transcoded detect streams).
+    watched: WatchedSlots,
     thread: Option<std::thread::JoinHandle<()>>,
     stop: CancellationToken,
 }
@@ -431,6 +716,7 @@ impl CameraRelay {
             host: host.to_string(),
             updated_ms: now_ms(),
             one_process: self.one_process.load(Ordering::Relaxed),
+            detect: Some(snapshot(&self.detect)).filter(|d| d.route.is_some()),
         }
     }
 
@@ -453,8 +739,10 @@ struct StreamSpec {
     publish: String,
 }
 
-/// Relays a camera with a sub-stream: in one process while the watchdog can see nginx-rtmp,
-/// else (or after repeated failures) one per stream; see the module documentation.
+/// Relays a camera with an H.264 main and sub-stream: in one process while the watchdog can
+/// see nginx-rtmp, else (or after repeated failures) one per stream; see the module
+/// documentation. Both streams are probed again after every run; a codec that nginx-rtmp
+/// cannot carry cancels `stop` (the camera's plan) and returns.
 #[allow(clippy::too_many_arguments)]
 fn run_camera(
     main: StreamSpec,
@@ -478,10 +766,21 @@ fn run_camera(
             let mut failures = 0;
             while !stop.is_cancelled() && failures < SPLIT_AFTER_FAILURES {
                 let started = Instant::now();
-                let cmd = camera_relay_command((&main.source, &main.publish), (&sub.source, &sub.publish), audio, 10);
+                let main_audio = audio_for(audio, lock(main_state).probe.as_ref());
+                let cmd =
+                    camera_relay_command((&main.source, &main.publish), (&sub.source, &sub.publish), main_audio, 10);
                 let watched = vec![main.name.clone(), sub.name.clone()];
-                let reason = run_once(&label, cmd, &[main_state, sub_state], &slot, watched);
+                let reason = run_once(&label, cmd, &[main_state, sub_state], &slot, watched, None);
                 if stop.is_cancelled() {
+                    return;
+                }
+                let nginx = Output::Nginx { publish: String::new(), audio };
+                let fits = [(&main.source, main_state), (&sub.source, sub_state)]
+                    .into_iter()
+                    .all(|(source, state)| nginx.fits(probe_into(source, state).as_ref()));
+                if !fits {
+                    tracing::info!("a stream's codec changed: planning the camera anew");
+                    stop.cancel();
                     return;
                 }
                 let (wait, failed) = backoff.ended(&reason, started.elapsed(), &[main_state, sub_state]);
@@ -504,18 +803,20 @@ fn run_camera(
             start_relay(
                 main.name.clone(),
                 main.source.clone(),
-                main.publish.clone(),
-                audio,
+                Output::Nginx { publish: main.publish.clone(), audio },
                 main_state.clone(),
                 child.clone(),
+                stop.clone(),
+                false,
             ),
             start_relay(
                 sub.name.clone(),
                 sub.source.clone(),
-                sub.publish.clone(),
-                RelayAudio::Drop,
+                Output::Nginx { publish: sub.publish.clone(), audio: RelayAudio::Drop },
                 sub_state.clone(),
                 child.clone(),
+                stop.clone(),
+                false,
             ),
         ];
         let restarts = |s: &StateCell| lock(s).restarts;
@@ -566,6 +867,9 @@ struct CameraSpec {
     sub: Option<String>,
     audio: RelayAudio,
     publish: String,
+    hls_dir: std::path::PathBuf,
+    buffer_secs: u32,
+    buffer_url: String,
 }
 
 impl CameraSpec {
@@ -575,11 +879,136 @@ impl CameraSpec {
             sub: ch.detect_source.clone(),
             audio: config.relay.audio,
             publish: config.rtmp.publish_url.trim_end_matches('/').to_string(),
+            hls_dir: config.relay.hls_dir.clone(),
+            buffer_secs: config.relay.buffer_secs,
+            buffer_url: config.relay_playlist_url(ch),
         }
     }
 }
 
-/// Starts one camera's relay thread(s).
+/// The states of a camera's streams.
+#[derive(Clone)]
+struct CameraStates {
+    main: StateCell,
+    sub: Option<StateCell>,
+    detect: StateCell,
+}
+
+/// Everything a camera's supervisor thread needs.
+struct CameraCtx {
+    main: StreamSpec,
+    sub: Option<StreamSpec>,
+    audio: RelayAudio,
+    /// `<hls_dir>/relay/ch<id>`.
+    buffer_dir: std::path::PathBuf,
+    buffer_secs: u32,
+    states: CameraStates,
+    buffered: Arc<AtomicBool>,
+    one_process: Arc<AtomicBool>,
+    slot: RunningSlot,
+    watched: WatchedSlots,
+    watch: Arc<Mutex<StreamWatch>>,
+    stop: CancellationToken,
+}
+
+/// A camera's supervisor: probes its streams, plans how they travel ([`CameraPlan`]), relays
+/// them so until the camera is stopped or a stream's codec changes, then plans anew.
+fn supervise_camera(ctx: CameraCtx) {
+    let span = tracing::info_span!("relay", stream = %ctx.main.name);
+    let _e = span.enter();
+    let CameraCtx {
+        main,
+        sub,
+        audio,
+        buffer_dir,
+        buffer_secs,
+        states,
+        buffered,
+        one_process,
+        slot,
+        watched,
+        watch,
+        stop,
+    } = ctx;
+    while !stop.is_cancelled() {
+        let (main_probe, sub_probe) = std::thread::scope(|scope| {
+            let sub_probe = sub.as_ref().zip(states.sub.as_ref()).map(|(s, st)| {
+                let source = s.source.clone();
+                scope.spawn(move || probe_into(&source, st))
+            });
+            let main_probe = probe_into(&main.source, &states.main);
+            (main_probe, sub_probe.map(|h| h.join().ok().flatten()))
+        });
+        if stop.is_cancelled() {
+            break;
+        }
+        let plan = CameraPlan::of(main_probe.as_ref(), sub_probe.as_ref().map(|p| p.as_ref()));
+        tracing::info!(?plan, "camera planned");
+        buffered.store(plan.main == Route::Buffer, Ordering::Relaxed);
+        lock(&states.main).route = Some(plan.main.describe().to_string());
+        if let (Some(st), Some(route)) = (&states.sub, plan.sub) {
+            lock(st).route = Some(route.describe().to_string());
+        }
+        lock(&states.detect).route = plan.detect_transcode.then(|| Route::Transcode.describe().to_string());
+        let plan_stop = stop.child_token();
+        match (&sub, &states.sub) {
+            (Some(sub), Some(sub_state)) if plan.all_nginx() => run_camera(
+                main.clone(),
+                sub.clone(),
+                audio,
+                (states.main.clone(), sub_state.clone()),
+                one_process.clone(),
+                slot.clone(),
+                watch.clone(),
+                plan_stop.clone(),
+            ),
+            (None, _) if plan.all_nginx() => {
+                one_process.store(false, Ordering::Relaxed);
+                let output = Output::Nginx { publish: main.publish.clone(), audio };
+                relay_loop(&main.name, &main.source, &output, &states.main, &slot, &plan_stop, &plan_stop, true);
+            }
+            _ => {
+                // Each stream its own ffmpeg: one stream's codec never takes the other down.
+                one_process.store(false, Ordering::Relaxed);
+                let main_output = match plan.main {
+                    Route::Buffer => Output::Buffer { dir: buffer_dir.clone(), keep_secs: buffer_secs, audio },
+                    _ => Output::Nginx { publish: main.publish.clone(), audio },
+                };
+                let start = |label: String, source: &str, output: Output, state: &StateCell| {
+                    start_relay(label, source.to_string(), output, state.clone(), plan_stop.clone(), plan_stop.clone(), true)
+                };
+                let mut relays = vec![start(main.name.clone(), &main.source, main_output, &states.main)];
+                if let (Some(sub), Some(sub_state), Some(route)) = (&sub, &states.sub, plan.sub) {
+                    let output = match route {
+                        Route::Transcode => Output::Transcode { publish: sub.publish.clone() },
+                        _ => Output::Nginx { publish: sub.publish.clone(), audio: RelayAudio::Drop },
+                    };
+                    relays.push(start(sub.name.clone(), &sub.source, output, sub_state));
+                }
+                if plan.detect_transcode {
+                    // Probed with the main stream: the same source.
+                    lock(&states.detect).probe = main_probe.clone();
+                    let output = Output::Transcode { publish: main.publish.clone() };
+                    relays.push(start(format!("{} (detect)", main.name), &main.source, output, &states.detect));
+                }
+                *lock(&watched) = relays.iter().map(|r| r.slot.clone()).collect();
+                while !plan_stop.is_cancelled() {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                lock(&watched).clear();
+                for r in relays {
+                    r.stop();
+                }
+            }
+        }
+        plan_stop.cancel();
+        if !stop.is_cancelled() {
+            tracing::info!("relaying the camera anew after a codec change");
+        }
+    }
+}
+
+/// Starts one camera's supervisor thread.
 fn start_camera(
     ch: &cctv_common::config::ChannelConfig,
     spec: &CameraSpec,
@@ -592,31 +1021,52 @@ fn start_camera(
         source: spec.main.clone(),
         publish: format!("{publish}/{}", ch.stream_name()),
     };
-    let main_state: StateCell = Arc::new(Mutex::new(RelayState { stream: main.name.clone(), ..Default::default() }));
+    let state = |stream: String| -> StateCell { Arc::new(Mutex::new(RelayState { stream, ..Default::default() })) };
+    let sub = spec.sub.as_ref().map(|d| {
+        let name = ch.detect_stream_name();
+        StreamSpec { name: name.clone(), source: d.clone(), publish: format!("{publish}/{name}") }
+    });
+    let states = CameraStates {
+        main: state(main.name.clone()),
+        sub: sub.as_ref().map(|s| state(s.name.clone())),
+        detect: state(ch.detect_stream_name()),
+    };
     let cam_stop = stop.child_token();
     let one_process = Arc::new(AtomicBool::new(false));
-    let (slot, sub_state, thread) = match &spec.sub {
-        None => {
-            let mut r =
-                start_relay(main.name, main.source, main.publish, spec.audio, main_state.clone(), cam_stop.clone());
-            (r.slot.clone(), None, r.thread.take())
-        }
-        Some(d) => {
-            let name = ch.detect_stream_name();
-            let sub = StreamSpec { name: name.clone(), source: d.clone(), publish: format!("{publish}/{name}") };
-            let sub_state: StateCell = Arc::new(Mutex::new(RelayState { stream: name, ..Default::default() }));
-            let slot: RunningSlot = Arc::default();
-            let states = (main_state.clone(), sub_state.clone());
-            let (op, sl, w, st, audio) =
-                (one_process.clone(), slot.clone(), watch.clone(), cam_stop.clone(), spec.audio);
-            let thread = std::thread::Builder::new()
-                .name(format!("relay {}", main.name))
-                .spawn(move || run_camera(main, sub, audio, states, op, sl, w, st))
-                .expect("spawning a camera relay thread");
-            (slot, Some(sub_state), Some(thread))
-        }
+    let buffered = Arc::new(AtomicBool::new(false));
+    let slot: RunningSlot = Arc::default();
+    let watched: WatchedSlots = Arc::default();
+    let ctx = CameraCtx {
+        main,
+        sub,
+        audio: spec.audio,
+        buffer_dir: spec.hls_dir.join("relay").join(ch.stream_name()),
+        buffer_secs: spec.buffer_secs,
+        states: states.clone(),
+        buffered: buffered.clone(),
+        one_process: one_process.clone(),
+        slot: slot.clone(),
+        watched: watched.clone(),
+        watch: watch.clone(),
+        stop: cam_stop.clone(),
     };
-    CameraRelay { id: ch.id, main: main_state, sub: sub_state, one_process, slot, thread, stop: cam_stop }
+    let thread = std::thread::Builder::new()
+        .name(format!("relay {}", ch.stream_name()))
+        .spawn(move || supervise_camera(ctx))
+        .expect("spawning a camera relay thread");
+    CameraRelay {
+        id: ch.id,
+        main: states.main,
+        sub: states.sub,
+        detect: states.detect,
+        buffered,
+        buffer_url: spec.buffer_url.clone(),
+        one_process,
+        slot,
+        watched,
+        thread: Some(thread),
+        stop: cam_stop,
+    }
 }
 
 /// The running cameras, by channel id, with the spec each was started from.
@@ -706,7 +1156,14 @@ pub async fn run_reloading(
                     pause(STAT_EVERY, &stop);
                     let reading = read_stat(&agent, &url);
                     let now = Instant::now();
-                    let slots: Vec<RunningSlot> = lock(&cameras).values().map(|(_, c)| c.slot.clone()).collect();
+                    let slots: Vec<RunningSlot> = lock(&cameras)
+                        .values()
+                        .flat_map(|(_, c)| {
+                            let mut slots = lock(&c.watched).clone();
+                            slots.push(c.slot.clone());
+                            slots
+                        })
+                        .collect();
                     let mut w = lock(&watch);
                     w.update(reading, now);
                     watchdog_round(&w, &slots, now);
@@ -724,6 +1181,20 @@ pub async fn run_reloading(
     let host = cctv_common::host_name();
     loop {
         let statuses: Vec<RelayStatus> = lock(&cameras).values().map(|(_, c)| c.status(&host)).collect();
+        let buffers: Vec<(u32, Option<String>)> = lock(&cameras)
+            .values()
+            .map(|(_, c)| (c.id, c.buffered.load(Ordering::Relaxed).then(|| c.buffer_url.clone())))
+            .collect();
+        for (id, url) in buffers {
+            // Where record jobs read this channel: the relay's buffer while it has one.
+            let r: redis::RedisResult<()> = match url {
+                Some(url) => conn.set_ex(keys.record_playlist(id), url, RECORD_PLAYLIST_TTL_SECS).await,
+                None => conn.del(keys.record_playlist(id)).await,
+            };
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "cannot publish the channel's record playlist");
+            }
+        }
         for status in statuses {
             if let Ok(json) = serde_json::to_string(&status) {
                 let r: redis::RedisResult<()> =

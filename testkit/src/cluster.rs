@@ -40,6 +40,13 @@ impl Cluster {
         } else {
             format!("[api]\nlisten = \"127.0.0.1:{}\"\n", crate::free_port())
         };
+        // The relay writes its own buffer (H.265 main streams) where this nginx serves HLS.
+        let relay_dir = format!("hls_dir = \"{}\"\n", nginx.hls_dir().display());
+        let extra = if extra.contains("[relay]\n") {
+            extra.replacen("[relay]\n", &format!("[relay]\n{relay_dir}"), 1)
+        } else {
+            format!("{extra}\n[relay]\n{relay_dir}")
+        };
         let text = format!(
             r#"
 [cluster]

@@ -211,6 +211,11 @@ impl Nginx {
         self._child.0.id()
     }
 
+    /// nginx-rtmp's HLS directory (`relay.hls_dir`: the relay's own buffer goes under it).
+    pub fn hls_dir(&self) -> PathBuf {
+        self.dir.path().join("hls")
+    }
+
     /// `http://127.0.0.1:<port>/hls`: the HLS buffer record workers read.
     pub fn hls_url(&self) -> String {
         format!("http://127.0.0.1:{}/hls", self.http_port)
@@ -378,12 +383,24 @@ impl RtspCameras {
         Self::start_with(free_port(), cameras, Some(user_password))
     }
 
+    /// Cameras whose main streams also carry G.711 A-law audio (the usual camera audio).
+    pub fn start_with_g711(cameras: &[(PathBuf, PathBuf)]) -> Self {
+        Self::start_opts(free_port(), cameras, None, true)
+    }
+
     fn start_with(port: u16, cameras: &[(PathBuf, PathBuf)], auth: Option<&str>) -> Self {
+        Self::start_opts(port, cameras, auth, false)
+    }
+
+    fn start_opts(port: u16, cameras: &[(PathBuf, PathBuf)], auth: Option<&str>, g711: bool) -> Self {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../loadtest/rtsp_cameras.py");
         let mut cmd = Command::new("/usr/bin/python3");
         cmd.arg(&script).args(["--port", &port.to_string()]);
         if let Some(a) = auth {
             cmd.args(["--auth", a]);
+        }
+        if g711 {
+            cmd.arg("--g711");
         }
         for (main, sub) in cameras {
             cmd.arg("--camera").arg(format!("{},{}", main.display(), sub.display()));
@@ -431,6 +448,21 @@ pub fn make_camera_clip(source: &Path, out: &Path, loops: u32, width: u32, heigh
 pub fn make_camera_clip_with_bframes(source: &Path, out: &Path, loops: u32, width: u32, height: u32, bframes: u32) {
     let vf = format!("fps=25,scale={width}:{height},format=yuv420p");
     encode(source, out, loops, &vf, &["-bf", &bframes.to_string(), "-profile:v", "high"]);
+}
+
+/// `input` (any clip) re-encoded as an H.265 camera would send it: x265, a keyframe every
+/// second, `hvc1`, no audio, `width`x`height`.
+pub fn to_h265(input: &Path, out: &Path, width: u32, height: u32) {
+    require("ffmpeg", "ffmpeg");
+    let status = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-i"])
+        .arg(input)
+        .args(["-vf", &format!("scale={width}:{height},format=yuv420p"), "-c:v", "libx265", "-preset", "veryfast"])
+        .args(["-x265-params", "log-level=error:keyint=25:min-keyint=25:scenecut=0:bframes=0", "-tag:v", "hvc1", "-an"])
+        .arg(out)
+        .status()
+        .expect("running ffmpeg");
+    assert!(status.success(), "ffmpeg could not make the H.265 clip {}", out.display());
 }
 
 /// `ffmpeg -stream_loop <loops-1> -i source -vf <vf> -c:v libx264 -g 25 -an <extra> out`.

@@ -176,6 +176,55 @@ pub fn check_mp4_within(path: &Path, limit: Duration) -> Result<Probe, String> {
 }
 
 /// True when the file has an audio stream with a sample rate (a real one).
+/// The video codec an MPEG-TS file declares in its first PMT (`h264`, `hevc`), read from its
+/// first 1 MiB without starting a process: an H.265 backup is tagged `hvc1` in MP4 (what
+/// Safari and Chrome require; ffmpeg writes `hev1` by default).
+pub fn ts_video_codec(path: &Path) -> Option<&'static str> {
+    use std::io::Read;
+    let mut data = Vec::new();
+    File::open(path).ok()?.take(1 << 20).read_to_end(&mut data).ok()?;
+    ts_video_codec_of(&data)
+}
+
+fn ts_video_codec_of(data: &[u8]) -> Option<&'static str> {
+    // The PSI section starting in a packet's payload (PUSI set), if any.
+    let section = |pkt: &[u8]| -> Option<Vec<u8>> {
+        if pkt[1] & 0x40 == 0 {
+            return None;
+        }
+        let mut at = 4;
+        if (pkt[3] >> 4) & 2 != 0 {
+            at += 1 + usize::from(pkt[4]);
+        }
+        let pointer = usize::from(*pkt.get(at)?);
+        pkt.get(at + 1 + pointer..).map(<[u8]>::to_vec)
+    };
+    let pid = |pkt: &[u8]| (u16::from(pkt[1] & 0x1f) << 8) | u16::from(pkt[2]);
+    let packets = || data.chunks_exact(188).filter(|p| p[0] == 0x47);
+    let pmt_pid = packets().filter(|p| pid(p) == 0).find_map(|p| {
+        let s = section(p)?;
+        let len = (usize::from(s.get(1)? & 0x0f) << 8) | usize::from(*s.get(2)?);
+        let entries = s.get(8..(3 + len).checked_sub(4)?)?;
+        entries.chunks_exact(4).find(|e| e[0] != 0 || e[1] != 0).map(|e| (u16::from(e[2] & 0x1f) << 8) | u16::from(e[3]))
+    })?;
+    packets().filter(|p| pid(p) == pmt_pid).find_map(|p| {
+        let s = section(p)?;
+        let len = (usize::from(s.get(1)? & 0x0f) << 8) | usize::from(*s.get(2)?);
+        let info = (usize::from(s.get(10)? & 0x0f) << 8) | usize::from(*s.get(11)?);
+        let end = (3 + len).checked_sub(4)?.min(s.len());
+        let mut at = 12 + info;
+        while at + 5 <= end {
+            let es_info = (usize::from(s[at + 3] & 0x0f) << 8) | usize::from(s[at + 4]);
+            match s[at] {
+                0x1b => return Some("h264"),
+                0x24 => return Some("hevc"),
+                _ => at += 5 + es_info,
+            }
+        }
+        None
+    })
+}
+
 fn has_audio(path: &Path) -> bool {
     let args = ["-v", "error", "-select_streams", "a", "-show_entries", "stream=sample_rate", "-of", "csv=p=0"];
     ffmpeg::ffprobe(&args, path, PROBE_TIMEOUT)
@@ -225,6 +274,9 @@ pub fn finish(
         cmd.args(["-map", "0:a"]);
     }
     cmd.args(["-c", "copy", "-metadata", &format!("title={recording}")]);
+    if container == Container::Mp4 && ts_video_codec(&spool_path) == Some("hevc") {
+        cmd.args(["-tag:v", "hvc1"]);
+    }
     match container {
         Container::Mkv => cmd.args(["-f", "matroska"]),
         // Index at the front: a browser plays and seeks it as it downloads (the .part is
@@ -299,6 +351,24 @@ mod tests {
         }
         assert_eq!(remove_leftovers(dir.path(), "ch1-abc"), 2);
         assert!(dir.path().join(".ch1-xyz.p1.ts.part").exists() && dir.path().join("Channel1_x.mkv").exists());
+    }
+
+    #[test]
+    fn the_video_codec_is_read_from_the_transport_streams_pmt() {
+        let dir = tempfile::tempdir().unwrap();
+        for (codec, encoder) in [("h264", "libx264"), ("hevc", "libx265")] {
+            let ts = dir.path().join(format!("{codec}.ts"));
+            let made = std::process::Command::new("ffmpeg")
+                .args(["-v", "error", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=5", "-t", "1", "-c:v", encoder])
+                .args(["-x265-params", "log-level=error", "-f", "mpegts"])
+                .arg(&ts)
+                .status()
+                .unwrap();
+            assert!(made.success());
+            assert_eq!(ts_video_codec(&ts), Some(codec));
+        }
+        assert_eq!(ts_video_codec_of(&[0x47; 188 * 3]), None);
+        assert_eq!(ts_video_codec_of(b"not a transport stream"), None);
     }
 
     #[test]

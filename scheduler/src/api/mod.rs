@@ -290,6 +290,7 @@ async fn channel_views(s: &ApiState) -> ApiResult<Vec<ChannelView>> {
             fps: status.as_ref().map(|st| st.fps),
             last_motion_ms: status.as_ref().and_then(|st| st.last_motion_ms),
             worker: status.as_ref().map(|st| st.worker.clone()),
+            codecs: relay.as_ref().and_then(|r| r.codecs()),
             relay,
             preview: format!("/api/channels/{}/preview.jpg", ch.id),
             masks: ch.mask.iter().map(|m| m.points.clone()).collect(),

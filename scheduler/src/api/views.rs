@@ -70,8 +70,12 @@ pub struct ChannelView {
     pub fps: Option<f32>,
     pub last_motion_ms: Option<i64>,
     pub worker: Option<String>,
-    /// The relay's view of the camera: running, restarts, redacted last error.
+    /// The relay's view of the camera: running, restarts, redacted last error, each stream's
+    /// probe and route.
     pub relay: Option<RelayStatus>,
+    /// What the camera sends, e.g. "main H.265 1280x720 25 fps · audio G.711 A-law · sub H.264
+    /// 640x360" (from the relay's probes; absent until probed).
+    pub codecs: Option<String>,
     /// URL of the latest picture.
     pub preview: String,
     /// Mask polygons, normalised `[x, y]` corners.
