@@ -91,6 +91,16 @@ for size in main:1280:720 sub:640:360; do
         -vf "trim=end_frame=1,fps=25,scale=$w:$h,tpad=stop_mode=clone:stop_duration=90,format=yuv420p" \
         -c:v libx264 -preset veryfast -g 25 -bf 0 -an -f mp4 "$STATE/clips/frozen-$kind.mp4"
 done
+# Cameras as sites have them: camera 2 sends H.265 on its main stream (H.264 sub-stream) with
+# G.711 audio, camera 3 sends nothing but H.265. Made from the same scenes (x265, GOP 25).
+h265() { # scene
+    local out=$STATE/clips/$1-main265.mp4
+    [ -f "$out" ] || ffmpeg -hide_banner -loglevel error -nostdin -y -i "$STATE/clips/$1-main.mp4" \
+        -c:v libx265 -preset ultrafast -x265-params log-level=error:keyint=25:min-keyint=25:bframes=0 \
+        -tag:v hvc1 -an -f mp4 "$out.part" && mv "$out.part" "$out"
+}
+h265 people
+h265 street
 # Priority channels (1, 5, 9, ...) show people: YOLO confirms them.
 CLIPS=(factory people street road aisle frozen frozen frozen)
 
@@ -112,6 +122,11 @@ model = "$SHARED/models/yolov5n.onnx"
 snapshot_dir = "$STATE/snapshots"
 [logs]
 dir = "$STATE/logs"
+[relay]
+# nginx-rtmp's HLS directory: H.265 main streams are buffered by the relay under relay/ch<id>/.
+hls_dir = "$STATE/hls"
+# G.711 camera audio becomes AAC in backups; AAC is copied.
+audio = "copy"
 [notify]
 public_url = "http://127.0.0.1:$API_PORT"
 [notify.mqtt]
@@ -122,8 +137,10 @@ for i in $(seq 1 "$CHANNELS"); do
     # Priority channels back up only when YOLO sees a person or vehicle; the others on motion.
     prio=false; rec=motion; [ $((i % 4)) -eq 1 ] && { prio=true; rec=objects; }
     cam="rtsp://viewer:demo-password@127.0.0.1:$RTSP_PORT/cam$i"
-    printf '\n[[channel]]\nid = %d\nname = "Camera %d (%s)"\nsource = "%s/main"\ndetect_source = "%s/sub"\npriority = %s\nrecord = "%s"\n' \
-        "$i" "$i" "$c" "$cam" "$cam" "$prio" "$rec" >> "$STATE/cctv.toml"
+    # Camera 3 is H.265 only: no sub-stream; the relay transcodes a small H.264 for detection.
+    detect="detect_source = \"$cam/sub\""; [ "$i" -eq 3 ] && detect="# H.265 only: no sub-stream"
+    printf '\n[[channel]]\nid = %d\nname = "Camera %d (%s)"\nsource = "%s/main"\n%s\npriority = %s\nrecord = "%s"\n' \
+        "$i" "$i" "$c" "$cam" "$detect" "$prio" "$rec" >> "$STATE/cctv.toml"
 done
 "$BIN/scheduler" --config "$STATE/cctv.toml" check-config
 
@@ -146,7 +163,11 @@ infra_pids+=($!)
 cams=()
 for i in $(seq 1 "$CHANNELS"); do
     c=${CLIPS[$(( (i - 1) % ${#CLIPS[@]} ))]}
-    cams+=(--camera "$STATE/clips/$c-main.mp4,$STATE/clips/$c-sub.mp4")
+    case $i in
+        2) cams+=(--camera "$STATE/clips/$c-main265.mp4,$STATE/clips/$c-sub.mp4,g711") ;;
+        3) cams+=(--camera "$STATE/clips/$c-main265.mp4,$STATE/clips/$c-main265.mp4") ;;
+        *) cams+=(--camera "$STATE/clips/$c-main.mp4,$STATE/clips/$c-sub.mp4") ;;
+    esac
 done
 setsid /usr/bin/python3 loadtest/rtsp_cameras.py --port "$RTSP_PORT" "${cams[@]}" > /dev/null 2>>"$STATE/logs/cameras.log" &
 infra_pids+=($!)
@@ -178,6 +199,8 @@ Local cluster running: $CHANNELS RTSP cameras (rtsp://127.0.0.1:$RTSP_PORT/cam<N
   -> scheduler -> 2 motion workers + 1 YOLO worker + 1 record worker -> redis (127.0.0.1:$REDIS_PORT, namespace "local")
   -> notifier -> mosquitto (127.0.0.1:$MQTT_PORT).
   HLS buffer: http://127.0.0.1:$HTTP_PORT/hls/ch<N>/index.m3u8   nginx-rtmp stats: http://127.0.0.1:$HTTP_PORT/stat
+  Camera 2 sends H.265 + G.711 (H.264 sub-stream), camera 3 only H.265: their main streams are
+  buffered by the relay (http://127.0.0.1:$HTTP_PORT/hls/relay/ch<N>/index.m3u8); codecs in `cctv status`.
 
   Watch motion events:   $BIN/cctv --config $STATE/cctv.toml events tail
   Watch object events:   $BIN/cctv --config $STATE/cctv.toml events tail --category objects

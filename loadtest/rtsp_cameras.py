@@ -9,7 +9,8 @@ Camera i (from 1) is rtsp://<address>:<port>/cam<i>/main and .../cam<i>/sub. A c
 ends the RTSP session (as a camera reboot would); clients reconnect and it starts again.
 With --auth user:password the cameras ask for those credentials (RTSP Basic authentication)
 and answer anyone else 401 Unauthorized, as a camera does. With --g711 every main stream also
-carries G.711 A-law audio (a tone, rtppcmapay), the usual IP-camera audio.
+carries G.711 A-law audio (a tone as long as the clip, rtppcmapay), the usual IP-camera audio;
+`--camera main.mp4,sub.mp4,g711` gives it to one camera only.
 Debian packages: python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good
 gstreamer1.0-plugins-bad. Prints "ready" once listening.
 """
@@ -20,8 +21,7 @@ import gi
 
 gi.require_version("Gst", "1.0")
 gi.require_version("GstRtspServer", "1.0")
-gi.require_version("GstPbutils", "1.0")
-from gi.repository import GLib, Gst, GstPbutils, GstRtspServer  # noqa: E402
+from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 
 
 def clip_codec(clip):
@@ -33,6 +33,9 @@ def clip_codec(clip):
 
 def clip_tenths(clip):
     """The clip's duration in tenths of a second."""
+    gi.require_version("GstPbutils", "1.0")  # gir1.2-gst-plugins-base-1.0; only with audio
+    from gi.repository import GstPbutils
+
     info = GstPbutils.Discoverer.new(10 * Gst.SECOND).discover_uri(Gst.filename_to_uri(clip))
     return max(1, info.get_duration() // (Gst.SECOND // 10))
 
@@ -67,7 +70,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--address", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--camera", action="append", required=True, help="main.mp4,sub.mp4 (sub optional)")
+    p.add_argument("--camera", action="append", required=True, help="main.mp4[,sub.mp4[,g711]]")
     p.add_argument("--auth", help="user:password every client must give (Basic)")
     p.add_argument("--g711", action="store_true", help="main streams carry G.711 A-law audio")
     a = p.parse_args()
@@ -85,7 +88,8 @@ def main():
     mounts = server.get_mount_points()
     for i, cam in enumerate(a.camera, start=1):
         clips = cam.split(",")
-        mounts.add_factory(f"/cam{i}/main", factory(clips[0], a.auth, a.g711))
+        g711 = a.g711 or (len(clips) > 2 and clips[2] == "g711")
+        mounts.add_factory(f"/cam{i}/main", factory(clips[0], a.auth, g711))
         mounts.add_factory(f"/cam{i}/sub", factory(clips[1] if len(clips) > 1 else clips[0], a.auth))
     if server.attach(None) == 0:
         print(f"cannot listen on {a.address}:{a.port}", file=sys.stderr)

@@ -1130,7 +1130,10 @@ impl Config {
             p.add("relay.hls_dir", format!("{} must be an absolute path", self.relay.hls_dir.display()));
         }
         if !(30..=3600).contains(&self.relay.buffer_secs) {
-            p.add("relay.buffer_secs", format!("{} must be 30..=3600 (pre-roll and retries need 30 s)", self.relay.buffer_secs));
+            p.add(
+                "relay.buffer_secs",
+                format!("{} must be 30..=3600 (pre-roll and retries need 30 s)", self.relay.buffer_secs),
+            );
         }
         if self.logs.dir.as_os_str().is_empty() {
             p.add("logs.dir", "must not be empty".into());

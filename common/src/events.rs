@@ -309,6 +309,9 @@ pub struct StorageReport {
     /// Bytes of backup files in the directory.
     pub backup_bytes: u64,
     pub backup_files: u64,
+    /// Bytes of the H.264 copies made for browsers that cannot play H.265 backups.
+    #[serde(default)]
+    pub h264_copy_bytes: u64,
     /// When the oldest backup kept was last written (ms): how far back the footage goes.
     #[serde(default)]
     pub oldest_backup_ms: Option<i64>,

@@ -157,7 +157,8 @@ pub fn scrub_urls(text: &str) -> String {
         let start = rest[..pos].rfind(|c: char| !c.is_ascii_alphanumeric() && c != '+').map_or(0, |i| i + 1);
         out.push_str(&rest[..start]);
         let after = &rest[pos + 3..];
-        let end = after.find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | '`')).unwrap_or(after.len());
+        let end =
+            after.find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | '`')).unwrap_or(after.len());
         let mut url = &after[..end];
         let trailing_colon = url.ends_with(':');
         url = url.trim_end_matches(':');
@@ -412,7 +413,8 @@ mod tests {
         let cam = "[tcp @ 0x5] [error] Connection to tcp://127.0.0.1:9?timeout=1 failed: Connection refused\n[error] rtsp://127.0.0.1:9/a: Connection refused";
         assert!(explain_failure(cam).starts_with("camera refused the connection"), "{}", explain_failure(cam));
         // Unknown: the first error line, without its tags, with URLs cut to host and path.
-        let odd = "[info] x\n[h264 @ 0x5] [error] odd thing at rtsp://u:pw@cam:554/s?password=pw happened\n[error] \n[error]";
+        let odd =
+            "[info] x\n[h264 @ 0x5] [error] odd thing at rtsp://u:pw@cam:554/s?password=pw happened\n[error] \n[error]";
         assert_eq!(explain_failure(odd), "odd thing at rtsp://cam:554/s happened");
         assert_eq!(explain_failure("[error]\n[error] "), "ffmpeg ended without saying why");
         for tail in [hevc, pw, nginx, cam, odd, "[error]", ""] {

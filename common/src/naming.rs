@@ -57,6 +57,17 @@ pub fn is_snapshot_name(name: &str) -> bool {
     )
 }
 
+/// Where the browser-playable H.264 copy of backup `name` is kept, made on demand for a browser
+/// that cannot play the H.265 original: `<backup_dir>/.h264/<stem>.mp4`. It belongs to the
+/// backup: deleted with it, and counted in the storage report.
+pub fn h264_copy_path(backup_dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let stem = name.rsplit_once('.').map_or(name, |(stem, _)| stem);
+    backup_dir.join(H264_COPY_DIR).join(format!("{stem}.mp4"))
+}
+
+/// The folder of [`h264_copy_path`] inside a backup directory.
+pub const H264_COPY_DIR: &str = ".h264";
+
 #[cfg(test)]
 mod tests {
     use super::*;

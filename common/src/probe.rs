@@ -108,12 +108,8 @@ impl StreamProbe {
             match s.codec_type.as_deref() {
                 Some("video") if probe.video.is_none() => {
                     let fps = [s.avg_frame_rate, s.r_frame_rate].into_iter().flatten().find_map(|r| rate(&r));
-                    probe.video = Some(VideoProbe {
-                        codec,
-                        width: s.width.unwrap_or(0),
-                        height: s.height.unwrap_or(0),
-                        fps,
-                    });
+                    probe.video =
+                        Some(VideoProbe { codec, width: s.width.unwrap_or(0), height: s.height.unwrap_or(0), fps });
                 }
                 Some("audio") if probe.audio.is_none() => {
                     probe.audio = Some(AudioProbe {
@@ -155,7 +151,15 @@ pub fn probe(source: &str, timeout: Duration) -> Result<StreamProbe, String> {
     args.extend(input_args(source, timeout));
     // Enough to see the codecs of a camera whose keyframes are 4 s apart, not more.
     args.extend(["-probesize", "2000000", "-analyzeduration", "5000000"].map(String::from));
-    args.extend(["-show_entries", "stream=codec_type,codec_name,width,height,avg_frame_rate,r_frame_rate,sample_rate,channels", "-of", "json"].map(String::from));
+    args.extend(
+        [
+            "-show_entries",
+            "stream=codec_type,codec_name,width,height,avg_frame_rate,r_frame_rate,sample_rate,channels",
+            "-of",
+            "json",
+        ]
+        .map(String::from),
+    );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match crate::ffmpeg::ffprobe(&args, std::path::Path::new(path), timeout + Duration::from_secs(5)) {
         Ok(out) => StreamProbe::from_ffprobe_json(&out),

@@ -205,14 +205,27 @@ fn relay_output(cmd: &mut ffmpeg_sidecar::command::FfmpegCommand, index: usize, 
     // PTS and FLV refuses it ("Packet is missing PTS"), so the relay would never publish. Such a
     // packet gets its DTS (which ffmpeg estimates) as PTS; every other packet is untouched.
     cmd.args(["-bsf:v", RELAY_FIX_MISSING_PTS]);
+    audio_output(cmd, index, audio);
+    cmd.args(["-f", "flv"]).output(publish);
+}
+
+/// Input `index`'s first audio track per `audio` (see [`audio_for`]: FLV and MPEG-TS carry
+/// AAC/MP3; other camera codecs, G.711 and the like, need `aac`).
+fn audio_output(cmd: &mut ffmpeg_sidecar::command::FfmpegCommand, index: usize, audio: RelayAudio) {
     let audio_map = format!("{index}:a:0?");
     match audio {
         RelayAudio::Drop => cmd.arg("-an"),
-        // FLV carries AAC/MP3; other camera codecs (G.711, ...) need `aac`.
         RelayAudio::Copy => cmd.args(["-map", &audio_map, "-c:a", "copy"]),
         RelayAudio::Aac => cmd.args(["-map", &audio_map, "-c:a", "aac", "-b:a", "64k", "-ar", "44100"]),
     };
-    cmd.args(["-f", "flv"]).output(publish);
+}
+
+/// A relay's ffmpeg up to its first output: common options and the camera input.
+fn input_command(source: &str, timeout_s: u64) -> ffmpeg_sidecar::command::FfmpegCommand {
+    let mut cmd = ffmpeg::command();
+    cmd.arg("-nostats");
+    relay_input(&mut cmd, source, timeout_s);
+    cmd
 }
 
 /// The ffmpeg of a main stream nginx-rtmp cannot carry: stream copy into the relay's buffer
@@ -224,15 +237,9 @@ pub fn buffer_command(
     audio: RelayAudio,
     timeout_s: u64,
 ) -> ffmpeg_sidecar::command::FfmpegCommand {
-    let mut cmd = ffmpeg::command();
-    cmd.arg("-nostats");
-    relay_input(&mut cmd, source, timeout_s);
+    let mut cmd = input_command(source, timeout_s);
     cmd.args(["-map", "0:v:0", "-c:v", "copy", "-bsf:v", RELAY_FIX_MISSING_PTS]);
-    match audio {
-        RelayAudio::Drop => cmd.arg("-an"),
-        RelayAudio::Copy => cmd.args(["-map", "0:a:0?", "-c:a", "copy"]),
-        RelayAudio::Aac => cmd.args(["-map", "0:a:0?", "-c:a", "aac", "-b:a", "64k", "-ar", "44100"]),
-    };
+    audio_output(&mut cmd, 0, audio);
     cmd.args(ring_args);
     cmd
 }
@@ -241,9 +248,7 @@ pub fn buffer_command(
 /// most 640 px wide, a keyframe every 2 s (the motion gate's pace), no B-frames or look-ahead
 /// (latency), no audio, into nginx-rtmp.
 pub fn transcode_command(source: &str, publish: &str, timeout_s: u64) -> ffmpeg_sidecar::command::FfmpegCommand {
-    let mut cmd = ffmpeg::command();
-    cmd.arg("-nostats");
-    relay_input(&mut cmd, source, timeout_s);
+    let mut cmd = input_command(source, timeout_s);
     cmd.args(["-map", "0:v:0", "-vf", "scale='min(640,iw)':-2", "-c:v", "libx264", "-preset", "ultrafast"]);
     cmd.args(["-tune", "zerolatency", "-pix_fmt", "yuv420p", "-force_key_frames", "expr:gte(t,n_forced*2)"]);
     cmd.args(["-an", "-f", "flv"]).output(publish);
@@ -257,9 +262,7 @@ pub fn relay_command(
     audio: RelayAudio,
     timeout_s: u64,
 ) -> ffmpeg_sidecar::command::FfmpegCommand {
-    let mut cmd = ffmpeg::command();
-    cmd.arg("-nostats");
-    relay_input(&mut cmd, source, timeout_s);
+    let mut cmd = input_command(source, timeout_s);
     relay_output(&mut cmd, 0, publish, audio);
     cmd
 }
@@ -416,7 +419,7 @@ fn run_once(
     states: &[&StateCell],
     slot: &RunningSlot,
     watched: Vec<String>,
-    mut ring: Option<&mut crate::ring::Ring>,
+    ring: Option<&mut crate::ring::Ring>,
 ) -> String {
     let mut p = match FfmpegProcess::spawn(format!("relay {label}"), cmd, false) {
         Err(e) => return ffmpeg::explain_failure(&e.to_string()),
@@ -430,7 +433,7 @@ fn run_once(
         s.since_ms = Some(now_ms());
     }
     tracing::info!("relay running");
-    let r = match ring.as_deref_mut() {
+    let r = match ring {
         None => p.wait().map(|_| ()),
         Some(ring) => {
             let started = Instant::now();
@@ -975,7 +978,15 @@ fn supervise_camera(ctx: CameraCtx) {
                     _ => Output::Nginx { publish: main.publish.clone(), audio },
                 };
                 let start = |label: String, source: &str, output: Output, state: &StateCell| {
-                    start_relay(label, source.to_string(), output, state.clone(), plan_stop.clone(), plan_stop.clone(), true)
+                    start_relay(
+                        label,
+                        source.to_string(),
+                        output,
+                        state.clone(),
+                        plan_stop.clone(),
+                        plan_stop.clone(),
+                        true,
+                    )
                 };
                 let mut relays = vec![start(main.name.clone(), &main.source, main_output, &states.main)];
                 if let (Some(sub), Some(sub_state), Some(route)) = (&sub, &states.sub, plan.sub) {
@@ -1298,6 +1309,69 @@ mod tests {
         assert!(pos("live/ch1\"") < pos("\"1:v:0\"") && pos("\"1:v:0\"") < pos("live/ch1_sub"), "{cmd}");
         assert!(!cmd.contains("1:a:0"), "{cmd}");
         assert_eq!(cmd.matches("-rtsp_transport").count(), 2, "{cmd}");
+    }
+
+    fn probe(video: &str, audio: Option<&str>) -> StreamProbe {
+        StreamProbe {
+            video: Some(cctv_common::probe::VideoProbe {
+                codec: video.into(),
+                width: 1280,
+                height: 720,
+                fps: Some(25.0),
+            }),
+            audio: audio.map(|a| cctv_common::probe::AudioProbe { codec: a.into(), ..Default::default() }),
+        }
+    }
+
+    #[test]
+    fn each_stream_travels_the_way_its_codec_allows() {
+        let (h264, hevc) = (probe("h264", None), probe("hevc", Some("pcm_alaw")));
+        let plan = |main: Option<&StreamProbe>, sub: Option<Option<&StreamProbe>>| CameraPlan::of(main, sub);
+        // All H.264 (or not probed yet): nginx-rtmp, as before.
+        assert!(plan(Some(&h264), Some(Some(&h264))).all_nginx());
+        assert!(plan(None, None).all_nginx() && plan(None, Some(None)).all_nginx());
+        // H.265 main, H.264 sub: the main to the relay's buffer, the sub copied.
+        let p = plan(Some(&hevc), Some(Some(&h264)));
+        assert_eq!((p.main, p.sub, p.detect_transcode), (Route::Buffer, Some(Route::Nginx), false));
+        // H.264 main, H.265 sub: the sub transcoded for detection.
+        let p = plan(Some(&h264), Some(Some(&hevc)));
+        assert_eq!((p.main, p.sub, p.detect_transcode), (Route::Nginx, Some(Route::Transcode), false));
+        // H.265 only, with a sub-stream and without: detection always gets H.264.
+        let p = plan(Some(&hevc), Some(Some(&hevc)));
+        assert_eq!((p.main, p.sub, p.detect_transcode), (Route::Buffer, Some(Route::Transcode), false));
+        let p = plan(Some(&hevc), None);
+        assert_eq!((p.main, p.sub, p.detect_transcode), (Route::Buffer, None, true));
+        assert!(!p.all_nginx());
+        // An output whose stream changed codec no longer fits: the camera is planned anew.
+        let nginx = Output::Nginx { publish: String::new(), audio: RelayAudio::Drop };
+        assert!(nginx.fits(Some(&h264)) && !nginx.fits(Some(&hevc)) && nginx.fits(None));
+        let buffer = Output::Buffer { dir: "/x".into(), keep_secs: 60, audio: RelayAudio::Drop };
+        assert!(buffer.fits(Some(&hevc)) && !buffer.fits(Some(&h264)));
+    }
+
+    #[test]
+    fn camera_audio_is_copied_when_it_can_be_and_made_aac_otherwise() {
+        let g711 = probe("h264", Some("pcm_mulaw"));
+        let aac = probe("h264", Some("aac"));
+        assert_eq!(audio_for(RelayAudio::Copy, Some(&g711)), RelayAudio::Aac);
+        assert_eq!(audio_for(RelayAudio::Copy, Some(&aac)), RelayAudio::Copy);
+        assert_eq!(audio_for(RelayAudio::Copy, None), RelayAudio::Copy);
+        assert_eq!(audio_for(RelayAudio::Drop, Some(&g711)), RelayAudio::Drop);
+        assert_eq!(audio_for(RelayAudio::Aac, Some(&aac)), RelayAudio::Aac);
+    }
+
+    #[test]
+    fn buffer_and_transcode_commands_copy_or_encode_what_they_should() {
+        let ring = vec!["-f".to_string(), "segment".into(), "/buf/.part%d.ts".into()];
+        let buffer = args(buffer_command("rtsp://u:p@cam/1", &ring, RelayAudio::Aac, 10));
+        for needle in ["\"-c:v\" \"copy\"", "\"-c:a\" \"aac\"", "\"segment\"", "/buf/.part%d.ts", "tcp"] {
+            assert!(buffer.contains(needle), "{needle} missing from {buffer}");
+        }
+        assert!(!buffer.contains("-xerror") && !buffer.contains("flv"), "{buffer}");
+        let transcode = args(transcode_command("rtsp://cam/1", "rtmp://x/live/ch2", 10));
+        for needle in ["libx264", "zerolatency", "min(640,iw)", "-an", "flv", "rtmp://x/live/ch2"] {
+            assert!(transcode.contains(needle), "{needle} missing from {transcode}");
+        }
     }
 
     /// nginx-rtmp 1.1.4's `/stat`, cut down: a published stream, a stream only played (its

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use cctv_common::events::{now_ms, BackupEvent, BackupEventKind, MotionEventKind, StorageReport};
 use cctv_common::shutdown::CancellationToken;
+use cctv_testkit::browse;
 use cctv_testkit::cluster::{channel_with, run_in_thread, wait_for, Cluster};
 use cctv_testkit::Pusher;
 use redis::AsyncCommands;
@@ -214,6 +215,7 @@ async fn api_serves_live_data_validates_input_and_guards_mutations() {
         used_percent: 60.0,
         backup_bytes: 20,
         backup_files: 1,
+        h264_copy_bytes: 0,
         oldest_backup_ms: None,
         write_rate_bps: 0.0,
         hours_left: None,
@@ -426,11 +428,14 @@ async fn api_serves_live_data_validates_input_and_guards_mutations() {
             last_error: Some("401 Unauthorized (authorization failed)".into()),
             restarts: 3,
             since_ms: None,
+            probe: None,
+            route: None,
         },
         sub: None,
         host: "test".into(),
         updated_ms: now_ms(),
         one_process: false,
+        detect: None,
     };
     let _: () = conn.set(cluster.keys.relay_status(2), serde_json::to_string(&refused).unwrap()).await.unwrap();
     let (_, ch2) = http.get("/api/channels/2");
@@ -672,20 +677,6 @@ fn screenshot(port: u16, path: &str, flags: &[&str], budget_ms: u32, out: &std::
         .output()
         .expect("chromium");
     assert!(status.status.success() && out.is_file(), "no screenshot: {}", String::from_utf8_lossy(&status.stderr));
-}
-
-/// The DOM of the page at `path` after `budget_ms` of Chromium's virtual time, with `flags`.
-fn browse(port: u16, path: &str, flags: &[&str], budget_ms: u32) -> String {
-    let out = std::process::Command::new("chromium")
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
-        .arg(format!("--virtual-time-budget={budget_ms}"))
-        .args(flags)
-        .arg("--dump-dom")
-        .arg(format!("http://127.0.0.1:{port}{path}"))
-        .output()
-        .expect("chromium (apt-get install chromium)");
-    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Today's date in Tokyo (UTC+9, no daylight saving) as Chromium's en-US short date shows it.

@@ -35,7 +35,12 @@ fn streams(url: &Path) -> Vec<(String, String, String, u64)> {
         .filter_map(|l| {
             // ffprobe prints the entries in its own order: name, type, tag[, width].
             let f: Vec<&str> = l.split(',').collect();
-            Some((f.get(1)?.to_string(), f.first()?.to_string(), f.get(2)?.to_string(), f.get(3).and_then(|w| w.parse().ok()).unwrap_or(0)))
+            Some((
+                f.get(1)?.to_string(),
+                f.first()?.to_string(),
+                f.get(2)?.to_string(),
+                f.get(3).and_then(|w| w.parse().ok()).unwrap_or(0),
+            ))
         })
         .collect()
 }
@@ -54,13 +59,16 @@ async fn h265_cameras_are_watched_and_backed_up_by_stream_copy_with_their_audio(
     let cameras = RtspCameras::start_with_g711(&[(main265.clone(), sub264), (main265.clone(), main265)]);
     let channels = format!(
         "[[channel]]\nid = 1\nname = \"h265 main\"\nsource = \"{}\"\ndetect_source = \"{}\"\n\
-         [[channel]]\nid = 2\nname = \"h265 only\"\nsource = \"{}\"\n",
+         [[channel]]\nid = 2\nname = \"h265 only\"\nsource = \"{}\"\n\
+         [[channel]]\nid = 3\nname = \"wrong path\"\nsource = \"{}?password=secret\"\n",
         cameras.url("admin:secret@", 1, "main"),
         cameras.url("admin:secret@", 1, "sub"),
         cameras.url("admin:secret@", 2, "main"),
+        cameras.url("", 9, "main"),
     );
+    let port = cctv_testkit::free_port();
     let extra = format!(
-        "{}\n[relay]\naudio = \"copy\"\n",
+        "{}\n[relay]\naudio = \"copy\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n",
         record_section(tmp.path(), "pre_roll_secs = 3\npost_roll_secs = 3")
     );
     let mut cluster = Cluster::new(&channels, 8, &extra);
@@ -93,11 +101,21 @@ async fn h265_cameras_are_watched_and_backed_up_by_stream_copy_with_their_audio(
     };
     assert_eq!(video_at(format!("{live}/ch1_sub")).await, Some(("h264".into(), 320)));
     assert_eq!(video_at(format!("{live}/ch2")).await, Some(("h264".into(), 640)));
+    // A camera the relay cannot read says why in plain words (the password in the query string
+    // included, nothing of it shows).
+    let missing = wait_for(Duration::from_secs(40), || async {
+        status(&cluster, 3).await.and_then(|s| s.main.last_error).filter(|e| e.contains("404"))
+    })
+    .await;
+    assert_eq!(missing.as_deref(), Some("camera has no stream at that path (404 Not Found)"));
     // Record jobs are sent to the relay's buffer.
     let mut c = cluster.conn().await;
     for id in [1, 2] {
         let key: Option<String> = c.get(cluster.keys.record_playlist(id)).await.unwrap();
-        assert_eq!(key.as_deref(), Some(cluster.config.relay_playlist_url(cluster.config.channel(id).unwrap()).as_str()));
+        assert_eq!(
+            key.as_deref(),
+            Some(cluster.config.relay_playlist_url(cluster.config.channel(id).unwrap()).as_str())
+        );
     }
 
     cluster.start_scheduler();
@@ -125,11 +143,54 @@ async fn h265_cameras_are_watched_and_backed_up_by_stream_copy_with_their_audio(
         assert!(b.pre_roll_ms.is_some_and(|p| p >= 2_000), "ch{id} pre-roll: {b:?}");
         assert!(b.duration_secs >= 6.0, "ch{id}: {b:?}");
         let span = (b.end_ms - b.start_ms) as f64 / 1000.0;
-        assert!((span - b.duration_secs).abs() < 1.5, "ch{id}: wall-clock span {span} s vs {} s of video: a gap", b.duration_secs);
+        assert!(
+            (span - b.duration_secs).abs() < 1.5,
+            "ch{id}: wall-clock span {span} s vs {} s of video: a gap",
+            b.duration_secs
+        );
         assert!(b.error.is_none(), "{b:?}");
     }
+    // The dashboard: each card says what the camera sends; an H.265 backup plays where the
+    // browser can, else (headless Chromium has no H.265 decoder) through an H.264 copy made on
+    // demand, cached and counted in storage, with the original offered for download.
+    let http: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let get_json = |path: String| -> serde_json::Value {
+        http.get(format!("http://127.0.0.1:{port}{path}"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .map(|t| serde_json::from_str(&t).unwrap())
+            .unwrap()
+    };
+    let card = get_json("/api/channels/1".into());
+    assert!(card["codecs"].as_str().is_some_and(|c| c.starts_with("main H.265 640x360")), "{card}");
+    let backup = get_json("/api/backups?channel=2".into())["items"][0].clone();
+    assert_eq!(backup["codec"], "hevc", "{backup}");
+    let copy_url = backup["h264_copy"].as_str().expect("an H.264 copy is offered").to_string();
+    let mut resp = http.get(format!("http://127.0.0.1:{port}{copy_url}")).call().unwrap();
+    assert_eq!(resp.status(), 200);
+    let copy = tmp.path().join("copy.mp4");
+    std::fs::write(&copy, resp.body_mut().with_config().limit(1 << 30).read_to_vec().unwrap()).unwrap();
+    let s = streams(&copy);
+    assert!(s.iter().any(|s| s.0 == "video" && s.1 == "h264"), "{s:?}");
+    let file = backup["file"].as_str().unwrap();
+    let dom =
+        cctv_testkit::browse(port, &format!("/?play={file}"), &["--autoplay-policy=no-user-gesture-required"], 15_000);
+    let note = dom.split("id=\"player-note\"").nth(1).unwrap_or("");
+    assert!(note.contains("data-hevc=\"copy\"") && note.contains("cannot play"), "{note}");
+    let player = dom.split("id=\"player\"").nth(1).and_then(|r| r.split('>').next()).unwrap_or("");
+    assert!(player.contains("data-played=\"yes\""), "the H.264 copy did not play: {player}");
+    assert!(dom.contains("data-codecs=\"main H.265 640x360"), "the card does not show the codecs");
+    let counted = wait_for(Duration::from_secs(30), || async {
+        let storage = get_json("/api/storage".into());
+        storage["items"][0]["h264_copy_bytes"].as_u64().filter(|b| *b > 0)
+    })
+    .await;
+    assert!(counted.is_some(), "the H.264 copy is not counted in storage");
+
     // No status ever said the old nothing, and no password anywhere.
-    for id in [1, 2] {
+    for id in [1, 2, 3] {
         let json = serde_json::to_string(&status(&cluster, id).await).unwrap();
         assert!(!json.contains("ffmpeg failed") && !json.contains("[error]") && !json.contains("secret"), "{json}");
     }

@@ -591,3 +591,18 @@ pub fn make_still_clip(source: &Path, out: &Path, seconds: f64) {
     );
     encode(source, out, 1, &vf, &[]);
 }
+
+/// The DOM of the page at `path` on `127.0.0.1:<port>` after `budget_ms` of headless
+/// Chromium's virtual time, with `flags`.
+pub fn browse(port: u16, path: &str, flags: &[&str], budget_ms: u32) -> String {
+    let out = Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        .arg(format!("--virtual-time-budget={budget_ms}"))
+        .args(flags)
+        .arg("--dump-dom")
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .expect("chromium (apt-get install chromium)");
+    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -205,7 +205,10 @@ fn ts_video_codec_of(data: &[u8]) -> Option<&'static str> {
         let s = section(p)?;
         let len = (usize::from(s.get(1)? & 0x0f) << 8) | usize::from(*s.get(2)?);
         let entries = s.get(8..(3 + len).checked_sub(4)?)?;
-        entries.chunks_exact(4).find(|e| e[0] != 0 || e[1] != 0).map(|e| (u16::from(e[2] & 0x1f) << 8) | u16::from(e[3]))
+        entries
+            .chunks_exact(4)
+            .find(|e| e[0] != 0 || e[1] != 0)
+            .map(|e| (u16::from(e[2] & 0x1f) << 8) | u16::from(e[3]))
     })?;
     packets().filter(|p| pid(p) == pmt_pid).find_map(|p| {
         let s = section(p)?;

@@ -348,6 +348,7 @@ impl Monitor {
             used_percent: volume.used_percent(),
             backup_bytes: files.iter().map(|f| f.bytes).sum(),
             backup_files: files.len() as u64,
+            h264_copy_bytes: h264_copy_bytes(&self.dir),
             oldest_backup_ms: files
                 .first()
                 .and_then(|f| f.modified.duration_since(SystemTime::UNIX_EPOCH).ok().map(|d| d.as_millis() as i64)),
@@ -460,11 +461,24 @@ impl Monitor {
                 return false;
             }
         }
+        // Its H.264 copy (made for a browser) goes with it.
+        let copy = cctv_common::naming::h264_copy_path(&self.dir, &name);
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(copy)).await;
         tracing::info!(file = %f.path.display(), reason = %why, "backup deleted");
         let event = BackupEvent::deleted(&f.path, f.bytes, why, &self.worker);
         crate::publish_with(&self.conn, &self.keys, &self.log, &event).await;
         true
     }
+}
+
+/// Bytes of the backups' H.264 copies (see [`cctv_common::naming::h264_copy_path`]).
+fn h264_copy_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir.join(cctv_common::naming::H264_COPY_DIR))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok().filter(|m| m.is_file()).map(|m| m.len()))
+        .sum()
 }
 
 fn volume_of_fallback() -> Volume {

@@ -116,6 +116,7 @@ fn documented_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(events))
         .routes(routes!(backups))
         .routes(routes!(download_backup, delete_backup))
+        .routes(routes!(backup_h264_copy))
         .routes(routes!(protect_backup, unprotect_backup))
         .routes(routes!(snapshots))
         .routes(routes!(snapshot_file))
@@ -541,7 +542,15 @@ async fn backups(
         .into_iter()
         .map(|b| {
             let name = b.file_name();
+            // "ok: hevc 1280x720, 60.0 s" (worker-record's validation).
+            let codec =
+                b.validation.as_deref().and_then(|v| v.strip_prefix("ok: ")?.split(' ').next()).map(String::from);
+            let h264_copy = (codec.as_deref() == Some("hevc"))
+                .then(|| name.as_ref().map(|n| format!("/api/backups/h264/{n}")))
+                .flatten();
             BackupItem {
+                codec,
+                h264_copy,
                 channel: b.channel,
                 download: name.as_ref().map(|n| format!("/api/backups/file/{n}")),
                 protected: name.as_ref().is_some_and(|n| protected.contains(n)),
@@ -583,6 +592,55 @@ async fn download_backup(State(s): State<ApiState>, Path(name): Path<String>, re
     serve_file(path, req).await
 }
 
+/// One H.264 copy made at a time per API process: a browser asks for ranges of the same file
+/// at once, and copies are CPU work.
+static MAKING_H264_COPY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A browser-playable H.264 copy of an H.265 backup, for a browser that cannot play H.265
+/// (Firefox, Chrome without a hardware decoder): made on the first request (x264, audio
+/// copied), written under a temporary name and renamed once whole, then served from the cache.
+#[utoipa::path(get, path = "/api/backups/h264/{name}", tag = "backups",
+    params(("name" = String, Path, description = "file name of an H.265 backup, as listed")),
+    responses((status = 200, description = "the H.264 copy (video/mp4)", body = Vec<u8>),
+        (status = 206, description = "the range asked for", body = Vec<u8>),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 500, body = ErrorBody)))]
+async fn backup_h264_copy(State(s): State<ApiState>, Path(name): Path<String>, req: Request) -> ApiResult<Response> {
+    let original = backup_path(&s, &name)?;
+    let copy = cctv_common::naming::h264_copy_path(&s.config.record.backup_dir, &name);
+    if !copy.is_file() {
+        let _making = MAKING_H264_COPY.lock().await;
+        if !copy.is_file() {
+            let (from, to) = (original.clone(), copy.clone());
+            tokio::task::spawn_blocking(move || make_h264_copy(&from, &to))
+                .await
+                .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+                .map_err(|e| {
+                    ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("making an H.264 copy of {name}: {e}"))
+                })?;
+        }
+    }
+    serve_file(copy, req).await
+}
+
+/// `to` made from `from` by x264 (veryfast, CRF 23, faststart), audio copied; a half-made copy
+/// never carries the final name.
+fn make_h264_copy(from: &std::path::Path, to: &std::path::Path) -> Result<(), String> {
+    let dir = to.parent().ok_or("no directory")?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let part = to.with_extension("mp4.part");
+    let mut cmd = cctv_common::ffmpeg::command();
+    cmd.args(["-nostats", "-y"]).input(from);
+    cmd.args(["-map", "0:v:0", "-map", "0:a?", "-c:v", "libx264", "-preset", "veryfast", "-crf", "23"]);
+    cmd.args(["-pix_fmt", "yuv420p", "-c:a", "copy", "-movflags", "+faststart", "-f", "mp4"]).output(&part);
+    let label = format!("h264 copy {}", to.display());
+    let mut p = cctv_common::ffmpeg::FfmpegProcess::spawn(label, cmd, false).map_err(|e| e.to_string())?;
+    if p.wait().is_err() {
+        let _ = std::fs::remove_file(&part);
+        return Err(cctv_common::ffmpeg::explain_failure(&p.stderr_tail()));
+    }
+    std::fs::rename(&part, to).map_err(|e| format!("{}: {e}", to.display()))
+}
+
 /// Serves a file with HTTP Range support (a `<video>` element seeks with it).
 async fn serve_file(path: PathBuf, req: Request) -> ApiResult<Response> {
     let mime = match path.extension().and_then(|e| e.to_str()) {
@@ -616,6 +674,7 @@ async fn delete_backup(
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     std::fs::remove_file(&path)
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("deleting {name}: {e}")))?;
+    let _ = std::fs::remove_file(cctv_common::naming::h264_copy_path(&s.config.record.backup_dir, &name));
     let event = BackupEvent::deleted(&path, size, "deleted through the API".into(), "api");
     let _: String = s
         .conn

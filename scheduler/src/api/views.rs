@@ -148,6 +148,11 @@ pub struct BackupItem {
     pub download: Option<String>,
     /// Rotation and retention never delete it.
     pub protected: bool,
+    /// Its video codec as ffmpeg names it (`h264`, `hevc`), from its validation.
+    pub codec: Option<String>,
+    /// For an H.265 backup: a browser-playable H.264 copy, made on first request and cached
+    /// beside the backups (deleted with the backup, counted in `/api/storage`).
+    pub h264_copy: Option<String>,
 }
 
 /// An annotated snapshot of a positive YOLO result.
