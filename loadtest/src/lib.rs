@@ -51,6 +51,36 @@ pub struct Options {
     pub scenes: SceneMix,
     /// The cameras' keyframe interval, seconds (main and sub-stream).
     pub gop_secs: f64,
+    /// Which cameras send H.265, and what.
+    pub h265: H265Mix,
+}
+
+/// Cameras that send H.265 (see `docs/loadtest.md`): every `every`-th camera, with `kind`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct H265Mix {
+    pub kind: H265Kind,
+    pub every: usize,
+}
+
+/// What an H.265 camera of the load test sends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum H265Kind {
+    /// Every camera H.264 (main and sub-stream).
+    #[default]
+    None,
+    /// H.265 main stream (1280x720), H.264 sub-stream: the relay buffers the main stream itself.
+    Main,
+    /// H.265 main stream only, no sub-stream: the relay also transcodes a 640-wide H.264 detect
+    /// stream from it.
+    Only,
+}
+
+impl H265Mix {
+    /// Camera `i` (from 1) sends H.265.
+    pub fn h265(&self, i: usize) -> bool {
+        self.kind != H265Kind::None && self.every > 0 && i % self.every == 0
+    }
 }
 
 /// What the simulated cameras show. `Still` and `Active` split the `Mixed` load into its two
@@ -415,6 +445,9 @@ pub struct Report {
     /// The cameras' keyframe interval, seconds (older reports: 2).
     #[serde(default = "default_gop_secs")]
     pub gop_secs: f64,
+    /// Cameras that sent H.265 (older reports: none).
+    #[serde(default)]
+    pub h265: H265Mix,
     pub stages: Vec<StageReport>,
     pub samples: Vec<Sample>,
 }
@@ -442,32 +475,30 @@ pub fn parse_gop_secs(s: &str) -> Result<f64, String> {
 
 /// Camera clips: an active scene and a still one, main and sub-stream, long enough for the run
 /// (a short encode, then stream-copied many times over, so clip ends are rare).
-fn prepare_clips(cache: &Path, gop_secs: f64) -> anyhow::Result<[(PathBuf, PathBuf); 3]> {
+fn prepare_clips(cache: &Path, gop_secs: f64, h265: bool) -> anyhow::Result<[Clips; 3]> {
     std::fs::create_dir_all(cache)?;
-    let make = |name: &str, src: &str, vf_extra: &str| -> anyhow::Result<(PathBuf, PathBuf)> {
+    let make = |name: &str, src: &str, vf_extra: &str| -> anyhow::Result<Clips> {
         let mut out = Vec::new();
-        for (kind, w, h, fps) in [("main", 1280, 720, 25), ("sub", 640, 360, 10)] {
+        let kinds = [("main", 1280, 720, 25), ("sub", 640, 360, 10), ("main265", 1280, 720, 25)];
+        for (kind, w, h, fps) in kinds.into_iter().take(if h265 { 3 } else { 2 }) {
             let (gop, suffix) = gop_frames(fps, gop_secs);
             let long = cache.join(format!("{name}-{kind}{suffix}.mp4"));
             if !long.is_file() {
                 let short = cache.join(format!("{name}-{kind}-short.mp4"));
                 let vf = format!("fps={fps},scale={w}:{h}{vf_extra},format=yuv420p");
+                let gop = gop.to_string();
+                let x265 = format!("log-level=error:keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0");
+                let codec: &[&str] = if kind == "main265" {
+                    &["-c:v", "libx265", "-preset", "veryfast", "-x265-params", &x265, "-tag:v", "hvc1"]
+                } else {
+                    &["-c:v", "libx264", "-preset", "veryfast", "-g", &gop, "-bf", "0"]
+                };
                 let ok = Command::new("ffmpeg")
                     .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-stream_loop", "3", "-i"])
                     .arg(cctv_testkit::media(src))
-                    .args([
-                        "-vf",
-                        &vf,
-                        "-c:v",
-                        "libx264",
-                        "-preset",
-                        "veryfast",
-                        "-g",
-                        &gop.to_string(),
-                        "-bf",
-                        "0",
-                        "-an",
-                    ])
+                    .args(["-vf", &vf])
+                    .args(codec)
+                    .arg("-an")
                     .arg(&short)
                     .status()?
                     .success();
@@ -486,7 +517,7 @@ fn prepare_clips(cache: &Path, gop_secs: f64) -> anyhow::Result<[(PathBuf, PathB
             }
             out.push(long);
         }
-        Ok((out[0].clone(), out[1].clone()))
+        Ok(Clips { main: out[0].clone(), sub: out[1].clone(), main265: out.get(2).cloned() })
     };
     Ok([
         // Activity then 15 s of stillness, over and over: motion events start and end.
@@ -500,6 +531,15 @@ fn prepare_clips(cache: &Path, gop_secs: f64) -> anyhow::Result<[(PathBuf, PathB
             ",trim=end_frame=1,tpad=stop_mode=clone:stop_duration=20,noise=alls=4:allf=t",
         )?,
     ])
+}
+
+/// One scene's camera clips: H.264 main and sub-stream, and the main stream in H.265 when an
+/// H.265 mix asks for it.
+#[derive(Debug, Clone)]
+pub struct Clips {
+    pub main: PathBuf,
+    pub sub: PathBuf,
+    pub main265: Option<PathBuf>,
 }
 
 /// What camera `i` (from 1) shows: 0 people (the priority channels' scene), 1 shoppers, 2 still.
@@ -557,12 +597,19 @@ fn config_text(
         dir.join("snapshots").display(),
         live = nginx.live_url(),
     );
+    // The relay's own buffer (H.265 main streams) goes where this nginx serves HLS.
+    t += &format!("[relay]\nhls_dir = \"{}\"\n", nginx.hls_dir().display());
     for i in 1..=n {
         let priority = camera_priority(i, opts.scenes);
+        // An H.265-only camera has no sub-stream: the relay transcodes one.
+        let detect = if opts.h265.h265(i) && opts.h265.kind == H265Kind::Only {
+            String::new()
+        } else {
+            format!("detect_source = \"{}\"\n", cams.url("viewer:load@", i as u32, "sub"))
+        };
         t += &format!(
-            "[[channel]]\nid = {i}\nname = \"cam {i}\"\nsource = \"{}\"\ndetect_source = \"{}\"\npriority = {priority}\n",
+            "[[channel]]\nid = {i}\nname = \"cam {i}\"\nsource = \"{}\"\n{detect}priority = {priority}\n",
             cams.url("viewer:load@", i as u32, "main"),
-            cams.url("viewer:load@", i as u32, "sub"),
         );
     }
     t
@@ -687,10 +734,18 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     std::fs::create_dir_all(&logs)?;
     let max = *opts.stages.iter().max().context("no stage")?;
     eprintln!("preparing camera clips in {} (first run only)...", opts.cache_dir.display());
-    let clips = prepare_clips(&opts.cache_dir, opts.gop_secs)?;
+    let clips = prepare_clips(&opts.cache_dir, opts.gop_secs, opts.h265.kind != H265Kind::None)?;
     let redis = Redis::start();
     let nginx = Nginx::start();
-    let cams: Vec<(PathBuf, PathBuf)> = (1..=max).map(|i| clips[camera_scene(i, opts.scenes)].clone()).collect();
+    let cams: Vec<(PathBuf, PathBuf)> = (1..=max)
+        .map(|i| {
+            let c = &clips[camera_scene(i, opts.scenes)];
+            match (&c.main265, opts.h265.h265(i)) {
+                (Some(main265), true) => (main265.clone(), c.sub.clone()),
+                _ => (c.main.clone(), c.sub.clone()),
+            }
+        })
+        .collect();
     let cameras = RtspCameras::start(&cams);
     let api_port = cctv_testkit::free_port();
     let cfg = work.join("cctv.toml");
@@ -1022,6 +1077,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         motion_settings,
         yolo_settings,
         scenes: opts.scenes,
+        h265: opts.h265,
         gop_secs: opts.gop_secs,
         stages,
         samples,
@@ -1104,6 +1160,18 @@ pub fn write_report(r: &Report, dir: &Path) -> anyhow::Result<()> {
         SceneMix::Active => {
             md += "Scenes: every camera **active**, every other one a priority channel (the active part of a \
                    mixed load four times as large).\n\n"
+        }
+    }
+    match r.h265.kind {
+        H265Kind::None => {}
+        H265Kind::Main => {
+            md += &format!("H.265: every {}th camera sends an **H.265 main stream** (H.264 sub-stream).\n\n", r.h265.every)
+        }
+        H265Kind::Only => {
+            md += &format!(
+                "H.265: every {}th camera sends **H.265 only** (no sub-stream: the relay transcodes the detect stream).\n\n",
+                r.h265.every
+            )
         }
     }
     if r.gop_secs != DEFAULT_GOP_SECS {

@@ -52,6 +52,13 @@ enum Command {
         /// The cameras' keyframe interval (GOP), seconds, main and sub-stream.
         #[arg(long, default_value_t = loadtest::DEFAULT_GOP_SECS, value_parser = loadtest::parse_gop_secs)]
         gop_secs: f64,
+        /// Cameras that send H.265: `main` (H.265 main, H.264 sub-stream) or `only` (H.265 and
+        /// no sub-stream), every `--h265-every`-th camera.
+        #[arg(long, value_enum, default_value_t)]
+        h265: loadtest::H265Kind,
+        /// Which cameras `--h265` applies to: every N-th.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
+        h265_every: u64,
         /// No progress bars (logs and CI).
         #[arg(long)]
         no_progress: bool,
@@ -159,6 +166,8 @@ fn main() -> ExitCode {
             yolo_settings,
             scenes,
             gop_secs,
+            h265,
+            h265_every,
         } => {
             let settings = loadtest::motion_section(&motion_settings)
                 .and_then(|m| Ok((m, loadtest::setting_lines("yolo", &yolo_settings)?)));
@@ -186,6 +195,7 @@ fn main() -> ExitCode {
                 yolo,
                 scenes,
                 gop_secs,
+                h265: loadtest::H265Mix { kind: h265, every: h265_every as usize },
             };
             match until_interrupted(loadtest::run(opts.clone())) {
                 Err(code) => code,

@@ -77,7 +77,14 @@ enum Step {
 /// A scene: real footage and a script over it.
 #[derive(Debug, Clone)]
 struct Scene {
+    /// The footage (see [`scene_segments`]).
     name: &'static str,
+    /// How the report names it.
+    label: &'static str,
+    /// The camera sends H.265 on both streams, through a real RTSP server and the relay (the
+    /// main stream into the relay's own buffer, the sub-stream transcoded to H.264 for
+    /// detection); the other scenes publish H.264 into nginx-rtmp directly.
+    h265: bool,
     what: &'static str,
     script: Vec<Step>,
     /// The lights go down over this span of clip time (seconds), while nobody is there.
@@ -88,6 +95,8 @@ fn scenes(quick: bool) -> Vec<Scene> {
     use Step::*;
     let room = Scene {
         name: "room",
+        label: "room",
+        h265: false,
         what: "people-detection.gif: an empty room (real footage, played back and forth), a person walks in \
                through the door, stands still, walks out",
         // Stands 12 s; passes through after 4 s; comes back (3 s after in the quick script,
@@ -105,15 +114,25 @@ fn scenes(quick: bool) -> Vec<Scene> {
     };
     let floor = Scene {
         name: "floor",
+        label: "floor",
+        h265: false,
         what: "worker-zone-detection.gif: an empty factory floor (the footage's temporal median with sensor \
                noise), workers walk through, one stops for 12 s",
         script: vec![Empty(30.0), Play(1), Stand(12.0), Play(1), Empty(5.0), Play(2), Empty(4.0), Play(1), Empty(45.0)],
         lights_down: (12.0, 20.0),
     };
+    // The room again, from a camera that sends nothing but H.265.
+    let room_h265 = Scene {
+        label: "room (H.265)",
+        h265: true,
+        what: "the room's script and footage from a camera that sends H.265 on both streams (RTSP → relay: \
+               main stream into the relay's own buffer, sub-stream transcoded to H.264 for detection)",
+        ..room.clone()
+    };
     if quick {
         vec![room]
     } else {
-        vec![room, floor]
+        vec![room, floor, room_h265]
     }
 }
 
@@ -303,6 +322,32 @@ fn prepare_scene(scene: &Scene, gop_secs: f64, cache: &Path, yolo_config: &Path)
     args.extend(enc);
     args.push(main.to_str().unwrap_or_default());
     ffmpeg(&args)?;
+    let (main, sub) = if scene.h265 {
+        // As an H.265 camera sends them: x265, same keyframe interval, quality high enough
+        // that the bar code reads back.
+        let x265 = format!("log-level=error:keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0:crf=18");
+        let (main265, sub265) = (dir.join("main265.mp4"), dir.join("sub265.mp4"));
+        for (from, to) in [(&main, &main265), (&sub, &sub265)] {
+            let (from, to) = (from.to_str().unwrap_or_default(), to.to_str().unwrap_or_default());
+            ffmpeg(&[
+                "-i",
+                from,
+                "-c:v",
+                "libx265",
+                "-preset",
+                "veryfast",
+                "-x265-params",
+                &x265,
+                "-tag:v",
+                "hvc1",
+                "-an",
+                to,
+            ])?;
+        }
+        (main265, sub265)
+    } else {
+        (main, sub)
+    };
     let frames = read_bar_codes(&main)?.len() as u32;
     let secs = frames.div_ceil(FPS) as usize;
     // The script's timeline, from the steps' real lengths.
@@ -697,7 +742,11 @@ fn score(r: ChannelRun<'_>) -> ChannelScore {
     }
 }
 
-fn config_text(redis: &Redis, nginx: &Nginx, dir: &Path, channels: &[(u32, &str)], motion: &str) -> String {
+/// A channel of the harness' cluster: id, record policy, and the RTSP camera (main and
+/// sub-stream URLs) it comes from when the relay brings it (H.265 scenes).
+type HarnessChannel<'a> = (u32, &'a str, Option<(String, String)>);
+
+fn config_text(redis: &Redis, nginx: &Nginx, dir: &Path, channels: &[HarnessChannel], motion: &str) -> String {
     let mut t = motion.to_string();
     t += &format!(
         "[cluster]\nredis_url = \"{}\"\nnamespace = \"{NS}\"\n\
@@ -715,13 +764,17 @@ fn config_text(redis: &Redis, nginx: &Nginx, dir: &Path, channels: &[(u32, &str)
         // Its own port: the default 8088 may be taken (another cluster, a site's scheduler).
         api_port = cctv_testkit::free_port(),
     );
-    for &(id, policy) in channels {
-        // The cameras publish into nginx themselves (stream copy, as the relays do); the
-        // sources are never dialled.
-        let extra = if policy == "objects" { "priority = true\nrecord = \"objects\"\n" } else { "" };
+    t += &format!("[relay]\nhls_dir = \"{}\"\n", nginx.hls_dir().display());
+    for (id, policy, camera) in channels {
+        // H.264 cameras publish into nginx themselves (stream copy, as the relays do) and their
+        // sources are never dialled; H.265 cameras are real RTSP cameras behind the relay.
+        let (source, detect) = camera
+            .clone()
+            .unwrap_or_else(|| (format!("rtsp://127.0.0.1:1/cam{id}"), format!("rtsp://127.0.0.1:1/cam{id}-sub")));
+        let extra = if *policy == "objects" { "priority = true\nrecord = \"objects\"\n" } else { "" };
         t += &format!(
-            "[[channel]]\nid = {id}\nname = \"quality {id}\"\nsource = \"rtsp://127.0.0.1:1/cam{id}\"\n\
-             detect_source = \"rtsp://127.0.0.1:1/cam{id}-sub\"\n{extra}"
+            "[[channel]]\nid = {id}\nname = \"quality {id}\"\nsource = \"{source}\"\n\
+             detect_source = \"{detect}\"\n{extra}"
         );
     }
     t
@@ -740,31 +793,79 @@ pub async fn quality(opts: QualityOptions) -> anyhow::Result<QualityReport> {
     let redis = Redis::start();
     let nginx = Nginx::start();
     let scenes = scenes(opts.quick);
-    let mut channels: Vec<(u32, &str)> = Vec::new();
-    for i in 0..scenes.len() as u32 {
-        channels.push((2 * i + 1, "motion"));
-        channels.push((2 * i + 2, "objects"));
-    }
+    let policies = |i: u32| [(2 * i + 1, "motion"), (2 * i + 2, "objects")];
+    // Ground truth is made with a config that names every channel (YOLO settings, classes).
+    let plain: Vec<HarnessChannel> = (0..scenes.len() as u32).flat_map(policies).map(|(id, p)| (id, p, None)).collect();
     let cfg = work.join("cctv.toml");
-    crate::write_config(&cfg, &config_text(&redis, &nginx, &work, &channels, &opts.motion))?;
-    let config = cctv_common::config::Config::load(&cfg)?;
+    crate::write_config(&cfg, &config_text(&redis, &nginx, &work, &plain, &opts.motion))?;
     crate::default_ort_path()?;
     eprintln!("preparing scenes and their ground truth in {} (first run only)...", cache_dir.display());
     let clips: Vec<SceneClips> =
         scenes.iter().map(|s| prepare_scene(s, opts.gop_secs, &cache_dir, &cfg)).collect::<Result<_, _>>()?;
+    // The H.265 scenes' cameras: a real RTSP server, one camera per channel.
+    let h265: Vec<(u32, usize)> = scenes
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.h265)
+        .flat_map(|(i, _)| policies(i as u32).map(|(id, _)| (id, i)))
+        .collect();
+    let rtsp = (!h265.is_empty()).then(|| {
+        let cams: Vec<(PathBuf, PathBuf)> =
+            h265.iter().map(|(_, i)| (clips[*i].main.clone(), clips[*i].sub.clone())).collect();
+        cctv_testkit::RtspCameras::start(&cams)
+    });
+    let mut channels: Vec<HarnessChannel> = plain.clone();
+    for (cam, (id, _)) in h265.iter().enumerate() {
+        let rtsp = rtsp.as_ref().context("RTSP cameras")?;
+        let url = |stream| rtsp.url("", cam as u32 + 1, stream);
+        if let Some(c) = channels.iter_mut().find(|c| c.0 == *id) {
+            c.2 = Some((url("main"), url("sub")));
+        }
+    }
+    crate::write_config(&cfg, &config_text(&redis, &nginx, &work, &channels, &opts.motion))?;
+    let config = cctv_common::config::Config::load(&cfg)?;
 
     let mut pushers = Vec::new();
-    for (i, _) in scenes.iter().enumerate() {
-        for (id, _) in &channels[2 * i..2 * i + 2] {
+    for (i, scene) in scenes.iter().enumerate().filter(|(_, s)| !s.h265) {
+        debug_assert!(!scene.h265);
+        for (id, _) in policies(i as u32) {
             pushers.push((
-                *id,
+                id,
                 Pusher::start_with_sub(&clips[i].main, &clips[i].sub, &nginx.live_url(), &format!("ch{id}")),
             ));
         }
     }
-    let t0: BTreeMap<u32, i64> = pushers.iter().map(|(id, p)| (*id, p.wait_publishing())).collect();
+    let mut t0: BTreeMap<u32, i64> = pushers.iter().map(|(id, p)| (*id, p.wait_publishing())).collect();
     let cfgs = cfg.to_str().context("config path")?;
     let mut procs = Vec::new();
+    if !h265.is_empty() {
+        // The relay brings the RTSP cameras only: its config names no other channel.
+        let relay_cfg = work.join("relay.toml");
+        let only: Vec<HarnessChannel> = channels.iter().filter(|c| c.2.is_some()).cloned().collect();
+        crate::write_config(&relay_cfg, &config_text(&redis, &nginx, &work, &only, &opts.motion))?;
+        let relay_cfgs = relay_cfg.to_str().context("config path")?;
+        let args = ["--config", relay_cfgs, "relay"];
+        procs.push(Proc::spawn("relay", &workspace_bin("scheduler")?, &args, &logs.join("relay.log"))?);
+        // A clip starts when its RTSP session plays: the relay's detect-stream process started
+        // just before (its connect time makes onsets look a little later, never earlier).
+        let mut conn = redis::Client::open(redis.url())?.get_multiplexed_async_connection().await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for (id, _) in &h265 {
+            loop {
+                let st: Option<String> = redis::AsyncCommands::get(&mut conn, Keys::new(NS).relay_status(*id)).await?;
+                // `scheduler::relay::RelayStatus`, read as JSON (this crate does not link the scheduler).
+                let st: serde_json::Value = st.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default();
+                let sub = &st["sub"];
+                let running = sub["running"] == true && sub["route"].is_string();
+                if let Some(since) = sub["since_ms"].as_i64().filter(|_| running) {
+                    t0.insert(*id, since);
+                    break;
+                }
+                anyhow::ensure!(Instant::now() < deadline, "the relay did not bring channel {id} within 60 s");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
     for (name, bin, args) in [
         ("scheduler", "scheduler", vec!["--config", cfgs, "run"]),
         ("worker-motion", "worker-motion", vec!["--config", cfgs, "run"]),
@@ -786,7 +887,7 @@ pub async fn quality(opts: QualityOptions) -> anyhow::Result<QualityReport> {
     let first_play_end = |id: u32| t0[&id] + clip_secs as i64 * 1000;
     loop {
         let mut open = 0;
-        for (id, _) in &channels {
+        for (id, _, _) in &channels {
             if let Some(v) = store.active(*id).await? {
                 open += usize::from(v.rec.state != RecordingState::Closed && v.rec.start_ms < first_play_end(*id));
             }
@@ -807,7 +908,7 @@ pub async fn quality(opts: QualityOptions) -> anyhow::Result<QualityReport> {
     let motion: Vec<MotionEvent> =
         crate::stream::<MotionEvent>(&mut conn, &keys.motion_events(), 0).await.into_iter().map(|(_, e)| e).collect();
     let mut readers = BTreeMap::new();
-    for (id, _) in &channels {
+    for (id, _, _) in &channels {
         let status: Option<String> = redis::AsyncCommands::get(&mut conn, keys.channel_status(*id)).await.ok();
         if let Some(st) = status.and_then(|j| serde_json::from_str::<cctv_common::events::ChannelStatus>(&j).ok()) {
             readers.insert(*id, (st.frames_total, st.frames_gated));
@@ -818,7 +919,7 @@ pub async fn quality(opts: QualityOptions) -> anyhow::Result<QualityReport> {
 
     let mut scores = Vec::new();
     for (i, scene) in scenes.iter().enumerate() {
-        for &(id, policy) in &channels[2 * i..2 * i + 2] {
+        for (id, policy) in policies(i as u32) {
             let mut files = Vec::new();
             let first_play = |e: &&BackupEvent| {
                 e.channel == id && e.kind == BackupEventKind::File && e.start_ms < first_play_end(id)
@@ -855,7 +956,7 @@ pub async fn quality(opts: QualityOptions) -> anyhow::Result<QualityReport> {
             let wanted = ch.labels.clone().unwrap_or_else(|| config.yolo.classes.clone());
             let mut s = score(ChannelRun {
                 channel: id,
-                scene: scene.name,
+                scene: scene.label,
                 policy,
                 wanted: &wanted,
                 clips: &clips[i],
@@ -882,7 +983,7 @@ pub async fn quality(opts: QualityOptions) -> anyhow::Result<QualityReport> {
         post_roll_secs: config.record.post_roll_secs,
         motion_settings: opts.motion.lines().skip(1).map(str::to_string).collect(),
         gop_secs: opts.gop_secs,
-        scenes: scenes.iter().map(|s| (s.name.to_string(), s.what.to_string())).collect(),
+        scenes: scenes.iter().map(|s| (s.label.to_string(), s.what.to_string())).collect(),
         targets_met: scores.iter().all(|s| s.problems.is_empty()),
         channels: scores,
     };
