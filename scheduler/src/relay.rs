@@ -248,7 +248,11 @@ pub fn buffer_command(
 /// most 640 px wide, a keyframe every 2 s (the motion gate's pace), no B-frames or look-ahead
 /// (latency), no audio, into nginx-rtmp.
 pub fn transcode_command(source: &str, publish: &str, timeout_s: u64) -> ffmpeg_sidecar::command::FfmpegCommand {
-    let mut cmd = input_command(source, timeout_s);
+    let mut cmd = ffmpeg::command();
+    // One decoder thread: frame threading holds a frame per extra thread (a latency of 0.2 s
+    // at 10 fps on this 2-core machine), and a detect stream is small.
+    cmd.args(["-nostats", "-threads", "1"]);
+    relay_input(&mut cmd, source, timeout_s);
     cmd.args(["-map", "0:v:0", "-vf", "scale='min(640,iw)':-2", "-c:v", "libx264", "-preset", "ultrafast"]);
     cmd.args(["-tune", "zerolatency", "-pix_fmt", "yuv420p", "-force_key_frames", "expr:gte(t,n_forced*2)"]);
     cmd.args(["-an", "-f", "flv"]).output(publish);
@@ -405,8 +409,9 @@ fn watchdog_round(watch: &StreamWatch, slots: &[RunningSlot], now: Instant) {
     }
 }
 
-/// A buffer output whose ffmpeg finished no fragment for this long is ended: the camera sends
-/// no keyframe (ffmpeg's own `-timeout` ends one that sends nothing).
+/// A buffer output whose ffmpeg finished no fragment for this long (or twice its longest
+/// fragment) is ended: the camera sends no keyframe, or its video stalled while its audio goes
+/// on (ffmpeg's own `-timeout` ends one that sends nothing).
 const NO_KEYFRAME_FOR: Duration = Duration::from_secs(20);
 
 /// Runs `cmd` to its end with its state(s) marked running; the reason it ended, in plain words
@@ -448,10 +453,12 @@ fn run_once(
                     Ok(_) => last_fragment = Instant::now(),
                     Err(e) => tracing::warn!(error = %e, "cannot take the relay buffer's fragments"),
                 }
-                if last_fragment.elapsed() >= NO_KEYFRAME_FOR {
+                // A camera with long GOPs ("smart" codecs) cuts long fragments: judged by its own.
+                let limit = NO_KEYFRAME_FOR.max(Duration::from_millis(2 * ring.longest_ms().max(0) as u64));
+                if last_fragment.elapsed() >= limit {
                     let mut slot = lock(slot);
                     if let Some(running) = slot.as_mut().filter(|r| r.killed.is_none()) {
-                        running.killed = Some(format!("no keyframe for {} s", NO_KEYFRAME_FOR.as_secs()));
+                        running.killed = Some(format!("no keyframe for {} s", last_fragment.elapsed().as_secs()));
                         running.stopper.terminate();
                     }
                 }
@@ -1369,7 +1376,7 @@ mod tests {
         }
         assert!(!buffer.contains("-xerror") && !buffer.contains("flv"), "{buffer}");
         let transcode = args(transcode_command("rtsp://cam/1", "rtmp://x/live/ch2", 10));
-        for needle in ["libx264", "zerolatency", "min(640,iw)", "-an", "flv", "rtmp://x/live/ch2"] {
+        for needle in ["\"-threads\" \"1\"", "libx264", "zerolatency", "min(640,iw)", "-an", "flv", "rtmp://x/live/ch2"] {
             assert!(transcode.contains(needle), "{needle} missing from {transcode}");
         }
     }

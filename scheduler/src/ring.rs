@@ -264,6 +264,11 @@ impl Ring {
         std::fs::rename(tmp, self.dir.join(PLAYLIST))
     }
 
+    /// The longest fragment listed, ms (0 when none): the camera's longest GOP, about.
+    pub fn longest_ms(&self) -> i64 {
+        self.listed.iter().map(|f| f.duration_ms).max().unwrap_or(0)
+    }
+
     pub fn listed(&self) -> impl Iterator<Item = &Fragment> {
         self.listed.iter()
     }
