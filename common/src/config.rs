@@ -441,8 +441,10 @@ pub struct RelayConfig {
     /// writes itself under `<hls_dir>/relay/ch<id>/`, served as `<hls_url>/relay/ch<id>/`, so
     /// the relay runs where it can write this directory. Default `/dev/shm/cctv-hls`.
     pub hls_dir: std::path::PathBuf,
-    /// Seconds of video the relay's own buffer keeps (like `--hls-playlist-secs`: pre-roll
-    /// plus the record workers' retries). Default 60, at least 30.
+    /// Seconds of video the relay's own buffer lists (like `--hls-playlist-secs`: pre-roll
+    /// plus the record workers' retries); a fragment stays on disk up to twice that. At most
+    /// nginx's `--hls-playlist-secs`, whose cleanup deletes older fragments under its HLS
+    /// directory. Default 60, at least 30.
     pub buffer_secs: u32,
 }
 

@@ -244,16 +244,31 @@ pub fn buffer_command(
     cmd
 }
 
+/// The most frames per second a transcoded detect stream carries: motion analyses 5 per
+/// second and YOLO at most `yolo.fps`, and every frame encoded costs (docs/loadtest.md). 15,
+/// not 10: at exactly twice the analysis rate, timestamp jitter made the 5 fps sampling miss
+/// 2 % of its frames in the load test.
+pub const DETECT_MAX_FPS: f64 = 15.0;
+
 /// The ffmpeg of a detect stream nginx-rtmp cannot carry: decoded and encoded to H.264 at
-/// most 640 px wide, a keyframe every 2 s (the motion gate's pace), no B-frames or look-ahead
-/// (latency), no audio, into nginx-rtmp.
-pub fn transcode_command(source: &str, publish: &str, timeout_s: u64) -> ffmpeg_sidecar::command::FfmpegCommand {
+/// most 640 px wide and [`DETECT_MAX_FPS`] (`source_fps`: the stream's rate, when probed), a
+/// keyframe every 2 s (the motion gate's pace), no B-frames or look-ahead (latency), no audio,
+/// into nginx-rtmp.
+pub fn transcode_command(
+    source: &str,
+    publish: &str,
+    source_fps: Option<f64>,
+    timeout_s: u64,
+) -> ffmpeg_sidecar::command::FfmpegCommand {
     let mut cmd = ffmpeg::command();
     // One decoder thread: frame threading holds a frame per extra thread (a latency of 0.2 s
-    // at 10 fps on this 2-core machine), and a detect stream is small.
+    // at 10 fps on this 2-core machine).
     cmd.args(["-nostats", "-threads", "1"]);
     relay_input(&mut cmd, source, timeout_s);
-    cmd.args(["-map", "0:v:0", "-vf", "scale='min(640,iw)':-2", "-c:v", "libx264", "-preset", "ultrafast"]);
+    // A slower camera keeps its rate (the filter would repeat frames).
+    let cap = source_fps.is_none_or(|f| f > DETECT_MAX_FPS + 0.5);
+    let vf = format!("{}scale='min(640,iw)':-2", if cap { format!("fps={DETECT_MAX_FPS},") } else { String::new() });
+    cmd.args(["-map", "0:v:0", "-vf", &vf, "-c:v", "libx264", "-preset", "ultrafast"]);
     cmd.args(["-tune", "zerolatency", "-pix_fmt", "yuv420p", "-force_key_frames", "expr:gte(t,n_forced*2)"]);
     cmd.args(["-an", "-f", "flv"]).output(publish);
     cmd
@@ -591,6 +606,7 @@ fn relay_loop(
     lock(state).route = Some(output.route().describe().to_string());
     let mut backoff = Backoff::new();
     let mut ring: Option<crate::ring::Ring> = None;
+    let mut audio_guard = AudioGuard::default();
     while !stop.is_cancelled() {
         let probe = if probed { lock(state).probe.clone() } else { probe_into(source, state) };
         probed = false;
@@ -605,14 +621,15 @@ fn relay_loop(
         let started = Instant::now();
         let reason = match output {
             Output::Nginx { publish, audio } => {
-                let cmd = relay_command(source, publish, audio_for(*audio, probe.as_ref()), 10);
+                let cmd = relay_command(source, publish, audio_guard.audio(*audio, probe.as_ref()), 10);
                 run_once(label, cmd, &[state], slot, Vec::new(), None)
             }
             Output::Transcode { publish } => {
                 // Video only: its bytes at nginx-rtmp grow only while video comes, so the
                 // watchdog sees a camera whose video stalled while its session lives on.
                 let watched = publish.rsplit('/').next().map(str::to_string).into_iter().collect();
-                run_once(label, transcode_command(source, publish, 10), &[state], slot, watched, None)
+                let fps = probe.as_ref().and_then(|p| p.video.as_ref()).and_then(|v| v.fps);
+                run_once(label, transcode_command(source, publish, fps, 10), &[state], slot, watched, None)
             }
             Output::Buffer { dir, keep_secs, audio } => {
                 if ring.is_none() {
@@ -625,7 +642,8 @@ fn relay_loop(
                     None => format!("cannot write the relay buffer in {} (relay.hls_dir)", dir.display()),
                     Some(ring) => {
                         ring.begin_run(probe.as_ref().and_then(|p| p.video.as_ref()).and_then(|v| v.fps));
-                        let cmd = buffer_command(source, &ring.output_args(), audio_for(*audio, probe.as_ref()), 10);
+                        let audio = audio_guard.audio(*audio, probe.as_ref());
+                        let cmd = buffer_command(source, &ring.output_args(), audio, 10);
                         let why = run_once(label, cmd, &[state], slot, Vec::new(), Some(ring));
                         let codec = probe.as_ref().and_then(|p| p.video.as_ref()).map(|v| v.codec.as_str());
                         match codec {
@@ -640,8 +658,52 @@ fn relay_loop(
         if stop.is_cancelled() {
             break;
         }
+        let reason = audio_guard.ended(reason, started.elapsed());
         let (wait, _) = backoff.ended(&reason, started.elapsed(), &[state]);
         pause(wait, stop);
+    }
+}
+
+/// An audio codec never stops the video: a relay with audio that fails at once twice in a row
+/// is tried without it; if that fails at once too, the audio was not the cause and comes back.
+#[derive(Debug, Default)]
+struct AudioGuard {
+    /// Runs with audio that ended within [`CLEAN_RUN`], in a row.
+    quick_failures: u32,
+    /// Audio dropped because it stopped the video.
+    dropped: bool,
+    /// The last run had audio.
+    had_audio: bool,
+}
+
+impl AudioGuard {
+    /// The audio of the next run.
+    fn audio(&mut self, setting: RelayAudio, probe: Option<&StreamProbe>) -> RelayAudio {
+        let wanted = audio_for(setting, probe);
+        let audio = if self.dropped { RelayAudio::Drop } else { wanted };
+        self.had_audio = audio != RelayAudio::Drop;
+        audio
+    }
+
+    /// Takes a run's end (`reason` after `ran`); the reason to report.
+    fn ended(&mut self, reason: String, ran: Duration) -> String {
+        let quick = ran < CLEAN_RUN && reason != "stream ended";
+        match (quick, self.had_audio, self.dropped) {
+            (true, true, _) => self.quick_failures += 1,
+            // Without audio it failed as fast: the audio was not the cause.
+            (true, false, true) => *self = AudioGuard::default(),
+            (false, _, _) => self.quick_failures = 0,
+            _ => {}
+        }
+        if self.quick_failures >= 2 && !self.dropped {
+            self.dropped = true;
+            tracing::warn!(reason = %reason, "the relay fails at once with the camera's audio: trying without it");
+            return format!("{reason} (the camera's audio stopped the video: relaying without audio)");
+        }
+        if self.dropped && !quick {
+            return format!("{reason} (relaying without the camera's audio, which stopped the video)");
+        }
+        reason
     }
 }
 
@@ -1368,6 +1430,36 @@ mod tests {
     }
 
     #[test]
+    fn audio_that_stops_the_video_is_dropped_and_comes_back_when_it_was_not_the_cause() {
+        let aac = probe("h264", Some("aac"));
+        let quick = Duration::from_secs(1);
+        let mut g = AudioGuard::default();
+        assert_eq!(g.audio(RelayAudio::Copy, Some(&aac)), RelayAudio::Copy);
+        let _ = g.ended("camera sent data ffmpeg cannot read".into(), quick);
+        assert_eq!(g.audio(RelayAudio::Copy, Some(&aac)), RelayAudio::Copy, "one failure is not enough");
+        let why = g.ended("camera sent data ffmpeg cannot read".into(), quick);
+        assert!(why.contains("relaying without audio"), "{why}");
+        assert_eq!(g.audio(RelayAudio::Copy, Some(&aac)), RelayAudio::Drop);
+        // Without audio it fails as fast: not the audio's fault; audio is back.
+        let _ = g.ended("no answer within the timeout".into(), quick);
+        assert_eq!(g.audio(RelayAudio::Copy, Some(&aac)), RelayAudio::Copy);
+        // A run that went well resets the count; a drop setting is never changed.
+        let mut g = AudioGuard::default();
+        g.audio(RelayAudio::Copy, Some(&aac));
+        let _ = g.ended("x".into(), quick);
+        g.audio(RelayAudio::Copy, Some(&aac));
+        let _ = g.ended("stream ended".into(), Duration::from_secs(600));
+        g.audio(RelayAudio::Copy, Some(&aac));
+        let _ = g.ended("x".into(), quick);
+        assert_eq!(g.audio(RelayAudio::Copy, Some(&aac)), RelayAudio::Copy);
+        let mut g = AudioGuard::default();
+        for _ in 0..3 {
+            assert_eq!(g.audio(RelayAudio::Drop, Some(&aac)), RelayAudio::Drop);
+            let _ = g.ended("x".into(), quick);
+        }
+    }
+
+    #[test]
     fn buffer_and_transcode_commands_copy_or_encode_what_they_should() {
         let ring = vec!["-f".to_string(), "segment".into(), "/buf/.part%d.ts".into()];
         let buffer = args(buffer_command("rtsp://u:p@cam/1", &ring, RelayAudio::Aac, 10));
@@ -1375,10 +1467,14 @@ mod tests {
             assert!(buffer.contains(needle), "{needle} missing from {buffer}");
         }
         assert!(!buffer.contains("-xerror") && !buffer.contains("flv"), "{buffer}");
-        let transcode = args(transcode_command("rtsp://cam/1", "rtmp://x/live/ch2", 10));
-        for needle in ["\"-threads\" \"1\"", "libx264", "zerolatency", "min(640,iw)", "-an", "flv", "rtmp://x/live/ch2"] {
+        let transcode = args(transcode_command("rtsp://cam/1", "rtmp://x/live/ch2", Some(25.0), 10));
+        let needles =
+            ["\"-threads\" \"1\"", "libx264", "zerolatency", "fps=15,scale='min(640,iw)'", "-an", "flv", "ch2"];
+        for needle in needles {
             assert!(transcode.contains(needle), "{needle} missing from {transcode}");
         }
+        let slow = args(transcode_command("rtsp://cam/1", "rtmp://x/live/ch2", Some(6.0), 10));
+        assert!(!slow.contains("fps=") && slow.contains("scale="), "a 6 fps camera keeps its rate: {slow}");
     }
 
     /// nginx-rtmp 1.1.4's `/stat`, cut down: a published stream, a stream only played (its

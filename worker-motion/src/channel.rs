@@ -496,7 +496,7 @@ fn read_stream_gated(
             match pictures.recv_timeout(stall) {
                 Ok(first) => {
                     let size = first.size;
-                    let mut frames = GatedFrames { pictures, spare: spare_in, first: Some(first) };
+                    let mut frames = GatedFrames { pictures, spare: spare_in, first: Some(first), size };
                     analyse(ch, params, yolo, shared, out, size, &mut frames, true)
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err("no video from stream".to_string()),
@@ -578,7 +578,11 @@ fn feed_gate(
                 }
                 Some(c) if c.body == tag.body => {}
                 // New stream parameters (the camera's resolution changed): a new decoder.
-                Some(_) => return Err(GatedError::Offline("the stream's parameters changed".into())),
+                Some(_) => {
+                    return Err(GatedError::Offline(
+                        "the stream's parameters changed (resolution or profile), decoder restarted".into(),
+                    ))
+                }
             }
             continue;
         }
@@ -731,6 +735,8 @@ struct GatedFrames {
     spare: std::sync::mpsc::Sender<Vec<u8>>,
     /// The first picture, taken to learn the size before the analysis began.
     first: Option<GatePicture>,
+    /// The size the analysis began with.
+    size: VideoSize,
 }
 
 impl FrameSource for GatedFrames {
@@ -741,8 +747,8 @@ impl FrameSource for GatedFrames {
         };
         if picture.pixels.len() != frame.len() {
             return Err(format!(
-                "the stream's picture size changed (now {}x{})",
-                picture.size.width, picture.size.height
+                "resolution changed {}x{} → {}x{}, decoder restarted",
+                self.size.width, self.size.height, picture.size.width, picture.size.height
             ));
         }
         frame.copy_from_slice(&picture.pixels);
