@@ -118,6 +118,8 @@ pub fn explain_failure(tail: &str) -> String {
         Some("the camera's host name does not resolve".into())
     } else if has("non-monotonous dts") || has("non monotonically increasing dts") {
         Some("the camera's timestamps went backwards".into())
+    } else if has("not currently supported in container") || has("could not find tag for codec") {
+        Some("the stream's codec cannot be stored in the relay's buffer (MPEG-TS)".into())
     } else if has("badname") || has("already publishing") {
         Some("nginx-rtmp refused the stream: another relay already publishes it".into())
     } else {
@@ -417,6 +419,8 @@ mod tests {
             "[info] x\n[h264 @ 0x5] [error] odd thing at rtsp://u:pw@cam:554/s?password=pw happened\n[error] \n[error]";
         assert_eq!(explain_failure(odd), "odd thing at rtsp://cam:554/s happened");
         assert_eq!(explain_failure("[error]\n[error] "), "ffmpeg ended without saying why");
+        let mjpeg = "[mpegts @ 0x5] [error] Stream #0 (mjpeg) codec not currently supported in container";
+        assert!(explain_failure(mjpeg).contains("cannot be stored"), "{}", explain_failure(mjpeg));
         for tail in [hevc, pw, nginx, cam, odd, "[error]", ""] {
             let why = explain_failure(tail);
             assert!(!why.is_empty() && !why.contains("[error]") && !why.contains("pw"), "{why}");

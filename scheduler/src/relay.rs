@@ -632,11 +632,16 @@ fn relay_loop(
                         let audio = audio_guard.audio(*audio, probe.as_ref());
                         let cmd = buffer_command(source, &ring.output_args(), audio, 10);
                         let why = run_once(label, cmd, &[state], slot, Vec::new(), Some(ring));
+                        // Name the codec that sent the stream here.
                         let codec = probe.as_ref().and_then(|p| p.video.as_ref()).map(|v| v.codec.as_str());
                         match codec {
-                            Some("hevc") if why == "stream ended" => why,
+                            _ if why == "stream ended" => why,
                             Some("hevc") => format!("{why} (H.265: recorded through the relay's own buffer)"),
-                            _ => why,
+                            Some(c) => format!(
+                                "{why} (camera sends {}, which nginx-rtmp cannot carry: recorded through the relay's own buffer)",
+                                cctv_common::probe::codec_label(c)
+                            ),
+                            None => why,
                         }
                     }
                 }

@@ -189,6 +189,23 @@ async fn h265_cameras_are_watched_and_backed_up_by_stream_copy_with_their_audio(
     .await;
     assert!(counted.is_some(), "the H.264 copy is not counted in storage");
 
+    // `cctv status` says what each camera sends and how each stream travels.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cctv"))
+        .arg("--config")
+        .arg(&cluster.config_path)
+        .arg("status")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let codecs = text.lines().find(|l| l.starts_with("1 ") && l.contains("main H.265")).unwrap_or_default();
+    assert!(
+        codecs.contains("sub H.264 320x180") && codecs.contains("ch1: relay buffer, stream copy"),
+        "cctv status: {text}"
+    );
+    let only = text.lines().find(|l| l.starts_with("2 ") && l.contains("main H.265")).unwrap_or_default();
+    assert!(only.contains("transcoded to H.264 for detection"), "cctv status: {text}");
+    assert!(!text.contains("secret"), "{text}");
+
     // No status ever said the old nothing, and no password anywhere.
     for id in [1, 2, 3] {
         let json = serde_json::to_string(&status(&cluster, id).await).unwrap();

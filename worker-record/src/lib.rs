@@ -245,6 +245,13 @@ fn missing_tail(end_ms: i64, taken_end_ms: i64, next_fragment_ms: Option<i64>) -
         .then_some((taken_end_ms, end_ms.min(next)))
 }
 
+/// The span no video covers between the video taken (ending at `taken_end_ms`, 0: none yet)
+/// and the next fragment, when it is more than [`CONTINUITY_SLACK_MS`]: the stream was down in
+/// the middle of the recording. Reported, and the recording goes on.
+fn hole_before(taken_end_ms: i64, next_start_ms: i64) -> Option<(i64, i64)> {
+    (taken_end_ms > 0 && next_start_ms - taken_end_ms > CONTINUITY_SLACK_MS).then_some((taken_end_ms, next_start_ms))
+}
+
 /// One attempt at one recording.
 struct Recorder<'a> {
     ctx: &'a Ctx,
@@ -472,6 +479,15 @@ impl<'a> Recorder<'a> {
                 Ok(Err(e)) => return Err(e),
                 Err(e) => return Err(HlsError::Http { url: f.url.clone(), message: e.to_string() }),
             };
+            if let Some((from, to)) = hole_before(self.taken_end_ms, f.start_ms) {
+                let msg = format!(
+                    "gap in the stream: no video for {:.1} s inside the recording (camera, relay or RTMP server \
+                     down?); the recording goes on",
+                    (to - from) as f64 / 1000.0
+                );
+                tracing::warn!(from_ms = from, to_ms = to, "{msg}");
+                publish(self.ctx, &error_event(self.ctx, self.job, self.meta, self.parts.len() as u32 + 1, msg)).await;
+            }
             if self.spool.is_none() {
                 let part = self.parts.len() as u32 + 1;
                 if part == 1 && f.start_ms > self.start_ms + 500 {
@@ -627,7 +643,7 @@ impl<'a> Recorder<'a> {
 
 #[cfg(test)]
 mod tests {
-    use super::{missing_tail, video_complete};
+    use super::{hole_before, missing_tail, video_complete};
 
     #[test]
     fn a_hole_before_the_end_is_reported_clock_jitter_is_not() {
@@ -638,6 +654,15 @@ mod tests {
         // Video reaches the end, or more is still to come before it.
         assert_eq!(missing_tail(420_000, 421_000, Some(421_000)), None);
         assert_eq!(missing_tail(420_000, 415_000, Some(418_000)), None);
+    }
+
+    #[test]
+    fn a_hole_inside_a_recording_is_found_and_jitter_is_not() {
+        assert_eq!(hole_before(0, 50_000), None, "nothing taken yet: the pre-roll check speaks for it");
+        assert_eq!(hole_before(10_000, 10_003), None, "jitter between fragment names and durations");
+        assert_eq!(hole_before(10_000, 10_900), None);
+        assert_eq!(hole_before(10_000, 13_500), Some((10_000, 13_500)), "the stream was down 3.5 s");
+        assert_eq!(hole_before(10_000, 9_000), None, "overlap is no hole");
     }
 
     #[test]
