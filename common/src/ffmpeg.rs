@@ -86,47 +86,81 @@ pub fn ffprobe(args: &[&str], path: &std::path::Path, timeout: Duration) -> Resu
     }
 }
 
+/// The causes [`explain_failure`] knows, as it words them: none of them is the relayed
+/// stream's content (its audio, say).
+const KNOWN_CAUSES: [&str; 13] = [
+    "camera sends H.265, which nginx-rtmp cannot carry",
+    "camera sends a video codec other than H.264, which nginx-rtmp cannot carry",
+    "camera refused the user name or password (401 Unauthorized)",
+    "camera refused access (403 Forbidden)",
+    "camera has no stream at that path (404 Not Found)",
+    "nginx-rtmp refused the connection (is it running?)",
+    "camera refused the connection (wrong address or port, or the camera is down)",
+    "no answer within the timeout (camera unreachable or stalled)",
+    "no route to the camera's address",
+    "the camera's host name does not resolve",
+    "the camera's timestamps went backwards",
+    "the stream's codec cannot be stored in the relay's buffer (MPEG-TS)",
+    "nginx-rtmp refused the stream: another relay already publishes it",
+];
+
+/// A failure with no error line at all.
+const SILENT: &str = "ffmpeg ended without saying why";
+
+/// The known cause in an ffmpeg stderr tail, if any (one of [`KNOWN_CAUSES`]).
+fn known_cause(tail: &str) -> Option<&'static str> {
+    let lower = tail.to_lowercase();
+    let has = |s: &str| lower.contains(s);
+    let index = if has("not compatible with flv") {
+        if has("codec hevc") {
+            0
+        } else {
+            1
+        }
+    } else if has("401 unauthorized") {
+        2
+    } else if has("403 forbidden") {
+        3
+    } else if has("404 not found") {
+        4
+    } else if has("connection refused") {
+        // The publish side is the relay's only rtmp:// output.
+        if tail.lines().any(|l| l.contains("onnection refused") && l.contains("rtmp://")) {
+            5
+        } else {
+            6
+        }
+    } else if has("timed out") || has("timeout") {
+        7
+    } else if has("no route to host") || has("network is unreachable") {
+        8
+    } else if has("name or service not known") || has("failed to resolve") {
+        9
+    } else if has("non-monotonous dts") || has("non monotonically increasing dts") {
+        10
+    } else if has("not currently supported in container") || has("could not find tag for codec") {
+        11
+    } else if has("badname") || has("already publishing") {
+        12
+    } else {
+        return None;
+    };
+    Some(KNOWN_CAUSES[index])
+}
+
+/// `reason` (from [`explain_failure`], maybe with more said after it) is a known cause outside
+/// the stream's content: the camera, the network or nginx-rtmp.
+pub fn is_known_cause(reason: &str) -> bool {
+    KNOWN_CAUSES.iter().any(|k| reason.starts_with(k))
+}
+
 /// Why an ffmpeg (or ffprobe) run failed, in plain words, from its stderr tail: a known cause
 /// first (H.265 into FLV, a refused password, a camera that does not answer, ...), else the
 /// first error line with ffmpeg's `[ctx @ 0x…] [error]` prefixes removed. Never an empty
 /// level tag, never a URL's credentials or query string.
 pub fn explain_failure(tail: &str) -> String {
-    let lower = tail.to_lowercase();
-    let has = |s: &str| lower.contains(s);
-    let known: Option<String> = if has("not compatible with flv") {
-        let codec = if has("codec hevc") { "H.265" } else { "a video codec other than H.264" };
-        Some(format!("camera sends {codec}, which nginx-rtmp cannot carry"))
-    } else if has("401 unauthorized") {
-        Some("camera refused the user name or password (401 Unauthorized)".into())
-    } else if has("403 forbidden") {
-        Some("camera refused access (403 Forbidden)".into())
-    } else if has("404 not found") {
-        Some("camera has no stream at that path (404 Not Found)".into())
-    } else if has("connection refused") {
-        // The publish side is the relay's only rtmp:// output.
-        let rtmp = tail.lines().any(|l| l.contains("onnection refused") && l.contains("rtmp://"));
-        Some(if rtmp {
-            "nginx-rtmp refused the connection (is it running?)".into()
-        } else {
-            "camera refused the connection (wrong address or port, or the camera is down)".into()
-        })
-    } else if has("timed out") || has("timeout") {
-        Some("no answer within the timeout (camera unreachable or stalled)".into())
-    } else if has("no route to host") || has("network is unreachable") {
-        Some("no route to the camera's address".into())
-    } else if has("name or service not known") || has("failed to resolve") {
-        Some("the camera's host name does not resolve".into())
-    } else if has("non-monotonous dts") || has("non monotonically increasing dts") {
-        Some("the camera's timestamps went backwards".into())
-    } else if has("not currently supported in container") || has("could not find tag for codec") {
-        Some("the stream's codec cannot be stored in the relay's buffer (MPEG-TS)".into())
-    } else if has("badname") || has("already publishing") {
-        Some("nginx-rtmp refused the stream: another relay already publishes it".into())
-    } else {
-        None
-    };
-    if let Some(k) = known {
-        return k;
+    if let Some(k) = known_cause(tail) {
+        return k.to_string();
     }
     let clean = |l: &str| -> String {
         let mut rest = l.trim();
@@ -147,7 +181,7 @@ pub fn explain_failure(tail: &str) -> String {
         .chain(lines.iter().rev().filter(|l| !is_error(l)))
         .map(|l| clean(l))
         .find(|m| !m.is_empty() && m != "Conversion failed!")
-        .unwrap_or_else(|| "ffmpeg ended without saying why".into())
+        .unwrap_or_else(|| SILENT.into())
 }
 
 /// Every `scheme://…` in `text` cut to `scheme://host/path`: no user-info, no query (where
@@ -421,6 +455,8 @@ mod tests {
         assert_eq!(explain_failure("[error]\n[error] "), "ffmpeg ended without saying why");
         let mjpeg = "[mpegts @ 0x5] [error] Stream #0 (mjpeg) codec not currently supported in container";
         assert!(explain_failure(mjpeg).contains("cannot be stored"), "{}", explain_failure(mjpeg));
+        assert!(is_known_cause(&explain_failure(pw)) && is_known_cause(&format!("{} (more)", explain_failure(nginx))));
+        assert!(!is_known_cause(&explain_failure(odd)), "an unknown error line is no known cause");
         for tail in [hevc, pw, nginx, cam, odd, "[error]", ""] {
             let why = explain_failure(tail);
             assert!(!why.is_empty() && !why.contains("[error]") && !why.contains("pw"), "{why}");

@@ -564,15 +564,20 @@ impl Output {
 /// Probes `source` into `state`; the probe, or the last one when the stream cannot be probed
 /// now (ffmpeg will then say why it cannot be read).
 fn probe_into(source: &str, state: &StateCell) -> Option<StreamProbe> {
+    probe_fresh(source, state).0
+}
+
+/// [`probe_into`], and whether the stream answered this time.
+fn probe_fresh(source: &str, state: &StateCell) -> (Option<StreamProbe>, bool) {
     match cctv_common::probe::probe(source, PROBE_TIMEOUT) {
         Ok(p) => {
             tracing::info!(codecs = %p.summary(), "stream probed");
             lock(state).probe = Some(p.clone());
-            Some(p)
+            (Some(p), true)
         }
         Err(e) => {
             tracing::warn!(error = %e, "cannot probe the stream");
-            lock(state).probe.clone()
+            (lock(state).probe.clone(), false)
         }
     }
 }
@@ -596,7 +601,7 @@ fn relay_loop(
     let mut ring: Option<crate::ring::Ring> = None;
     let mut audio_guard = AudioGuard::default();
     while !stop.is_cancelled() {
-        let probe = if probed { lock(state).probe.clone() } else { probe_into(source, state) };
+        let (probe, answered) = if probed { (lock(state).probe.clone(), true) } else { probe_fresh(source, state) };
         probed = false;
         if stop.is_cancelled() {
             break;
@@ -650,7 +655,10 @@ fn relay_loop(
         if stop.is_cancelled() {
             break;
         }
-        let reason = audio_guard.ended(reason, started.elapsed());
+        // Audio is suspected only of a failure that is not the camera's, the network's or
+        // nginx-rtmp's (a camera that answered its probe, an error no known cause explains).
+        let suspect = answered && !ffmpeg::is_known_cause(&reason) && !reason.contains("nginx-rtmp");
+        let reason = audio_guard.ended(reason, started.elapsed(), suspect);
         let (wait, _) = backoff.ended(&reason, started.elapsed(), &[state]);
         pause(wait, stop);
     }
@@ -677,9 +685,10 @@ impl AudioGuard {
         audio
     }
 
-    /// Takes a run's end (`reason` after `ran`); the reason to report.
-    fn ended(&mut self, reason: String, ran: Duration) -> String {
-        let quick = ran < CLEAN_RUN && reason != "stream ended";
+    /// Takes a run's end (`reason` after `ran`; `suspect`: the failure may be the stream's own,
+    /// not the camera's, the network's or nginx-rtmp's); the reason to report.
+    fn ended(&mut self, reason: String, ran: Duration, suspect: bool) -> String {
+        let quick = ran < CLEAN_RUN && reason != "stream ended" && suspect;
         match (quick, self.had_audio, self.dropped) {
             (true, true, _) => self.quick_failures += 1,
             // Without audio it failed as fast: the audio was not the cause.
@@ -1427,27 +1436,34 @@ mod tests {
         let quick = Duration::from_secs(1);
         let mut g = AudioGuard::default();
         assert_eq!(g.audio(RelayAudio::Copy, Some(&aac)), RelayAudio::Copy);
-        let _ = g.ended("camera sent data ffmpeg cannot read".into(), quick);
+        let _ = g.ended("camera sent data ffmpeg cannot read".into(), quick, true);
         assert_eq!(g.audio(RelayAudio::Copy, Some(&aac)), RelayAudio::Copy, "one failure is not enough");
-        let why = g.ended("camera sent data ffmpeg cannot read".into(), quick);
+        let why = g.ended("camera sent data ffmpeg cannot read".into(), quick, true);
         assert!(why.contains("relaying without audio"), "{why}");
         assert_eq!(g.audio(RelayAudio::Copy, Some(&aac)), RelayAudio::Drop);
         // Without audio it fails as fast: not the audio's fault; audio is back.
-        let _ = g.ended("no answer within the timeout".into(), quick);
+        let _ = g.ended("odd error".into(), quick, true);
         assert_eq!(g.audio(RelayAudio::Copy, Some(&aac)), RelayAudio::Copy);
         // A run that went well resets the count; a drop setting is never changed.
         let mut g = AudioGuard::default();
         g.audio(RelayAudio::Copy, Some(&aac));
-        let _ = g.ended("x".into(), quick);
+        let _ = g.ended("x".into(), quick, true);
         g.audio(RelayAudio::Copy, Some(&aac));
-        let _ = g.ended("stream ended".into(), Duration::from_secs(600));
+        let _ = g.ended("stream ended".into(), Duration::from_secs(600), true);
         g.audio(RelayAudio::Copy, Some(&aac));
-        let _ = g.ended("x".into(), quick);
+        let _ = g.ended("x".into(), quick, true);
         assert_eq!(g.audio(RelayAudio::Copy, Some(&aac)), RelayAudio::Copy);
         let mut g = AudioGuard::default();
         for _ in 0..3 {
             assert_eq!(g.audio(RelayAudio::Drop, Some(&aac)), RelayAudio::Drop);
-            let _ = g.ended("x".into(), quick);
+            let _ = g.ended("x".into(), quick, true);
+        }
+        // Failures that are the camera's or nginx's never touch the audio.
+        let mut g = AudioGuard::default();
+        for _ in 0..3 {
+            assert_eq!(g.audio(RelayAudio::Copy, Some(&aac)), RelayAudio::Copy);
+            let why = g.ended("camera has no stream at that path (404 Not Found)".into(), quick, false);
+            assert_eq!(why, "camera has no stream at that path (404 Not Found)");
         }
     }
 
