@@ -612,6 +612,8 @@ fn relay_loop(
             break;
         }
         let started = Instant::now();
+        // What a buffer's failure adds: the codec that sent the stream there.
+        let mut buffer_note = None;
         let reason = match output {
             Output::Nginx { publish, audio } => {
                 let cmd = relay_command(source, publish, audio_guard.audio(*audio, probe.as_ref()), 10);
@@ -636,18 +638,14 @@ fn relay_loop(
                         ring.begin_run(probe.as_ref().and_then(|p| p.video.as_ref()).and_then(|v| v.fps));
                         let audio = audio_guard.audio(*audio, probe.as_ref());
                         let cmd = buffer_command(source, &ring.output_args(), audio, 10);
-                        let why = run_once(label, cmd, &[state], slot, Vec::new(), Some(ring));
-                        // Name the codec that sent the stream here.
-                        let codec = probe.as_ref().and_then(|p| p.video.as_ref()).map(|v| v.codec.as_str());
-                        match codec {
-                            _ if why == "stream ended" => why,
-                            Some("hevc") => format!("{why} (H.265: recorded through the relay's own buffer)"),
-                            Some(c) => format!(
-                                "{why} (camera sends {}, which nginx-rtmp cannot carry: recorded through the relay's own buffer)",
+                        buffer_note = probe.as_ref().and_then(|p| p.video.as_ref()).map(|v| match v.codec.as_str() {
+                            "hevc" => "H.265: recorded through the relay's own buffer".to_string(),
+                            c => format!(
+                                "camera sends {}, which nginx-rtmp cannot carry: recorded through the relay's own buffer",
                                 cctv_common::probe::codec_label(c)
                             ),
-                            None => why,
-                        }
+                        });
+                        run_once(label, cmd, &[state], slot, Vec::new(), Some(ring))
                     }
                 }
             }
@@ -657,8 +655,12 @@ fn relay_loop(
         }
         // Audio is suspected only of a failure that is not the camera's, the network's or
         // nginx-rtmp's (a camera that answered its probe, an error no known cause explains).
-        let suspect = answered && !ffmpeg::is_known_cause(&reason) && !reason.contains("nginx-rtmp");
+        let suspect = answered && !ffmpeg::is_known_cause(&reason);
         let reason = audio_guard.ended(reason, started.elapsed(), suspect);
+        let reason = match buffer_note {
+            Some(note) if reason != "stream ended" => format!("{reason} ({note})"),
+            _ => reason,
+        };
         let (wait, _) = backoff.ended(&reason, started.elapsed(), &[state]);
         pause(wait, stop);
     }

@@ -92,8 +92,6 @@ pub struct Ring {
     run_started: bool,
     /// Duration of one frame (the segment list gives the last frame's time, not the end).
     frame_ms: i64,
-    /// When the last fragment was taken (ms), for the stall watchdog.
-    pub last_taken_ms: Option<i64>,
 }
 
 impl Ring {
@@ -109,7 +107,6 @@ impl Ring {
             last_part: None,
             run_started: false,
             frame_ms: 0,
-            last_taken_ms: None,
         };
         if let Ok(text) = std::fs::read_to_string(ring.dir.join(PLAYLIST)) {
             ring.load(&text);
@@ -225,7 +222,6 @@ impl Ring {
             Err(e) => return Err(e),
         }
         self.last_part = Some(part.index);
-        self.last_taken_ms = Some(now_ms);
         // Out of the playlist past the window; off the disk one window later.
         let newest_end = self.listed.back().map_or(now_ms, Fragment::end_ms);
         while self.listed.len() > 1 && self.listed.front().is_some_and(|f| newest_end - f.end_ms() > self.keep_ms) {

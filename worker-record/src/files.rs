@@ -175,7 +175,6 @@ pub fn check_mp4_within(path: &Path, limit: Duration) -> Result<Probe, String> {
     })
 }
 
-/// True when the file has an audio stream with a sample rate (a real one).
 /// The video codec an MPEG-TS file declares in its first PMT (`h264`, `hevc`), read from its
 /// first 1 MiB without starting a process: an H.265 backup is tagged `hvc1` in MP4 (what
 /// Safari and Chrome require; ffmpeg writes `hev1` by default).
@@ -228,6 +227,7 @@ fn ts_video_codec_of(data: &[u8]) -> Option<&'static str> {
     })
 }
 
+/// True when the file has an audio stream with a sample rate (a real one).
 fn has_audio(path: &Path) -> bool {
     let args = ["-v", "error", "-select_streams", "a", "-show_entries", "stream=sample_rate", "-of", "csv=p=0"];
     ffmpeg::ffprobe(&args, path, PROBE_TIMEOUT)

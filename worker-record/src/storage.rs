@@ -334,7 +334,8 @@ impl Monitor {
             self.rotate(&volume, files, &need).await?;
         }
         let dir = self.dir.clone();
-        let (volume, files) = tokio::task::spawn_blocking(move || (volume_of(&dir), backup_files(&dir))).await?;
+        let (volume, files, h264_copies) =
+            tokio::task::spawn_blocking(move || (volume_of(&dir), backup_files(&dir), h264_copy_bytes(&dir))).await?;
         let volume = volume.unwrap_or(volume_of_fallback());
         let report = StorageReport {
             node: self.node(),
@@ -348,7 +349,7 @@ impl Monitor {
             used_percent: volume.used_percent(),
             backup_bytes: files.iter().map(|f| f.bytes).sum(),
             backup_files: files.len() as u64,
-            h264_copy_bytes: h264_copy_bytes(&self.dir),
+            h264_copy_bytes: h264_copies,
             oldest_backup_ms: files
                 .first()
                 .and_then(|f| f.modified.duration_since(SystemTime::UNIX_EPOCH).ok().map(|d| d.as_millis() as i64)),
