@@ -252,6 +252,9 @@ pub struct BackupEvent {
     /// ffprobe's verdict: codec, resolution, duration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation: Option<String>,
+    /// The file's video codec as ffmpeg names it (`h264`, `hevc`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video_codec: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub worker: String,
@@ -280,6 +283,7 @@ impl BackupEvent {
             pre_roll_ms: None,
             writing_since_ms: None,
             validation: None,
+            video_codec: None,
             error: Some(why),
             worker: worker.to_string(),
             job: String::new(),

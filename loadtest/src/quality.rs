@@ -1113,6 +1113,7 @@ mod tests {
             pre_roll_ms: None,
             writing_since_ms: None,
             validation: None,
+            video_codec: None,
             error: None,
             worker: "w".into(),
             job: "j".into(),

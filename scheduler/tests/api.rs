@@ -281,6 +281,7 @@ async fn api_serves_live_data_validates_input_and_guards_mutations() {
         pre_roll_ms: Some(5000),
         writing_since_ms: None,
         validation: Some("ok".into()),
+        video_codec: Some("h264".into()),
         error: None,
         worker: "w".into(),
         job: "j".into(),

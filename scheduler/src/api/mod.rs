@@ -542,9 +542,7 @@ async fn backups(
         .into_iter()
         .map(|b| {
             let name = b.file_name();
-            // "ok: hevc 1280x720, 60.0 s" (worker-record's validation).
-            let codec =
-                b.validation.as_deref().and_then(|v| v.strip_prefix("ok: ")?.split(' ').next()).map(String::from);
+            let codec = b.video_codec.clone();
             let h264_copy = (codec.as_deref() == Some("hevc"))
                 .then(|| name.as_ref().map(|n| format!("/api/backups/h264/{n}")))
                 .flatten();

@@ -148,7 +148,7 @@ pub struct BackupItem {
     pub download: Option<String>,
     /// Rotation and retention never delete it.
     pub protected: bool,
-    /// Its video codec as ffmpeg names it (`h264`, `hevc`), from its validation.
+    /// Its video codec as ffmpeg names it (`h264`, `hevc`), as worker-record wrote it.
     pub codec: Option<String>,
     /// For an H.265 backup: a browser-playable H.264 copy, made on first request and cached
     /// beside the backups (deleted with the backup, counted in `/api/storage`).
