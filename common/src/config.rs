@@ -430,13 +430,13 @@ pub enum RelayAudio {
     Aac,
 }
 
-/// The RTSP → RTMP relays (`scheduler relay`, next to nginx-rtmp).
+/// The RTSP → RTMP relays (`cctv-relay run`, next to nginx-rtmp).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RelayConfig {
     /// Default `drop`.
     pub audio: RelayAudio,
-    /// nginx-rtmp's HLS directory (`scheduler nginx-config --hls-dir`), which `rtmp.hls_url`
+    /// nginx-rtmp's HLS directory (`cctv-relay nginx-config --hls-dir`), which `rtmp.hls_url`
     /// serves. Streams nginx-rtmp cannot carry (H.265) get a rolling buffer that the relay
     /// writes itself under `<hls_dir>/relay/ch<id>/`, served as `<hls_url>/relay/ch<id>/`, so
     /// the relay runs where it can write this directory. Default `/dev/shm/cctv-hls`.
@@ -1266,11 +1266,24 @@ impl Config {
     }
 }
 
+impl Config {
+    /// What `check-config` prints for a valid config.
+    pub fn check_summary(&self, path: &Path) -> String {
+        format!(
+            "{}: ok ({} channels, {} motion batches, namespace {:?})",
+            path.display(),
+            self.channels.len(),
+            crate::plan::plan(self).jobs.len(),
+            self.cluster.namespace
+        )
+    }
+}
+
 /// The `check-config` subcommand every binary shares: prints a summary or every problem.
 pub fn check_config_command(path: &Path) -> std::process::ExitCode {
     match Config::load(path) {
         Ok(c) => {
-            println!("{}: ok ({} channels, namespace {:?})", path.display(), c.channels.len(), c.cluster.namespace);
+            println!("{}", c.check_summary(path));
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {

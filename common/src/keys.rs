@@ -1,32 +1,8 @@
 //! Every Redis key name the cluster uses, in one place. All keys start with the configured
 //! namespace (`cluster.namespace`), so several clusters or tests can share one Redis.
 //!
-//! | key | type | written by | read by |
-//! | --- | --- | --- | --- |
-//! | `<ns>:queue:<kind>:*` | apalis queue | scheduler (push), workers (claim) | workers, CLI |
-//! | `<ns>:motion:plan` | hash `hash`, `batches` | scheduler | workers (stale-job check), CLI |
-//! | `<ns>:motion:batch:<batch>` | hash: `plan`, `generation`, `job` | scheduler | scheduler (reconcile) |
-//! | `<ns>:motion:lease:<batch>` | string: worker id, TTL | worker-motion | worker-motion, CLI |
-//! | `<ns>:events:motion` | stream of `MotionEvent` | worker-motion | scheduler, CLI |
-//! | `<ns>:events:objects` | stream of `ObjectEvent` | worker-yolo | scheduler, CLI |
-//! | `<ns>:stats:yolo` | hash of counters (`sent`, `dropped_full`, `dropped_stale`, `processed`, `positive`, `failed`, `batches`) | worker-motion, worker-yolo | CLI |
-//! | `<ns>:events:system` | stream of `SystemEvent` (start, stop, error) | every process | CLI, API |
-//! | `<ns>:events:backup` | stream of `BackupEvent` | worker-record (files, errors), rotation | CLI, API |
-//! | `<ns>:record:rec:<recording>` | hash: `version`, `data` (a `recording::Recording` as JSON); written only through `recording::RecordingStore` (compare-and-set) | scheduler (decisions, manual recordings), worker-record (parts, close) | scheduler, worker-record, worker-motion (is a backup open?) |
-//! | `<ns>:record:active:<channel>` | string: the channel's latest (non-manual) recording, set with it | scheduler (through the store) | scheduler, worker-motion |
-//! | `<ns>:record:mevent:<motion event>` | hash: `channel`, `started_ms`, `ended`, `last_motion_ms`, `worker`, `seq`, `in_zone` (0 until the event touched one of `record_zones`), TTL | scheduler | scheduler (orphan watchdog, object verdicts, zone entries) |
-//! | `<ns>:record:cursor` | hash: last stream id read per result stream | scheduler | scheduler |
-//! | `<ns>:notify:cursor:<sink>` | hash: last stream id delivered per event stream | notifier | notifier |
-//! | `<ns>:record:lease:<recording>` | string: worker id, TTL | worker-record | worker-record |
-//! | `<ns>:status:backup` | hash: worker → backup directory state JSON | worker-record | CLI, API |
-//! | `<ns>:storage:<node>` | string: `StorageReport` JSON, TTL | worker-record | CLI, API |
-//! | `<ns>:backups:protected` | set of backup file names rotation and retention never delete | API, CLI | worker-record, API |
-//! | `<ns>:storagelock:<volume>` | string: worker id, TTL (one rotator per volume) | worker-record | worker-record |
-//! | `<ns>:status:relay:<id>` | string: relay state of main and sub-stream, TTL | scheduler relay | CLI (`status`), API, dashboard |
-//! | `<ns>:preview:<id>` | hash `jpeg` (bytes), `ts_ms`: the channel's latest picture, every 10 s, TTL 60 s | worker-motion | API, dashboard |
-//! | `<ns>:status:channel:<id>` | string: `ChannelStatus` JSON (with the published event in progress and its `seq`), TTL | worker-motion | CLI, API, scheduler (orphan watchdog) |
-//! | `<ns>:scheduler:leader` | string: scheduler id, TTL | scheduler (one active at a time) | scheduler |
-//! | `<ns>:workers:<worker>` | string: `WorkerHeartbeat` JSON, TTL | every worker | CLI |
+//! Who writes and reads each key is ARCHITECTURE.md's "Redis keys" table, one row per method
+//! here; `common/tests/architecture.rs` fails when the two disagree.
 
 /// Every value under the keys matching `pattern` (SCAN, so Redis is never blocked), decoded from
 /// JSON; keys that vanished meanwhile or do not decode are left out. The one reader of
@@ -143,9 +119,6 @@ impl Keys {
     }
     pub fn channel_status(&self, channel: u32) -> String {
         format!("{}:status:channel:{channel}", self.ns)
-    }
-    pub fn channel_status_pattern(&self) -> String {
-        format!("{}:status:channel:*", self.ns)
     }
     pub fn scheduler_leader(&self) -> String {
         format!("{}:scheduler:leader", self.ns)

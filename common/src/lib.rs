@@ -4,19 +4,24 @@
 
 pub mod catlog;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod events;
 pub mod ffmpeg;
 pub mod heartbeat;
 pub mod jobs;
 pub mod keys;
+pub mod lease;
 pub mod naming;
+pub mod plan;
 pub mod probe;
 pub mod queue;
 pub mod recording;
 pub mod redact;
 pub mod sentinel;
 pub mod shutdown;
+pub mod status;
+pub mod streams;
 pub mod system;
 pub mod telemetry;
 pub mod timefmt;

@@ -84,6 +84,69 @@ pub struct QueueStats {
     pub dead: u64,
 }
 
+/// Counts of one queue; YOLO's also carries its drop counters.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct QueueCounts {
+    pub waiting: u64,
+    pub running: u64,
+    pub done: u64,
+    pub failed: u64,
+    /// YOLO: frames dropped (stale or queue full).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dropped: Option<i64>,
+    /// YOLO: every counter of `<ns>:yolo:stats`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counters: Option<std::collections::BTreeMap<String, i64>>,
+}
+
+/// `GET /api/jobs`: the three queues.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct QueuesOverview {
+    pub motion: QueueCounts,
+    pub yolo: QueueCounts,
+    pub record: QueueCounts,
+}
+
+impl QueuesOverview {
+    /// The queues by name, in name order (how the CLI and /metrics list them).
+    pub fn by_name(&self) -> [(&'static str, &QueueCounts); 3] {
+        [("motion", &self.motion), ("record", &self.record), ("yolo", &self.yolo)]
+    }
+}
+
+/// Counts of every queue, plus YOLO's drop counters (`<ns>:stats:yolo`): the API's `/api/jobs`,
+/// `cctv jobs list` and `/metrics`.
+pub async fn overview(
+    conn: &ConnectionManager,
+    keys: &Keys,
+    config: &QueueConfig,
+) -> Result<QueuesOverview, QueueError> {
+    use crate::jobs::{MotionJob, RecordJob, YoloJob};
+    let counts = |s: QueueStats| QueueCounts {
+        waiting: s.waiting,
+        running: s.running,
+        done: s.done,
+        failed: s.dead,
+        dropped: None,
+        counters: None,
+    };
+    let yolo: std::collections::BTreeMap<String, i64> = conn
+        .clone()
+        .hgetall(keys.yolo_stats())
+        .await
+        .map_err(|source| QueueError::Redis { queue: keys.yolo_stats(), source })?;
+    let dropped = yolo.get("dropped_stale").copied().unwrap_or(0) + yolo.get("dropped_full").copied().unwrap_or(0);
+    Ok(QueuesOverview {
+        motion: counts(Queue::<MotionJob>::new(conn.clone(), keys, config).stats().await?),
+        yolo: QueueCounts {
+            dropped: Some(dropped),
+            counters: Some(yolo),
+            ..counts(Queue::<YoloJob>::new(conn.clone(), keys, config).stats().await?)
+        },
+        record: counts(Queue::<RecordJob>::new(conn.clone(), keys, config).stats().await?),
+    })
+}
+
 /// One job as stored by apalis-redis.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct JobInfo {

@@ -245,17 +245,8 @@ pub struct RecordingStore {
     keys: Keys,
 }
 
-/// Compare-and-set of a recording: KEYS[1] the recording hash, KEYS[2] the channel's active
-/// pointer; ARGV: expected version (0: must not exist), data, set active (1/0), recording id,
-/// expiry seconds (0: none).
-const CAS: &str = r#"
-local v = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
-if v ~= tonumber(ARGV[1]) then return -1 end
-redis.call('HSET', KEYS[1], 'version', v + 1, 'data', ARGV[2])
-if ARGV[3] == '1' then redis.call('SET', KEYS[2], ARGV[4]) end
-if tonumber(ARGV[5]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[5]) else redis.call('PERSIST', KEYS[1]) end
-return v + 1
-"#;
+/// Compare-and-set of a recording (see the script's header).
+const CAS: &str = include_str!("lua/recording_cas.lua");
 
 impl RecordingStore {
     pub fn new(conn: ConnectionManager, keys: Keys) -> Self {
@@ -392,4 +383,65 @@ mod tests {
         r.close(40_000, 16_000, Some("stalled".into()));
         assert_eq!((r.state, r.end_ms), (RecordingState::Closed, Some(16_000)));
     }
+}
+
+/// Why a manual recording was not started.
+#[derive(Debug, thiserror::Error)]
+pub enum ManualError {
+    #[error("channel {0} is not in the config")]
+    UnknownChannel(u32),
+    #[error("seconds: {0} is out of range (0, 86400]")]
+    OutOfRange(f64),
+    #[error("recording {0} exists already")]
+    Exists(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("recording {recording}: {source}")]
+    Redis { recording: String, source: redis::RedisError },
+    #[error(transparent)]
+    Queue(#[from] crate::queue::QueueError),
+}
+
+/// A manual recording of `channel` from now − pre-roll to now + `seconds`: the recording is
+/// stored and its record job queued. Returns the recording id and the job id. The API's
+/// `POST /api/record` and `cctv jobs enqueue record` both start one here.
+pub async fn start_manual(
+    config: &crate::config::Config,
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    channel: u32,
+    seconds: f64,
+) -> Result<(String, String), ManualError> {
+    use crate::jobs::{RecordJob, TriggerKind};
+    let ch = config.channel(channel).ok_or(ManualError::UnknownChannel(channel))?;
+    if !(seconds > 0.0 && seconds <= 86_400.0) {
+        return Err(ManualError::OutOfRange(seconds));
+    }
+    let now = crate::events::now_ms();
+    let event = format!("manual-{}", uuid::Uuid::new_v4().simple());
+    let rid = format!("ch{channel}-{event}");
+    let rules = Rules::from_config(config);
+    let trigger = RecordTrigger {
+        kind: TriggerKind::Manual,
+        motion_event: event.clone(),
+        ts_ms: now,
+        labels: vec!["manual".into()],
+    };
+    // Manual recordings cover exactly what was asked: never the channel's active recording, so
+    // no activity joins or closes them early.
+    let end = now + (seconds * 1000.0) as i64;
+    let mut rec = Recording::new(channel, trigger.clone(), None, now, None, &rules, now);
+    rec.manual = true;
+    rec.end_ms = Some(end);
+    rec.last_activity_ms = end - rules.post_roll_ms;
+    let start_ms = rec.start_ms;
+    if RecordingStore::new(conn.clone(), keys.clone()).put(0, &rec, false).await?.is_none() {
+        return Err(ManualError::Exists(rid));
+    }
+    let playlist_url = RecordJob::playlist_url_for(conn, keys, config, ch)
+        .await
+        .map_err(|source| ManualError::Redis { recording: rid.clone(), source })?;
+    let job = RecordJob { recording: rid.clone(), channel, playlist_url, start_ms, trigger };
+    let id = crate::queue::Queue::<RecordJob>::new(conn.clone(), keys, &config.queue).push_unique(&job, &rid).await?;
+    Ok((rid, id.unwrap_or_default()))
 }

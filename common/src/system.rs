@@ -2,16 +2,12 @@
 //! and in `system.jsonl`, so the API and dashboard show what happened to the cluster itself.
 
 use redis::aio::ConnectionManager;
-use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
 use crate::catlog::{CategoryLog, CategoryLogError};
 use crate::config::LogsConfig;
 use crate::events::now_ms;
 use crate::keys::Keys;
-
-/// System events kept on the stream (approximate trim).
-const EVENTS_MAXLEN: usize = 20_000;
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -73,15 +69,7 @@ impl SystemLog {
             ts_ms: now_ms(),
         };
         let Ok(json) = serde_json::to_string(&event) else { return };
-        let r: redis::RedisResult<String> = self
-            .conn
-            .clone()
-            .xadd_maxlen(
-                self.keys.system_events(),
-                redis::streams::StreamMaxlen::Approx(EVENTS_MAXLEN),
-                "*",
-                &[("data", &json)],
-            )
+        let r = crate::streams::publish_json(&mut self.conn.clone(), &self.keys, crate::streams::Stream::System, &json)
             .await;
         if let Err(e) = r {
             tracing::warn!(error = %e, "cannot publish system event (kept in the system log)");

@@ -27,8 +27,36 @@ pub fn rfc3339(ms: i64, tz: &TimeZone) -> String {
     }
 }
 
+/// Parses `90s`, `15m`, `2h`, `1d` (that long ago) or milliseconds since the epoch.
+pub fn parse_time(text: &str, now: i64) -> Result<i64, String> {
+    let t = text.trim();
+    let bad = || format!("{text:?} is not a time: use 90s, 15m, 2h, 1d (ago) or ms since the epoch");
+    if let Ok(ms) = t.parse::<i64>() {
+        return Ok(ms);
+    }
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit() && c != '.').ok_or_else(bad)?);
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let ms = match unit {
+        "s" => 1_000.0,
+        "m" => 60_000.0,
+        "h" => 3_600_000.0,
+        "d" => 86_400_000.0,
+        _ => return Err(bad()),
+    };
+    Ok(now - (n * ms) as i64)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn times_parse_relative_and_absolute() {
+        assert_eq!(super::parse_time("90s", 100_000), Ok(10_000));
+        assert_eq!(super::parse_time("2h", 10_000_000), Ok(10_000_000 - 7_200_000));
+        assert_eq!(super::parse_time("1700000000000", 0), Ok(1_700_000_000_000));
+        assert!(super::parse_time("yesterday", 0).unwrap_err().contains("yesterday"));
+        assert!(super::parse_time("5w", 0).is_err());
+    }
+
     use super::*;
 
     #[test]

@@ -37,10 +37,10 @@ if ! $DOCKER info >/dev/null 2>&1; then
     exit 1
 fi
 
-bins=(scheduler cctv worker-motion worker-yolo worker-record)
+bins=(scheduler cctv-relay cctv worker-motion worker-yolo worker-record)
 if [ "$cargo_build" = 1 ]; then
     flag=(); [ "$profile" = release ] && flag=(--release)
-    cargo build --locked "${flag[@]}" -p scheduler -p worker-motion -p worker-yolo -p worker-record --bins
+    cargo build --locked "${flag[@]}" -p scheduler -p cctv-relay -p cctv-cli -p worker-motion -p worker-yolo -p worker-record --bins
 fi
 ort=.ort/libonnxruntime.so.1.32.0
 [ -f "$ort" ] || { echo "error: $ort is missing; run deploy/install-deps.sh" >&2; exit 1; }

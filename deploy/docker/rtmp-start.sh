@@ -16,6 +16,6 @@ for a in ${CCTV_PLAY_ALLOW:-}; do
     allow="$allow --play-allow $a"
 done
 # shellcheck disable=SC2086
-scheduler nginx-config --rtmp-listen 0.0.0.0:1935 --http-listen 0.0.0.0:8080 --hls-dir "$hls" \
+cctv-relay nginx-config --rtmp-listen 0.0.0.0:1935 --http-listen 0.0.0.0:8080 --hls-dir "$hls" \
     --work-dir "$work" $allow > "$work/nginx.conf"
 exec nginx -p "$work" -c "$work/nginx.conf" -e stderr

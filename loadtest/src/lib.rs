@@ -791,8 +791,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             None => {
                 relay = Some(Proc::spawn(
                     "relay",
-                    &workspace_bin("scheduler")?,
-                    &["--config", &cfgs, "relay"],
+                    &workspace_bin("cctv-relay")?,
+                    &["--config", &cfgs, "run"],
                     &logs.join("relay.log"),
                 )?)
             }

@@ -26,6 +26,7 @@ use anyhow::Context;
 use cctv_common::events::{now_ms, BackupEvent, BackupEventKind, MotionEvent, MotionEventKind};
 use cctv_common::keys::Keys;
 use cctv_common::recording::{RecordingState, RecordingStore};
+use cctv_common::status::RelayStatus;
 use cctv_testkit::{Nginx, Pusher, Redis};
 use serde::{Deserialize, Serialize};
 
@@ -844,20 +845,17 @@ pub async fn quality(opts: QualityOptions) -> anyhow::Result<QualityReport> {
         let only: Vec<HarnessChannel> = channels.iter().filter(|c| c.2.is_some()).cloned().collect();
         crate::write_config(&relay_cfg, &config_text(&redis, &nginx, &work, &only, &opts.motion))?;
         let relay_cfgs = relay_cfg.to_str().context("config path")?;
-        let args = ["--config", relay_cfgs, "relay"];
-        procs.push(Proc::spawn("relay", &workspace_bin("scheduler")?, &args, &logs.join("relay.log"))?);
+        let args = ["--config", relay_cfgs, "run"];
+        procs.push(Proc::spawn("relay", &workspace_bin("cctv-relay")?, &args, &logs.join("relay.log"))?);
         // A clip starts when its RTSP session plays: the relay's detect-stream process started
         // just before (its connect time makes onsets look a little later, never earlier).
         let mut conn = redis::Client::open(redis.url())?.get_multiplexed_async_connection().await?;
         let deadline = Instant::now() + Duration::from_secs(60);
         for (id, _) in &h265 {
             loop {
-                let st: Option<String> = redis::AsyncCommands::get(&mut conn, Keys::new(NS).relay_status(*id)).await?;
-                // `scheduler::relay::RelayStatus`, read as JSON (this crate does not link the scheduler).
-                let st: serde_json::Value = st.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default();
-                let sub = &st["sub"];
-                let running = sub["running"] == true && sub["route"].is_string();
-                if let Some(since) = sub["since_ms"].as_i64().filter(|_| running) {
+                let st = RelayStatus::read(&mut conn, &Keys::new(NS), *id).await?;
+                let sub = st.and_then(|s| s.sub).filter(|sub| sub.running && sub.route.is_some());
+                if let Some(since) = sub.and_then(|sub| sub.since_ms) {
                     t0.insert(*id, since);
                     break;
                 }

@@ -40,8 +40,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use cctv_common::clock::SharedClock;
 use cctv_common::config::{Config, RecordPolicy};
-use cctv_common::events::{decode_entry, now_ms, ChannelStatus, MotionEvent, MotionEventKind, ObjectEvent};
+use cctv_common::events::{decode_entry, ChannelStatus, MotionEvent, MotionEventKind, ObjectEvent};
 use cctv_common::jobs::{RecordJob, RecordTrigger, TriggerKind};
 use cctv_common::keys::Keys;
 use cctv_common::queue::Queue;
@@ -192,14 +193,115 @@ pub fn decide(input: &Input, active: Option<&Recording>, ch: &ChannelRules, rule
 }
 
 /// What the orphan watchdog saw, on the decider's clock.
-#[derive(Default)]
-struct Watch {
+#[derive(Debug, Default)]
+pub struct Watch {
     /// Per channel: since when no worker reported it.
     unreported_since: HashMap<u32, Instant>,
     /// Per motion event in progress: the latest status of its own worker that showed it so.
     last_in_progress_ms: HashMap<String, i64>,
     /// Per motion event: since when another worker holds its channel.
     taken_over_since: HashMap<String, Instant>,
+}
+
+/// A motion event still open in a channel's recording, and who reported it (from
+/// `<ns>:record:mevent:<event>`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenEvent {
+    pub event: String,
+    /// The worker that published its start.
+    pub worker: Option<String>,
+    /// Its start's sequence number in that worker's channel status (`None`: unknown).
+    pub seq: Option<u64>,
+}
+
+/// A channel whose active recording is open with motion events in progress, as the watchdog
+/// reads it: the recording's open events and the channel's status (`None`: no worker reports
+/// the channel). Gathered only once the decider has read the motion stream up to its end.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub channel: u32,
+    pub open_events: Vec<OpenEvent>,
+    pub status: Option<ChannelStatus>,
+}
+
+/// A motion event the watchdog found over without its `end`: its activity lasted at least
+/// until `last_ms`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Orphan {
+    pub channel: u32,
+    pub event: String,
+    pub last_ms: i64,
+}
+
+impl Watch {
+    /// A channel with nothing open: its unreported time no longer counts.
+    pub fn forget_channel(&mut self, channel: u32) {
+        self.unreported_since.remove(&channel);
+    }
+
+    /// One round of the orphan watchdog (see the module docs): which open events are over, at
+    /// `now` on the decider's monotonic clock. Pure but for what it remembers between rounds.
+    pub fn orphans(&mut self, candidates: &[Candidate], now: Instant, end_quiet_ms: i64) -> Vec<Orphan> {
+        let mut out = Vec::new();
+        let mut watched = std::collections::HashSet::new();
+        for c in candidates {
+            let ch = c.channel;
+            match &c.status {
+                Some(s) => {
+                    self.unreported_since.remove(&ch);
+                    for open in &c.open_events {
+                        let event = &open.event;
+                        watched.insert(event.clone());
+                        let last_known = self.last_in_progress_ms.get(event).copied().unwrap_or(0);
+                        if s.active_event.as_deref() == Some(event) {
+                            self.last_in_progress_ms.insert(event.clone(), s.updated_ms.max(last_known));
+                            continue;
+                        }
+                        let other_worker = open.worker.as_deref().is_some_and(|w| w != s.worker);
+                        if other_worker {
+                            // Taken over: over once the new detector has watched the scene
+                            // for `end_quiet_secs`; the activity may have gone on until it
+                            // started watching.
+                            let since = *self.taken_over_since.entry(event.clone()).or_insert(now);
+                            match s.analysing_since_ms {
+                                Some(from) if s.updated_ms - from >= end_quiet_ms => out.push(Orphan {
+                                    channel: ch,
+                                    event: event.clone(),
+                                    last_ms: from.max(last_known),
+                                }),
+                                _ if now.saturating_duration_since(since) >= TAKEOVER_WAIT => {
+                                    out.push(Orphan { channel: ch, event: event.clone(), last_ms: last_known })
+                                }
+                                _ => {}
+                            }
+                        } else if open.seq.is_some_and(|q| s.seq >= q) {
+                            // Its own worker has moved past it: the end was lost.
+                            out.push(Orphan {
+                                channel: ch,
+                                event: event.clone(),
+                                last_ms: last_known.max(s.last_motion_ms.unwrap_or(0)),
+                            });
+                        }
+                    }
+                }
+                None => {
+                    let since = *self.unreported_since.entry(ch).or_insert(now);
+                    if now.saturating_duration_since(since) >= ORPHAN_GRACE {
+                        out.extend(c.open_events.iter().map(|e| Orphan {
+                            channel: ch,
+                            event: e.event.clone(),
+                            last_ms: self.last_in_progress_ms.get(&e.event).copied().unwrap_or(0),
+                        }));
+                    } else {
+                        watched.extend(c.open_events.iter().map(|e| e.event.clone()));
+                    }
+                }
+            }
+        }
+        self.last_in_progress_ms.retain(|e, _| watched.contains(e));
+        self.taken_over_since.retain(|e, _| watched.contains(e));
+        out
+    }
 }
 
 pub struct Decider {
@@ -212,10 +314,11 @@ pub struct Decider {
     watch: Watch,
     /// `record.timezone`, in which schedules are read.
     timezone: jiff::tz::TimeZone,
+    clock: SharedClock,
 }
 
 impl Decider {
-    pub fn new(config: &Config, conn: ConnectionManager, keys: Keys) -> Self {
+    pub fn new(config: &Config, conn: ConnectionManager, keys: Keys, clock: SharedClock) -> Self {
         let queue = Queue::new(conn.clone(), &keys, &config.queue);
         let store = RecordingStore::new(conn.clone(), keys.clone());
         Self {
@@ -227,6 +330,7 @@ impl Decider {
             queue,
             watch: Watch::default(),
             timezone: cctv_common::timefmt::zone(&config.record.timezone).unwrap_or(jiff::tz::TimeZone::UTC),
+            clock,
         }
     }
 
@@ -370,7 +474,7 @@ impl Decider {
         let Some(rules) = self.channel_rules(channel, input) else { return Ok(()) };
         for _ in 0..20 {
             let active = self.store.active(channel).await?;
-            let action = decide(input, active.as_ref().map(|v| &v.rec), &rules, &self.rules, now_ms());
+            let action = decide(input, active.as_ref().map(|v| &v.rec), &rules, &self.rules, self.clock.now_ms());
             match action {
                 Action::Nothing => return Ok(()),
                 Action::Update(rec) => {
@@ -416,20 +520,21 @@ impl Decider {
         Ok(())
     }
 
-    /// Ends motion events that will never end by themselves (see the module docs).
+    /// Ends motion events that will never end by themselves (see the module docs): reads what
+    /// [`Watch::orphans`] decides on, then applies its verdicts.
     async fn close_orphans(&mut self) -> anyhow::Result<()> {
-        let mut candidates = Vec::new();
+        let mut open = Vec::new();
         for ch in self.config.channels.iter().map(|c| c.id).collect::<Vec<_>>() {
             let Some(active) = self.store.active(ch).await? else { continue };
             if active.rec.state != RecordingState::Open || active.rec.open_events.is_empty() {
-                self.watch.unreported_since.remove(&ch);
+                self.watch.forget_channel(ch);
                 continue;
             }
             let status: Option<String> = self.conn.get(self.keys.channel_status(ch)).await?;
             let status: Option<ChannelStatus> = status.and_then(|s| serde_json::from_str(&s).ok());
-            candidates.push((ch, active.rec, status));
+            open.push((ch, active.rec, status));
         }
-        if candidates.is_empty() {
+        if open.is_empty() {
             return Ok(());
         }
         // The statuses were read first: if the stream holds nothing past the cursor now, every
@@ -440,61 +545,23 @@ impl Decider {
         if last != "0-0" && cursor.as_deref() != Some(last.as_str()) {
             return Ok(());
         }
-        let end_quiet_ms = (self.config.motion.end_quiet_secs * 1000.0) as i64;
-        let mut watched = std::collections::HashSet::new();
-        for (ch, rec, status) in candidates {
-            let mut over = Vec::new();
-            match status {
-                Some(s) => {
-                    self.watch.unreported_since.remove(&ch);
-                    for event in &rec.open_events {
-                        watched.insert(event.clone());
-                        let (worker, seq) = self.event_origin(event).await?;
-                        let last_known = self.watch.last_in_progress_ms.get(event).copied().unwrap_or(0);
-                        if s.active_event.as_deref() == Some(event) {
-                            self.watch.last_in_progress_ms.insert(event.clone(), s.updated_ms.max(last_known));
-                            continue;
-                        }
-                        let other_worker = worker.as_deref().is_some_and(|w| w != s.worker);
-                        if other_worker {
-                            // Taken over: over once the new detector has watched the scene
-                            // for `end_quiet_secs`; the activity may have gone on until it
-                            // started watching.
-                            let since = *self.watch.taken_over_since.entry(event.clone()).or_insert_with(Instant::now);
-                            match s.analysing_since_ms {
-                                Some(from) if s.updated_ms - from >= end_quiet_ms => {
-                                    over.push((event.clone(), from.max(last_known)))
-                                }
-                                _ if since.elapsed() >= TAKEOVER_WAIT => over.push((event.clone(), last_known)),
-                                _ => {}
-                            }
-                        } else if seq.is_some_and(|q| s.seq >= q) {
-                            // Its own worker has moved past it: the end was lost.
-                            over.push((event.clone(), last_known.max(s.last_motion_ms.unwrap_or(0))));
-                        }
-                    }
-                }
-                None => {
-                    let since = *self.watch.unreported_since.entry(ch).or_insert_with(Instant::now);
-                    if since.elapsed() >= ORPHAN_GRACE {
-                        over.extend(
-                            rec.open_events
-                                .iter()
-                                .map(|e| (e.clone(), self.watch.last_in_progress_ms.get(e).copied().unwrap_or(0))),
-                        );
-                    } else {
-                        watched.extend(rec.open_events.iter().cloned());
-                    }
-                }
+        let mut candidates = Vec::new();
+        let mut recordings = HashMap::new();
+        for (ch, rec, status) in open {
+            let mut open_events = Vec::new();
+            for event in &rec.open_events {
+                let (worker, seq) = self.event_origin(event).await?;
+                open_events.push(OpenEvent { event: event.clone(), worker, seq });
             }
-            for (event, last_ms) in over {
-                tracing::warn!(channel = ch, recording = %rec.id, event = %event, last_ms,
-                    "motion event over without its end (its worker is gone); the recording ends after its last activity");
-                self.apply(ch, &Input::Orphan { event, last_ms }).await?;
-            }
+            candidates.push(Candidate { channel: ch, open_events, status });
+            recordings.insert(ch, rec.id);
         }
-        self.watch.last_in_progress_ms.retain(|e, _| watched.contains(e));
-        self.watch.taken_over_since.retain(|e, _| watched.contains(e));
+        let end_quiet_ms = (self.config.motion.end_quiet_secs * 1000.0) as i64;
+        for Orphan { channel, event, last_ms } in self.watch.orphans(&candidates, self.clock.now(), end_quiet_ms) {
+            tracing::warn!(channel, recording = %recordings.get(&channel).map_or("", |r| r.as_str()), event = %event, last_ms,
+                "motion event over without its end (its worker is gone); the recording ends after its last activity");
+            self.apply(channel, &Input::Orphan { event, last_ms }).await?;
+        }
         Ok(())
     }
 
@@ -523,6 +590,132 @@ impl std::fmt::Debug for InputKind<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    mod watchdog {
+        use super::*;
+        use cctv_common::events::ChannelState;
+
+        const QUIET_MS: i64 = 3_000;
+
+        fn status(worker: &str, updated_ms: i64, active: Option<&str>, seq: u64, since: Option<i64>) -> ChannelStatus {
+            ChannelStatus {
+                channel: 1,
+                online: true,
+                state: ChannelState::Idle,
+                reason: None,
+                fps: 5.0,
+                last_frame_ms: Some(updated_ms),
+                last_motion_ms: None,
+                analysing_since_ms: since,
+                frames_total: 0,
+                frames_gated: 0,
+                worker: worker.into(),
+                batch: "b0".into(),
+                updated_ms,
+                active_event: active.map(str::to_owned),
+                seq,
+            }
+        }
+
+        fn open(event: &str, worker: &str, seq: u64) -> OpenEvent {
+            OpenEvent { event: event.into(), worker: Some(worker.into()), seq: Some(seq) }
+        }
+
+        fn candidate(status: Option<ChannelStatus>) -> Vec<Candidate> {
+            vec![Candidate { channel: 1, open_events: vec![open("e1", "w1", 7)], status }]
+        }
+
+        #[test]
+        fn an_event_its_worker_still_shows_in_progress_is_not_over() {
+            let (mut w, t0) = (Watch::default(), Instant::now());
+            let c = candidate(Some(status("w1", 10_000, Some("e1"), 7, Some(1_000))));
+            assert!(w.orphans(&c, t0, QUIET_MS).is_empty());
+            assert!(
+                w.orphans(&c, t0 + Duration::from_secs(600), QUIET_MS).is_empty(),
+                "no clock ends a reported event"
+            );
+        }
+
+        #[test]
+        fn an_event_its_own_worker_moved_past_is_over_at_its_last_known_activity() {
+            let (mut w, t0) = (Watch::default(), Instant::now());
+            // Seen in progress at 10 s, then the worker's status moved on (seq 8) without an end.
+            assert!(w.orphans(&candidate(Some(status("w1", 10_000, Some("e1"), 7, Some(0)))), t0, QUIET_MS).is_empty());
+            let mut s = status("w1", 12_000, None, 8, Some(0));
+            s.last_motion_ms = Some(11_000);
+            let over = w.orphans(&candidate(Some(s)), t0, QUIET_MS);
+            assert_eq!(over, vec![Orphan { channel: 1, event: "e1".into(), last_ms: 11_000 }]);
+        }
+
+        #[test]
+        fn a_status_not_past_the_events_start_does_not_end_it() {
+            let mut w = Watch::default();
+            // seq 6 < 7: the status predates the event's start (read before it): not over.
+            let c = candidate(Some(status("w1", 12_000, None, 6, Some(0))));
+            assert!(w.orphans(&c, Instant::now(), QUIET_MS).is_empty());
+        }
+
+        #[test]
+        fn a_takeover_ends_the_event_only_once_the_new_detector_watched_for_end_quiet_secs() {
+            let (mut w, t0) = (Watch::default(), Instant::now());
+            assert!(w.orphans(&candidate(Some(status("w1", 10_000, Some("e1"), 7, Some(0)))), t0, QUIET_MS).is_empty());
+            // w2 took the channel over and started watching at 20 s.
+            let watching = |updated| candidate(Some(status("w2", updated, None, 1, Some(20_000))));
+            assert!(w.orphans(&watching(22_000), t0, QUIET_MS).is_empty(), "watched 2 s < 3 s");
+            let over = w.orphans(&watching(23_000), t0, QUIET_MS);
+            // Its activity counts until the new detector started watching.
+            assert_eq!(over, vec![Orphan { channel: 1, event: "e1".into(), last_ms: 20_000 }]);
+        }
+
+        #[test]
+        fn a_takeover_whose_detector_never_sees_a_picture_ends_the_event_after_takeover_wait() {
+            let (mut w, t0) = (Watch::default(), Instant::now());
+            assert!(w.orphans(&candidate(Some(status("w1", 10_000, Some("e1"), 7, Some(0)))), t0, QUIET_MS).is_empty());
+            let blind = candidate(Some(status("w2", 30_000, None, 0, None)));
+            assert!(w.orphans(&blind, t0, QUIET_MS).is_empty());
+            assert!(w.orphans(&blind, t0 + TAKEOVER_WAIT - Duration::from_millis(1), QUIET_MS).is_empty());
+            let over = w.orphans(&blind, t0 + TAKEOVER_WAIT, QUIET_MS);
+            // Until its own worker last reported it in progress.
+            assert_eq!(over, vec![Orphan { channel: 1, event: "e1".into(), last_ms: 10_000 }]);
+        }
+
+        #[test]
+        fn a_channel_no_worker_reports_is_over_after_the_grace_on_the_deciders_clock() {
+            let (mut w, t0) = (Watch::default(), Instant::now());
+            assert!(w.orphans(&candidate(Some(status("w1", 10_000, Some("e1"), 7, Some(0)))), t0, QUIET_MS).is_empty());
+            let gone = candidate(None);
+            assert!(w.orphans(&gone, t0, QUIET_MS).is_empty());
+            assert!(w.orphans(&gone, t0 + ORPHAN_GRACE - Duration::from_millis(1), QUIET_MS).is_empty());
+            let over = w.orphans(&gone, t0 + ORPHAN_GRACE, QUIET_MS);
+            assert_eq!(over, vec![Orphan { channel: 1, event: "e1".into(), last_ms: 10_000 }]);
+        }
+
+        #[test]
+        fn a_report_in_between_restarts_the_grace() {
+            let (mut w, t0) = (Watch::default(), Instant::now());
+            let gone = candidate(None);
+            assert!(w.orphans(&gone, t0, QUIET_MS).is_empty());
+            // The worker reports again (still in progress), then vanishes again.
+            let back = candidate(Some(status("w1", 10_000, Some("e1"), 7, Some(0))));
+            assert!(w.orphans(&back, t0 + Duration::from_secs(10), QUIET_MS).is_empty());
+            assert!(w.orphans(&gone, t0 + Duration::from_secs(20), QUIET_MS).is_empty());
+            assert!(w
+                .orphans(&gone, t0 + Duration::from_secs(20) + ORPHAN_GRACE - Duration::from_millis(1), QUIET_MS)
+                .is_empty());
+            assert_eq!(w.orphans(&gone, t0 + Duration::from_secs(20) + ORPHAN_GRACE, QUIET_MS).len(), 1);
+        }
+
+        #[test]
+        fn a_channel_with_nothing_open_forgets_its_unreported_time() {
+            let (mut w, t0) = (Watch::default(), Instant::now());
+            assert!(w.orphans(&candidate(None), t0, QUIET_MS).is_empty());
+            w.forget_channel(1);
+            // A new event later: the grace counts from now, not from the old sighting.
+            let later = t0 + Duration::from_secs(60);
+            assert!(w.orphans(&candidate(None), later, QUIET_MS).is_empty());
+            assert_eq!(w.orphans(&candidate(None), later + ORPHAN_GRACE, QUIET_MS).len(), 1);
+        }
+    }
 
     const RULES: Rules = Rules { pre_roll_ms: 5_000, post_roll_ms: 5_000, max_hold_ms: 60_000 };
     const MOTION: ChannelRules = ChannelRules { channel: 1, policy: RecordPolicy::Motion, priority: false };

@@ -1,5 +1,6 @@
 //! The scheduler: turns the channel list into batches and keeps exactly one live motion job per
-//! batch on the queue. Also hosts the `cctv` command-line tool ([`cli`]).
+//! batch on the queue, and decides backups from the workers' results ([`decide`]). The process
+//! also hosts the HTTP API (`cctv-api`) when `api.enabled`.
 //!
 //! Only one scheduler is active per namespace (a Redis leader lease); a second one waits. The
 //! plan is published to `<ns>:motion:plan`; every `reconcile_interval_secs` each batch's job is
@@ -9,30 +10,23 @@
 //! its own hash, published as `batch:<b>` in the plan key): jobs of a changed or removed batch
 //! end themselves, an unchanged batch keeps its job and its worker.
 
-pub mod api;
-pub mod cli;
-pub mod compare;
 pub mod decide;
-pub mod jobs_cli;
-pub mod metrics;
-pub mod nginx;
-pub mod plan;
-pub mod relay;
-pub mod ring;
 
 use std::time::Duration;
 
 use anyhow::Context;
+use cctv_common::clock::SharedClock;
 use cctv_common::config::Config;
 use cctv_common::jobs::{MotionJob, RecordJob, YoloJob};
 use cctv_common::keys::Keys;
+use cctv_common::lease::Lease;
 use cctv_common::queue::{self, Queue};
 use cctv_common::shutdown::CancellationToken;
 use cctv_common::system::{SystemEventKind, SystemLog};
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 
-pub use plan::{plan, Plan};
+pub use cctv_common::plan::{plan, Plan};
 
 /// How long a scheduler's leadership lasts without renewal.
 const LEADER_TTL_MS: u64 = 15_000;
@@ -59,7 +53,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             .await
             .with_context(|| format!("api.listen: cannot listen on {}", config.api.listen))?;
         tracing::info!(listen = %config.api.listen, "API and dashboard at http://{}/", config.api.listen);
-        Some(tokio::spawn(api::serve(std::sync::Arc::new(config.clone()), conn.clone(), listener, shutdown.clone())))
+        Some(tokio::spawn(cctv_api::serve(
+            std::sync::Arc::new(config.clone()),
+            conn.clone(),
+            listener,
+            shutdown.clone(),
+        )))
     } else {
         None
     };
@@ -75,7 +74,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let leader_flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let decider = tokio::spawn(decide_loop(
         // Its own connection: XREAD BLOCK would stall every command multiplexed behind it.
-        decide::Decider::new(&config, queue::connect(&config.cluster, &config.queue).await?, keys.clone()),
+        decide::Decider::new(
+            &config,
+            queue::connect(&config.cluster, &config.queue).await?,
+            keys.clone(),
+            cctv_common::clock::system(),
+        ),
         leader_flag.clone(),
         shutdown.clone(),
     ));
@@ -136,10 +140,15 @@ pub struct Scheduler {
     record: Queue<RecordJob>,
     plan: Plan,
     last_purge: Option<std::time::Instant>,
+    clock: SharedClock,
 }
 
 impl Scheduler {
     pub fn new(config: &Config, conn: ConnectionManager, keys: Keys) -> Self {
+        Self::with_clock(config, conn, keys, cctv_common::clock::system())
+    }
+
+    pub fn with_clock(config: &Config, conn: ConnectionManager, keys: Keys, clock: SharedClock) -> Self {
         let queue = Queue::new(conn.clone(), &keys, &config.queue);
         let yolo = Queue::new(conn.clone(), &keys, &config.queue);
         let record = Queue::new(conn.clone(), &keys, &config.queue);
@@ -152,6 +161,7 @@ impl Scheduler {
             yolo,
             plan: plan(config),
             last_purge: None,
+            clock,
         }
     }
 
@@ -169,8 +179,9 @@ impl Scheduler {
         for i in 0..self.plan.jobs.len() {
             self.reconcile_batch(i).await?;
         }
-        if self.last_purge.is_none_or(|t| t.elapsed() >= PURGE_EVERY) {
-            self.last_purge = Some(std::time::Instant::now());
+        let now = self.clock.now();
+        if self.last_purge.is_none_or(|t| now.saturating_duration_since(t) >= PURGE_EVERY) {
+            self.last_purge = Some(now);
             self.purge().await;
         }
         Ok(true)
@@ -192,45 +203,25 @@ impl Scheduler {
         }
     }
 
+    /// The leadership: one active scheduler per namespace.
+    fn leadership(&self) -> Lease {
+        Lease::new(self.keys.scheduler_leader(), &self.id, LEADER_TTL_MS)
+    }
+
+    /// Renews the leadership if ours, else takes it if free.
     async fn lead(&mut self) -> anyhow::Result<bool> {
-        let key = self.keys.scheduler_leader();
-        // Renew if ours, else take it if free.
-        let script = redis::Script::new(
-            r#"local v = redis.call('GET', KEYS[1])
-               if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
-               if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
-               return 0"#,
-        );
-        let ok: i32 = script.key(key).arg(&self.id).arg(LEADER_TTL_MS).invoke_async(&mut self.conn).await?;
-        Ok(ok == 1)
+        Ok(self.leadership().acquire(&mut self.conn).await?)
     }
 
     /// Gives up leadership (on shutdown) so a successor need not wait for the lease to expire.
     pub async fn resign(&mut self) {
-        let script = redis::Script::new(
-            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
-        );
-        let _: Result<i32, _> =
-            script.key(self.keys.scheduler_leader()).arg(&self.id).invoke_async(&mut self.conn).await;
+        let _ = self.leadership().release(&mut self.conn).await;
     }
 
     async fn publish_plan(&mut self) -> anyhow::Result<()> {
-        let key = self.keys.motion_plan();
-        let current: Option<String> = self.conn.hget(&key, "hash").await?;
-        if current.as_deref() == Some(self.plan.hash.as_str()) {
+        let Some(current) = self.plan.publish(&mut self.conn, &self.keys, self.clock.now_ms()).await? else {
             return Ok(());
-        }
-        let batches = serde_json::to_string(&self.plan.jobs)?;
-        let mut pipe = redis::pipe();
-        pipe.atomic().del(&key).hset(&key, "hash", &self.plan.hash).hset(&key, "batches", batches).hset(
-            &key,
-            "published_ms",
-            cctv_common::events::now_ms(),
-        );
-        for job in &self.plan.jobs {
-            pipe.hset(&key, format!("batch:{}", job.batch), &job.plan);
-        }
-        let _: () = pipe.query_async(&mut self.conn).await?;
+        };
         // Records of batches the new plan no longer has.
         let stale: Vec<String> = (self.plan.jobs.len()..self.plan.jobs.len() + 64)
             .map(|i| self.keys.motion_batch(&format!("b{i}")))

@@ -368,7 +368,7 @@ async fn api_serves_live_data_validates_input_and_guards_mutations() {
 
     // The jobs CLI sees the same queues.
     let cctv = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cctv"))
+        let out = std::process::Command::new(cctv_testkit::netns::workspace_bin("cctv"))
             .arg("--config")
             .arg(&cluster.config_path)
             .args(args)
@@ -396,7 +396,7 @@ async fn api_serves_live_data_validates_input_and_guards_mutations() {
     assert!(cctv(&["storage"]).contains("NODE"));
     assert!(!cctv(&["status"]).contains("secret"));
     // `status --check` for monitoring: ch2 has no stream and no record or YOLO worker runs.
-    let check = std::process::Command::new(env!("CARGO_BIN_EXE_cctv"))
+    let check = std::process::Command::new(cctv_testkit::netns::workspace_bin("cctv"))
         .arg("--config")
         .arg(&cluster.config_path)
         .args(["status", "--check"])
@@ -419,11 +419,11 @@ async fn api_serves_live_data_validates_input_and_guards_mutations() {
     assert_eq!(preview.1, "image/jpeg");
     assert!(preview.0.starts_with(&[0xFF, 0xD8, 0xFF]) && preview.0.len() > 1000, "not a JPEG picture");
     assert_eq!(http.call("GET", "/api/channels/2/preview.jpg", None, None).0, 404);
-    // Camera 2's relay cannot log in (as `scheduler relay` reports it): the API and the
+    // Camera 2's relay cannot log in (as `cctv-relay run` reports it): the API and the
     // dashboard card say so in plain words.
-    let refused = scheduler::relay::RelayStatus {
+    let refused = cctv_common::status::RelayStatus {
         channel: 2,
-        main: scheduler::relay::RelayState {
+        main: cctv_common::status::RelayState {
             stream: "ch2".into(),
             running: false,
             last_error: Some("401 Unauthorized (authorization failed)".into()),
@@ -704,7 +704,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 /// pipe is no panic.
 #[test]
 fn cli_prints_shell_completions() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cctv"))
+    let out = std::process::Command::new(cctv_testkit::netns::workspace_bin("cctv"))
         .args(["--config", "/nonexistent/cctv.toml", "completions", "bash"])
         .output()
         .unwrap();

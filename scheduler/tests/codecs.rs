@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use cctv_common::events::BackupEventKind;
 use cctv_common::shutdown::CancellationToken;
+use cctv_common::status::RelayStatus;
 use cctv_testkit::cluster::{record_section, run_in_thread, wait_for, Cluster};
 use cctv_testkit::RtspCameras;
 use redis::AsyncCommands;
-use scheduler::relay::RelayStatus;
 
 async fn status(cluster: &Cluster, id: u32) -> Option<RelayStatus> {
     let mut c = cluster.conn().await;
@@ -73,7 +73,7 @@ async fn h265_cameras_are_watched_and_backed_up_by_stream_copy_with_their_audio(
     );
     let mut cluster = Cluster::new(&channels, 8, &extra);
     let stop = CancellationToken::new();
-    let relay = tokio::spawn(scheduler::relay::run(cluster.config.clone(), stop.clone()));
+    let relay = tokio::spawn(cctv_relay::run(cluster.config.clone(), stop.clone()));
 
     // Each camera's streams are probed and shown: codec, size, rate, audio, and how each travels.
     let st1 = wait_for(Duration::from_secs(40), || async {
@@ -190,7 +190,7 @@ async fn h265_cameras_are_watched_and_backed_up_by_stream_copy_with_their_audio(
     assert!(counted.is_some(), "the H.264 copy is not counted in storage");
 
     // `cctv status` says what each camera sends and how each stream travels.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cctv"))
+    let out = std::process::Command::new(cctv_testkit::netns::workspace_bin("cctv"))
         .arg("--config")
         .arg(&cluster.config_path)
         .arg("status")

@@ -159,7 +159,7 @@ async fn nginx_restart_is_ridden_out_and_the_gap_is_reported() {
     let extra = record_section(tmp.path(), "pre_roll_secs = 3\npost_roll_secs = 3\nmax_file_seconds = 20");
     let mut cluster = Cluster::new(&channels, 8, &extra);
     let mut procs = Procs(
-        [("scheduler", "run"), ("scheduler", "relay"), ("worker-motion", "run"), ("worker-record", "run")]
+        [("scheduler", "run"), ("cctv-relay", "run"), ("worker-motion", "run"), ("worker-record", "run")]
             .into_iter()
             .map(|(bin, cmd)| (bin, cluster.spawn(workspace_bin(bin).to_str().unwrap(), &[cmd])))
             .collect(),

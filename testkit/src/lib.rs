@@ -163,7 +163,7 @@ impl Nginx {
         assert!(Path::new(RTMP_MODULE).is_file(), "{RTMP_MODULE} is missing: apt-get install libnginx-mod-rtmp");
         let dir = tempfile::tempdir().expect("temp dir");
         let (rtmp_port, http_port) = (free_port(), free_port());
-        let conf = scheduler::nginx::NginxConf {
+        let conf = cctv_relay::nginx::NginxConf {
             rtmp_listen: format!("127.0.0.1:{rtmp_port}"),
             http_listen: format!("127.0.0.1:{http_port}"),
             hls_dir: dir.path().join("hls"),

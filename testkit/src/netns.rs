@@ -158,7 +158,7 @@ impl SiteServers {
         host.wait_port(&host.addr, redis_port, "redis-server");
         let nginx_dir = dir.join("nginx");
         std::fs::create_dir_all(nginx_dir.join("hls")).expect("nginx dir");
-        let conf = scheduler::nginx::NginxConf {
+        let conf = cctv_relay::nginx::NginxConf {
             rtmp_listen: format!("{}:{rtmp_port}", host.addr),
             http_listen: format!("{}:{http_port}", host.addr),
             hls_dir: nginx_dir.join("hls"),

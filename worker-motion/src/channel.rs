@@ -22,7 +22,8 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::decode::{AvcDecoder, PictureFormat};
 use crate::detector::{Hysteresis, MotionDetector, Transition};
-use crate::gate::{FlvReader, FlvTag, Gate, FLV_CODEC_AVC};
+use crate::flv::{FlvReader, FlvTag, FLV_CODEC_AVC};
+use crate::gate::Gate;
 use crate::rtmp::{RtmpPlayer, RtmpStop};
 
 /// Frames analysed after which a failing channel's backoff resets.
@@ -33,7 +34,7 @@ pub const PREVIEW_EVERY_MS: i64 = 10_000;
 const PREVIEW_QUALITY: i32 = 80;
 
 /// YOLO frames of one channel handed to the batch but not yet sent on: while Redis is away
-/// (the batch waits on it) further frames are dropped here, before JPEG encoding, so memory
+/// (the batch waits on it) further frames are dropped here, before they are encoded (PNG by default), so memory
 /// stays bounded however long the outage lasts — frames that old would be stale for YOLO.
 pub const YOLO_FRAMES_IN_FLIGHT_MAX: usize = 16;
 
@@ -919,7 +920,8 @@ fn analyse(
     result
 }
 
-/// Colour frames of a priority channel: grey copies for motion, JPEGs for YOLO at `yolo.fps`.
+/// Colour frames of a priority channel: grey copies for motion, YOLO frames (PNG, or JPEG with
+/// `yolo.frame_format = "jpeg"`) at `yolo.fps`, JPEG previews.
 struct ColourFrames {
     width: i32,
     height: i32,

@@ -11,6 +11,7 @@
 pub mod channel;
 pub mod decode;
 pub mod detector;
+pub mod flv;
 pub mod gate;
 pub mod rtmp;
 
@@ -24,9 +25,12 @@ use cctv_common::events::{now_ms, ChannelStatus, MotionEvent, MotionEventKind};
 use cctv_common::heartbeat;
 use cctv_common::jobs::{JobError, MotionJob, YoloJob};
 use cctv_common::keys::Keys;
+use cctv_common::lease::Lease;
+use cctv_common::plan::PublishedPlan;
 use cctv_common::queue::{self, JobMeta, Queue};
 use cctv_common::recording::{RecordingState, RecordingStore};
 use cctv_common::shutdown::CancellationToken;
+use cctv_common::streams::{self, Stream};
 use cctv_common::system::{SystemEventKind, SystemLog};
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
@@ -42,8 +46,6 @@ const SUPERVISE_EVERY: Duration = Duration::from_secs(2);
 const STATUS_TTL_SECS: u64 = 10;
 /// A channel's picture outlives a few missed updates, not its worker.
 const PREVIEW_TTL_SECS: i64 = 60;
-/// Motion events kept on the stream (approximate trim).
-const EVENTS_MAXLEN: usize = 100_000;
 /// Motion events held while Redis is unreachable (the oldest give way; all are in the motion log).
 const OUTBOX_MAX: usize = 10_000;
 
@@ -394,14 +396,7 @@ async fn publish_motion(ctx: &Ctx, conn: &mut ConnectionManager, event: Option<S
         outbox.push_back(json);
     }
     while let Some(json) = outbox.front() {
-        let r: Result<String, _> = conn
-            .xadd_maxlen(
-                ctx.keys.motion_events(),
-                redis::streams::StreamMaxlen::Approx(EVENTS_MAXLEN),
-                "*",
-                &[("data", json.as_str())],
-            )
-            .await;
+        let r = streams::publish_json(conn, &ctx.keys, Stream::Motion, json).await;
         match r {
             Ok(_) => {
                 outbox.pop_front();
@@ -505,54 +500,30 @@ async fn publish_status(
     }
 }
 
-/// Is `plan` (a job's batch hash) still the published plan of `batch`? A plan without per-batch
-/// hashes (an older scheduler) is compared whole.
 async fn plan_is_current(conn: &mut ConnectionManager, keys: &Keys, batch: &str, plan: &str) -> Result<bool, JobError> {
-    let (whole, of_batch): (Option<String>, Option<String>) = redis::cmd("HMGET")
-        .arg(keys.motion_plan())
-        .arg("hash")
-        .arg(format!("batch:{batch}"))
-        .query_async(conn)
+    PublishedPlan::batch_is_current(conn, keys, batch, plan)
         .await
-        .map_err(|e| JobError::Transient(format!("reading the plan: {e}")))?;
-    Ok(match (whole, of_batch) {
-        // No plan published (scheduler not yet up, or Redis flushed): keep working.
-        (None, _) => true,
-        (Some(_), Some(b)) => b == plan,
-        (Some(whole), None) => whole == plan,
-    })
+        .map_err(|e| JobError::Transient(format!("reading the plan: {e}")))
+}
+
+/// The batch's lease: one worker watches a batch at a time.
+fn batch_lease(keys: &Keys, batch: &str, worker: &str) -> Lease {
+    Lease::new(keys.motion_lease(batch), worker, LEASE_TTL_MS)
 }
 
 async fn acquire_lease(conn: &mut ConnectionManager, keys: &Keys, batch: &str, worker: &str) -> Result<bool, JobError> {
-    let script = redis::Script::new(
-        r#"local v = redis.call('GET', KEYS[1])
-           if (not v) or v == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
-           return 0"#,
-    );
-    let got: i32 = script
-        .key(keys.motion_lease(batch))
-        .arg(worker)
-        .arg(LEASE_TTL_MS)
-        .invoke_async(conn)
+    batch_lease(keys, batch, worker)
+        .acquire(conn)
         .await
-        .map_err(|e| JobError::Transient(format!("taking the lease of batch {batch}: {e}")))?;
-    Ok(got == 1)
+        .map_err(|e| JobError::Transient(format!("taking the lease of batch {batch}: {e}")))
 }
 
 async fn renew_lease(conn: &mut ConnectionManager, keys: &Keys, batch: &str, worker: &str) -> redis::RedisResult<bool> {
-    let script = redis::Script::new(
-        "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end return 0",
-    );
-    let ok: i32 = script.key(keys.motion_lease(batch)).arg(worker).arg(LEASE_TTL_MS).invoke_async(conn).await?;
-    Ok(ok == 1)
+    batch_lease(keys, batch, worker).renew(conn).await
 }
 
 async fn release_lease(conn: &mut ConnectionManager, keys: &Keys, batch: &str, worker: &str) {
-    let script = redis::Script::new(
-        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
-    );
-    let r: redis::RedisResult<i32> = script.key(keys.motion_lease(batch)).arg(worker).invoke_async(conn).await;
-    if let Err(e) = r {
+    if let Err(e) = batch_lease(keys, batch, worker).release(conn).await {
         tracing::warn!(batch, error = %e, "cannot release batch lease; it expires by itself");
     }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult};
 
-use crate::gate::FlvTag;
+use crate::flv::FlvTag;
 
 /// `rtmp://host[:port]/app/stream` split into address, application and stream key.
 #[derive(Debug, Clone, PartialEq)]

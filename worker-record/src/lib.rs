@@ -21,18 +21,17 @@ use cctv_common::events::{now_ms, BackupEvent, BackupEventKind};
 use cctv_common::heartbeat;
 use cctv_common::jobs::{JobError, RecordJob};
 use cctv_common::keys::Keys;
+use cctv_common::lease::Lease;
 use cctv_common::queue::{self, JobMeta, Queue};
 use cctv_common::recording::{Recording, RecordingState, RecordingStore, Rules};
 use cctv_common::shutdown::CancellationToken;
+use cctv_common::status::BackupDirStatus;
 use cctv_common::system::{SystemEventKind, SystemLog};
 use redis::aio::ConnectionManager;
-use redis::AsyncCommands;
 
 use files::Spool;
 use hls::{Fragment, HlsClient, HlsError};
 
-/// Backup events kept on the stream (approximate trim).
-const EVENTS_MAXLEN: usize = 100_000;
 /// A recording's lease: one writer at a time, free again this long after a writer died.
 const LEASE_TTL_MS: u64 = 10_000;
 /// Playlist poll period.
@@ -111,7 +110,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     hb.abort();
     monitor.abort();
     heartbeat::remove(&mut ctx.conn.clone(), &keys, &worker).await;
-    let _: Result<(), _> = ctx.conn.clone().hdel(keys.backup_status(), &worker).await;
+    let _ = BackupDirStatus::withdraw(&mut ctx.conn.clone(), &keys, &worker).await;
     let message = match &result {
         Ok(()) => "record worker stopped".to_string(),
         Err(e) => format!("record worker stopped with an error: {e}"),
@@ -129,13 +128,15 @@ async fn check_backup_dir(ctx: &Ctx) -> Option<String> {
         .await
         .map_err(|e| e.to_string())
         .and_then(|r| r.map_err(|e| e.to_string()));
-    let status = serde_json::json!({
-        "worker": ctx.worker, "host": cctv_common::host_name(), "backup_dir": ctx.record.backup_dir,
-        "ok": result.is_ok(), "error": result.as_ref().err(), "updated_ms": now_ms(),
-    });
-    let r: redis::RedisResult<()> =
-        ctx.conn.clone().hset(ctx.keys.backup_status(), &ctx.worker, status.to_string()).await;
-    if let Err(e) = r {
+    let status = BackupDirStatus {
+        worker: ctx.worker.clone(),
+        host: cctv_common::host_name(),
+        backup_dir: ctx.record.backup_dir.display().to_string(),
+        ok: result.is_ok(),
+        error: result.as_ref().err().cloned(),
+        updated_ms: now_ms(),
+    };
+    if let Err(e) = status.publish(&mut ctx.conn.clone(), &ctx.keys).await {
         tracing::warn!(error = %e, "cannot publish backup status");
     }
     if let Err(e) = &result {
@@ -154,10 +155,8 @@ pub(crate) async fn publish_with(conn: &ConnectionManager, keys: &Keys, log: &Ca
         Ok(j) => j,
         Err(e) => return tracing::error!(error = %e, "cannot encode backup event"),
     };
-    let r: redis::RedisResult<String> = conn
-        .clone()
-        .xadd_maxlen(keys.backup_events(), redis::streams::StreamMaxlen::Approx(EVENTS_MAXLEN), "*", &[("data", &json)])
-        .await;
+    let r =
+        cctv_common::streams::publish_json(&mut conn.clone(), keys, cctv_common::streams::Stream::Backup, &json).await;
     if let Err(e) = r {
         tracing::error!(error = %e, "cannot publish backup event (kept in the backup log)");
     }
@@ -188,28 +187,20 @@ fn error_event(ctx: &Ctx, job: &RecordJob, meta: &JobMeta, part: u32, error: Str
     }
 }
 
+/// The recording's lease: one worker writes a recording at a time.
+fn recording_lease(ctx: &Ctx, recording: &str) -> Lease {
+    Lease::new(ctx.keys.record_lease(recording), &ctx.worker, LEASE_TTL_MS)
+}
+
 async fn lease(ctx: &Ctx, recording: &str) -> Result<bool, JobError> {
-    let script = redis::Script::new(
-        r#"local v = redis.call('GET', KEYS[1])
-           if (not v) or v == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
-           return 0"#,
-    );
-    let got: i32 = script
-        .key(ctx.keys.record_lease(recording))
-        .arg(&ctx.worker)
-        .arg(LEASE_TTL_MS)
-        .invoke_async(&mut ctx.conn.clone())
+    recording_lease(ctx, recording)
+        .acquire(&mut ctx.conn.clone())
         .await
-        .map_err(|e| JobError::Transient(format!("recording {recording}: lease: {e}")))?;
-    Ok(got == 1)
+        .map_err(|e| JobError::Transient(format!("recording {recording}: lease: {e}")))
 }
 
 async fn release(ctx: &Ctx, recording: &str) {
-    let script = redis::Script::new(
-        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
-    );
-    let _: redis::RedisResult<i32> =
-        script.key(ctx.keys.record_lease(recording)).arg(&ctx.worker).invoke_async(&mut ctx.conn.clone()).await;
+    let _ = recording_lease(ctx, recording).release(&mut ctx.conn.clone()).await;
 }
 
 async fn record(ctx: Ctx, job: RecordJob, meta: JobMeta) -> Result<(), JobError> {

@@ -371,24 +371,14 @@ impl Monitor {
         let lock_name = format!("{}:{}", cctv_common::host_name(), volume.mount_point.display());
         let lock = self.keys.storage_lock(&lock_name);
         let mut conn = self.conn.clone();
-        let got: bool = redis::cmd("SET")
-            .arg(&lock)
-            .arg(&self.worker)
-            .arg("NX")
-            .arg("PX")
-            .arg(60_000)
-            .query_async::<Option<String>>(&mut conn)
-            .await?
-            .is_some();
+        let lock = cctv_common::lease::Lease::new(lock, &self.worker, 60_000);
+        let got = lock.take_if_free(&mut conn).await?;
         if !got {
             tracing::debug!(volume = %volume.mount_point.display(), "another worker is rotating this volume");
             return Ok(());
         }
         self.rotate_locked(files, need).await;
-        let script = redis::Script::new(
-            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
-        );
-        let _: redis::RedisResult<i32> = script.key(&lock).arg(&self.worker).invoke_async(&mut conn).await;
+        let _ = lock.release(&mut conn).await;
         Ok(())
     }
 

@@ -31,8 +31,6 @@ use tokio::sync::{mpsc, oneshot};
 use model::{ModelError, YoloModel};
 use snapshot::SnapshotStore;
 
-/// Object events kept on the stream (approximate trim).
-const EVENTS_MAXLEN: usize = 100_000;
 /// Idle poll period of the YOLO queue: adds at most this to a frame's latency.
 const POLL_EVERY: Duration = Duration::from_millis(50);
 
@@ -260,14 +258,8 @@ async fn handle_inner(ctx: Ctx, job: YoloJob, meta: JobMeta) -> Result<(), JobEr
         ts_ms: now,
     };
     let json = serde_json::to_string(&event).map_err(|e| JobError::Permanent(format!("encoding result: {e}")))?;
-    let r: redis::RedisResult<String> = conn
-        .xadd_maxlen(
-            ctx.keys.object_events(),
-            redis::streams::StreamMaxlen::Approx(EVENTS_MAXLEN),
-            "*",
-            &[("data", &json)],
-        )
-        .await;
+    let r =
+        cctv_common::streams::publish_json(&mut conn, &ctx.keys, cctv_common::streams::Stream::Objects, &json).await;
     if let Err(e) = r {
         tracing::error!(error = %e, "cannot publish object event to redis (kept in the objects log)");
     }

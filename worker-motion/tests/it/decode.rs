@@ -2,7 +2,7 @@ use std::path::Path;
 use std::process::Command;
 
 use worker_motion::decode::{AvcDecoder, PictureFormat};
-use worker_motion::gate::FlvReader;
+use worker_motion::flv::FlvReader;
 
 /// Real footage as an FLV stream of H.264 at 640x360, `bframes` B-frames at most (0: none).
 fn footage_flv(dir: &Path, bframes: u32) -> std::path::PathBuf {

@@ -21,7 +21,7 @@ fn an_rtmp_stream_is_played_in_process_tag_by_tag() {
     let started = Instant::now();
     while (keyframes < 2 || config == 0) && started.elapsed() < Duration::from_secs(20) {
         let tag = player.next_tag().expect("reading").expect("the stream goes on");
-        assert_eq!(tag.video_codec(), Some(worker_motion::gate::FLV_CODEC_AVC));
+        assert_eq!(tag.video_codec(), Some(worker_motion::flv::FLV_CODEC_AVC));
         if tag.is_avc_config() {
             config += 1;
         } else if tag.is_avc_picture() {

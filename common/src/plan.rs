@@ -1,7 +1,8 @@
 //! Splitting the configured channels into batches, one motion job each.
 
-use cctv_common::config::Config;
-use cctv_common::jobs::{MotionChannel, MotionJob, YoloFrames};
+use crate::config::Config;
+use crate::jobs::{MotionChannel, MotionJob, YoloFrames};
+use crate::keys::Keys;
 use sha2::{Digest, Sha256};
 
 /// The batches of one configuration. Its `hash` changes whenever anything a motion job carries
@@ -52,6 +53,93 @@ pub fn plan(config: &Config) -> Plan {
     Plan { hash, jobs }
 }
 
+/// Fields of `<ns>:motion:plan` (a hash), written only by [`Plan::publish`].
+mod field {
+    pub const HASH: &str = "hash";
+    pub const BATCHES: &str = "batches";
+    pub const PUBLISHED_MS: &str = "published_ms";
+    pub fn batch(batch: &str) -> String {
+        format!("batch:{batch}")
+    }
+}
+
+/// The plan as published: what workers and the CLI read back.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PublishedPlan {
+    /// `None`: no plan published (scheduler not yet up, or Redis flushed).
+    pub hash: Option<String>,
+    pub jobs: Vec<MotionJob>,
+}
+
+/// Why the published plan cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("reading the plan: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("the published plan's batches do not decode: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+impl Plan {
+    /// Publishes the plan to `<ns>:motion:plan` unless it is there already. Returns the hash it
+    /// replaced (`Some(None)`: there was none), or `None` when it was current.
+    pub async fn publish<C: redis::aio::ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        keys: &Keys,
+        now_ms: i64,
+    ) -> Result<Option<Option<String>>, PlanError> {
+        let key = keys.motion_plan();
+        let current: Option<String> = redis::cmd("HGET").arg(&key).arg(field::HASH).query_async(conn).await?;
+        if current.as_deref() == Some(self.hash.as_str()) {
+            return Ok(None);
+        }
+        let batches = serde_json::to_string(&self.jobs)?;
+        let mut pipe = redis::pipe();
+        pipe.atomic().del(&key).hset(&key, field::HASH, &self.hash).hset(&key, field::BATCHES, batches).hset(
+            &key,
+            field::PUBLISHED_MS,
+            now_ms,
+        );
+        for job in &self.jobs {
+            pipe.hset(&key, field::batch(&job.batch), &job.plan);
+        }
+        let _: () = pipe.query_async(conn).await?;
+        Ok(Some(current))
+    }
+}
+
+impl PublishedPlan {
+    pub async fn read<C: redis::aio::ConnectionLike + Send>(conn: &mut C, keys: &Keys) -> Result<Self, PlanError> {
+        let (hash, batches): (Option<String>, Option<String>) =
+            redis::cmd("HMGET").arg(keys.motion_plan()).arg(field::HASH).arg(field::BATCHES).query_async(conn).await?;
+        let jobs = batches.map(|b| serde_json::from_str(&b)).transpose()?.unwrap_or_default();
+        Ok(Self { hash, jobs })
+    }
+
+    /// Is `plan` (a job's batch hash) still the published plan of `batch`? With no plan
+    /// published, yes (keep working); a plan without per-batch hashes (an older scheduler) is
+    /// compared whole.
+    pub async fn batch_is_current<C: redis::aio::ConnectionLike + Send>(
+        conn: &mut C,
+        keys: &Keys,
+        batch: &str,
+        plan: &str,
+    ) -> redis::RedisResult<bool> {
+        let (whole, of_batch): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(keys.motion_plan())
+            .arg(field::HASH)
+            .arg(field::batch(batch))
+            .query_async(conn)
+            .await?;
+        Ok(match (whole, of_batch) {
+            (None, _) => true,
+            (Some(_), Some(b)) => b == plan,
+            (Some(whole), None) => whole == plan,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,7 +178,7 @@ mod tests {
         let mut masked = base.clone();
         masked.channels[0]
             .mask
-            .push(cctv_common::config::MaskConfig { name: None, points: vec![[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]] });
+            .push(crate::config::MaskConfig { name: None, points: vec![[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]] });
         let mut tuned = base.clone();
         tuned.channels[0].motion.pixel_threshold = Some(40.0);
         let hashes = [plan(&base).hash, plan(&masked).hash, plan(&tuned).hash];

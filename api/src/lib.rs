@@ -5,7 +5,7 @@
 //! `Authorization: Bearer <api.token>`. Bad parameters are 400 with a message naming the
 //! parameter, unknown ids 404; no endpoint ever returns a camera URL.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -20,10 +20,9 @@ use cctv_common::events::{
 };
 use cctv_common::jobs::{MotionJob, RecordJob, YoloJob};
 use cctv_common::keys::Keys;
-use cctv_common::queue::{JobInfo, Queue, QueueStats};
+use cctv_common::queue::{JobInfo, Queue, QueuesOverview};
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
-use serde_json::Value;
 use tower::ServiceExt;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -32,6 +31,7 @@ use crate::metrics::ClusterMetrics;
 use views::*;
 
 pub mod auth;
+pub mod metrics;
 pub mod openapi;
 pub mod views;
 
@@ -202,7 +202,7 @@ impl Params {
     fn time(&self, name: &str) -> ApiResult<Option<i64>> {
         self.0
             .get(name)
-            .map(|v| crate::compare::parse_time(v, now_ms()).map_err(|e| ApiError::bad(format!("{name}: {e}"))))
+            .map(|v| cctv_common::timefmt::parse_time(v, now_ms()).map_err(|e| ApiError::bad(format!("{name}: {e}"))))
             .transpose()
     }
     /// A cursor that is the position of the previous page's last item, `<ts_ms>:<name>`, so
@@ -273,8 +273,7 @@ async fn channel_views(s: &ApiState) -> ApiResult<Vec<ChannelView>> {
         let status: Option<String> = conn.get(s.keys.channel_status(ch.id)).await?;
         let status: Option<ChannelStatus> = status.and_then(|j| serde_json::from_str(&j).ok());
         // The relay's view of the camera (running, restarts, redacted last error).
-        let relay: Option<String> = conn.get(s.keys.relay_status(ch.id)).await?;
-        let relay: Option<crate::relay::RelayStatus> = relay.and_then(|j| serde_json::from_str(&j).ok());
+        let relay = cctv_common::status::RelayStatus::read(&mut conn, &s.keys, ch.id).await?;
         let last_objects = objects.iter().find(|o| o.channel == ch.id && !o.detections.is_empty());
         let last_backup = backups.iter().find(|b| b.channel == ch.id && b.kind == BackupEventKind::File);
         out.push(ChannelView {
@@ -674,11 +673,9 @@ async fn delete_backup(
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("deleting {name}: {e}")))?;
     let _ = std::fs::remove_file(cctv_common::naming::h264_copy_path(&s.config.record.backup_dir, &name));
     let event = BackupEvent::deleted(&path, size, "deleted through the API".into(), "api");
-    let _: String = s
-        .conn
-        .clone()
-        .xadd(s.keys.backup_events(), "*", &[("data", serde_json::to_string(&event).unwrap_or_default())])
-        .await?;
+    cctv_common::streams::publish(&mut s.conn.clone(), &s.keys, cctv_common::streams::Stream::Backup, &event)
+        .await
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("{name} deleted; its backup event: {e}")))?;
     Ok(Json(Deleted { deleted: name }))
 }
 
@@ -795,47 +792,11 @@ async fn workers(State(s): State<ApiState>) -> ApiResult<Json<WorkerPage>> {
     Ok(Json(Page::whole(w)))
 }
 
-/// Counts of every queue, plus YOLO's drop counters.
-pub async fn queue_counts(conn: &ConnectionManager, keys: &Keys, config: &Config) -> ApiResult<QueuesOverview> {
-    let counts = |s: QueueStats| QueueCounts {
-        waiting: s.waiting,
-        running: s.running,
-        done: s.done,
-        failed: s.dead,
-        dropped: None,
-        counters: None,
-    };
-    let yolo: BTreeMap<String, i64> = conn.clone().hgetall(keys.yolo_stats()).await?;
-    let dropped = yolo.get("dropped_stale").copied().unwrap_or(0) + yolo.get("dropped_full").copied().unwrap_or(0);
-    Ok(QueuesOverview {
-        motion: counts(Queue::<MotionJob>::new(conn.clone(), keys, &config.queue).stats().await?),
-        yolo: QueueCounts {
-            dropped: Some(dropped),
-            counters: Some(yolo),
-            ..counts(Queue::<YoloJob>::new(conn.clone(), keys, &config.queue).stats().await?)
-        },
-        record: counts(Queue::<RecordJob>::new(conn.clone(), keys, &config.queue).stats().await?),
-    })
-}
-
-/// [`queue_counts`] by queue name, for the CLI and the metrics.
-pub async fn queue_overview(
-    conn: &ConnectionManager,
-    keys: &Keys,
-    config: &Config,
-) -> ApiResult<BTreeMap<String, Value>> {
-    let counts = queue_counts(conn, keys, config).await?;
-    match serde_json::to_value(counts) {
-        Ok(Value::Object(m)) => Ok(m.into_iter().collect()),
-        _ => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, "queue counts are not an object".into())),
-    }
-}
-
 /// Per queue: waiting, running, done, failed; YOLO's drops.
 #[utoipa::path(get, path = "/api/jobs", tag = "jobs",
     responses((status = 200, body = QueuesOverview), (status = 503, body = ErrorBody)))]
 async fn jobs(State(s): State<ApiState>) -> ApiResult<Json<QueuesOverview>> {
-    Ok(Json(queue_counts(&s.conn, &s.keys, &s.config).await?))
+    Ok(Json(cctv_common::queue::overview(&s.conn, &s.keys, &s.config.queue).await?))
 }
 
 /// Runs `f` on the typed queue named `queue`.
@@ -968,9 +929,10 @@ async fn job_enqueue_record(
     if !(req.seconds > 0.0 && req.seconds <= 86_400.0) {
         return Err(ApiError::bad(format!("seconds: {} is out of range (0, 86400]", req.seconds)));
     }
-    let (rid, job) = crate::jobs_cli::enqueue_record(&s.config, &mut s.conn.clone(), &s.keys, req.channel, req.seconds)
-        .await
-        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")))?;
+    let (rid, job) =
+        cctv_common::recording::start_manual(&s.config, &mut s.conn.clone(), &s.keys, req.channel, req.seconds)
+            .await
+            .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     Ok(Json(Enqueued { recording: rid, job }))
 }
 

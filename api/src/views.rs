@@ -14,7 +14,7 @@ use cctv_common::system::SystemEvent;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::relay::RelayStatus;
+use cctv_common::status::RelayStatus;
 
 /// One page of a list: its items, newest first where they have a time, and the cursor that
 /// asks for the next page (`null`: this is the last).
@@ -162,29 +162,6 @@ pub struct SnapshotItem {
     pub frame_ts_ms: i64,
     pub detections: Vec<Detection>,
     pub url: String,
-}
-
-/// Counts of one queue; YOLO's also carries its drop counters.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct QueueCounts {
-    pub waiting: u64,
-    pub running: u64,
-    pub done: u64,
-    pub failed: u64,
-    /// YOLO: frames dropped (stale or queue full).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dropped: Option<i64>,
-    /// YOLO: every counter of `<ns>:yolo:stats`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub counters: Option<std::collections::BTreeMap<String, i64>>,
-}
-
-/// `GET /api/jobs`: the three queues.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct QueuesOverview {
-    pub motion: QueueCounts,
-    pub yolo: QueueCounts,
-    pub record: QueueCounts,
 }
 
 /// `GET /api/jobs/{queue}`: a page of jobs in one state.

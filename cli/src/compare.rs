@@ -68,25 +68,6 @@ pub fn compare(channels: &[u32], motion: &[MotionEvent], objects: &[ObjectEvent]
         .collect()
 }
 
-/// Parses `90s`, `15m`, `2h`, `1d` (that long ago) or milliseconds since the epoch.
-pub fn parse_time(text: &str, now: i64) -> Result<i64, String> {
-    let t = text.trim();
-    let bad = || format!("{text:?} is not a time: use 90s, 15m, 2h, 1d (ago) or ms since the epoch");
-    if let Ok(ms) = t.parse::<i64>() {
-        return Ok(ms);
-    }
-    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit() && c != '.').ok_or_else(bad)?);
-    let n: f64 = num.parse().map_err(|_| bad())?;
-    let ms = match unit {
-        "s" => 1_000.0,
-        "m" => 60_000.0,
-        "h" => 3_600_000.0,
-        "d" => 86_400_000.0,
-        _ => return Err(bad()),
-    };
-    Ok(now - (n * ms) as i64)
-}
-
 async fn read_range<T: serde::de::DeserializeOwned>(
     conn: &mut ConnectionManager,
     stream: &str,
@@ -122,8 +103,12 @@ pub async fn command(
     json: bool,
 ) -> anyhow::Result<()> {
     let now = now_ms();
-    let from = parse_time(since, now).map_err(|e| anyhow::anyhow!("--since: {e}"))?;
-    let to = until.map(|u| parse_time(u, now)).transpose().map_err(|e| anyhow::anyhow!("--until: {e}"))?.unwrap_or(now);
+    let from = cctv_common::timefmt::parse_time(since, now).map_err(|e| anyhow::anyhow!("--since: {e}"))?;
+    let to = until
+        .map(|u| cctv_common::timefmt::parse_time(u, now))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--until: {e}"))?
+        .unwrap_or(now);
     anyhow::ensure!(from <= to, "--since is after --until");
     let channels: Vec<u32> =
         if channels.is_empty() { config.channels.iter().map(|c| c.id).collect() } else { channels.to_vec() };
@@ -223,14 +208,5 @@ mod tests {
         assert_eq!(rows[0].frames_checked, 4);
         assert_eq!(rows[0].objects, BTreeMap::from([("car".into(), 1), ("person".into(), 1)]));
         assert_eq!((rows[1].motion_events, rows[1].unchecked, rows[1].confirmed), (1, 1, 0));
-    }
-
-    #[test]
-    fn times_parse_relative_and_absolute() {
-        assert_eq!(parse_time("90s", 100_000), Ok(10_000));
-        assert_eq!(parse_time("2h", 10_000_000), Ok(10_000_000 - 7_200_000));
-        assert_eq!(parse_time("1700000000000", 0), Ok(1_700_000_000_000));
-        assert!(parse_time("yesterday", 0).unwrap_err().contains("yesterday"));
-        assert!(parse_time("5w", 0).is_err());
     }
 }

@@ -32,7 +32,7 @@ use redis::aio::ConnectionManager;
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::AsyncCommands;
 
-use crate::relay::RelayStatus;
+use cctv_common::status::RelayStatus;
 
 /// Content type of the classic text format (what curl and promtool get).
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -294,8 +294,7 @@ impl ClusterMetrics {
             if let Some(st) = st {
                 set_counter(&self.frames_analysed.get_or_create(&channel(ch.id)), st.frames_total);
             }
-            let relay: Option<String> = conn.get(keys.relay_status(ch.id)).await?;
-            if let Some(relay) = relay.and_then(|j| serde_json::from_str::<RelayStatus>(&j).ok()) {
+            if let Some(relay) = RelayStatus::read(conn, keys, ch.id).await? {
                 for s in relay.streams() {
                     let labels = StreamLabels { channel: ch.id.to_string(), stream: s.stream.clone() };
                     self.relay_up.get_or_create(&labels).set(s.running.into());
@@ -303,11 +302,11 @@ impl ClusterMetrics {
                 }
             }
         }
-        let queues = crate::api::queue_overview(conn, keys, config).await.map_err(|e| anyhow::anyhow!(e.1))?;
-        for (queue, v) in &queues {
-            for state in ["waiting", "running", "done", "failed"] {
-                let labels = QueueLabels { queue: queue.clone(), state: state.into() };
-                self.queue_jobs.get_or_create(&labels).set(v[state].as_i64().unwrap_or(0));
+        let queues = cctv_common::queue::overview(conn, keys, &config.queue).await?;
+        for (queue, v) in queues.by_name() {
+            for (state, n) in [("waiting", v.waiting), ("running", v.running), ("done", v.done), ("failed", v.failed)] {
+                let labels = QueueLabels { queue: queue.into(), state: state.into() };
+                self.queue_jobs.get_or_create(&labels).set(n as i64);
             }
         }
         let mut yolo: HashMap<String, i64> = conn.hgetall(keys.yolo_stats()).await?;

@@ -1,8 +1,17 @@
 //! The `cctv` command-line tool: inspect the cluster through Redis directly (no API needed).
+//! Domain operations it triggers (a manual recording, the queue overview) live in `common`;
+//! this crate parses, reads and prints.
+
+pub mod compare;
+mod fmt;
+pub mod jobs;
+
+use cctv_common::status::BackupDirStatus;
+use fmt::{format_ms, site_zone};
+use jobs::JobsCommand;
 
 use std::io::Write;
 
-use anyhow::Context;
 use cctv_common::config::Config;
 use cctv_common::events::{decode_entry, BackupEvent, ChannelStatus, MotionEvent, ObjectEvent, WorkerHeartbeat};
 use cctv_common::jobs::{MotionJob, YoloJob};
@@ -57,40 +66,6 @@ pub enum Command {
         #[arg(long)]
         check: bool,
     },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum JobsCommand {
-    /// Without a queue: counts per queue. With one: its jobs in a state.
-    List {
-        queue: Option<String>,
-        #[arg(long, default_value = "waiting", value_parser = ["waiting", "running", "done", "dead"])]
-        state: String,
-        #[arg(long, default_value_t = 20)]
-        limit: usize,
-        #[arg(long)]
-        json: bool,
-    },
-    /// One job: state, attempts, last error, payload.
-    Show { queue: String, id: String },
-    /// Queue a job by hand: `record` (back up a channel now for N seconds, with pre-roll) or
-    /// `yolo` (run object detection on an image as if it came from the channel).
-    Enqueue {
-        #[arg(value_parser = ["record", "yolo"])]
-        kind: String,
-        #[arg(long)]
-        channel: u32,
-        /// record: seconds after now to keep recording.
-        #[arg(long, default_value_t = 30.0)]
-        seconds: f64,
-        /// yolo: the image (JPEG) to send.
-        #[arg(long)]
-        image: Option<std::path::PathBuf>,
-    },
-    /// Queue a copy of a finished (dead) job.
-    Retry { queue: String, id: String },
-    /// Delete finished jobs' payloads from a queue.
-    Purge { queue: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -172,31 +147,23 @@ pub async fn run(config_path: &std::path::Path, command: Command) -> anyhow::Res
             }
         },
         Command::Compare { channels, since, until, json } => {
-            crate::compare::command(&mut conn, &keys, &config, &channels, &since, until.as_deref(), json).await
+            compare::command(&mut conn, &keys, &config, &channels, &since, until.as_deref(), json).await
         }
         Command::Status { json, check } => status(&config, conn, &keys, json, check).await,
-        Command::Jobs(cmd) => crate::jobs_cli::run(&config, conn, &keys, cmd).await,
+        Command::Jobs(cmd) => jobs::run(&config, conn, &keys, cmd).await,
         Command::Backups(BackupsCommand::List { channel, since, limit, json }) => {
-            crate::jobs_cli::backups(&config, conn, &keys, channel, since.as_deref(), limit, json).await
+            jobs::backups(&config, conn, &keys, channel, since.as_deref(), limit, json).await
         }
-        Command::Backups(BackupsCommand::Protect { file }) => crate::jobs_cli::protect(conn, &keys, &file, true).await,
-        Command::Backups(BackupsCommand::Unprotect { file }) => {
-            crate::jobs_cli::protect(conn, &keys, &file, false).await
-        }
-        Command::Storage { json } => crate::jobs_cli::storage(conn, &keys, json).await,
+        Command::Backups(BackupsCommand::Protect { file }) => jobs::protect(conn, &keys, &file, true).await,
+        Command::Backups(BackupsCommand::Unprotect { file }) => jobs::protect(conn, &keys, &file, false).await,
+        Command::Storage { json } => jobs::storage(conn, &keys, json).await,
     }
 }
 
 /// Shared by every binary's `check-config`: prints every problem, errors when there are any.
 pub fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
-    println!(
-        "{}: ok ({} channels, {} motion batches, namespace {:?})",
-        path.display(),
-        config.channels.len(),
-        crate::plan(&config).jobs.len(),
-        config.cluster.namespace
-    );
+    println!("{}", config.check_summary(path));
     Ok(())
 }
 
@@ -345,19 +312,6 @@ async fn tail<T: Tailed>(
     }
 }
 
-/// `YYYY-MM-DD HH:MM:SS.mmm+hh:mm` of `ms` since the epoch in `tz`.
-pub(crate) fn format_ms(ms: i64, tz: &TimeZone) -> String {
-    match jiff::Timestamp::from_millisecond(ms) {
-        Ok(t) => t.to_zoned(tz.clone()).strftime("%Y-%m-%d %H:%M:%S%.3f%:z").to_string(),
-        Err(_) => format!("t{ms}"),
-    }
-}
-
-/// The site's time zone (`record.timezone`), in which the CLI shows times.
-pub(crate) fn site_zone(config: &Config) -> TimeZone {
-    cctv_common::timefmt::zone(&config.record.timezone).unwrap_or(TimeZone::UTC)
-}
-
 fn format_motion(e: &MotionEvent, tz: &TimeZone) -> String {
     let extra = match e.kind {
         cctv_common::events::MotionEventKind::Start => format!("area {:.1}% boxes {}", e.area * 100.0, e.boxes.len()),
@@ -383,9 +337,9 @@ fn format_motion(e: &MotionEvent, tz: &TimeZone) -> String {
 pub fn status_problems(
     config: &Config,
     channels: &[(u32, String, Option<ChannelStatus>)],
-    relays: &[Option<crate::relay::RelayStatus>],
+    relays: &[Option<cctv_common::status::RelayStatus>],
     workers: &[WorkerHeartbeat],
-    backup_dirs: &[serde_json::Value],
+    backup_dirs: &[BackupDirStatus],
 ) -> Vec<String> {
     let mut problems = Vec::new();
     for ((id, name, s), relay) in channels.iter().zip(relays) {
@@ -423,12 +377,12 @@ pub fn status_problems(
             problems.push(format!("no {process} is running (no heartbeat in Redis)"));
         }
     }
-    for b in backup_dirs.iter().filter(|b| b["ok"] != true) {
+    for b in backup_dirs.iter().filter(|b| !b.ok) {
         problems.push(format!(
             "backup dir {} on {}: {}",
-            b["backup_dir"].as_str().unwrap_or("?"),
-            b["worker"].as_str().unwrap_or("?"),
-            b["error"].as_str().unwrap_or("unusable")
+            b.backup_dir,
+            b.worker,
+            b.error.as_deref().unwrap_or("unusable")
         ));
     }
     problems
@@ -441,13 +395,8 @@ async fn status(
     json: bool,
     check: bool,
 ) -> anyhow::Result<()> {
-    let plan_hash: Option<String> = conn.hget(keys.motion_plan(), "hash").await?;
-    let batches_json: Option<String> = conn.hget(keys.motion_plan(), "batches").await?;
-    let batches: Vec<MotionJob> = batches_json
-        .map(|b| serde_json::from_str(&b))
-        .transpose()
-        .context("decoding the published plan")?
-        .unwrap_or_default();
+    let published = cctv_common::plan::PublishedPlan::read(&mut conn, keys).await?;
+    let (plan_hash, batches) = (published.hash, published.jobs);
     let mut holders = Vec::new();
     for b in &batches {
         let holder: Option<String> = conn.get(keys.motion_lease(&b.batch)).await?;
@@ -458,8 +407,7 @@ async fn status(
     for ch in &config.channels {
         let s: Option<String> = conn.get(keys.channel_status(ch.id)).await?;
         channels.push((ch.id, ch.name.clone(), s.and_then(|s| serde_json::from_str::<ChannelStatus>(&s).ok())));
-        let r: Option<String> = conn.get(keys.relay_status(ch.id)).await?;
-        relays.push(r.and_then(|r| serde_json::from_str::<crate::relay::RelayStatus>(&r).ok()));
+        relays.push(cctv_common::status::RelayStatus::read(&mut conn, keys, ch.id).await?);
     }
     let workers: Vec<WorkerHeartbeat> = cctv_common::keys::scan_json(&mut conn, &keys.worker_pattern()).await?;
     let mut q: Queue<MotionJob> = Queue::new(conn.clone(), keys, &config.queue);
@@ -469,9 +417,7 @@ async fn status(
     let yolo_stats: std::collections::BTreeMap<String, i64> = conn.hgetall(keys.yolo_stats()).await?;
     let mut rq: Queue<cctv_common::jobs::RecordJob> = Queue::new(conn.clone(), keys, &config.queue);
     let record_waiting = rq.waiting().await?;
-    let backup_status: std::collections::BTreeMap<String, String> = conn.hgetall(keys.backup_status()).await?;
-    let backup_status: Vec<serde_json::Value> =
-        backup_status.values().filter_map(|v| serde_json::from_str(v).ok()).collect();
+    let backup_status = BackupDirStatus::read_all(&mut conn, keys).await?;
     let problems = status_problems(config, &channels, &relays, &workers, &backup_status);
     let verdict = || -> anyhow::Result<()> {
         if !check {
@@ -514,9 +460,9 @@ async fn status(
     for b in &backup_status {
         println!(
             "backup dir {} on {}: {}",
-            b["backup_dir"].as_str().unwrap_or("?"),
-            b["worker"].as_str().unwrap_or("?"),
-            if b["ok"] == true { "ok".to_string() } else { format!("ERROR {}", b["error"].as_str().unwrap_or("")) }
+            b.backup_dir,
+            b.worker,
+            if b.ok { "ok".to_string() } else { format!("ERROR {}", b.error.as_deref().unwrap_or("")) }
         );
     }
     println!("\nBATCH  HELD BY                                   CHANNELS");
@@ -571,8 +517,8 @@ async fn status(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::relay::{RelayState, RelayStatus};
     use cctv_common::events::ChannelState;
+    use cctv_common::status::{RelayState, RelayStatus};
 
     /// Event lines carry the date and time in the site's zone, with its offset.
     #[test]
@@ -662,8 +608,14 @@ mod tests {
             None,
         ];
         let workers = vec![heartbeat("scheduler"), heartbeat("motion")];
-        let dirs =
-            vec![serde_json::json!({"backup_dir": "/b", "worker": "record-1", "ok": false, "error": "read-only"})];
+        let dirs = vec![BackupDirStatus {
+            backup_dir: "/b".into(),
+            worker: "record-1".into(),
+            host: "h".into(),
+            ok: false,
+            error: Some("read-only".into()),
+            updated_ms: 0,
+        }];
         let problems = status_problems(&config, &channels, &relays, &workers, &dirs);
         let expected = [
             "ch1 (Gate): camera stream ch1 not relayed: 401 Unauthorized (authentication failed)",

@@ -6,14 +6,49 @@ use std::collections::HashSet;
 use anyhow::Context;
 use cctv_common::config::Config;
 use cctv_common::events::{decode_entry, now_ms, BackupEvent, BackupEventKind, StorageReport};
-use cctv_common::jobs::{MotionJob, RecordJob, RecordTrigger, TriggerKind, YoloJob};
+use cctv_common::jobs::{MotionJob, RecordJob, YoloJob};
 use cctv_common::keys::Keys;
 use cctv_common::queue::{JobInfo, Queue};
-use cctv_common::recording::{Recording, RecordingStore};
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 
-use crate::cli::{format_ms, JobsCommand};
+use clap::Subcommand;
+
+use crate::fmt::format_ms;
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Without a queue: counts per queue. With one: its jobs in a state.
+    List {
+        queue: Option<String>,
+        #[arg(long, default_value = "waiting", value_parser = ["waiting", "running", "done", "dead"])]
+        state: String,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One job: state, attempts, last error, payload.
+    Show { queue: String, id: String },
+    /// Queue a job by hand: `record` (back up a channel now for N seconds, with pre-roll) or
+    /// `yolo` (run object detection on an image as if it came from the channel).
+    Enqueue {
+        #[arg(value_parser = ["record", "yolo"])]
+        kind: String,
+        #[arg(long)]
+        channel: u32,
+        /// record: seconds after now to keep recording.
+        #[arg(long, default_value_t = 30.0)]
+        seconds: f64,
+        /// yolo: the image (JPEG) to send.
+        #[arg(long)]
+        image: Option<std::path::PathBuf>,
+    },
+    /// Queue a copy of a finished (dead) job.
+    Retry { queue: String, id: String },
+    /// Delete finished jobs' payloads from a queue.
+    Purge { queue: String },
+}
 
 macro_rules! on_queue {
     ($conn:expr, $keys:expr, $config:expr, $queue:expr, |$q:ident| $body:expr) => {
@@ -38,21 +73,20 @@ macro_rules! on_queue {
 pub async fn run(config: &Config, mut conn: ConnectionManager, keys: &Keys, cmd: JobsCommand) -> anyhow::Result<()> {
     match cmd {
         JobsCommand::List { queue: None, json, .. } => {
-            let overview = crate::api::queue_overview(&conn, keys, config)
-                .await
-                .map_err(|crate::api::ApiError(_, m)| anyhow::anyhow!(m))?;
+            let overview = cctv_common::queue::overview(&conn, keys, &config.queue).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&overview)?);
+                let by_name: std::collections::BTreeMap<_, _> = overview.by_name().into_iter().collect();
+                println!("{}", serde_json::to_string_pretty(&by_name)?);
             } else {
                 println!("QUEUE    WAITING  RUNNING     DONE   FAILED  DROPPED");
-                for (name, v) in &overview {
+                for (name, v) in overview.by_name() {
                     println!(
                         "{name:<8} {:>7} {:>8} {:>8} {:>8} {:>8}",
-                        v["waiting"],
-                        v["running"],
-                        v["done"],
-                        v["failed"],
-                        v.get("dropped").map(|d| d.to_string()).unwrap_or_else(|| "-".into())
+                        v.waiting,
+                        v.running,
+                        v.done,
+                        v.failed,
+                        v.dropped.map(|d| d.to_string()).unwrap_or_else(|| "-".into())
                     );
                 }
             }
@@ -107,7 +141,8 @@ pub async fn run(config: &Config, mut conn: ConnectionManager, keys: &Keys, cmd:
             let event = format!("manual-{}", uuid::Uuid::new_v4().simple());
             match kind.as_str() {
                 "record" => {
-                    let (rid, id) = enqueue_record(config, &mut conn, keys, channel, seconds).await?;
+                    let (rid, id) =
+                        cctv_common::recording::start_manual(config, &mut conn, keys, channel, seconds).await?;
                     println!("queued record job {id} for channel {channel}: recording {rid}");
                 }
                 _ => {
@@ -121,45 +156,6 @@ pub async fn run(config: &Config, mut conn: ConnectionManager, keys: &Keys, cmd:
             Ok(())
         }
     }
-}
-
-/// A manual recording of `channel` from now − pre-roll to now + `seconds`. Returns the
-/// recording id and the job id.
-pub async fn enqueue_record(
-    config: &Config,
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    channel: u32,
-    seconds: f64,
-) -> anyhow::Result<(String, String)> {
-    let ch = config.channel(channel).with_context(|| format!("channel {channel} is not in the config"))?;
-    anyhow::ensure!(seconds > 0.0 && seconds <= 86_400.0, "seconds: {seconds} is out of range (0, 86400]");
-    let now = now_ms();
-    let event = format!("manual-{}", uuid::Uuid::new_v4().simple());
-    let rid = format!("ch{channel}-{event}");
-    let rules = cctv_common::recording::Rules::from_config(config);
-    let trigger = RecordTrigger {
-        kind: TriggerKind::Manual,
-        motion_event: event.clone(),
-        ts_ms: now,
-        labels: vec!["manual".into()],
-    };
-    // Manual recordings cover exactly what was asked: never the channel's active recording, so
-    // no activity joins or closes them early.
-    let end = now + (seconds * 1000.0) as i64;
-    let mut rec = Recording::new(channel, trigger.clone(), None, now, None, &rules, now);
-    rec.manual = true;
-    rec.end_ms = Some(end);
-    rec.last_activity_ms = end - rules.post_roll_ms;
-    let start_ms = rec.start_ms;
-    RecordingStore::new(conn.clone(), keys.clone())
-        .put(0, &rec, false)
-        .await?
-        .with_context(|| format!("recording {rid} exists already"))?;
-    let playlist_url = RecordJob::playlist_url_for(&mut conn.clone(), keys, config, ch).await?;
-    let job = RecordJob { recording: rid.clone(), channel, playlist_url, start_ms, trigger };
-    let id = Queue::<RecordJob>::new(conn.clone(), keys, &config.queue).push_unique(&job, &rid).await?;
-    Ok((rid, id.unwrap_or_default()))
 }
 
 fn summary(payload: &serde_json::Value) -> String {
@@ -192,7 +188,7 @@ pub async fn backups(
     json: bool,
 ) -> anyhow::Result<()> {
     let since = since
-        .map(|s| crate::compare::parse_time(s, now_ms()))
+        .map(|s| cctv_common::timefmt::parse_time(s, now_ms()))
         .transpose()
         .map_err(|e| anyhow::anyhow!("--since: {e}"))?;
     if let Some(c) = channel {
@@ -214,7 +210,7 @@ pub async fn backups(
     }
     let protected = cctv_common::naming::protected_backups(&mut conn, keys).await?;
     let is_protected = |b: &BackupEvent| b.file_name().is_some_and(|n| protected.contains(&n));
-    let tz = crate::cli::site_zone(config);
+    let tz = crate::fmt::site_zone(config);
     println!("CH    START                          LENGTH      SIZE  TRIGGER   FILE");
     for b in list {
         let trigger = b.trigger.as_ref().map(|t| format!("{:?}", t.kind).to_lowercase()).unwrap_or_default();

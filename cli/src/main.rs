@@ -2,10 +2,10 @@
 
 use std::process::ExitCode;
 
+use cctv_cli::Command;
 use cctv_common::cli::GlobalArgs;
 use cctv_common::telemetry;
 use clap::{CommandFactory, Parser, Subcommand};
-use scheduler::cli::Command;
 
 #[derive(Debug, Parser)]
 #[command(version, about = "CCTV cluster command-line tool")]
@@ -41,7 +41,7 @@ async fn main() -> ExitCode {
         }
         Top::Cluster(command) => {
             telemetry::init(cli.global.log_format);
-            cctv_common::cli::exit_code(scheduler::cli::run(&cli.global.config(), command).await)
+            cctv_common::cli::exit_code(cctv_cli::run(&cli.global.config(), command).await)
         }
     }
 }

@@ -1,14 +1,14 @@
-//! RTSP cameras (a real gst-rtsp-server) → `scheduler relay` → nginx-rtmp: main and sub-streams
+//! RTSP cameras (a real gst-rtsp-server) → `cctv-relay run` → nginx-rtmp: main and sub-streams
 //! arrive with stream copy; a camera server that goes away is reported and the relays come
 //! back by themselves when it returns; no camera password in any status.
 
 use std::time::Duration;
 
 use cctv_common::shutdown::CancellationToken;
+use cctv_common::status::RelayStatus;
 use cctv_testkit::cluster::{wait_for, Cluster};
 use cctv_testkit::RtspCameras;
 use redis::AsyncCommands;
-use scheduler::relay::RelayStatus;
 
 fn probe_stream(url: &str) -> Option<(String, u64, u64)> {
     let out = std::process::Command::new("ffprobe")
@@ -52,7 +52,7 @@ async fn rtsp_cameras_are_relayed_into_nginx_and_relays_recover() {
         .collect();
     let cluster = Cluster::new(&channels, 8, "");
     let stop = CancellationToken::new();
-    let relay = tokio::spawn(scheduler::relay::run(cluster.config.clone(), stop.clone()));
+    let relay = tokio::spawn(cctv_relay::run(cluster.config.clone(), stop.clone()));
 
     // Both streams of both cameras reach nginx-rtmp, unchanged (stream copy).
     let live = cluster.nginx.live_url();
@@ -108,7 +108,7 @@ async fn a_camera_refusing_the_password_is_reported_with_the_reason_everywhere()
     let mut cluster = Cluster::new(&channels, 8, &format!("[api]\nlisten = \"127.0.0.1:{port}\"\n"));
     cluster.start_scheduler();
     let stop = CancellationToken::new();
-    let relay = tokio::spawn(scheduler::relay::run(cluster.config.clone(), stop.clone()));
+    let relay = tokio::spawn(cctv_relay::run(cluster.config.clone(), stop.clone()));
 
     let refused = wait_for(Duration::from_secs(40), || async {
         status(&cluster, 2)
@@ -131,7 +131,7 @@ async fn a_camera_refusing_the_password_is_reported_with_the_reason_everywhere()
         .unwrap();
     let ch2: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert!(ch2["relay"]["main"]["last_error"].as_str().unwrap_or("").contains("401 Unauthorized"), "{ch2}");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cctv"))
+    let out = std::process::Command::new(cctv_testkit::netns::workspace_bin("cctv"))
         .arg("--config")
         .arg(&cluster.config_path)
         .args(["status", "--check"])
@@ -198,7 +198,7 @@ async fn a_sub_stream_that_ends_in_a_shared_relay_is_restarted_by_the_watchdog()
     );
     let cluster = Cluster::new(&channels, 8, "");
     let stop = CancellationToken::new();
-    let relay = tokio::spawn(scheduler::relay::run(cluster.config.clone(), stop.clone()));
+    let relay = tokio::spawn(cctv_relay::run(cluster.config.clone(), stop.clone()));
 
     let live = cluster.nginx.live_url();
     let m = wait_for(Duration::from_secs(30), || async { probe_stream(&format!("{live}/ch1")) }).await;
@@ -240,7 +240,7 @@ async fn a_broken_sub_stream_does_not_keep_the_main_stream_down() {
     );
     let cluster = Cluster::new(&channels, 8, "");
     let stop = CancellationToken::new();
-    let relay = tokio::spawn(scheduler::relay::run(cluster.config.clone(), stop.clone()));
+    let relay = tokio::spawn(cctv_relay::run(cluster.config.clone(), stop.clone()));
     let live = cluster.nginx.live_url();
     let m = wait_for(Duration::from_secs(40), || async { probe_stream(&format!("{live}/ch1")) }).await;
     assert_eq!(m, Some(("h264".into(), 640, 360)), "ch1 main relayed despite its broken sub-stream");
@@ -255,7 +255,7 @@ async fn a_broken_sub_stream_does_not_keep_the_main_stream_down() {
     let _ = relay.await;
 }
 
-/// A camera added to the config of a running relay (`scheduler relay`, SIGHUP) is relayed while
+/// A camera added to the config of a running relay (`cctv-relay run`, SIGHUP) is relayed while
 /// the cameras already running go on untouched (same process, no restart: adding a camera
 /// interrupts no other recording); a config that does not load is refused and changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,7 +274,7 @@ async fn sighup_adds_a_camera_without_touching_the_running_ones() {
         )
     };
     let cluster = Cluster::new(&channel(1), 8, "");
-    let _relay = cluster.spawn(env!("CARGO_BIN_EXE_scheduler"), &["relay"]);
+    let _relay = cluster.spawn(env!("CARGO_BIN_EXE_cctv-relay"), &["run"]);
     let live = cluster.nginx.live_url();
     let m = wait_for(Duration::from_secs(30), || async { probe_stream(&format!("{live}/ch1")) }).await;
     assert_eq!(m, Some(("h264".into(), 640, 360)), "ch1 main");
