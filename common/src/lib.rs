@@ -14,6 +14,7 @@ pub mod keys;
 pub mod lease;
 pub mod naming;
 pub mod plan;
+pub mod playlist;
 pub mod probe;
 pub mod queue;
 pub mod recording;

@@ -9,6 +9,7 @@
 //! leave the playlist after `buffer_secs` and the disk `buffer_secs` later, so a record worker
 //! that just read the playlist still finds them.
 
+use cctv_common::playlist::{Entry, Playlist};
 use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -123,23 +124,13 @@ impl Ring {
     }
 
     fn load(&mut self, text: &str) {
-        let mut duration = None;
-        let mut discontinuity = false;
-        for line in text.lines().map(str::trim) {
-            if let Some(s) = line.strip_prefix("#EXT-X-MEDIA-SEQUENCE:") {
-                self.sequence = s.parse().unwrap_or(0);
-            } else if let Some(d) = line.strip_prefix("#EXTINF:") {
-                duration = d.split(',').next().and_then(|v| v.parse::<f64>().ok()).map(|s| (s * 1000.0).round() as i64);
-            } else if line == "#EXT-X-DISCONTINUITY" {
-                discontinuity = true;
-            } else if let (Some(stem), Some(d)) = (line.strip_suffix(".ts"), duration) {
-                if let Ok(start_ms) = stem.parse() {
-                    self.listed.push_back(Fragment { start_ms, duration_ms: d, discontinuity });
-                }
-                duration = None;
-                discontinuity = false;
-            }
-        }
+        let Some(list) = Playlist::parse(text) else { return };
+        self.sequence = list.sequence;
+        self.listed.extend(list.entries.into_iter().map(|e| Fragment {
+            start_ms: e.start_ms,
+            duration_ms: e.duration_ms,
+            discontinuity: e.discontinuity,
+        }));
     }
 
     /// A new ffmpeg run is about to start: its parts number from 0 again and its first
@@ -240,18 +231,17 @@ impl Ring {
 
     /// The playlist text (nginx-rtmp's form).
     pub fn playlist(&self) -> String {
-        let target = self.listed.iter().map(|f| (f.duration_ms + 999) / 1000).max().unwrap_or(i64::from(FRAGMENT_SECS));
-        let mut s = format!(
-            "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-MEDIA-SEQUENCE:{}\n#EXT-X-TARGETDURATION:{target}\n",
-            self.sequence
-        );
-        for f in &self.listed {
-            if f.discontinuity {
-                s.push_str("#EXT-X-DISCONTINUITY\n");
-            }
-            s.push_str(&format!("#EXTINF:{:.3},\n{}\n", f.duration_ms as f64 / 1000.0, f.name()));
-        }
-        s
+        let entries = self
+            .listed
+            .iter()
+            .map(|f| Entry {
+                start_ms: f.start_ms,
+                duration_ms: f.duration_ms,
+                discontinuity: f.discontinuity,
+                uri: f.name(),
+            })
+            .collect();
+        Playlist { sequence: self.sequence, entries }.render(FRAGMENT_SECS)
     }
 
     fn write_playlist(&self) -> io::Result<()> {

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use cctv_common::playlist::Playlist;
+
 /// One complete fragment listed in a playlist.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fragment {
@@ -32,31 +34,21 @@ pub enum HlsError {
     NotPlaylist { url: String },
 }
 
-/// Parses a media playlist; fragments whose names are not ms timestamps are skipped (they are
-/// not from nginx-rtmp with `hls_fragment_naming system`).
+/// The fragments of a buffer's playlist (see [`cctv_common::playlist`]), with absolute URLs,
+/// oldest first.
 pub fn parse_playlist(playlist_url: &str, text: &str) -> Result<Vec<Fragment>, HlsError> {
-    if !text.trim_start().starts_with("#EXTM3U") {
-        return Err(HlsError::NotPlaylist { url: playlist_url.to_string() });
-    }
+    let list = Playlist::parse(text).ok_or_else(|| HlsError::NotPlaylist { url: playlist_url.to_string() })?;
     let base = playlist_url.rsplit_once('/').map_or("", |(b, _)| b);
-    let mut out = Vec::new();
-    let mut duration_ms = None;
-    let mut discontinuity = false;
-    for line in text.lines().map(str::trim) {
-        if let Some(d) = line.strip_prefix("#EXTINF:") {
-            duration_ms = d.split(',').next().and_then(|v| v.trim().parse::<f64>().ok()).map(|s| (s * 1000.0) as i64);
-        } else if line == "#EXT-X-DISCONTINUITY" {
-            discontinuity = true;
-        } else if !line.is_empty() && !line.starts_with('#') {
-            let name = line.rsplit('/').next().unwrap_or(line);
-            let stem = name.strip_suffix(".ts").unwrap_or(name);
-            if let (Ok(start_ms), Some(d)) = (stem.parse::<i64>(), duration_ms.take()) {
-                let url = if line.contains("://") { line.to_string() } else { format!("{base}/{line}") };
-                out.push(Fragment { start_ms, duration_ms: d, url, discontinuity });
-            }
-            discontinuity = false;
-        }
-    }
+    let mut out: Vec<Fragment> = list
+        .entries
+        .into_iter()
+        .map(|e| Fragment {
+            start_ms: e.start_ms,
+            duration_ms: e.duration_ms,
+            url: if e.uri.contains("://") { e.uri } else { format!("{base}/{}", e.uri) },
+            discontinuity: e.discontinuity,
+        })
+        .collect();
     out.sort_by_key(|f| f.start_ms);
     Ok(out)
 }
