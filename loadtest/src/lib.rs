@@ -7,8 +7,13 @@
 //! A stage is unstable when a process died, a channel was offline at its end, or more than 1 %
 //! of motion frames were not analysed; the run then exits non-zero.
 
+mod measure;
 pub mod plot;
 pub mod quality;
+mod report;
+
+use measure::*;
+pub use report::*;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -180,278 +185,6 @@ fn workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
 /// PSS is read every this many samples.
 const PSS_EVERY: usize = 5;
 
-/// One resource sample.
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
-pub struct Sample {
-    pub t_secs: f64,
-    pub stage: usize,
-    /// Per component: CPU (% of one core) and RSS (MiB).
-    pub cpu: BTreeMap<String, f64>,
-    pub rss_mib: BTreeMap<String, f64>,
-    /// Proportional set size (shared pages split between the processes sharing them), MiB.
-    pub pss_mib: BTreeMap<String, f64>,
-    pub redis_used_mib: f64,
-    pub redis_ops_per_sec: f64,
-    pub backup_bytes: u64,
-    pub yolo_waiting: u64,
-    /// Processes per component.
-    #[serde(default)]
-    pub processes: BTreeMap<String, usize>,
-    /// The machine's memory in use (MemTotal − MemAvailable) above its level before the run
-    /// started, MiB: an independent check of the PSS total (cameras and the load test included).
-    #[serde(default)]
-    pub machine_used_above_idle_mib: f64,
-    /// Open file descriptors per component (`/proc/<pid>/fd`).
-    #[serde(default)]
-    pub fds: BTreeMap<String, usize>,
-}
-
-/// How one component's footprint moved over a stage: the average of its first samples after
-/// warm-up against that of its last ones (a soak run's leak check).
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
-pub struct Drift {
-    pub rss_start_mib: f64,
-    pub rss_end_mib: f64,
-    pub pss_start_mib: f64,
-    pub pss_end_mib: f64,
-    pub fds_start: f64,
-    pub fds_end: f64,
-    /// The largest of the RSS, PSS and fd growths, %.
-    pub growth_percent: f64,
-    /// Least-squares slope of PSS (Redis: used_memory) in each quarter of the stage, MiB per
-    /// hour: a leak keeps growing at the same pace, a warm-up (allocator arenas, buffers)
-    /// levels off.
-    #[serde(default)]
-    pub quarter_slopes_mib_per_hour: Vec<f64>,
-}
-
-impl Drift {
-    /// Still growing in the last quarter by more than 5 % of its final size per hour.
-    pub fn growing(&self) -> bool {
-        let size = if self.pss_end_mib > 0.0 { self.pss_end_mib } else { self.rss_end_mib };
-        self.quarter_slopes_mib_per_hour.last().is_some_and(|s| *s > 0.05 * size)
-    }
-}
-
-/// Slopes of `value` over each quarter of `samples`, MiB per hour.
-fn quarter_slopes(samples: &[Sample], value: &dyn Fn(&Sample) -> f64) -> Vec<f64> {
-    let n = samples.len();
-    (0..4)
-        .map(|q| {
-            slope_per_hour(
-                &samples[q * n / 4..(q + 1) * n / 4].iter().map(|s| (s.t_secs, value(s))).collect::<Vec<_>>(),
-            )
-        })
-        .collect()
-}
-
-/// Least-squares slope of `(t_secs, value)` points, per hour.
-fn slope_per_hour(points: &[(f64, f64)]) -> f64 {
-    let n = points.len() as f64;
-    if points.len() < 2 {
-        return 0.0;
-    }
-    let (mt, mv) = (points.iter().map(|p| p.0).sum::<f64>() / n, points.iter().map(|p| p.1).sum::<f64>() / n);
-    let var: f64 = points.iter().map(|p| (p.0 - mt).powi(2)).sum();
-    if var == 0.0 {
-        return 0.0;
-    }
-    points.iter().map(|p| (p.0 - mt) * (p.1 - mv)).sum::<f64>() / var * 3600.0
-}
-
-/// Samples averaged at each end of a stage for [`Drift`].
-const DRIFT_SAMPLES: usize = 10;
-
-fn drift(samples: &[Sample]) -> BTreeMap<String, Drift> {
-    let n = DRIFT_SAMPLES.min(samples.len() / 2);
-    if n == 0 {
-        return BTreeMap::new();
-    }
-    let (first, last) = (&samples[..n], &samples[samples.len() - n..]);
-    let mean = |set: &[Sample], f: &dyn Fn(&Sample) -> f64| set.iter().map(f).sum::<f64>() / set.len() as f64;
-    let growth = |a: f64, b: f64| if a > 0.0 { (b - a) / a * 100.0 } else { 0.0 };
-    let mut out = BTreeMap::new();
-    for c in samples[0].rss_mib.keys() {
-        let rss = |s: &Sample| s.rss_mib.get(c).copied().unwrap_or(0.0);
-        let pss = |s: &Sample| s.pss_mib.get(c).copied().unwrap_or(0.0);
-        let fds = |s: &Sample| s.fds.get(c).copied().unwrap_or(0) as f64;
-        let mut d = Drift {
-            rss_start_mib: mean(first, &rss),
-            rss_end_mib: mean(last, &rss),
-            pss_start_mib: mean(first, &pss),
-            pss_end_mib: mean(last, &pss),
-            fds_start: mean(first, &fds),
-            fds_end: mean(last, &fds),
-            growth_percent: 0.0,
-            quarter_slopes_mib_per_hour: Vec::new(),
-        };
-        d.growth_percent = growth(d.rss_start_mib, d.rss_end_mib)
-            .max(growth(d.pss_start_mib, d.pss_end_mib))
-            .max(growth(d.fds_start, d.fds_end));
-        d.quarter_slopes_mib_per_hour = quarter_slopes(samples, &pss);
-        out.insert(c.clone(), d);
-    }
-    let redis = |s: &Sample| s.redis_used_mib;
-    let (a, b) = (mean(first, &redis), mean(last, &redis));
-    out.insert(
-        "redis used_memory".into(),
-        Drift {
-            rss_start_mib: a,
-            rss_end_mib: b,
-            growth_percent: growth(a, b),
-            quarter_slopes_mib_per_hour: quarter_slopes(samples, &redis),
-            ..Drift::default()
-        },
-    );
-    out
-}
-
-/// Percentiles of a latency list, ms.
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
-pub struct Latency {
-    pub count: usize,
-    pub p50: Option<i64>,
-    pub p95: Option<i64>,
-    pub max: Option<i64>,
-}
-
-impl Latency {
-    fn of(mut v: Vec<i64>) -> Self {
-        v.sort_unstable();
-        let pick = |q: f64| v.get(((v.len() as f64 - 1.0) * q).round() as usize).copied();
-        Self { count: v.len(), p50: pick(0.5), p95: pick(0.95), max: v.last().copied() }
-    }
-}
-
-/// One stage's figures.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct StageReport {
-    pub channels: usize,
-    pub seconds: f64,
-    /// Averages over the stage's samples: CPU % of one core and RSS MiB per component.
-    pub cpu: BTreeMap<String, f64>,
-    pub rss_mib: BTreeMap<String, f64>,
-    /// Cluster total (cameras excluded: they stand for the real cameras).
-    pub cluster_cpu_percent_of_machine: f64,
-    pub cluster_rss_mib: f64,
-    pub pss_mib: BTreeMap<String, f64>,
-    /// Cluster memory with shared pages counted once (PSS), the fair total.
-    pub cluster_pss_mib: f64,
-    /// Processes per component (stage average, rounded).
-    #[serde(default)]
-    pub processes: BTreeMap<String, usize>,
-    /// Average of the samples' `machine_used_above_idle_mib`.
-    #[serde(default)]
-    pub machine_used_above_idle_mib: f64,
-    pub redis_used_mib: f64,
-    pub redis_ops_per_sec: f64,
-    pub backup_write_kib_per_sec: f64,
-    /// Bytes worker-record and its ffmpeg/ffprobe children sent to storage (`/proc/<pid>/io`
-    /// write_bytes − cancelled_write_bytes; spool and final file), KiB/s.
-    #[serde(default)]
-    pub record_disk_write_kib_per_sec: f64,
-    /// worker-record's CPU with its reaped ffmpeg/ffprobe children (`/proc/<pid>/stat` utime +
-    /// stime + cutime + cstime over the stage), % of one core.
-    #[serde(default)]
-    pub record_cpu_with_children_percent: f64,
-    /// Recordings going on at once on average: the backup files' durations over the stage time.
-    #[serde(default)]
-    pub recordings_at_once: f64,
-    pub frames_expected: f64,
-    pub frames_analysed: u64,
-    pub frames_dropped_percent: f64,
-    pub motion_latency_ms: Latency,
-    pub yolo_latency_ms: Latency,
-    pub yolo_processed: i64,
-    pub yolo_dropped: i64,
-    pub yolo_max_waiting: u64,
-    pub record_start_latency_ms: Latency,
-    pub pre_roll_ms: Latency,
-    pub backups: usize,
-    pub backup_errors: usize,
-    pub offline_at_end: Vec<u32>,
-    pub dead_processes: Vec<String>,
-    pub stable: bool,
-    pub problems: Vec<String>,
-    /// Footprint at the start and end of the stage, per component (after warm-up).
-    #[serde(default)]
-    pub drift: BTreeMap<String, Drift>,
-    /// Redis memory at the end of the stage by key family (ids replaced by `*`).
-    #[serde(default)]
-    pub redis_keys: BTreeMap<String, KeyFamily>,
-}
-
-/// Keys of one family in Redis: how many, their memory (`MEMORY USAGE`), and for streams their
-/// entries, so a stream's size at its length cap can be told from its size now.
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
-pub struct KeyFamily {
-    pub keys: u64,
-    pub bytes: u64,
-    pub stream_entries: u64,
-}
-
-/// A key's family: every `:`-separated part holding a digit becomes `*`
-/// (`load:status:channel:12` → `load:status:channel:*`).
-fn key_family(key: &str) -> String {
-    key.split(':').map(|p| if p.bytes().any(|b| b.is_ascii_digit()) { "*" } else { p }).collect::<Vec<_>>().join(":")
-}
-
-/// Memory of every key in Redis, by family.
-async fn redis_keys(conn: &mut redis::aio::MultiplexedConnection) -> BTreeMap<String, KeyFamily> {
-    let mut out: BTreeMap<String, KeyFamily> = BTreeMap::new();
-    let mut cursor = 0u64;
-    loop {
-        let Ok((next, keys)): redis::RedisResult<(u64, Vec<String>)> =
-            redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(1000).query_async(conn).await
-        else {
-            break;
-        };
-        for k in keys {
-            let bytes: Option<u64> =
-                redis::cmd("MEMORY").arg("USAGE").arg(&k).arg("SAMPLES").arg(0).query_async(conn).await.unwrap_or(None);
-            let kind: String = redis::cmd("TYPE").arg(&k).query_async(conn).await.unwrap_or_default();
-            let entries: u64 = if kind == "stream" { conn.xlen(&k).await.unwrap_or(0) } else { 0 };
-            let f = out.entry(key_family(&k)).or_default();
-            f.keys += 1;
-            f.bytes += bytes.unwrap_or(0);
-            f.stream_entries += entries;
-        }
-        cursor = next;
-        if cursor == 0 {
-            break;
-        }
-    }
-    out
-}
-
-pub(crate) fn default_gop_secs() -> f64 {
-    DEFAULT_GOP_SECS
-}
-
-/// The whole run.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct Report {
-    pub machine: String,
-    pub started: String,
-    /// The `[motion]` settings that differ from the defaults, as given (`[]`: defaults).
-    #[serde(default)]
-    pub motion_settings: Vec<String>,
-    /// The `[yolo]` settings that differ from the defaults, as given (`[]`: defaults).
-    #[serde(default)]
-    pub yolo_settings: Vec<String>,
-    /// What the cameras showed (older reports: mixed).
-    #[serde(default)]
-    pub scenes: SceneMix,
-    /// The cameras' keyframe interval, seconds (older reports: 2).
-    #[serde(default = "default_gop_secs")]
-    pub gop_secs: f64,
-    /// Cameras that sent H.265 (older reports: none).
-    #[serde(default)]
-    pub h265: H265Mix,
-    pub stages: Vec<StageReport>,
-    pub samples: Vec<Sample>,
-}
-
 /// The cameras' keyframe interval unless `--gop-secs` says otherwise (many cameras' default).
 pub const DEFAULT_GOP_SECS: f64 = 2.0;
 
@@ -615,62 +348,6 @@ fn config_text(
     t
 }
 
-/// Which of our processes a pid belongs to (nearest ancestor we know), for CPU attribution.
-fn component_of(pid: sysinfo::Pid, sys: &sysinfo::System, roots: &HashMap<u32, String>) -> Option<String> {
-    let me = sys.process(pid)?;
-    let mut cur = Some(pid);
-    let mut descendant = false;
-    while let Some(p) = cur {
-        if let Some(name) = roots.get(&p.as_u32()) {
-            return Some(if descendant { format!("{} ({name})", me.name().to_string_lossy()) } else { name.clone() });
-        }
-        descendant = true;
-        cur = sys.process(p).and_then(|pr| pr.parent());
-    }
-    None
-}
-
-/// The first number after `key` on its line in a `/proc` key/value file (`Pss:`, `MemTotal:`,
-/// `write_bytes:`, ...).
-fn proc_field<T: std::str::FromStr>(text: &str, key: &str) -> Option<T> {
-    text.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().next()?.parse().ok())
-}
-
-/// A process' proportional set size from `/proc/<pid>/smaps_rollup`, KiB (0 if unreadable).
-fn pss_kib(pid: u32) -> f64 {
-    let t = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-    proc_field(&t, "Pss:").unwrap_or(0.0)
-}
-
-/// The machine's memory in use, MemTotal − MemAvailable from `/proc/meminfo`, MiB.
-fn machine_used_mib() -> f64 {
-    let m = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let kib = |k: &str| proc_field::<f64>(&m, k).unwrap_or(0.0);
-    (kib("MemTotal:") - kib("MemAvailable:")) / 1024.0
-}
-
-/// Bytes a process (with its reaped children) sent to storage, less those cancelled by
-/// truncating or deleting dirty pages before writeback: `/proc/<pid>/io`.
-fn disk_write_bytes(pid: u32) -> u64 {
-    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
-    let bytes = |k: &str| proc_field::<u64>(&io, k).unwrap_or(0);
-    bytes("write_bytes:").saturating_sub(bytes("cancelled_write_bytes:"))
-}
-
-/// A process' CPU time with its reaped children (utime + stime + cutime + cstime), seconds;
-/// Linux reports them in USER_HZ = 100 ticks per second.
-fn cpu_secs_with_children(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { return 0.0 };
-    // Fields after the command name start at field 3 (state); utime is field 14.
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    f.get(11..15).map_or(0.0, |v| v.iter().filter_map(|x| x.parse::<f64>().ok()).sum::<f64>() / 100.0)
-}
-
-fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir).map(|d| d.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum()).unwrap_or(0)
-}
-
 async fn stream<T: serde::de::DeserializeOwned>(
     conn: &mut redis::aio::MultiplexedConnection,
     key: &str,
@@ -728,346 +405,15 @@ fn frames_between(start: &FrameCounts, end: &FrameCounts, start_ms: i64) -> (u64
 /// Runs the stages; returns the report (already written to `report_dir`).
 pub async fn run(opts: Options) -> anyhow::Result<Report> {
     std::fs::create_dir_all(&opts.report_dir)?;
-    let idle_used_mib = machine_used_mib();
-    let work = tempfile_dir(&opts.report_dir)?;
-    let logs = work.join("process-logs");
-    std::fs::create_dir_all(&logs)?;
-    let max = *opts.stages.iter().max().context("no stage")?;
-    eprintln!("preparing camera clips in {} (first run only)...", opts.cache_dir.display());
-    let clips = prepare_clips(&opts.cache_dir, opts.gop_secs, opts.h265.kind != H265Kind::None)?;
-    let redis = Redis::start();
-    let nginx = Nginx::start();
-    let cams: Vec<(PathBuf, PathBuf)> = (1..=max)
-        .map(|i| {
-            let c = &clips[camera_scene(i, opts.scenes)];
-            match (&c.main265, opts.h265.h265(i)) {
-                (Some(main265), true) => (main265.clone(), c.sub.clone()),
-                _ => (c.main.clone(), c.sub.clone()),
-            }
-        })
-        .collect();
-    let cameras = RtspCameras::start(&cams);
-    let api_port = cctv_testkit::free_port();
-    let cfg = work.join("cctv.toml");
-    write_config(&cfg, &config_text(opts.stages[0], &redis, &nginx, &cameras, &work, api_port, &opts))?;
-    let cfgs = cfg.to_str().context("config path")?.to_string();
-
-    let mut workers: Vec<Proc> = Vec::new();
-    for w in 1..=opts.motion_workers {
-        workers.push(Proc::spawn(
-            &format!("worker-motion-{w}"),
-            &workspace_bin("worker-motion")?,
-            &["--config", &cfgs, "run", "--concurrency", "4"],
-            &logs.join(format!("motion-{w}.log")),
-        )?);
-    }
-    default_ort_path()?;
-    workers.push(Proc::spawn(
-        "worker-yolo",
-        &workspace_bin("worker-yolo")?,
-        &["--config", &cfgs, "run"],
-        &logs.join("yolo.log"),
-    )?);
-    workers.push(Proc::spawn(
-        "worker-record",
-        &workspace_bin("worker-record")?,
-        &["--config", &cfgs, "run"],
-        &logs.join("record.log"),
-    )?);
-
-    let mut conn = redis::Client::open(redis.url())?.get_multiplexed_async_connection().await?;
-    let started = Instant::now();
+    let mut site = Site::start(&opts).await?;
     let mut samples = Vec::new();
     let mut stages = Vec::new();
-    let mut sys = sysinfo::System::new()?;
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
-
-    // One relay for the whole run: each stage's config reaches it by SIGHUP, which starts the
-    // added cameras and leaves the running ones alone (as a site adding cameras does).
-    let mut relay: Option<Proc> = None;
     for &n in &opts.stages {
-        write_config(&cfg, &config_text(n, &redis, &nginx, &cameras, &work, api_port, &opts))?;
-        match &relay {
-            None => {
-                relay = Some(Proc::spawn(
-                    "relay",
-                    &workspace_bin("cctv-relay")?,
-                    &["--config", &cfgs, "run"],
-                    &logs.join("relay.log"),
-                )?)
-            }
-            Some(r) => {
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(r.pid() as i32), nix::sys::signal::Signal::SIGHUP)?
-            }
-        }
-        // The scheduler reads the channel list at start: restart it per stage; the workers keep
-        // running and follow the new plan (batches whose channels did not change keep their job).
-        let mut stage_procs = vec![Proc::spawn(
-            "scheduler",
-            &workspace_bin("scheduler")?,
-            &["--config", &cfgs, "run"],
-            &logs.join(format!("scheduler-{n}.log")),
-        )?];
-        let stage_start = Instant::now();
-        let stage_start_ms = now_ms();
-        let bar = if opts.progress {
-            let b = indicatif::ProgressBar::new(opts.hold.as_secs());
-            b.set_style(
-                indicatif::ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} s  {msg}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            b.set_prefix(format!("{n} channels"));
-            Some(b)
-        } else {
-            None
-        };
-        // Each channel's frames are counted from its first status after the warm-up that says it
-        // is online and analysing: a count written while it was still connecting would charge
-        // the connecting time as lost frames.
-        let mut warmup_ms: Option<i64> = None;
-        let mut frames_start: FrameCounts = BTreeMap::new();
-        let mut stage_samples: Vec<Sample> = Vec::new();
-        let mut dead = Vec::new();
-        let mut yolo_max_waiting = 0;
-        let backups_at_start = dir_bytes(&work.join("backups"));
-        let record_pid = workers.iter().find(|w| w.name == "worker-record").map(|w| w.pid());
-        let record_written_at_start = record_pid.map_or(0, disk_write_bytes);
-        let record_cpu_at_start = record_pid.map_or(0.0, cpu_secs_with_children);
-        let yolo_stats_start: HashMap<String, i64> = conn.hgetall("load:stats:yolo").await.unwrap_or_default();
-        while stage_start.elapsed() < opts.hold {
-            tokio::time::sleep(opts.sample_every).await;
-            if warmup_ms.is_none()
-                && stage_start.elapsed() >= Duration::from_secs(WARMUP_SECS.min(opts.hold.as_secs() / 3))
-            {
-                warmup_ms = Some(now_ms());
-            }
-            if warmup_ms.is_some() && frames_start.len() < n {
-                let (counts, offline) = frames_total(&mut conn, n).await;
-                for (ch, (frames, at)) in counts {
-                    if frames > 0 && !offline.contains(&ch) {
-                        frames_start.entry(ch).or_insert((frames, at));
-                    }
-                }
-            }
-            let mut roots: HashMap<u32, String> = HashMap::new();
-            roots.insert(redis.pid(), "redis-server".into());
-            roots.insert(nginx.pid(), "nginx".into());
-            roots.insert(cameras.pid(), "cameras (simulator)".into());
-            for p in workers.iter_mut().chain(stage_procs.iter_mut()).chain(relay.iter_mut()) {
-                if !p.alive() && !dead.contains(&p.name) {
-                    dead.push(p.name.clone());
-                }
-                roots.insert(p.pid(), p.name.clone());
-            }
-            sys.refresh_processes_specifics(
-                sysinfo::ProcessesToUpdate::All,
-                true,
-                sysinfo::ProcessRefreshKind::nothing().with_cpu().with_memory(),
-            );
-            let mut cpu: BTreeMap<String, f64> = BTreeMap::new();
-            let mut rss: BTreeMap<String, f64> = BTreeMap::new();
-            let mut pss: BTreeMap<String, f64> = BTreeMap::new();
-            // Reading smaps_rollup walks every page table: PSS is read every PSS_EVERY-th sample
-            // of a stage and carried between, so measuring costs the machine little (it cost ~4 %
-            // of it at every sample).
-            let carried_pss = stage_samples.last().filter(|_| stage_samples.len() % PSS_EVERY != 0);
-            let read_pss = carried_pss.is_none();
-            let mut processes: BTreeMap<String, usize> = BTreeMap::new();
-            let mut fds: BTreeMap<String, usize> = BTreeMap::new();
-            // Threads are listed as tasks of their process: count processes only.
-            for (pid, p) in sys.processes().iter().filter(|(_, p)| p.thread_kind().is_none()) {
-                if let Some(c) = component_of(*pid, &sys, &roots) {
-                    // Merge the two motion workers' figures under one name per kind.
-                    let c = c.replace(|ch: char| ch.is_ascii_digit(), "").trim_end_matches('-').replace("-)", ")");
-                    *cpu.entry(c.clone()).or_default() += p.cpu_usage() as f64;
-                    if read_pss {
-                        *pss.entry(c.clone()).or_default() += pss_kib(pid.as_u32()) / 1024.0;
-                    }
-                    *processes.entry(c.clone()).or_default() += 1;
-                    *fds.entry(c.clone()).or_default() +=
-                        std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
-                    *rss.entry(c).or_default() += p.memory() as f64 / 1048576.0;
-                }
-            }
-            if let Some(last) = carried_pss {
-                pss = last.pss_mib.clone();
-            }
-            let info: String = redis::cmd("INFO").query_async(&mut conn).await.unwrap_or_default();
-            let field = |k: &str| {
-                info.lines()
-                    .find_map(|l| l.strip_prefix(&format!("{k}:")))
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-                    .unwrap_or(0.0)
-            };
-            let waiting: u64 = {
-                let a: u64 = conn.llen("load:queue:yolo:active").await.unwrap_or(0);
-                let s: u64 = conn.zcard("load:queue:yolo:scheduled").await.unwrap_or(0);
-                a + s
-            };
-            yolo_max_waiting = yolo_max_waiting.max(waiting);
-            let s = Sample {
-                t_secs: started.elapsed().as_secs_f64(),
-                stage: n,
-                cpu,
-                rss_mib: rss,
-                pss_mib: pss,
-                redis_used_mib: field("used_memory") / 1048576.0,
-                redis_ops_per_sec: field("instantaneous_ops_per_sec"),
-                backup_bytes: dir_bytes(&work.join("backups")),
-                yolo_waiting: waiting,
-                processes,
-                machine_used_above_idle_mib: machine_used_mib() - idle_used_mib,
-                fds,
-            };
-            if let Some(b) = &bar {
-                let total: f64 = s.cpu.iter().filter(|(k, _)| !k.starts_with("cameras")).map(|(_, v)| v).sum();
-                b.set_position(stage_start.elapsed().as_secs().min(opts.hold.as_secs()));
-                b.set_message(format!(
-                    "cluster CPU {:.0} % of {} cores, RSS {:.0} MiB, yolo queue {waiting}, dead {}",
-                    total / cpus,
-                    cpus,
-                    s.rss_mib.iter().filter(|(k, _)| !k.starts_with("cameras")).map(|(_, v)| v).sum::<f64>(),
-                    dead.len()
-                ));
-            }
-            stage_samples.push(s);
-        }
-        if let Some(b) = &bar {
-            b.finish();
-        }
-        let (frames_end, offline) = frames_total(&mut conn, n).await;
-        // A channel that never counted after the warm-up is charged all of it.
-        let warmup_ms = warmup_ms.unwrap_or_else(now_ms);
-        let (analysed, expected) = frames_between(&frames_start, &frames_end, warmup_ms);
-        let late: Vec<u32> =
-            frames_start.iter().filter(|(_, (_, at))| *at > warmup_ms + LATE_ONLINE_MS).map(|(ch, _)| *ch).collect();
-        // Channels without any status at the end were not analysed at all.
-        let expected =
-            expected + (n - frames_end.len()) as f64 * MOTION_FPS * (now_ms() - warmup_ms).max(0) as f64 / 1000.0;
-        // Each channel's count is read at two status writes whose frame phase is not known: one
-        // frame per channel is the measurement's resolution, not a lost frame (4 channels × 30 s
-        // make 1 frame per channel = 1 %).
-        let missing = (expected - analysed as f64 - n as f64).max(0.0);
-        let dropped = if expected > 0.0 { missing / expected * 100.0 } else { 0.0 };
-
-        let motion: Vec<(i64, MotionEvent)> = stream(&mut conn, "load:events:motion", stage_start_ms).await;
-        let objects: Vec<(i64, ObjectEvent)> = stream(&mut conn, "load:events:objects", stage_start_ms).await;
-        let backups: Vec<(i64, BackupEvent)> = stream(&mut conn, "load:events:backup", stage_start_ms).await;
-        let yolo_stats: HashMap<String, i64> = conn.hgetall("load:stats:yolo").await.unwrap_or_default();
-        let delta = |k: &str| yolo_stats.get(k).copied().unwrap_or(0) - yolo_stats_start.get(k).copied().unwrap_or(0);
-        let files: Vec<&BackupEvent> =
-            backups.iter().map(|(_, b)| b).filter(|b| b.kind == BackupEventKind::File).collect();
-        let avg = |get: &dyn Fn(&Sample) -> &BTreeMap<String, f64>| -> BTreeMap<String, f64> {
-            let mut m: BTreeMap<String, f64> = BTreeMap::new();
-            for s in &stage_samples {
-                for (k, v) in get(s) {
-                    *m.entry(k.clone()).or_default() += v / stage_samples.len() as f64;
-                }
-            }
-            m
-        };
-        let warmup = WARMUP_SECS.min(opts.hold.as_secs() / 3) as f64;
-        let stage_t0 = stage_samples.first().map_or(0.0, |s| s.t_secs);
-        let after_warmup: Vec<Sample> =
-            stage_samples.iter().filter(|s| s.t_secs - stage_t0 >= warmup).cloned().collect();
-        let cpu = avg(&|s| &s.cpu);
-        let rss = avg(&|s| &s.rss_mib);
-        let pss = avg(&|s| &s.pss_mib);
-        let mut processes: BTreeMap<String, usize> = BTreeMap::new();
-        for c in cpu.keys() {
-            let total: usize = stage_samples.iter().map(|s| s.processes.get(c).copied().unwrap_or(0)).sum();
-            processes.insert(c.clone(), (total as f64 / stage_samples.len().max(1) as f64).round() as usize);
-        }
-        let machine_used = stage_samples.iter().map(|s| s.machine_used_above_idle_mib).sum::<f64>()
-            / stage_samples.len().max(1) as f64;
-        let cluster_pss: f64 = pss.iter().filter(|(k, _)| !k.starts_with("cameras")).map(|(_, v)| v).sum();
-        let cluster_cpu: f64 =
-            cpu.iter().filter(|(k, _)| !k.starts_with("cameras")).map(|(_, v)| v).sum::<f64>() / cpus;
-        let cluster_rss: f64 = rss.iter().filter(|(k, _)| !k.starts_with("cameras")).map(|(_, v)| v).sum();
-        let secs = stage_start.elapsed().as_secs_f64();
-        let mut problems = Vec::new();
-        if !dead.is_empty() {
-            problems.push(format!("process(es) died: {}", dead.join(", ")));
-        }
-        if !offline.is_empty() {
-            problems.push(format!("channel(s) offline at the end: {offline:?}"));
-        }
-        if !late.is_empty() {
-            problems.push(format!(
-                "channel(s) analysed only more than {} s after the warm-up: {late:?}",
-                LATE_ONLINE_MS / 1000
-            ));
-        }
-        if dropped > 1.0 {
-            problems.push(format!("{dropped:.1} % of motion frames not analysed"));
-        }
-        let report = StageReport {
-            channels: n,
-            seconds: secs,
-            cpu,
-            rss_mib: rss,
-            cluster_cpu_percent_of_machine: cluster_cpu,
-            cluster_rss_mib: cluster_rss,
-            pss_mib: pss,
-            cluster_pss_mib: cluster_pss,
-            processes,
-            machine_used_above_idle_mib: machine_used,
-            redis_used_mib: stage_samples.iter().map(|s| s.redis_used_mib).fold(0.0, f64::max),
-            redis_ops_per_sec: stage_samples.iter().map(|s| s.redis_ops_per_sec).sum::<f64>()
-                / stage_samples.len().max(1) as f64,
-            record_cpu_with_children_percent: (record_pid.map_or(0.0, cpu_secs_with_children) - record_cpu_at_start)
-                / secs
-                * 100.0,
-            recordings_at_once: files.iter().map(|b| (b.end_ms - b.start_ms).max(0) as f64 / 1000.0).sum::<f64>()
-                / secs,
-            record_disk_write_kib_per_sec: record_pid
-                .map_or(0, disk_write_bytes)
-                .saturating_sub(record_written_at_start) as f64
-                / 1024.0
-                / secs,
-            backup_write_kib_per_sec: dir_bytes(&work.join("backups")).saturating_sub(backups_at_start) as f64
-                / 1024.0
-                / secs,
-            frames_expected: expected,
-            frames_analysed: analysed,
-            frames_dropped_percent: dropped,
-            motion_latency_ms: Latency::of(motion.iter().map(|(id, m)| id - m.ts_ms).collect()),
-            yolo_latency_ms: Latency::of(objects.iter().map(|(_, o)| o.latency_ms).collect()),
-            yolo_processed: delta("processed"),
-            yolo_dropped: delta("dropped_stale") + delta("dropped_full"),
-            yolo_max_waiting,
-            record_start_latency_ms: Latency::of(
-                files
-                    .iter()
-                    .filter(|b| b.part == 1)
-                    .filter_map(|b| Some(b.writing_since_ms? - b.trigger.as_ref()?.ts_ms))
-                    .collect(),
-            ),
-            pre_roll_ms: Latency::of(files.iter().filter_map(|b| b.pre_roll_ms).collect()),
-            backups: files.len(),
-            backup_errors: backups.iter().filter(|(_, b)| b.kind == BackupEventKind::Error).count(),
-            offline_at_end: offline,
-            dead_processes: dead,
-            stable: problems.is_empty(),
-            problems,
-            drift: drift(&after_warmup),
-            redis_keys: redis_keys(&mut conn).await,
-        };
-        eprintln!(
-            "stage {n}: cluster CPU {:.1} % of the machine, RSS {:.0} MiB (PSS {:.0} MiB), frames dropped {:.2} %, motion p95 {:?} ms, {}",
-            report.cluster_cpu_percent_of_machine,
-            report.cluster_rss_mib,
-            report.cluster_pss_mib,
-            report.frames_dropped_percent,
-            report.motion_latency_ms.p95,
-            if report.stable { "stable".to_string() } else { format!("UNSTABLE: {}", report.problems.join("; ")) }
-        );
+        let (report, stage_samples) = site.stage(n, &opts).await?;
         stages.push(report);
         samples.extend(stage_samples);
-        stage_procs.clear();
     }
-    drop(workers);
-    drop(relay);
+    let work = site.stop();
     eprintln!("process logs and backups of this run: {}", work.display());
     let motion_settings = opts.motion.lines().skip(1).map(str::to_string).collect();
     let yolo_settings = opts.yolo.lines().map(str::to_string).collect();
@@ -1084,6 +430,458 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     };
     write_report(&report, &opts.report_dir)?;
     Ok(report)
+}
+
+/// The cluster under test: servers, cameras, workers (running the whole run), the relay
+/// (reloaded per stage) and what the samples are read with.
+struct Site {
+    idle_used_mib: f64,
+    work: PathBuf,
+    logs: PathBuf,
+    redis: Redis,
+    nginx: Nginx,
+    cameras: RtspCameras,
+    api_port: u16,
+    cfg: PathBuf,
+    cfgs: String,
+    workers: Vec<Proc>,
+    /// One relay for the whole run: each stage's config reaches it by SIGHUP, which starts the
+    /// added cameras and leaves the running ones alone (as a site adding cameras does).
+    relay: Option<Proc>,
+    conn: redis::aio::MultiplexedConnection,
+    started: Instant,
+    sys: sysinfo::System,
+    cpus: f64,
+}
+
+impl Site {
+    /// Clips, servers, cameras and the workers, with the first stage's config.
+    async fn start(opts: &Options) -> anyhow::Result<Self> {
+        let idle_used_mib = machine_used_mib();
+        let work = tempfile_dir(&opts.report_dir)?;
+        let logs = work.join("process-logs");
+        std::fs::create_dir_all(&logs)?;
+        let max = *opts.stages.iter().max().context("no stage")?;
+        eprintln!("preparing camera clips in {} (first run only)...", opts.cache_dir.display());
+        let clips = prepare_clips(&opts.cache_dir, opts.gop_secs, opts.h265.kind != H265Kind::None)?;
+        let redis = Redis::start();
+        let nginx = Nginx::start();
+        let cams: Vec<(PathBuf, PathBuf)> = (1..=max)
+            .map(|i| {
+                let c = &clips[camera_scene(i, opts.scenes)];
+                match (&c.main265, opts.h265.h265(i)) {
+                    (Some(main265), true) => (main265.clone(), c.sub.clone()),
+                    _ => (c.main.clone(), c.sub.clone()),
+                }
+            })
+            .collect();
+        let cameras = RtspCameras::start(&cams);
+        let api_port = cctv_testkit::free_port();
+        let cfg = work.join("cctv.toml");
+        write_config(&cfg, &config_text(opts.stages[0], &redis, &nginx, &cameras, &work, api_port, opts))?;
+        let cfgs = cfg.to_str().context("config path")?.to_string();
+        let workers = start_workers(opts, &cfgs, &logs)?;
+        let conn = redis::Client::open(redis.url())?.get_multiplexed_async_connection().await?;
+        Ok(Self {
+            idle_used_mib,
+            work,
+            logs,
+            redis,
+            nginx,
+            cameras,
+            api_port,
+            cfg,
+            cfgs,
+            workers,
+            relay: None,
+            conn,
+            started: Instant::now(),
+            sys: sysinfo::System::new()?,
+            cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64,
+        })
+    }
+
+    /// One stage of `n` channels: the config and the relay brought to it, a fresh scheduler,
+    /// samples every `sample_every` for `hold`, then the stage's figures.
+    async fn stage(&mut self, n: usize, opts: &Options) -> anyhow::Result<(StageReport, Vec<Sample>)> {
+        write_config(
+            &self.cfg,
+            &config_text(n, &self.redis, &self.nginx, &self.cameras, &self.work, self.api_port, opts),
+        )?;
+        match &self.relay {
+            None => {
+                self.relay = Some(Proc::spawn(
+                    "relay",
+                    &workspace_bin("cctv-relay")?,
+                    &["--config", &self.cfgs, "run"],
+                    &self.logs.join("relay.log"),
+                )?)
+            }
+            Some(r) => {
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(r.pid() as i32), nix::sys::signal::Signal::SIGHUP)?
+            }
+        }
+        // The scheduler reads the channel list at start: restart it per stage; the workers keep
+        // running and follow the new plan (batches whose channels did not change keep their job).
+        let mut stage_procs = vec![Proc::spawn(
+            "scheduler",
+            &workspace_bin("scheduler")?,
+            &["--config", &self.cfgs, "run"],
+            &self.logs.join(format!("scheduler-{n}.log")),
+        )?];
+        let mut watch = StageWatch::begin(self, n, opts).await;
+        while watch.stage_start.elapsed() < opts.hold {
+            tokio::time::sleep(opts.sample_every).await;
+            watch.sample(self, &mut stage_procs, opts).await;
+        }
+        let report = watch.report(self, opts).await;
+        eprintln!(
+            "stage {n}: cluster CPU {:.1} % of the machine, RSS {:.0} MiB (PSS {:.0} MiB), frames dropped {:.2} %, motion p95 {:?} ms, {}",
+            report.cluster_cpu_percent_of_machine,
+            report.cluster_rss_mib,
+            report.cluster_pss_mib,
+            report.frames_dropped_percent,
+            report.motion_latency_ms.p95,
+            if report.stable { "stable".to_string() } else { format!("UNSTABLE: {}", report.problems.join("; ")) }
+        );
+        drop(stage_procs);
+        Ok((report, watch.samples))
+    }
+
+    /// Stops the workers and the relay (the servers go with the site); returns the work
+    /// directory (logs and backups of the run).
+    fn stop(mut self) -> PathBuf {
+        self.workers.clear();
+        self.relay = None;
+        self.work.clone()
+    }
+}
+
+/// The motion workers, the YOLO worker and the record worker, for the whole run.
+fn start_workers(opts: &Options, cfgs: &str, logs: &Path) -> anyhow::Result<Vec<Proc>> {
+    let mut workers: Vec<Proc> = Vec::new();
+    for w in 1..=opts.motion_workers {
+        workers.push(Proc::spawn(
+            &format!("worker-motion-{w}"),
+            &workspace_bin("worker-motion")?,
+            &["--config", cfgs, "run", "--concurrency", "4"],
+            &logs.join(format!("motion-{w}.log")),
+        )?);
+    }
+    default_ort_path()?;
+    workers.push(Proc::spawn(
+        "worker-yolo",
+        &workspace_bin("worker-yolo")?,
+        &["--config", cfgs, "run"],
+        &logs.join("yolo.log"),
+    )?);
+    workers.push(Proc::spawn(
+        "worker-record",
+        &workspace_bin("worker-record")?,
+        &["--config", cfgs, "run"],
+        &logs.join("record.log"),
+    )?);
+    Ok(workers)
+}
+
+/// What one stage has seen so far.
+struct StageWatch {
+    n: usize,
+    stage_start: Instant,
+    stage_start_ms: i64,
+    bar: Option<indicatif::ProgressBar>,
+    /// Each channel's frames are counted from its first status after the warm-up that says it
+    /// is online and analysing: a count written while it was still connecting would charge the
+    /// connecting time as lost frames.
+    warmup_ms: Option<i64>,
+    frames_start: FrameCounts,
+    samples: Vec<Sample>,
+    dead: Vec<String>,
+    yolo_max_waiting: u64,
+    backups_at_start: u64,
+    record_pid: Option<u32>,
+    record_written_at_start: u64,
+    record_cpu_at_start: f64,
+    yolo_stats_start: HashMap<String, i64>,
+}
+
+impl StageWatch {
+    async fn begin(site: &mut Site, n: usize, opts: &Options) -> Self {
+        let bar = if opts.progress {
+            let b = indicatif::ProgressBar::new(opts.hold.as_secs());
+            b.set_style(
+                indicatif::ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} s  {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            b.set_prefix(format!("{n} channels"));
+            Some(b)
+        } else {
+            None
+        };
+        let record_pid = site.workers.iter().find(|w| w.name == "worker-record").map(|w| w.pid());
+        Self {
+            n,
+            stage_start: Instant::now(),
+            stage_start_ms: now_ms(),
+            bar,
+            warmup_ms: None,
+            frames_start: BTreeMap::new(),
+            samples: Vec::new(),
+            dead: Vec::new(),
+            yolo_max_waiting: 0,
+            backups_at_start: dir_bytes(&site.work.join("backups")),
+            record_pid,
+            record_written_at_start: record_pid.map_or(0, disk_write_bytes),
+            record_cpu_at_start: record_pid.map_or(0.0, cpu_secs_with_children),
+            yolo_stats_start: site.conn.hgetall("load:stats:yolo").await.unwrap_or_default(),
+        }
+    }
+
+    fn warmup_secs(opts: &Options) -> u64 {
+        WARMUP_SECS.min(opts.hold.as_secs() / 3)
+    }
+
+    /// One sample: frame counts after the warm-up, resources per component, Redis.
+    async fn sample(&mut self, site: &mut Site, stage_procs: &mut [Proc], opts: &Options) {
+        let n = self.n;
+        if self.warmup_ms.is_none() && self.stage_start.elapsed() >= Duration::from_secs(Self::warmup_secs(opts)) {
+            self.warmup_ms = Some(now_ms());
+        }
+        if self.warmup_ms.is_some() && self.frames_start.len() < n {
+            let (counts, offline) = frames_total(&mut site.conn, n).await;
+            for (ch, (frames, at)) in counts {
+                if frames > 0 && !offline.contains(&ch) {
+                    self.frames_start.entry(ch).or_insert((frames, at));
+                }
+            }
+        }
+        let mut roots: HashMap<u32, String> = HashMap::new();
+        roots.insert(site.redis.pid(), "redis-server".into());
+        roots.insert(site.nginx.pid(), "nginx".into());
+        roots.insert(site.cameras.pid(), "cameras (simulator)".into());
+        for p in site.workers.iter_mut().chain(stage_procs.iter_mut()).chain(site.relay.iter_mut()) {
+            if !p.alive() && !self.dead.contains(&p.name) {
+                self.dead.push(p.name.clone());
+            }
+            roots.insert(p.pid(), p.name.clone());
+        }
+        let sys = &mut site.sys;
+        sys.refresh_processes_specifics(
+            sysinfo::ProcessesToUpdate::All,
+            true,
+            sysinfo::ProcessRefreshKind::nothing().with_cpu().with_memory(),
+        );
+        let mut cpu: BTreeMap<String, f64> = BTreeMap::new();
+        let mut rss: BTreeMap<String, f64> = BTreeMap::new();
+        let mut pss: BTreeMap<String, f64> = BTreeMap::new();
+        // Reading smaps_rollup walks every page table: PSS is read every PSS_EVERY-th sample
+        // of a stage and carried between, so measuring costs the machine little (it cost ~4 %
+        // of it at every sample).
+        let carried_pss = self.samples.last().filter(|_| self.samples.len() % PSS_EVERY != 0);
+        let read_pss = carried_pss.is_none();
+        let mut processes: BTreeMap<String, usize> = BTreeMap::new();
+        let mut fds: BTreeMap<String, usize> = BTreeMap::new();
+        // Threads are listed as tasks of their process: count processes only.
+        for (pid, p) in sys.processes().iter().filter(|(_, p)| p.thread_kind().is_none()) {
+            if let Some(c) = component_of(*pid, sys, &roots) {
+                // Merge the two motion workers' figures under one name per kind.
+                let c = c.replace(|ch: char| ch.is_ascii_digit(), "").trim_end_matches('-').replace("-)", ")");
+                *cpu.entry(c.clone()).or_default() += p.cpu_usage() as f64;
+                if read_pss {
+                    *pss.entry(c.clone()).or_default() += pss_kib(pid.as_u32()) / 1024.0;
+                }
+                *processes.entry(c.clone()).or_default() += 1;
+                *fds.entry(c.clone()).or_default() +=
+                    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
+                *rss.entry(c).or_default() += p.memory() as f64 / 1048576.0;
+            }
+        }
+        if let Some(last) = carried_pss {
+            pss = last.pss_mib.clone();
+        }
+        let conn = &mut site.conn;
+        let info: String = redis::cmd("INFO").query_async(conn).await.unwrap_or_default();
+        let field = |k: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}:")))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let waiting: u64 = {
+            let a: u64 = conn.llen("load:queue:yolo:active").await.unwrap_or(0);
+            let s: u64 = conn.zcard("load:queue:yolo:scheduled").await.unwrap_or(0);
+            a + s
+        };
+        self.yolo_max_waiting = self.yolo_max_waiting.max(waiting);
+        let s = Sample {
+            t_secs: site.started.elapsed().as_secs_f64(),
+            stage: n,
+            cpu,
+            rss_mib: rss,
+            pss_mib: pss,
+            redis_used_mib: field("used_memory") / 1048576.0,
+            redis_ops_per_sec: field("instantaneous_ops_per_sec"),
+            backup_bytes: dir_bytes(&site.work.join("backups")),
+            yolo_waiting: waiting,
+            processes,
+            machine_used_above_idle_mib: machine_used_mib() - site.idle_used_mib,
+            fds,
+        };
+        if let Some(b) = &self.bar {
+            let total: f64 = s.cpu.iter().filter(|(k, _)| !k.starts_with("cameras")).map(|(_, v)| v).sum();
+            b.set_position(self.stage_start.elapsed().as_secs().min(opts.hold.as_secs()));
+            b.set_message(format!(
+                "cluster CPU {:.0} % of {} cores, RSS {:.0} MiB, yolo queue {waiting}, dead {}",
+                total / site.cpus,
+                site.cpus,
+                s.rss_mib.iter().filter(|(k, _)| !k.starts_with("cameras")).map(|(_, v)| v).sum::<f64>(),
+                self.dead.len()
+            ));
+        }
+        self.samples.push(s);
+    }
+
+    /// The stage's figures from its samples, the frame counters and the result streams.
+    async fn report(&mut self, site: &mut Site, opts: &Options) -> StageReport {
+        if let Some(b) = &self.bar {
+            b.finish();
+        }
+        let n = self.n;
+        let conn = &mut site.conn;
+        let (frames_end, offline) = frames_total(conn, n).await;
+        // A channel that never counted after the warm-up is charged all of it.
+        let warmup_ms = self.warmup_ms.unwrap_or_else(now_ms);
+        let (analysed, expected) = frames_between(&self.frames_start, &frames_end, warmup_ms);
+        let late: Vec<u32> = self
+            .frames_start
+            .iter()
+            .filter(|(_, (_, at))| *at > warmup_ms + LATE_ONLINE_MS)
+            .map(|(ch, _)| *ch)
+            .collect();
+        // Channels without any status at the end were not analysed at all.
+        let expected =
+            expected + (n - frames_end.len()) as f64 * MOTION_FPS * (now_ms() - warmup_ms).max(0) as f64 / 1000.0;
+        // Each channel's count is read at two status writes whose frame phase is not known: one
+        // frame per channel is the measurement's resolution, not a lost frame (4 channels × 30 s
+        // make 1 frame per channel = 1 %).
+        let missing = (expected - analysed as f64 - n as f64).max(0.0);
+        let dropped = if expected > 0.0 { missing / expected * 100.0 } else { 0.0 };
+
+        let motion: Vec<(i64, MotionEvent)> = stream(conn, "load:events:motion", self.stage_start_ms).await;
+        let objects: Vec<(i64, ObjectEvent)> = stream(conn, "load:events:objects", self.stage_start_ms).await;
+        let backups: Vec<(i64, BackupEvent)> = stream(conn, "load:events:backup", self.stage_start_ms).await;
+        let yolo_stats: HashMap<String, i64> = conn.hgetall("load:stats:yolo").await.unwrap_or_default();
+        let delta =
+            |k: &str| yolo_stats.get(k).copied().unwrap_or(0) - self.yolo_stats_start.get(k).copied().unwrap_or(0);
+        let files: Vec<&BackupEvent> =
+            backups.iter().map(|(_, b)| b).filter(|b| b.kind == BackupEventKind::File).collect();
+        let stage_samples = &self.samples;
+        let avg = |get: &dyn Fn(&Sample) -> &BTreeMap<String, f64>| -> BTreeMap<String, f64> {
+            let mut m: BTreeMap<String, f64> = BTreeMap::new();
+            for s in stage_samples {
+                for (k, v) in get(s) {
+                    *m.entry(k.clone()).or_default() += v / stage_samples.len() as f64;
+                }
+            }
+            m
+        };
+        let warmup = Self::warmup_secs(opts) as f64;
+        let stage_t0 = stage_samples.first().map_or(0.0, |s| s.t_secs);
+        let after_warmup: Vec<Sample> =
+            stage_samples.iter().filter(|s| s.t_secs - stage_t0 >= warmup).cloned().collect();
+        let cpu = avg(&|s| &s.cpu);
+        let rss = avg(&|s| &s.rss_mib);
+        let pss = avg(&|s| &s.pss_mib);
+        let mut processes: BTreeMap<String, usize> = BTreeMap::new();
+        for c in cpu.keys() {
+            let total: usize = stage_samples.iter().map(|s| s.processes.get(c).copied().unwrap_or(0)).sum();
+            processes.insert(c.clone(), (total as f64 / stage_samples.len().max(1) as f64).round() as usize);
+        }
+        let machine_used = stage_samples.iter().map(|s| s.machine_used_above_idle_mib).sum::<f64>()
+            / stage_samples.len().max(1) as f64;
+        let cluster_pss: f64 = pss.iter().filter(|(k, _)| !k.starts_with("cameras")).map(|(_, v)| v).sum();
+        let cluster_cpu: f64 =
+            cpu.iter().filter(|(k, _)| !k.starts_with("cameras")).map(|(_, v)| v).sum::<f64>() / site.cpus;
+        let cluster_rss: f64 = rss.iter().filter(|(k, _)| !k.starts_with("cameras")).map(|(_, v)| v).sum();
+        let secs = self.stage_start.elapsed().as_secs_f64();
+        let problems = stage_problems(&self.dead, &offline, &late, dropped);
+        let record_pid = self.record_pid;
+        StageReport {
+            channels: n,
+            seconds: secs,
+            cpu,
+            rss_mib: rss,
+            cluster_cpu_percent_of_machine: cluster_cpu,
+            cluster_rss_mib: cluster_rss,
+            pss_mib: pss,
+            cluster_pss_mib: cluster_pss,
+            processes,
+            machine_used_above_idle_mib: machine_used,
+            redis_used_mib: stage_samples.iter().map(|s| s.redis_used_mib).fold(0.0, f64::max),
+            redis_ops_per_sec: stage_samples.iter().map(|s| s.redis_ops_per_sec).sum::<f64>()
+                / stage_samples.len().max(1) as f64,
+            record_cpu_with_children_percent: (record_pid.map_or(0.0, cpu_secs_with_children)
+                - self.record_cpu_at_start)
+                / secs
+                * 100.0,
+            recordings_at_once: files.iter().map(|b| (b.end_ms - b.start_ms).max(0) as f64 / 1000.0).sum::<f64>()
+                / secs,
+            record_disk_write_kib_per_sec: record_pid
+                .map_or(0, disk_write_bytes)
+                .saturating_sub(self.record_written_at_start) as f64
+                / 1024.0
+                / secs,
+            backup_write_kib_per_sec: dir_bytes(&site.work.join("backups")).saturating_sub(self.backups_at_start)
+                as f64
+                / 1024.0
+                / secs,
+            frames_expected: expected,
+            frames_analysed: analysed,
+            frames_dropped_percent: dropped,
+            motion_latency_ms: Latency::of(motion.iter().map(|(id, m)| id - m.ts_ms).collect()),
+            yolo_latency_ms: Latency::of(objects.iter().map(|(_, o)| o.latency_ms).collect()),
+            yolo_processed: delta("processed"),
+            yolo_dropped: delta("dropped_stale") + delta("dropped_full"),
+            yolo_max_waiting: self.yolo_max_waiting,
+            record_start_latency_ms: Latency::of(
+                files
+                    .iter()
+                    .filter(|b| b.part == 1)
+                    .filter_map(|b| Some(b.writing_since_ms? - b.trigger.as_ref()?.ts_ms))
+                    .collect(),
+            ),
+            pre_roll_ms: Latency::of(files.iter().filter_map(|b| b.pre_roll_ms).collect()),
+            backups: files.len(),
+            backup_errors: backups.iter().filter(|(_, b)| b.kind == BackupEventKind::Error).count(),
+            offline_at_end: offline,
+            dead_processes: std::mem::take(&mut self.dead),
+            stable: problems.is_empty(),
+            problems,
+            drift: drift(&after_warmup),
+            redis_keys: redis_keys(conn).await,
+        }
+    }
+}
+
+/// Why a stage is unstable (none: stable).
+fn stage_problems(dead: &[String], offline: &[u32], late: &[u32], dropped_percent: f64) -> Vec<String> {
+    let mut problems = Vec::new();
+    if !dead.is_empty() {
+        problems.push(format!("process(es) died: {}", dead.join(", ")));
+    }
+    if !offline.is_empty() {
+        problems.push(format!("channel(s) offline at the end: {offline:?}"));
+    }
+    if !late.is_empty() {
+        problems.push(format!(
+            "channel(s) analysed only more than {} s after the warm-up: {late:?}",
+            LATE_ONLINE_MS / 1000
+        ));
+    }
+    if dropped_percent > 1.0 {
+        problems.push(format!("{dropped_percent:.1} % of motion frames not analysed"));
+    }
+    problems
 }
 
 /// The ONNX Runtime library install-deps puts in .ort/, unless ORT_DYLIB_PATH says otherwise.
@@ -1120,196 +918,6 @@ fn machine() -> String {
         .map(|k| k / 1048576.0)
         .unwrap_or(0.0);
     format!("{cores} cores ({cpu}), {mem:.0} GiB RAM")
-}
-
-/// Re-renders `report.md` and the plots from a `report.json` (after a change to the rendering).
-pub fn render(dir: &Path) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(dir.join("report.json"))
-        .with_context(|| format!("reading {}/report.json", dir.display()))?;
-    let mut report: Report = serde_json::from_str(&text).context("report.json")?;
-    // The drift analysis is recomputed from the samples, so older reports get its newer columns.
-    for stage in &mut report.stages {
-        let of_stage: Vec<Sample> = report.samples.iter().filter(|s| s.stage == stage.channels).cloned().collect();
-        let warmup = WARMUP_SECS.min(stage.seconds as u64 / 3) as f64;
-        let t0 = of_stage.first().map_or(0.0, |s| s.t_secs);
-        let after: Vec<Sample> = of_stage.into_iter().filter(|s| s.t_secs - t0 >= warmup).collect();
-        if !after.is_empty() {
-            stage.drift = drift(&after);
-        }
-    }
-    write_report(&report, dir)
-}
-
-fn fmt_lat(l: &Latency) -> String {
-    match (l.p50, l.p95) {
-        (Some(a), Some(b)) => format!("{a} / {b} ({})", l.count),
-        _ => "–".into(),
-    }
-}
-
-/// `report.md`, `report.json`, and the plots.
-pub fn write_report(r: &Report, dir: &Path) -> anyhow::Result<()> {
-    std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(r)?)?;
-    let mut md = format!("# Load test report\n\nMachine: {}.\n\n", r.machine);
-    if !r.motion_settings.is_empty() {
-        md += &format!("Motion settings: `{}`.\n\n", r.motion_settings.join("`, `"));
-    }
-    match r.scenes {
-        SceneMix::Mixed => {}
-        SceneMix::Still => md += "Scenes: every camera **still** (the still part of a mixed load).\n\n",
-        SceneMix::Active => {
-            md += "Scenes: every camera **active**, every other one a priority channel (the active part of a \
-                   mixed load four times as large).\n\n"
-        }
-    }
-    match r.h265.kind {
-        H265Kind::None => {}
-        H265Kind::Main => {
-            md += &format!("H.265: every {}th camera sends an **H.265 main stream** (H.264 sub-stream).\n\n", r.h265.every)
-        }
-        H265Kind::Only => {
-            md += &format!(
-                "H.265: every {}th camera sends **H.265 only** (no sub-stream: the relay transcodes the detect stream).\n\n",
-                r.h265.every
-            )
-        }
-    }
-    if r.gop_secs != DEFAULT_GOP_SECS {
-        md += &format!("Cameras' keyframe interval (GOP): {} s.\n\n", r.gop_secs);
-    }
-    if !r.yolo_settings.is_empty() {
-        md += &format!("YOLO settings: `{}`.\n\n", r.yolo_settings.join("`, `"));
-    }
-    md += "| channels | stable | cluster CPU (% of machine) | cluster RSS / PSS (MiB) | machine memory above idle (MiB) | frames watched / expected | dropped | motion latency p50 / p95 ms | YOLO latency p50 / p95 ms | YOLO processed / dropped / max queue | backups (errors) | record start p50 / p95 ms | pre-roll p50 / p95 ms | backup dir growth / recorder disk writes KiB/s | Redis MiB, ops/s |\n";
-    md += "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
-    for s in &r.stages {
-        md += &format!(
-            "| {} | {} | {:.1} | {:.0} / {:.0} | {:.0} | {} / {:.0} | {:.2} % | {} | {} | {} / {} / {} | {} ({}) | {} | {} | {:.0} / {:.0} | {:.1}, {:.0} |\n",
-            s.channels,
-            if s.stable { "yes".to_string() } else { format!("**no**: {}", s.problems.join("; ")) },
-            s.cluster_cpu_percent_of_machine,
-            s.cluster_rss_mib,
-            s.cluster_pss_mib,
-            s.machine_used_above_idle_mib,
-            s.frames_analysed,
-            s.frames_expected,
-            s.frames_dropped_percent,
-            fmt_lat(&s.motion_latency_ms),
-            fmt_lat(&s.yolo_latency_ms),
-            s.yolo_processed,
-            s.yolo_dropped,
-            s.yolo_max_waiting,
-            s.backups,
-            s.backup_errors,
-            fmt_lat(&s.record_start_latency_ms),
-            fmt_lat(&s.pre_roll_ms),
-            s.backup_write_kib_per_sec,
-            s.record_disk_write_kib_per_sec,
-            s.redis_used_mib,
-            s.redis_ops_per_sec
-        );
-    }
-    md += "\n## Recording\n\n| channels | recordings at once (avg) | worker-record CPU with its ffmpeg/ffprobe children (% of one core) | per recording (% of one core) | backup dir growth KiB/s | recorder disk writes KiB/s |\n| --- | --- | --- | --- | --- | --- |\n";
-    for s in &r.stages {
-        md += &format!(
-            "| {} | {:.1} | {:.2} | {} | {:.0} | {:.0} |\n",
-            s.channels,
-            s.recordings_at_once,
-            s.record_cpu_with_children_percent,
-            if s.recordings_at_once > 0.0 {
-                format!("{:.2}", s.record_cpu_with_children_percent / s.recordings_at_once)
-            } else {
-                "–".into()
-            },
-            s.backup_write_kib_per_sec,
-            s.record_disk_write_kib_per_sec
-        );
-    }
-    md += "\n## Processes, CPU (% of one core), RSS and PSS (MiB) per component, stage averages\n\n| component |";
-    for s in &r.stages {
-        md += &format!(" {0} ch n | {0} ch CPU | {0} ch RSS | {0} ch PSS |", s.channels);
-    }
-    md += "\n| --- |";
-    md += &" --- | --- | --- | --- |".repeat(r.stages.len());
-    md += "\n";
-    let mut comps: Vec<&String> = r.stages.iter().flat_map(|s| s.cpu.keys()).collect();
-    comps.sort();
-    comps.dedup();
-    for c in comps {
-        md += &format!("| {c} |");
-        for s in &r.stages {
-            md += &format!(
-                " {} | {:.1} | {:.0} | {:.0} |",
-                s.processes.get(c).map_or("–".to_string(), |n| n.to_string()),
-                s.cpu.get(c).copied().unwrap_or(0.0),
-                s.rss_mib.get(c).copied().unwrap_or(0.0),
-                s.pss_mib.get(c).copied().unwrap_or(0.0)
-            );
-        }
-        md += "\n";
-    }
-    md += "\nCameras (the RTSP simulator) stand for the real cameras and are not counted in the cluster totals. \
-RSS counts every shared page (ffmpeg's libraries, OpenCV, ONNX Runtime) once per process that maps it; PSS splits \
-shared pages between the processes sharing them, so the PSS total is the cluster's memory. Machine memory above idle: \
-MemTotal − MemAvailable minus its value before the run, cameras and the load test included. \
-Recorder disk writes: what worker-record and its ffmpeg/ffprobe children sent to storage (spool and final file, less \
-pages deleted before writeback), from `/proc/<pid>/io`. \
-Motion latency: decoded frame → event on the Redis stream. YOLO latency: frame → object event. Record start: trigger → first \
-fragment written. Plots: `cpu.png`, `ram.png` (RSS), `pss.png`, `latency.png`.\n";
-    if let Some(s) = r.stages.iter().rev().find(|s| !s.redis_keys.is_empty()) {
-        md += &format!(
-            "\n## Redis memory by key family, end of the {}-channel stage\n\n`MEMORY USAGE` of every key; ids \
-             replaced by `*`. Event streams are capped by length, so their size at the cap is the entries' average \
-             size times the cap.\n\n| keys | count | MiB | stream entries |\n| --- | --- | --- | --- |\n",
-            s.channels
-        );
-        let mut families: Vec<(&String, &KeyFamily)> = s.redis_keys.iter().collect();
-        families.sort_by_key(|(_, f)| std::cmp::Reverse(f.bytes));
-        for (name, f) in families {
-            md += &format!(
-                "| `{name}` | {} | {:.2} | {} |\n",
-                f.keys,
-                f.bytes as f64 / 1048576.0,
-                if f.stream_entries > 0 { f.stream_entries.to_string() } else { "–".into() }
-            );
-        }
-    }
-    // The leak check, for stages long enough to mean something (a soak run).
-    for s in r.stages.iter().filter(|s| s.seconds >= 600.0 && !s.drift.is_empty()) {
-        md += &format!(
-            "\n## Drift over the {}-channel stage ({:.0} s)\n\nAverage of the first and last {DRIFT_SAMPLES} samples \
-             after warm-up; growth is the largest of RSS, PSS and open fds (Redis: used_memory). Slopes: \
-             least-squares slope of PSS (Redis: used_memory) in each quarter of the stage; a leak keeps its \
-             pace, a warm-up levels off. Still growing: the last quarter's slope is more than 5 % of the \
-             final size per hour.\n\n\
-             | component | RSS MiB start → end | PSS MiB start → end | open fds start → end | growth | slope per quarter MiB/h | verdict |\n\
-             | --- | --- | --- | --- | --- | --- | --- |\n",
-            s.channels, s.seconds
-        );
-        for (c, d) in &s.drift {
-            md += &format!(
-                "| {c} | {:.0} → {:.0} | {:.0} → {:.0} | {:.0} → {:.0} | {:+.1} % | {} | {} |\n",
-                d.rss_start_mib,
-                d.rss_end_mib,
-                d.pss_start_mib,
-                d.pss_end_mib,
-                d.fds_start,
-                d.fds_end,
-                d.growth_percent,
-                d.quarter_slopes_mib_per_hour.iter().map(|v| format!("{v:+.1}")).collect::<Vec<_>>().join(", "),
-                if d.growing() {
-                    "**still growing**"
-                } else if d.growth_percent > 10.0 {
-                    "levelled off"
-                } else {
-                    "flat"
-                }
-            );
-        }
-    }
-    std::fs::write(dir.join("report.md"), md)?;
-    plot::plots(r, dir)?;
-    Ok(())
 }
 
 #[cfg(test)]
