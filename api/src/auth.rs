@@ -10,7 +10,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::Form;
 use sha2::{Digest, Sha256};
 
-use super::{ApiError, ApiResult, ApiState};
+use crate::state::{ApiError, ApiResult, ApiState};
 
 const COOKIE: &str = "cctv_session";
 const LOGIN_PAGE: &str = include_str!("login.html");

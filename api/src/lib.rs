@@ -33,7 +33,11 @@ use views::*;
 pub mod auth;
 pub mod metrics;
 pub mod openapi;
+mod state;
 pub mod views;
+
+use state::ApiResult;
+pub use state::{ApiError, ApiState};
 
 use auth::require_token;
 
@@ -47,46 +51,6 @@ const LIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 const API_DOCS: &str = include_str!("apidocs.html");
 /// Categories and their streams.
 const CATEGORIES: [&str; 4] = ["motion", "objects", "backup", "system"];
-
-#[derive(Clone)]
-pub struct ApiState {
-    conn: ConnectionManager,
-    keys: Keys,
-    config: Arc<Config>,
-    metrics: Arc<ClusterMetrics>,
-}
-
-/// An error answer: status and a message naming what was wrong.
-pub struct ApiError(pub StatusCode, pub String);
-
-impl ApiError {
-    fn bad(msg: impl Into<String>) -> Self {
-        Self(StatusCode::BAD_REQUEST, msg.into())
-    }
-    fn not_found(msg: impl Into<String>) -> Self {
-        Self(StatusCode::NOT_FOUND, msg.into())
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.0, Json(ErrorBody { error: self.1 })).into_response()
-    }
-}
-
-impl From<redis::RedisError> for ApiError {
-    fn from(e: redis::RedisError) -> Self {
-        Self(StatusCode::SERVICE_UNAVAILABLE, format!("redis: {e}"))
-    }
-}
-
-impl From<cctv_common::queue::QueueError> for ApiError {
-    fn from(e: cctv_common::queue::QueueError) -> Self {
-        Self(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-    }
-}
-
-type ApiResult<T> = Result<T, ApiError>;
 
 /// The router; `metrics` is fed by [`crate::metrics::follow_events`]. Every route is
 /// registered with its `#[utoipa::path]` (`routes!`), so none is served undocumented.

@@ -1,0 +1,54 @@
+//! What every handler shares: the state (Redis, keys, config, metrics) and the error answer.
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use cctv_common::config::Config;
+use cctv_common::keys::Keys;
+use redis::aio::ConnectionManager;
+
+use crate::metrics::ClusterMetrics;
+use crate::views::ErrorBody;
+
+/// The handlers' shared state.
+#[derive(Clone)]
+pub struct ApiState {
+    pub(crate) conn: ConnectionManager,
+    pub(crate) keys: Keys,
+    pub(crate) config: Arc<Config>,
+    pub(crate) metrics: Arc<ClusterMetrics>,
+}
+
+/// An error answer: status and a message naming what was wrong.
+pub struct ApiError(pub StatusCode, pub String);
+
+impl ApiError {
+    pub(crate) fn bad(msg: impl Into<String>) -> Self {
+        Self(StatusCode::BAD_REQUEST, msg.into())
+    }
+    pub(crate) fn not_found(msg: impl Into<String>) -> Self {
+        Self(StatusCode::NOT_FOUND, msg.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
+    }
+}
+
+impl From<redis::RedisError> for ApiError {
+    fn from(e: redis::RedisError) -> Self {
+        Self(StatusCode::SERVICE_UNAVAILABLE, format!("redis: {e}"))
+    }
+}
+
+impl From<cctv_common::queue::QueueError> for ApiError {
+    fn from(e: cctv_common::queue::QueueError) -> Self {
+        Self(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    }
+}
+
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
