@@ -398,41 +398,21 @@ impl Decider {
         let records = self.config.channel(m.channel).is_some_and(|c| c.records_in(&m.zones));
         let input = match m.kind {
             MotionEventKind::Start => {
-                let _: () = redis::pipe()
-                    .hset_multiple(
-                        &state,
-                        &[
-                            ("channel", m.channel.to_string()),
-                            ("started_ms", m.ts_ms.to_string()),
-                            ("ended", "0".into()),
-                            ("worker", m.worker.clone()),
-                            ("seq", m.seq.to_string()),
-                            ("in_zone", u8::from(records).to_string()),
-                        ],
-                    )
-                    .expire(&state, STATE_TTL_SECS)
-                    .query_async(&mut self.conn)
-                    .await?;
+                mevent::started(&mut self.conn, &state, m, records).await?;
                 if !records {
                     return Ok(());
                 }
                 Input::MotionStart { event: m.event_id.clone(), ts_ms: m.ts_ms }
             }
             MotionEventKind::Zone => {
-                let in_zone: Option<u8> = self.conn.hget(&state, "in_zone").await?;
-                if !records || in_zone != Some(0) {
+                if !records || !mevent::enters_zone(&mut self.conn, &state).await? {
                     return Ok(()); // not a wanted zone, or already counted (or start unseen)
                 }
-                let _: () = self.conn.hset(&state, "in_zone", 1).await?;
                 Input::MotionStart { event: m.event_id.clone(), ts_ms: m.ts_ms }
             }
             MotionEventKind::End => {
                 let last = m.last_motion_ms.unwrap_or(m.ts_ms);
-                let _: () = redis::pipe()
-                    .hset_multiple(&state, &[("ended", 1), ("last_motion_ms", last)])
-                    .expire(&state, STATE_TTL_SECS)
-                    .query_async(&mut self.conn)
-                    .await?;
+                mevent::ended(&mut self.conn, &state, last).await?;
                 Input::MotionEnd { event: m.event_id.clone(), last_motion_ms: last }
             }
         };
@@ -454,16 +434,7 @@ impl Decider {
             return Ok(());
         }
         let state = self.keys.record_motion_event(&o.motion_event);
-        let (ended, started, last_motion): (Option<i64>, Option<i64>, Option<i64>) = redis::pipe()
-            .hget(&state, "ended")
-            .hget(&state, "started_ms")
-            .hget(&state, "last_motion_ms")
-            .query_async(&mut self.conn)
-            .await?;
-        let view = EventView {
-            in_progress: ended == Some(0),
-            last_motion_ms: last_motion.or(started).unwrap_or(o.frame_ts_ms),
-        };
+        let view = mevent::view(&mut self.conn, &state, o.frame_ts_ms).await?;
         let input = Input::Objects { event: o.motion_event.clone(), frame_ts_ms: o.frame_ts_ms, labels, view };
         self.apply(o.channel, &input).await
     }
@@ -566,9 +537,89 @@ impl Decider {
     }
 
     async fn event_origin(&mut self, event: &str) -> anyhow::Result<(Option<String>, Option<u64>)> {
-        let state = self.keys.record_motion_event(event);
+        Ok(mevent::origin(&mut self.conn, &self.keys.record_motion_event(event)).await?)
+    }
+}
+
+/// `<ns>:record:mevent:<event>`: what the decider knows of a motion event (a hash, TTL a
+/// day), written and read only here.
+mod mevent {
+    use cctv_common::events::MotionEvent;
+    use redis::aio::ConnectionManager;
+    use redis::AsyncCommands;
+
+    use super::{EventView, STATE_TTL_SECS};
+
+    const CHANNEL: &str = "channel";
+    const STARTED_MS: &str = "started_ms";
+    const ENDED: &str = "ended";
+    const LAST_MOTION_MS: &str = "last_motion_ms";
+    const WORKER: &str = "worker";
+    const SEQ: &str = "seq";
+    /// 0 until the event touched one of the channel's `record_zones`.
+    const IN_ZONE: &str = "in_zone";
+
+    /// Its start: who published it, with which sequence number, and whether it counts yet.
+    pub(super) async fn started(
+        conn: &mut ConnectionManager,
+        key: &str,
+        m: &MotionEvent,
+        in_zone: bool,
+    ) -> redis::RedisResult<()> {
+        redis::pipe()
+            .hset_multiple(
+                key,
+                &[
+                    (CHANNEL, m.channel.to_string()),
+                    (STARTED_MS, m.ts_ms.to_string()),
+                    (ENDED, "0".into()),
+                    (WORKER, m.worker.clone()),
+                    (SEQ, m.seq.to_string()),
+                    (IN_ZONE, u8::from(in_zone).to_string()),
+                ],
+            )
+            .expire(key, STATE_TTL_SECS)
+            .query_async(conn)
+            .await
+    }
+
+    /// The event entered a wanted zone: `true` the first time (it counts from now), `false` if
+    /// it counted already or its start was never seen.
+    pub(super) async fn enters_zone(conn: &mut ConnectionManager, key: &str) -> redis::RedisResult<bool> {
+        let in_zone: Option<u8> = conn.hget(key, IN_ZONE).await?;
+        if in_zone != Some(0) {
+            return Ok(false);
+        }
+        let _: () = conn.hset(key, IN_ZONE, 1).await?;
+        Ok(true)
+    }
+
+    pub(super) async fn ended(conn: &mut ConnectionManager, key: &str, last_motion_ms: i64) -> redis::RedisResult<()> {
+        redis::pipe()
+            .hset_multiple(key, &[(ENDED, 1), (LAST_MOTION_MS, last_motion_ms)])
+            .expire(key, STATE_TTL_SECS)
+            .query_async(conn)
+            .await
+    }
+
+    /// The event as an object frame of it at `frame_ts_ms` sees it (unknown: over at that frame).
+    pub(super) async fn view(
+        conn: &mut ConnectionManager,
+        key: &str,
+        frame_ts_ms: i64,
+    ) -> redis::RedisResult<EventView> {
+        let (ended, started, last_motion): (Option<i64>, Option<i64>, Option<i64>) =
+            redis::pipe().hget(key, ENDED).hget(key, STARTED_MS).hget(key, LAST_MOTION_MS).query_async(conn).await?;
+        Ok(EventView { in_progress: ended == Some(0), last_motion_ms: last_motion.or(started).unwrap_or(frame_ts_ms) })
+    }
+
+    /// Who published its start, and its sequence number (`None`: unknown).
+    pub(super) async fn origin(
+        conn: &mut ConnectionManager,
+        key: &str,
+    ) -> redis::RedisResult<(Option<String>, Option<u64>)> {
         let (worker, seq): (Option<String>, Option<u64>) =
-            redis::pipe().hget(&state, "worker").hget(&state, "seq").query_async(&mut self.conn).await?;
+            redis::pipe().hget(key, WORKER).hget(key, SEQ).query_async(conn).await?;
         Ok((worker, seq.filter(|&s| s > 0)))
     }
 }
