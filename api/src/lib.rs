@@ -353,7 +353,7 @@ async fn channel_live(State(s): State<ApiState>, Path((id, file)): Path<(String,
     }
 }
 
-/// hls.js, for the dashboard's live view (vendored, `scheduler/src/api/vendor/README.md`).
+/// hls.js, for the dashboard's live view (vendored, `api/src/vendor/README.md`).
 #[utoipa::path(get, path = "/vendor/hls.light.min.js", tag = "pages",
     responses((status = 200, content_type = "text/javascript", body = String)))]
 async fn hls_js() -> Response {
