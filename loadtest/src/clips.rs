@@ -1,7 +1,6 @@
 //! The simulated cameras' clips (encoded once from `../shared/media`, then served by stream
 //! copy) and what each camera shows.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// Camera clips: an active scene and a still one, main and sub-stream, long enough for the run

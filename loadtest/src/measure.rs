@@ -1,7 +1,6 @@
 //! Reading the machine: per-process CPU, memory, PSS, disk writes and file descriptors, by
 //! component of the cluster.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// Which of our processes a pid belongs to (nearest ancestor we know), for CPU attribution.

@@ -1,7 +1,6 @@
 //! What a run measured: samples, stage figures, drift, and the report files (`report.md`,
 //! `report.json`, plots).
 
-#[allow(unused_imports)]
 use super::*;
 
 /// One resource sample.

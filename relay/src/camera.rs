@@ -1,8 +1,19 @@
 //! One camera's supervisor: plans its streams, runs them (shared or one process each) and
 //! plans anew when a codec changes; [`apply`] brings the running cameras to a config.
 
-#[allow(unused_imports)]
-use super::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cctv_common::config::{Config, RelayAudio};
+use cctv_common::events::now_ms;
+use cctv_common::shutdown::CancellationToken;
+use cctv_common::status::{RelayState, RelayStatus};
+
+use crate::{
+    audio_for, camera_relay_command, lock, pause, probe_into, relay_loop, run_once, snapshot, start_relay, Backoff,
+    CameraPlan, Output, Route, RunningSlot, StateCell, StreamWatch, WatchedSlots, SPLIT_AFTER_FAILURES,
+};
 
 /// One camera's relays: its streams' states, and the thread that runs its process(es).
 pub(crate) struct CameraRelay {

@@ -1,8 +1,8 @@
 //! The ffmpeg command lines of the relays (copy into nginx-rtmp, into the relay's buffer,
 //! transcode for detection).
 
-#[allow(unused_imports)]
-use super::*;
+use cctv_common::config::RelayAudio;
+use cctv_common::ffmpeg;
 
 /// Bitstream filter of every relay's video (see [`relay_command`]).
 pub const RELAY_FIX_MISSING_PTS: &str = r"setts=pts=if(eq(PTS\,NOPTS)\,DTS\,PTS)";

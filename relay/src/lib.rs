@@ -23,19 +23,15 @@
 //! with a TTL; its reasons are ffmpeg's first meaningful error in plain words. Camera URLs
 //! appear in no log, status or error.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cctv_common::config::{Config, RelayAudio};
-use cctv_common::events::now_ms;
-use cctv_common::ffmpeg::{self, FfmpegProcess, Stopper};
+use cctv_common::config::Config;
 use cctv_common::heartbeat;
 use cctv_common::keys::Keys;
-use cctv_common::probe::StreamProbe;
 use cctv_common::shutdown::CancellationToken;
-use cctv_common::status::{RelayState, RelayStatus};
+use cctv_common::status::RelayStatus;
 use redis::AsyncCommands;
 
 pub mod nginx;
@@ -221,6 +217,11 @@ pub async fn run_reloading(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
+
+    use cctv_common::config::RelayAudio;
+    use cctv_common::ffmpeg::{self, FfmpegProcess};
+    use cctv_common::probe::StreamProbe;
 
     fn args(mut cmd: ffmpeg_sidecar::command::FfmpegCommand) -> String {
         format!("{:?}", cmd.as_inner())

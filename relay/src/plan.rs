@@ -1,8 +1,12 @@
 //! How a camera's streams travel ([`CameraPlan`], a pure function of their probes) and what
 //! audio its relay writes ([`audio_for`], [`AudioGuard`]).
 
-#[allow(unused_imports)]
-use super::*;
+use std::time::Duration;
+
+use cctv_common::config::RelayAudio;
+use cctv_common::probe::StreamProbe;
+
+use crate::CLEAN_RUN;
 
 /// How one stream of a camera travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,20 @@
 //! One stream's relay loop: probe, run ffmpeg, back off, run again, until stopped.
 
-#[allow(unused_imports)]
-use super::*;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cctv_common::config::RelayAudio;
+use cctv_common::events::now_ms;
+use cctv_common::ffmpeg;
+use cctv_common::ffmpeg::FfmpegProcess;
+use cctv_common::probe::StreamProbe;
+use cctv_common::shutdown::CancellationToken;
+use cctv_common::status::RelayState;
+
+use crate::{
+    buffer_command, lock, relay_command, transcode_command, AudioGuard, Route, Running, RunningSlot, StateCell,
+    CLEAN_RUN, HEALTHY_AFTER,
+};
 
 /// A buffer output whose ffmpeg finished no fragment for this long (or twice its longest
 /// fragment) is ended: the camera sends no keyframe, or its video stalled while its audio goes

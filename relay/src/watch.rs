@@ -1,7 +1,13 @@
 //! The watchdog of shared processes: nginx-rtmp's `/stat` read as byte counts per stream.
 
-#[allow(unused_imports)]
-use super::*;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use cctv_common::ffmpeg::Stopper;
+use cctv_common::status::RelayState;
+
+use crate::{START_GRACE, STAT_FRESH, STREAM_STALE, WATCH_GRACE};
 
 /// The streams nginx-rtmp receives, from its `/stat` XML: name → bytes received so far, for
 /// every stream that has a publisher.

@@ -5,11 +5,12 @@
 //! Failures stay inside the channel: a missing or stalled stream is reported offline with the
 //! reason and retried with exponential backoff; the other channels of the batch never notice.
 //!
-//! This module supervises; [`reader`] reads the stream (and says why it stopped),
-//! [`analysis`] turns frames into events.
+//! This module supervises; `reader` reads the stream into [`frames`] (and says why it
+//! stopped), `analysis` turns frames into events.
 
 mod analysis;
-pub mod reader;
+pub mod frames;
+mod reader;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,7 +21,8 @@ use cctv_common::events::{now_ms, ChannelState, MotionEventKind, NormBox};
 use cctv_common::jobs::{MotionChannel, YoloFrames};
 use tokio::sync::mpsc::UnboundedSender;
 
-use reader::{read_stream, ReadError, ReaderStop};
+use frames::ReadError;
+use reader::{read_stream, ReaderStop};
 
 /// Frames analysed after which a failing channel's backoff resets.
 const HEALTHY_FRAMES: u64 = 50;

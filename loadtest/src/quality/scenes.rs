@@ -1,7 +1,6 @@
 //! The scripted scenes: clips cut from real footage with the clip's frame number as a bar
 //! code, their YOLO ground truth, and reading the bar codes back from a backup file.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// One piece of a scene's script.

@@ -1,7 +1,6 @@
 //! Scoring: each channel's backup files, read back frame by frame, against the script and
 //! the ground truth (docs/quality.md), and the report.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// One backup file, mapped back to the clip.

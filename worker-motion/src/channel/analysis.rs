@@ -13,7 +13,7 @@ use opencv::prelude::*;
 use opencv::{imgcodecs, imgproc};
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::reader::{FrameMeta, FrameSource, ReadError};
+use super::frames::{FrameMeta, FrameSource, ReadError};
 use super::{ChannelMsg, ChannelShared, InFlight, PREVIEW_EVERY_MS, YOLO_FRAMES_IN_FLIGHT_MAX};
 use crate::decode::PictureFormat;
 use crate::detector::{FrameMotion as Verdict, Hysteresis, MotionDetector, Transition};

@@ -13,64 +13,12 @@ use cctv_common::jobs::{MotionChannel, YoloFrames};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::analysis::Analysis;
+use super::frames::{FrameMeta, FrameSource, ReadError};
 use super::{ChannelMsg, ChannelShared};
 use crate::decode::{AvcDecoder, PictureFormat};
 use crate::flv::{FlvReader, FlvTag, FLV_CODEC_AVC};
 use crate::gate::Gate;
 use crate::rtmp::{RtmpPlayer, RtmpStop};
-
-/// Why a channel's reader stopped: the reason its status shows while it is offline. Every one
-/// is retried with backoff (a camera comes back, a stream is published again) but
-/// [`ReadError::is_permanent`] ones, which only a new job (a changed config) can mend.
-#[derive(Debug, thiserror::Error)]
-pub enum ReadError {
-    #[error("stream ended")]
-    Ended,
-    #[error("no video from stream")]
-    NoVideo,
-    #[error("stalled: no frame for {0} s")]
-    Stalled(f64),
-    #[error("{0}")]
-    Spawn(String),
-    #[error("ffmpeg stdout not captured")]
-    NoStdout,
-    #[error("playing the detect stream: {0}")]
-    Play(String),
-    #[error("nginx-rtmp ended the stream (its publisher left?)")]
-    ServerEnded,
-    #[error("reading packets: {0}")]
-    Packets(std::io::Error),
-    #[error("reading frames: {0}")]
-    Frames(std::io::Error),
-    #[error("the decoder: {0}")]
-    Decoder(String),
-    #[error("the stream's parameters changed (resolution or profile), decoder restarted")]
-    ParametersChanged,
-    #[error("resolution changed {}x{} → {}x{}, decoder restarted", from.width, from.height, to.width, to.height)]
-    ResolutionChanged { from: VideoSize, to: VideoSize },
-    #[error("the gate's feeder panicked")]
-    FeederPanicked,
-    #[error("motion masks: {0}")]
-    Masks(String),
-    #[error("converting a colour frame: {0}")]
-    Colour(String),
-    #[error("motion detector: {0}")]
-    Detector(String),
-    /// With the last line ffmpeg wrote (usually the cause: "Input/output error", "404 ...").
-    #[error("{error}: {ffmpeg}")]
-    WithFfmpeg { error: Box<ReadError>, ffmpeg: String },
-}
-
-impl ReadError {
-    /// Retrying the same job cannot help: the channel's own settings are wrong.
-    pub fn is_permanent(&self) -> bool {
-        match self {
-            ReadError::Masks(_) => true,
-            ReadError::WithFfmpeg { error, .. } => error.is_permanent(),
-            _ => false,
-        }
-    }
-}
 
 /// Frames the gate left undecoded, counted in time: all of the time between packets while
 /// the gate is closed, but for the keyframes it has analysed; when it opens, the packets it
@@ -459,21 +407,6 @@ impl StreamClock {
         self.anchor = Some((now_ms, stream_ms));
         now_ms
     }
-}
-
-/// Arrival time of a frame and whether to analyse it.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct FrameMeta {
-    pub(super) ts_ms: i64,
-    pub(super) analyse: bool,
-    /// A closed gate's keyframe: analysed whatever the rate says.
-    pub(super) check: bool,
-}
-
-/// Where raw frames come from.
-pub(super) trait FrameSource {
-    /// Fills `frame` with the next raw frame; an error is the reason the reader stops.
-    fn next_frame(&mut self, frame: &mut [u8]) -> Result<FrameMeta, ReadError>;
 }
 
 fn read_frame(r: &mut impl Read, frame: &mut [u8]) -> Result<(), ReadError> {
