@@ -1,7 +1,10 @@
 //! The simulated cameras' clips (encoded once from `../shared/media`, then served by stream
 //! copy) and what each camera shows.
 
-use super::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::{gop_frames, SceneMix};
 
 /// Camera clips: an active scene and a still one, main and sub-stream, long enough for the run
 /// (a short encode, then stream-copied many times over, so clip ends are rare).

@@ -1,7 +1,8 @@
 //! Reading the machine: per-process CPU, memory, PSS, disk writes and file descriptors, by
 //! component of the cluster.
 
-use super::*;
+use std::collections::HashMap;
+use std::path::Path;
 
 /// Which of our processes a pid belongs to (nearest ancestor we know), for CPU attribution.
 pub(crate) fn component_of(pid: sysinfo::Pid, sys: &sysinfo::System, roots: &HashMap<u32, String>) -> Option<String> {

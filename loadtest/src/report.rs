@@ -1,7 +1,14 @@
 //! What a run measured: samples, stage figures, drift, and the report files (`report.md`,
 //! `report.json`, plots).
 
-use super::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context;
+use redis::AsyncCommands;
+use serde::Serialize;
+
+use crate::{plot, H265Kind, H265Mix, SceneMix, DEFAULT_GOP_SECS, WARMUP_SECS};
 
 /// One resource sample.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]

@@ -17,9 +17,8 @@
 //! clock skew between camera, server and recorder. Seconds in two files, missing seconds and
 //! quiet seconds are counted, not estimated.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -28,7 +27,6 @@ use cctv_common::keys::Keys;
 use cctv_common::recording::{RecordingState, RecordingStore};
 use cctv_common::status::RelayStatus;
 use cctv_testkit::{Nginx, Pusher, Redis};
-use serde::{Deserialize, Serialize};
 
 use crate::{workspace_bin, Proc};
 
@@ -315,6 +313,8 @@ pub async fn quality(opts: QualityOptions) -> anyhow::Result<QualityReport> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     fn clips(scripted: &[bool]) -> SceneClips {

@@ -1,7 +1,15 @@
 //! The scripted scenes: clips cut from real footage with the clip's frame number as a bar
 //! code, their YOLO ground truth, and reading the bar codes back from a backup file.
 
-use super::*;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use super::{BAR_CELLS, BAR_ROWS, FPS, HEIGHT, WIDTH};
+use crate::workspace_bin;
 
 /// One piece of a scene's script.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -1,7 +1,13 @@
 //! Scoring: each channel's backup files, read back frame by frame, against the script and
 //! the ground truth (docs/quality.md), and the report.
 
-use super::*;
+use std::collections::{BTreeMap, BTreeSet};
+
+use cctv_common::events::BackupEvent;
+use serde::{Deserialize, Serialize};
+
+use super::{FPS, GOP_SECS};
+use crate::quality::SceneClips;
 
 /// One backup file, mapped back to the clip.
 #[derive(Debug, Clone, Serialize, Deserialize)]
