@@ -9,6 +9,9 @@ export ORT_DYLIB_PATH="$(pwd)/.ort/libonnxruntime.so.1.32.0"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
+# Every binary first: tests run the operator's `cctv` and the other processes as a site does
+# (`target/debug/<binary>`), and cargo builds a package's binaries for its own tests only.
+cargo build --workspace --locked --bins
 cargo test --workspace --locked --no-fail-fast --lib --bins --tests -- --test-threads=2 2>&1 | tee "$log" || status=$?
 echo
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }

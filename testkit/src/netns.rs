@@ -125,8 +125,9 @@ impl Host {
     }
 }
 
-/// A binary of this workspace, next to the running test (`target/<profile>/<name>`): cargo builds
-/// every binary before running `cargo test --workspace`.
+/// A binary of this workspace, next to the running test (`target/<profile>/<name>`):
+/// `deploy/run-tests.sh` builds every binary before `cargo test --workspace` (cargo itself
+/// builds a package's binaries only for that package's integration tests).
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
