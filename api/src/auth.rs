@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::state::{ApiError, ApiResult, ApiState};
 
 const COOKIE: &str = "cctv_session";
-const LOGIN_PAGE: &str = include_str!("login.html");
+pub(crate) const LOGIN_PAGE: &str = include_str!("login.html");
 
 /// Equal secrets, compared without an early exit (timing says nothing about the token).
 pub fn same_secret(given: &str, expected: &str) -> bool {
@@ -91,11 +91,20 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
-/// Where to go after signing in: a path on this site only (never `//host` or a URL).
-fn local_path(next: Option<&str>) -> &str {
-    match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n,
-        _ => "/",
+/// Where to go after signing in: a path on this site only. `next` is parsed as a browser would
+/// resolve it against this site, and kept only if it stays on it; it is never pattern-matched
+/// (a tab or a backslash in `/\t/evil.example` is a host to a browser). The answer is the
+/// parsed path and query, re-serialised.
+fn local_path(next: Option<&str>) -> String {
+    let base = url::Url::parse("http://this.site.invalid/").expect("a valid base URL");
+    let Some(next) = next.filter(|n| n.starts_with('/')) else { return "/".into() };
+    // Browsers drop tabs and newlines from URLs and read `\` as `/`: refuse them outright.
+    if next.chars().any(|c| c.is_control() || c.is_whitespace() || c == '\\') {
+        return "/".into();
+    }
+    match base.join(next) {
+        Ok(u) if u.origin() == base.origin() => u[url::Position::BeforePath..].to_string(),
+        _ => "/".into(),
     }
 }
 
@@ -124,7 +133,7 @@ pub async fn login(State(s): State<ApiState>, Form(form): Form<LoginForm>) -> Re
     match reading_tokens(&s).find(|t| same_secret(&form.token, t)) {
         Some(t) => {
             let set = format!("{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict", session_of(t));
-            let to = local_path(form.next.as_deref()).to_string();
+            let to = local_path(form.next.as_deref());
             tracing::info!("dashboard sign-in");
             (StatusCode::SEE_OTHER, [(header::SET_COOKIE, set), (header::LOCATION, to)]).into_response()
         }
@@ -150,9 +159,19 @@ mod tests {
     #[test]
     fn sign_in_goes_back_only_to_this_site_and_the_cookie_is_no_token() {
         assert_eq!(local_path(Some("/?play=x.mp4")), "/?play=x.mp4");
-        for evil in ["//evil.example/", "https://evil.example/", "/\\evil.example", ""] {
+        for evil in [
+            "//evil.example/",
+            "https://evil.example/",
+            "/\\evil.example",
+            "",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "///evil.example",
+        ] {
             assert_eq!(local_path(Some(evil)), "/", "{evil}");
         }
+        // An encoded tab stays encoded in a path: a page of this site.
+        assert_eq!(local_path(Some("/%09/evil.example/x")), "/%09/evil.example/x");
         let token = "viewer-token-0123456789";
         assert!(!session_of(token).contains(token) && session_of(token).len() == 64);
         assert_ne!(session_of(token), session_of("another-token-0123456789"));

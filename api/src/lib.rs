@@ -31,6 +31,7 @@ use crate::metrics::ClusterMetrics;
 use views::*;
 
 pub mod auth;
+mod headers;
 pub mod metrics;
 pub mod openapi;
 mod state;
@@ -41,14 +42,14 @@ pub use state::{ApiError, ApiState};
 
 use auth::require_token;
 
-const DASHBOARD: &str = include_str!("dashboard.html");
+pub(crate) const DASHBOARD: &str = include_str!("dashboard.html");
 /// hls.js (vendor/README.md): the live view in browsers without native HLS.
 const HLS_JS: &str = include_str!("vendor/hls.light.min.js");
 /// The longest the API waits for nginx-rtmp's HLS server.
 const LIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// `/api/docs`: a page that renders the OpenAPI document in the browser (no outside script,
 /// works offline).
-const API_DOCS: &str = include_str!("apidocs.html");
+pub(crate) const API_DOCS: &str = include_str!("apidocs.html");
 /// Categories and their streams.
 const CATEGORIES: [&str; 4] = ["motion", "objects", "backup", "system"];
 
@@ -62,6 +63,7 @@ pub fn router(config: Arc<Config>, conn: ConnectionManager, metrics: Arc<Cluster
         .route("/api/openapi.json", get(move || async move { Json(doc.as_ref().clone()) }))
         .fallback(|| async { ApiError::not_found("no such endpoint (see /api/openapi.json)") })
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_viewer))
+        .layer(axum::middleware::map_response(headers::add))
         .with_state(state)
 }
 

@@ -19,6 +19,7 @@ pub mod probe;
 pub mod queue;
 pub mod recording;
 pub mod redact;
+pub mod secret_input;
 pub mod sentinel;
 pub mod shutdown;
 pub mod status;

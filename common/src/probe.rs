@@ -133,24 +133,32 @@ fn rate(r: &str) -> Option<f64> {
     (d > 0.0 && fps > 0.0 && fps <= 240.0).then_some(fps)
 }
 
-/// ffprobe's input options for `source` (RTSP over TCP with a socket timeout, like the relay).
-pub fn input_args(source: &str, timeout: Duration) -> Vec<String> {
+/// ffprobe's input options for `source` (RTSP over TCP with a socket timeout, like the relay),
+/// as (name, value) pairs.
+pub fn input_options(source: &str, timeout: Duration) -> Vec<(&'static str, String)> {
     let us = timeout.as_micros().to_string();
-    match source.split("://").next().unwrap_or("") {
-        "rtsp" | "rtsps" => vec!["-rtsp_transport".into(), "tcp".into(), "-timeout".into(), us],
-        "rtmp" | "http" | "https" => vec!["-rw_timeout".into(), us],
+    let mut options = match source.split("://").next().unwrap_or("") {
+        "rtsp" | "rtsps" => vec![("rtsp_transport", "tcp".to_string()), ("timeout", us)],
+        "rtmp" | "http" | "https" => vec![("rw_timeout", us)],
         _ => Vec::new(),
-    }
+    };
+    // Enough to see the codecs of a camera whose keyframes are 4 s apart, not more.
+    options.extend([("probesize", "2000000".to_string()), ("analyzeduration", "5000000".to_string())]);
+    options
 }
 
 /// Probes `source` (a camera URL or a file), giving up after `timeout`. The error is the
-/// first meaningful line ffprobe printed, redacted and in plain words.
+/// first meaningful line ffprobe printed, redacted and in plain words. A URL with a password
+/// or token is not named on ffprobe's command line ([`crate::secret_input`]).
 pub fn probe(source: &str, timeout: Duration) -> Result<StreamProbe, String> {
     let path = source.strip_prefix("file://").unwrap_or(source);
+    let mut input = crate::secret_input::input_args(path, &input_options(source, timeout))
+        .map_err(|e| redact_text(&format!("probing the stream failed: {e}")).into_owned())?;
+    // `-i <input>` last: ffprobe takes the input as its last argument.
+    let input_name = input.pop().unwrap_or_default();
+    input.pop();
     let mut args: Vec<String> = vec!["-v".into(), "error".into()];
-    args.extend(input_args(source, timeout));
-    // Enough to see the codecs of a camera whose keyframes are 4 s apart, not more.
-    args.extend(["-probesize", "2000000", "-analyzeduration", "5000000"].map(String::from));
+    args.extend(input);
     args.extend(
         [
             "-show_entries",
@@ -161,7 +169,7 @@ pub fn probe(source: &str, timeout: Duration) -> Result<StreamProbe, String> {
         .map(String::from),
     );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    match crate::ffmpeg::ffprobe(&args, std::path::Path::new(path), timeout + Duration::from_secs(5)) {
+    match crate::ffmpeg::ffprobe(&args, std::path::Path::new(&input_name), timeout + Duration::from_secs(5)) {
         Ok(out) => StreamProbe::from_ffprobe_json(&out),
         Err(crate::ffmpeg::FfmpegError::Exited { tail, .. }) => {
             Err(format!("probing the stream failed: {}", crate::ffmpeg::explain_failure(&tail)))

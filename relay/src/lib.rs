@@ -223,13 +223,13 @@ mod tests {
     use cctv_common::ffmpeg::{self, FfmpegProcess};
     use cctv_common::probe::StreamProbe;
 
-    fn args(mut cmd: ffmpeg_sidecar::command::FfmpegCommand) -> String {
-        format!("{:?}", cmd.as_inner())
+    fn args(cmd: std::io::Result<ffmpeg_sidecar::command::FfmpegCommand>) -> String {
+        format!("{:?}", cmd.unwrap().as_inner())
     }
 
     #[test]
     fn rtsp_relays_copy_video_over_tcp_and_handle_audio_per_config() {
-        let drop = args(relay_command("rtsp://u:p@cam/1", "rtmp://127.0.0.1/live/ch1", RelayAudio::Drop, 10));
+        let drop = args(relay_command("rtsp://cam/1", "rtmp://127.0.0.1/live/ch1", RelayAudio::Drop, 10));
         for needle in [
             "-rtsp_transport",
             "tcp",
@@ -247,6 +247,11 @@ mod tests {
         assert!(aac.contains("\"-c:a\" \"aac\"") && !aac.contains("\"-an\""), "{aac}");
         let file = args(relay_command("file:///clips/a.mp4", "rtmp://x/live/ch1", RelayAudio::Drop, 10));
         assert!(file.contains("-stream_loop") && file.contains("\"/clips/a.mp4\""), "{file}");
+        // A camera's password is not on the command line: the input is a private list.
+        let secret =
+            args(relay_command("rtsp://u:pw-9f3@cam/1?password=tk-77", "rtmp://x/live/ch1", RelayAudio::Drop, 10));
+        assert!(!secret.contains("pw-9f3") && !secret.contains("tk-77") && !secret.contains("cam/1"), "{secret}");
+        assert!(secret.contains("\"concat\"") && secret.contains("rtmp://x/live/ch1"), "{secret}");
     }
 
     #[test]
@@ -260,11 +265,21 @@ mod tests {
         let pos = |needle: &str| cmd.find(needle).unwrap_or_else(|| panic!("{needle} missing from {cmd}"));
         assert!(cmd.contains("\"-xerror\""), "{cmd}");
         // Inputs first, then each output with its own map; audio only from the main stream.
-        assert!(pos("cam/main") < pos("cam/sub") && pos("cam/sub") < pos("\"0:v:0\""), "{cmd}");
+        assert!(!cmd.contains("u:p@"), "no password on the command line: {cmd}");
+        assert_eq!(cmd.matches("\"concat\"").count(), 2, "{cmd}");
+        assert!(pos("\"-i\"") < pos("\"0:v:0\""), "{cmd}");
         assert!(pos("\"0:v:0\"") < pos("\"0:a:0?\"") && pos("\"0:a:0?\"") < pos("live/ch1\""), "{cmd}");
         assert!(pos("live/ch1\"") < pos("\"1:v:0\"") && pos("\"1:v:0\"") < pos("live/ch1_sub"), "{cmd}");
         assert!(!cmd.contains("1:a:0"), "{cmd}");
-        assert_eq!(cmd.matches("-rtsp_transport").count(), 2, "{cmd}");
+        let plain = args(camera_relay_command(
+            ("rtsp://cam/main", "rtmp://x/live/ch1"),
+            ("rtsp://cam/sub", "rtmp://x/live/ch1_sub"),
+            RelayAudio::Copy,
+            10,
+        ));
+        assert_eq!(plain.matches("-rtsp_transport").count(), 2, "{plain}");
+        let at = |needle: &str| plain.find(needle).unwrap_or_else(|| panic!("{needle} missing from {plain}"));
+        assert!(at("cam/main") < at("cam/sub") && at("cam/sub") < at("\"0:v:0\""), "{plain}");
     }
 
     fn probe(video: &str, audio: Option<&str>) -> StreamProbe {
@@ -356,7 +371,7 @@ mod tests {
     #[test]
     fn buffer_and_transcode_commands_copy_or_encode_what_they_should() {
         let ring = vec!["-f".to_string(), "segment".into(), "/buf/.part%d.ts".into()];
-        let buffer = args(buffer_command("rtsp://u:p@cam/1", &ring, RelayAudio::Aac, 10));
+        let buffer = args(buffer_command("rtsp://cam/1", &ring, RelayAudio::Aac, 10));
         for needle in ["\"-c:v\" \"copy\"", "\"-c:a\" \"aac\"", "\"segment\"", "/buf/.part%d.ts", "tcp"] {
             assert!(buffer.contains(needle), "{needle} missing from {buffer}");
         }

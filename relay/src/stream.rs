@@ -27,12 +27,17 @@ pub(crate) const NO_KEYFRAME_FOR: Duration = Duration::from_secs(20);
 /// ended.
 pub(crate) fn run_once(
     label: &str,
-    cmd: ffmpeg_sidecar::command::FfmpegCommand,
+    cmd: std::io::Result<ffmpeg_sidecar::command::FfmpegCommand>,
     states: &[&StateCell],
     slot: &RunningSlot,
     watched: Vec<String>,
     ring: Option<&mut crate::ring::Ring>,
 ) -> String {
+    // The command could not be made (the private input list was not written): that is why.
+    let cmd = match cmd {
+        Ok(cmd) => cmd,
+        Err(e) => return cctv_common::redact::redact_text(&e.to_string()).into_owned(),
+    };
     let mut p = match FfmpegProcess::spawn(format!("relay {label}"), cmd, false) {
         Err(e) => return ffmpeg::explain_failure(&e.to_string()),
         Ok(p) => p,

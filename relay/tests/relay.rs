@@ -121,6 +121,20 @@ async fn a_camera_refusing_the_password_is_reported_with_the_reason_everywhere()
     assert!(reason.contains("401 Unauthorized"), "{reason}");
     let ok = wait_for(Duration::from_secs(30), || async { status(&cluster, 1).await.filter(|s| s.main.running) }).await;
     assert!(ok.is_some(), "ch1, with the right password, is relayed");
+    // No process shows a camera's password to other local users (`ps`, /proc/<pid>/cmdline):
+    // the relays and probes open such cameras through a private list file.
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains("rtsp_cameras.py") {
+            continue; // the simulated camera itself
+        }
+        assert!(
+            !cmdline.contains("right-pass") && !cmdline.contains("wrong-pass"),
+            "a camera password on a command line: {cmdline}"
+        );
+    }
+    assert!(!serde_json::to_string(&refused).unwrap().contains("wrong-pass"), "{refused:?}");
 
     cctv_testkit::wait_for_port(port, Duration::from_secs(10), "API");
     let body = ureq::get(format!("http://127.0.0.1:{port}/api/channels/2"))

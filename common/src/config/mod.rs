@@ -55,7 +55,7 @@ pub struct Config {
     pub channels: Vec<ChannelConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
     /// Redis that carries the job queues, result streams and status keys. Default `redis://127.0.0.1:6379`.
@@ -74,7 +74,7 @@ impl Default for ClusterConfig {
 }
 
 /// `[cluster.sentinel]`: where to ask which Redis server is the master.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[derive(Clone, Deserialize, Serialize, PartialEq, Eq, Hash)]
 #[serde(deny_unknown_fields)]
 pub struct SentinelConfig {
     /// The master's name as the sentinels monitor it (`sentinel monitor <name> ...`). Required.
@@ -512,7 +512,7 @@ pub struct NotifyConfig {
 }
 
 /// `[notify.mqtt]`.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
     /// `mqtt://[user[:password]@]host[:port]` (port 1883 by default); a secret reference
@@ -805,6 +805,40 @@ pub struct ZoneConfig {
     pub points: Vec<[f32; 2]>,
 }
 
+// Config types that hold a secret print it redacted: a `{:?}` in a log or an error never shows
+// a Redis password, a sentinel password or an MQTT password.
+
+impl fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("namespace", &self.namespace)
+            .field("sentinel", &self.sentinel)
+            .finish()
+    }
+}
+
+impl fmt::Debug for SentinelConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SentinelConfig")
+            .field("master", &self.master)
+            .field("addresses", &self.addresses)
+            .field("password", &self.password.as_ref().map(|_| crate::redact::MASK))
+            .finish()
+    }
+}
+
+impl fmt::Debug for MqttConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MqttConfig")
+            .field("url", &redact_url(&self.url))
+            .field("topic_prefix", &self.topic_prefix)
+            .field("discovery_prefix", &self.discovery_prefix)
+            .field("client_id", &self.client_id)
+            .finish()
+    }
+}
+
 impl fmt::Debug for ChannelConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ChannelConfig")
@@ -922,6 +956,7 @@ impl Config {
         }
         let mut problems =
             config.expand_secrets(&|name| std::env::var(name).ok(), &|path| std::fs::read_to_string(path));
+        config.register_secrets();
         problems.extend(config.validate());
         if problems.is_empty() {
             Ok(config)
@@ -932,7 +967,7 @@ impl Config {
 
     /// Parses TOML without validating. The message has camera URLs redacted.
     pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| crate::redact::redact_text(&e.to_string()).into_owned())
+        toml::from_str(text).map_err(|e| redact_secret_lines(&crate::redact::redact_text(&e.to_string())))
     }
 
     /// The HLS playlist of a channel's main stream (what record workers read).
@@ -982,6 +1017,25 @@ pub fn check_config_command(path: &Path) -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// A TOML error quotes the line it stopped at: the value of a key named like a secret
+/// (`token`, `secret`, `password`, ...) is masked there, whatever it holds.
+fn redact_secret_lines(message: &str) -> String {
+    const SECRET_KEYS: [&str; 6] = ["token", "secret", "password", "passwd", "pwd", "pass"];
+    message
+        .lines()
+        .map(|line| {
+            let Some((left, _)) = line.split_once('=') else { return line.to_string() };
+            let key = left.rsplit('|').next().unwrap_or(left).trim().to_ascii_lowercase();
+            if SECRET_KEYS.iter().any(|k| key.contains(k)) {
+                format!("{left}= {}", crate::redact::MASK)
+            } else {
+                line.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// URL schemes accepted for camera sources (`file` is for simulated cameras and tests).

@@ -4,6 +4,25 @@
 use super::{Config, ConfigProblem, Problems};
 
 impl Config {
+    /// Hands every configured secret to the redaction ([`crate::redact::register`]): camera
+    /// sources, the Redis, MQTT and webhook URLs wholesale with their passwords and tokens, and
+    /// the API tokens, the sentinel password and the webhook keys. Done by [`Config::load`].
+    pub fn register_secrets(&self) {
+        let mut urls: Vec<&str> = vec![self.cluster.redis_url.as_str()];
+        for ch in &self.channels {
+            urls.push(&ch.source);
+            urls.extend(ch.detect_source.as_deref());
+        }
+        urls.extend(self.notify.mqtt.as_ref().map(|m| m.url.as_str()));
+        urls.extend(self.notify.webhooks.iter().map(|w| w.url.as_str()));
+        let mut secrets: Vec<&str> = Vec::new();
+        secrets.extend(self.api.token.as_deref());
+        secrets.extend(self.api.viewer_token.as_deref());
+        secrets.extend(self.cluster.sentinel.as_ref().and_then(|s| s.password.as_deref()));
+        secrets.extend(self.notify.webhooks.iter().filter_map(|w| w.secret.as_deref()));
+        crate::redact::register(urls, secrets);
+    }
+
     /// Replaces secret references in the fields that hold secrets — `cluster.redis_url`,
     /// `api.token`, each channel's `source` and `detect_source` — so they need not be written in
     /// the file: `{env:NAME}` becomes the variable's value, `{file:/path}` the file's content

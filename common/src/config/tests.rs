@@ -390,3 +390,26 @@ fn messages_and_debug_never_show_passwords() {
     assert!(!text.contains("hunter2"), "{text}");
     assert!(text.contains("ftp"), "{text}");
 }
+
+#[test]
+fn a_toml_error_on_a_secret_line_does_not_show_the_secret() {
+    let text = "[api]\ntoken = \"s3cret-token-0123456789\n[[channel]]\nid = 1\n";
+    let e = Config::parse(text).unwrap_err();
+    assert!(!e.contains("s3cret-token"), "{e}");
+    assert!(e.contains("token = ***"), "the line is still named: {e}");
+}
+
+#[test]
+fn config_types_holding_a_secret_print_it_redacted() {
+    let c = Config::parse(
+        "[cluster]\nredis_url = \"redis://:redis-pass-99@127.0.0.1:6379/0\"\n\
+         [cluster.sentinel]\nmaster = \"m\"\naddresses = [\"127.0.0.1:26379\"]\npassword = \"sentinel-pass-99\"\n\
+         [notify.mqtt]\nurl = \"mqtt://u:mqtt-pass-99@127.0.0.1:1883\"\n\
+         [[channel]]\nid = 1\nname = \"a\"\nsource = \"rtsp://u:cam-pass-99@10.0.0.2/1\"\n",
+    )
+    .unwrap();
+    let printed = format!("{c:?}");
+    for secret in ["redis-pass-99", "sentinel-pass-99", "mqtt-pass-99", "cam-pass-99"] {
+        assert!(!printed.contains(secret), "{secret} in {printed}");
+    }
+}
