@@ -56,9 +56,53 @@ pub fn require_token(state: &ApiState, headers: &HeaderMap) -> ApiResult<()> {
     }
 }
 
+/// The API is reachable from the network only with its reads protected: an address other than
+/// loopback without `api.viewer_token` is refused at start (anyone who reaches it would watch
+/// every camera and download every backup).
+pub fn check_exposure(api: &cctv_common::config::ApiConfig) -> Result<(), String> {
+    let addr: std::net::SocketAddr =
+        api.listen.parse().map_err(|_| format!("api.listen: {:?} is not an address:port", api.listen))?;
+    if addr.ip().is_loopback() || api.viewer_token.is_some() {
+        return Ok(());
+    }
+    Err(format!(
+        "api.listen {} is reachable from the network but api.viewer_token is not set: anyone who reaches it \
+         could watch every camera and download every backup. Set api.viewer_token (and api.token), or listen \
+         on 127.0.0.1 behind a TLS reverse proxy (docs/security.md)",
+        api.listen
+    ))
+}
+
+/// A host name a loopback-only API answers to: `localhost`, a 127.x address or `[::1]`, with
+/// any port. A page of another site that a DNS name pointed at 127.0.0.1 (DNS rebinding) sends
+/// its own name, and is refused.
+fn loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host
+            .rsplit_once(':')
+            .map_or(host, |(h, port)| if port.chars().all(|c| c.is_ascii_digit()) { h } else { host }),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Every request but the open ones, when reads are protected: a reading token as bearer or a
-/// session cookie; else browsers go to `/login`, clients get 401.
+/// session cookie; else browsers go to `/login`, clients get 401. An API that listens on
+/// loopback only answers only requests addressed to a loopback name (see [`loopback_host`]).
 pub async fn require_viewer(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+    let loopback_only = s.config.api.listen.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_loopback());
+    if loopback_only {
+        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+        if !loopback_host(host) {
+            return ApiError(
+                StatusCode::MISDIRECTED_REQUEST,
+                format!(
+                    "Host {host:?} is not this loopback-only API's (DNS rebinding guard; use 127.0.0.1 or localhost)"
+                ),
+            )
+            .into_response();
+        }
+    }
     if s.config.api.viewer_token.is_none() || matches!(req.uri().path(), "/login" | "/logout" | "/api/health") {
         return next.run(req).await;
     }
@@ -170,6 +214,19 @@ mod tests {
         ] {
             assert_eq!(local_path(Some(evil)), "/", "{evil}");
         }
+        for ok in ["127.0.0.1:8088", "localhost", "LOCALHOST:80", "[::1]:8088", "127.0.0.2"] {
+            assert!(loopback_host(ok), "{ok}");
+        }
+        for refused in ["evil.example", "evil.example:8088", "10.0.0.5:8088", "", "127.0.0.1.evil.example"] {
+            assert!(!loopback_host(refused), "{refused}");
+        }
+        let mut api = cctv_common::config::ApiConfig { listen: "0.0.0.0:8088".into(), ..Default::default() };
+        assert!(check_exposure(&api).unwrap_err().contains("api.viewer_token is not set"));
+        api.viewer_token = Some("viewer-token-0123456789".into());
+        assert!(check_exposure(&api).is_ok());
+        api.listen = "127.0.0.1:8088".into();
+        api.viewer_token = None;
+        assert!(check_exposure(&api).is_ok());
         // An encoded tab stays encoded in a path: a page of this site.
         assert_eq!(local_path(Some("/%09/evil.example/x")), "/%09/evil.example/x");
         let token = "viewer-token-0123456789";

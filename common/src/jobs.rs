@@ -173,6 +173,42 @@ impl Job for RecordJob {
     const QUEUE: &'static str = "record";
 }
 
+/// What a record job may not carry: a job comes from Redis, where anyone who reaches it can
+/// write, so its fields are checked before they name a file or a URL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordJobError {
+    #[error("channel {0} is not in the config")]
+    UnknownChannel(u32),
+    #[error("recording id {0:?} is not ch<channel>-<letters, digits, '-', '_'> (at most 128)")]
+    BadRecordingId(String),
+}
+
+impl RecordJob {
+    /// The job's fields checked against `config`: the recording id names temporary files (only
+    /// `ch<channel>-` and letters, digits, `-`, `_`), and the playlist fetched is one of the
+    /// two this config gives the channel (nginx-rtmp's or the relay's buffer). Any other
+    /// playlist URL is replaced by the channel's nginx-rtmp playlist, never fetched: the
+    /// backup is made from the buffer the config names (a relay-buffer choice by its path).
+    pub fn checked(mut self, config: &crate::config::Config) -> Result<Self, RecordJobError> {
+        let ch = config.channel(self.channel).ok_or(RecordJobError::UnknownChannel(self.channel))?;
+        let id_ok = self.recording.len() <= 128
+            && self.recording.strip_prefix(&format!("ch{}-", self.channel)).is_some_and(|rest| {
+                !rest.is_empty() && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            });
+        if !id_ok {
+            return Err(RecordJobError::BadRecordingId(self.recording));
+        }
+        let (nginx, relay) = (config.hls_playlist_url(ch), config.relay_playlist_url(ch));
+        if self.playlist_url != nginx && self.playlist_url != relay {
+            let chosen = if self.playlist_url.contains("/relay/") { relay } else { nginx };
+            tracing::warn!(channel = self.channel, recording = %self.recording, playlist = %chosen,
+                "the job's playlist URL is not one the config gives this channel; reading the config's instead");
+            self.playlist_url = chosen;
+        }
+        Ok(self)
+    }
+}
+
 impl RecordJob {
     /// The buffer a record job of `ch` reads: the relay's own while the relay says the main
     /// stream goes there (`<ns>:relay:playlist:<id>`), else nginx-rtmp's. Both URLs come from
@@ -216,4 +252,48 @@ pub enum JobError {
     /// A server, stream or lease was unavailable: the job goes back on the queue.
     #[error("transient failure: {0}")]
     Transient(String),
+}
+
+#[cfg(test)]
+mod record_job_tests {
+    use super::*;
+
+    fn config() -> crate::config::Config {
+        crate::config::Config::parse(
+            "[rtmp]\nhls_url = \"http://10.0.0.9:8080/hls\"\n[[channel]]\nid = 3\nname = \"c\"\nsource = \"rtsp://cam/1\"\n",
+        )
+        .unwrap()
+    }
+
+    fn job(recording: &str, playlist_url: &str) -> RecordJob {
+        RecordJob {
+            recording: recording.into(),
+            channel: 3,
+            playlist_url: playlist_url.into(),
+            start_ms: 0,
+            trigger: RecordTrigger { kind: TriggerKind::Manual, motion_event: "e".into(), ts_ms: 0, labels: vec![] },
+        }
+    }
+
+    #[test]
+    fn a_record_job_names_no_foreign_file_and_fetches_only_the_configs_playlists() {
+        let c = config();
+        let nginx = "http://10.0.0.9:8080/hls/ch3/index.m3u8";
+        let relay = "http://10.0.0.9:8080/hls/relay/ch3/index.m3u8";
+        for ok in ["ch3-0b9a1f2e-7c1d-4e5f-8a9b-0c1d2e3f4a5b", "ch3-manual-abc123"] {
+            assert_eq!(job(ok, nginx).checked(&c).unwrap().playlist_url, nginx);
+        }
+        assert_eq!(job("ch3-e", relay).checked(&c).unwrap().playlist_url, relay);
+        for bad in
+            ["../../etc/passwd", "ch3-../x", "ch3-a/b", "ch4-e", "ch3-", ".ch3-e", &format!("ch3-{}", "a".repeat(200))]
+        {
+            assert!(matches!(job(bad, nginx).checked(&c), Err(RecordJobError::BadRecordingId(_))), "{bad}");
+        }
+        // Any other URL is never fetched: the config's playlist of the channel is read instead.
+        assert_eq!(job("ch3-e", "http://169.254.169.254/latest/meta-data").checked(&c).unwrap().playlist_url, nginx);
+        assert_eq!(job("ch3-e", "http://evil.example/hls/relay/x.m3u8").checked(&c).unwrap().playlist_url, relay);
+        let mut other = job("ch3-e", nginx);
+        other.channel = 9;
+        assert_eq!(other.checked(&c), Err(RecordJobError::UnknownChannel(9)));
+    }
 }

@@ -39,10 +39,15 @@ fn an_object_frame_without_detections_is_not_sent_and_motion_says_on_or_off() {
 }
 
 #[test]
-fn the_signature_is_hmac_sha256_of_the_body() {
-    // RFC 4231, test case 2.
+fn the_signature_is_hmac_sha256_of_the_timestamp_a_dot_and_the_body() {
+    // As docs/notifications.md's receiver computes it (Python's hmac, the same key and message).
     assert_eq!(
-        signature("Jefe", b"what do ya want for nothing?"),
-        "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        signature("Jefe", "1700000000", b"what do ya want for nothing?"),
+        "sha256=1cdd0650c8be1cb0974b1788d458b1e781206cfef59b85faafc582d2e182c57e"
+    );
+    // Another time, another signature: a replay cannot move the timestamp.
+    assert_ne!(
+        signature("Jefe", "1700000300", b"what do ya want for nothing?"),
+        signature("Jefe", "1700000000", b"what do ya want for nothing?")
     );
 }

@@ -2,7 +2,7 @@
 //!
 //! Headers: `Content-Type: application/json`, `X-CCTV-Event: motion|objects|backup`,
 //! `X-CCTV-Delivery: <stream id>` (the same on a retry, for de-duplication) and, with a
-//! `secret`, `X-CCTV-Signature: sha256=<hex HMAC-SHA256 of the body>`. A 2xx answer delivers;
+//! `secret`, `X-CCTV-Signature: sha256=<hex HMAC-SHA256 of `<X-CCTV-Timestamp>.<body>`>`. A 2xx answer delivers;
 //! a connection error, timeout, 408, 429 or 5xx is retried with backoff (the event and those
 //! after it wait); any other status means the receiver refuses this event for good: it is
 //! logged as an error and skipped, so one bad event cannot stop a webhook forever.
@@ -51,7 +51,9 @@ impl WebhookSink {
     /// POSTs one event; `Ok(false)` when the receiver refused it for good.
     async fn post(&self, n: &Notification) -> Result<bool, NotifyError> {
         let body = n.body.to_string();
-        let signature = self.secret.as_deref().map(|s| signature(s, body.as_bytes()));
+        // Signed with the time it was sent: a receiver refuses a replay outside its window.
+        let timestamp = (cctv_common::events::now_ms() / 1000).to_string();
+        let signature = self.secret.as_deref().map(|s| signature(s, &timestamp, body.as_bytes()));
         let (agent, url, category, id) =
             (self.agent.clone(), self.url.clone(), n.category.as_str(), n.stream_id.clone());
         let status = tokio::task::spawn_blocking(move || {
@@ -59,7 +61,8 @@ impl WebhookSink {
                 .post(&url)
                 .header("Content-Type", "application/json")
                 .header("X-CCTV-Event", category)
-                .header("X-CCTV-Delivery", &id);
+                .header("X-CCTV-Delivery", &id)
+                .header("X-CCTV-Timestamp", &timestamp);
             if let Some(sig) = &signature {
                 request = request.header("X-CCTV-Signature", sig);
             }
@@ -82,9 +85,13 @@ impl WebhookSink {
     }
 }
 
-/// `sha256=<hex>` of HMAC-SHA256(`secret`, `body`): what `X-CCTV-Signature` carries.
-pub fn signature(secret: &str, body: &[u8]) -> String {
+/// `sha256=<hex>` of HMAC-SHA256(`secret`, `<timestamp>.<body>`): what `X-CCTV-Signature`
+/// carries, `timestamp` being `X-CCTV-Timestamp` (Unix seconds), so a captured request replayed
+/// later fails the receiver's time window.
+pub fn signature(secret: &str, timestamp: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
     mac.update(body);
     let digest = mac.finalize().into_bytes();
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();

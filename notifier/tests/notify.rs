@@ -51,7 +51,11 @@ async fn start_receiver(refuse_first: usize) -> (String, Arc<Mutex<Receiver>>) {
                     return StatusCode::SERVICE_UNAVAILABLE;
                 }
                 let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-                let signature_ok = h("x-cctv-signature") == notifier::signature(SECRET, body.as_bytes());
+                // Signed over `<timestamp>.<body>`, sent just now.
+                let sent = h("x-cctv-timestamp");
+                let fresh = sent.parse::<i64>().is_ok_and(|t| (cctv_common::events::now_ms() / 1000 - t).abs() <= 300);
+                let signature_ok =
+                    fresh && h("x-cctv-signature") == notifier::signature(SECRET, &sent, body.as_bytes());
                 r.got.push(Received {
                     event: h("x-cctv-event"),
                     delivery: h("x-cctv-delivery"),

@@ -49,6 +49,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     tracing::info!(id = %scheduler.id, plan = %scheduler.plan.hash, batches = scheduler.plan.jobs.len(),
         channels = config.channels.len(), "scheduler started");
     let api = if config.api.enabled {
+        cctv_api::auth::check_exposure(&config.api).map_err(anyhow::Error::msg)?;
         let listener = tokio::net::TcpListener::bind(&config.api.listen)
             .await
             .with_context(|| format!("api.listen: cannot listen on {}", config.api.listen))?;

@@ -97,9 +97,12 @@ fn docker_engine() {
     assert!(ok, "no Docker engine answers `docker info`: deploy/install-deps.sh installs docker.io and starts dockerd");
 }
 
+/// The API's reading token in the stack (it listens beyond loopback in its container).
+const VIEWER_TOKEN: &str = "compose-viewer-token-0123456789";
+
 fn get(url: &str) -> Option<Vec<u8>> {
     let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(10))).build().into();
-    let mut resp = agent.get(url).call().ok()?;
+    let mut resp = agent.get(url).header("Authorization", format!("Bearer {VIEWER_TOKEN}")).call().ok()?;
     resp.body_mut().with_config().limit(1 << 30).read_to_vec().ok()
 }
 
@@ -178,6 +181,7 @@ hls_url = "http://rtmp:8080/hls"
 
 [api]
 listen = "0.0.0.0:8088"
+viewer_token = "{env:CCTV_VIEWER_TOKEN}"
 
 [yolo]
 model = "/var/lib/cctv/models/yolov5n.onnx"
@@ -233,6 +237,7 @@ record = "off"
             ("CCTV_RTMP_PORT", rtmp_port.to_string()),
             ("CCTV_HLS_PORT", hls_port.to_string()),
             ("CCTV_LOG_FORMAT", "text".into()),
+            ("CCTV_VIEWER_TOKEN", VIEWER_TOKEN.into()),
         ],
     };
     let up_at = Instant::now();
@@ -264,6 +269,10 @@ record = "off"
     eprintln!("first backup listed {:.1} s after `up -d`: {backup}", up_at.elapsed().as_secs_f64());
     let name = backup["file"].as_str().unwrap().to_string();
     assert!(seed_name(&name, 1), "backup named Channel1_YYYY-MM-DD_HH-MM-SS.mp4: {name}");
+    // Without the viewer token nothing is read (the API listens beyond loopback in its container).
+    let anonymous =
+        ureq::get(format!("{api}/api/backups")).config().http_status_as_error(false).build().call().unwrap();
+    assert_eq!(anonymous.status(), 401, "an anonymous read of the backups");
     let listing = compose.ok(&["exec", "-T", "worker-record", "ls", "-ln", "/var/lib/cctv/backups"]);
     assert!(listing.contains(&name), "{name} in the backup volume: {listing}");
     let objects = get_json(&format!("{api}/api/events?category=objects")).unwrap();

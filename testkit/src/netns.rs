@@ -200,7 +200,7 @@ impl SiteServers {
         let mut text = format!(
             "[cluster]\nredis_url = \"redis://{a}:{redis_port}\"\nnamespace = \"it\"\n\
              [rtmp]\npublish_url = \"rtmp://{a}:{rtmp_port}/live\"\nplay_url = \"rtmp://{a}:{rtmp_port}/live\"\nhls_url = \"http://{a}:{http_port}/hls\"\n\
-             [scheduler]\nbatch_size = 1\nreconcile_interval_secs = 1\n[api]\nlisten = \"{a}:8088\"\n\
+             [scheduler]\nbatch_size = 1\nreconcile_interval_secs = 1\n[api]\nlisten = \"{a}:8088\"\nviewer_token = \"netns-viewer-token-0123456789\"\n\
              [record]\nbackup_dir = \"{bk}\"\ntimezone = \"UTC\"\npre_roll_secs = 5\npost_roll_secs = 5\n{record_extra}[logs]\ndir = \"{lg}\"\n\
              [motion]\nmax_hold_secs = 10\n\
              [yolo]\nmodel = \"{model}\"\nsnapshot_dir = \"{snap}\"\n",

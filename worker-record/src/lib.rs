@@ -57,6 +57,8 @@ pub(crate) struct Ctx {
     store: RecordingStore,
     rules: Rules,
     clock: SharedClock,
+    /// The cluster config (record jobs are checked against it).
+    config: Arc<Config>,
 }
 
 /// Runs a record worker until `shutdown` is cancelled. An unusable backup directory is reported
@@ -85,6 +87,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         store: RecordingStore::new(conn.clone(), keys.clone()),
         rules: Rules::from_config(&config),
         clock: cctv_common::clock::system(),
+        config: Arc::new(config.clone()),
     };
     check_backup_dir(&ctx).await;
     tracing::info!(worker = %worker, dir = %config.record.backup_dir.display(), concurrency = config.record.concurrency,
@@ -207,6 +210,9 @@ async fn release(ctx: &Ctx, recording: &str) {
 }
 
 async fn record(ctx: Ctx, job: RecordJob, meta: JobMeta) -> Result<(), JobError> {
+    let job = job
+        .checked(&ctx.config)
+        .map_err(|e| JobError::Permanent(format!("record job {} refused: {e}", meta.job_id)))?;
     let span = tracing::info_span!("recording", channel = job.channel, recording = %job.recording, job = %meta.job_id);
     let rid = job.recording.clone();
     let inner = async {
