@@ -69,7 +69,12 @@ pub fn redis_location(cluster: &ClusterConfig) -> String {
 /// Handle on one job queue.
 #[derive(Clone)]
 pub struct Queue<J: Job> {
-    storage: RedisStorage<J>,
+    /// Payloads are polled as JSON values and decoded into `J` by the worker's handler: a job
+    /// of another shape (a version skew, or written into Redis by someone else) then fails on
+    /// its own, for good, instead of stopping the poller (apalis stops a worker on a payload it
+    /// cannot decode, and the job would come back again and again).
+    storage: RedisStorage<serde_json::Value>,
+    _job: std::marker::PhantomData<fn() -> J>,
     conn: ConnectionManager,
     name: String,
     poll_every: Duration,
@@ -181,7 +186,13 @@ impl<J: Job> Queue<J> {
             // One job per fetch: long-running jobs must not sit claimed-but-idle behind a
             // concurrency limit.
             .batch_size(1);
-        Self { storage: RedisStorage::new(conn.clone()).with_config(config), conn, name, poll_every: DEFAULT_POLL }
+        Self {
+            storage: RedisStorage::new(conn.clone()).with_config(config),
+            _job: std::marker::PhantomData,
+            conn,
+            name,
+            poll_every: DEFAULT_POLL,
+        }
     }
 
     /// How often an idle worker looks for new jobs. Without it apalis-redis only looks again at
@@ -464,11 +475,21 @@ impl<J: Job> Queue<J> {
     {
         let queue = self.name.clone();
         let name = worker.clone();
-        let handler = move |job: J, id: TaskId, attempt: Attempt| {
+        let queue_name = queue.clone();
+        let handler = move |payload: serde_json::Value, id: TaskId, attempt: Attempt| {
             let handler = handler.clone();
             let meta = JobMeta { job_id: id.to_string(), attempt: attempt.current(), worker: name.clone() };
+            let queue_name = queue_name.clone();
             async move {
                 let job_id = meta.job_id.clone();
+                let job: J = match serde_json::from_value(payload) {
+                    Ok(job) => job,
+                    Err(e) => {
+                        let m = format!("the payload is not a {} job: {e}", J::QUEUE);
+                        tracing::error!(job = %job_id, queue = %queue_name, error = %m, "job refused (not retried)");
+                        return Err::<(), BoxDynError>(Box::new(AbortError::new(m)));
+                    }
+                };
                 match handler(job, meta).await {
                     Ok(()) => Ok(()),
                     Err(JobError::Permanent(m)) => {
