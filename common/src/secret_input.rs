@@ -9,12 +9,15 @@
 //! `relay/tests/relay.rs`). A URL without a secret is passed as before.
 //!
 //! The lists live in a directory of this process (`$TMPDIR/cctv-inputs-<pid>-<random>`, mode
-//! 0700, files 0600), one per (URL, options), written once and reused across restarts.
+//! 0700, files 0600), one per (URL, options), written once and reused across restarts. The
+//! process removes it when it stops ([`Lists`]); a process that was killed leaves its directory
+//! behind, and the next one to create its own removes every such directory whose process is
+//! gone ([`sweep_stale`]), so a camera password does not outlive its relay on disk.
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
@@ -103,16 +106,22 @@ fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// This process's directory of lists, once made; a lock, not a `OnceLock`, so that relays
+/// starting together make one directory (not one each, the others never removed).
+static DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
+
 /// This process's private directory of lists (created 0700 on first use).
-fn dir() -> std::io::Result<&'static Path> {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    if let Some(d) = DIR.get() {
-        return Ok(d);
+fn dir() -> std::io::Result<PathBuf> {
+    let mut made = DIR.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(d) = made.as_ref() {
+        return Ok(d.clone());
     }
     let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    sweep_stale(&std::env::temp_dir());
     let d = std::env::temp_dir().join(format!("cctv-inputs-{}-{suffix}", std::process::id()));
     std::fs::DirBuilder::new().mode(0o700).create(&d).map_err(|e| in_dir(&d, e))?;
-    Ok(DIR.get_or_init(|| d))
+    *made = Some(d.clone());
+    Ok(d)
 }
 
 fn in_dir(d: &Path, e: std::io::Error) -> std::io::Error {
@@ -123,7 +132,7 @@ fn in_dir(d: &Path, e: std::io::Error) -> std::io::Error {
 fn list_file(url: &str, options: &[(&str, String)]) -> std::io::Result<PathBuf> {
     let text = list_text(url, options);
     let name: String = Sha256::digest(text.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect();
-    let d = dir()?;
+    let d = &dir()?;
     let path = d.join(format!("{name}.ffconcat"));
     if path.exists() {
         return Ok(path);
@@ -136,12 +145,58 @@ fn list_file(url: &str, options: &[(&str, String)]) -> std::io::Result<PathBuf> 
     Ok(path)
 }
 
-/// Removes this process's lists (at a clean exit; a killed process leaves a 0700 directory
-/// behind, which a private `/tmp` of systemd or Docker clears).
+/// Removes this process's lists when dropped: held by a process for as long as its ffmpeg
+/// children may (re)open them.
+#[must_use = "the lists are removed when this is dropped"]
+pub struct Lists;
+
+impl Drop for Lists {
+    fn drop(&mut self) {
+        cleanup();
+    }
+}
+
+/// Removes this process's lists, if it wrote any.
 pub fn cleanup() {
-    if let Ok(d) = dir() {
+    if let Some(d) = DIR.lock().unwrap_or_else(|e| e.into_inner()).take() {
         let _ = std::fs::remove_dir_all(d);
     }
+}
+
+/// Removes the list directories under `tmp` left by processes that are gone (killed before
+/// they could remove their own). Only this user's directories, named as [`dir`] names them,
+/// whose process id is not running (or is this process's, which sweeps before it makes its own);
+/// a pid reused by another process keeps its directory until a later sweep (nothing of a live
+/// relay is ever removed).
+pub fn sweep_stale(tmp: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(tmp) else { return };
+    let uid = nix::unistd::Uid::current().as_raw();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(stale_pid) else { continue };
+        let Ok(meta) = std::fs::symlink_metadata(entry.path()) else { continue };
+        // This process's own id on a directory it has not made yet: an earlier process's.
+        let running = pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists();
+        if !meta.is_dir() || meta.uid() != uid || running {
+            continue;
+        }
+        match std::fs::remove_dir_all(entry.path()) {
+            Ok(()) => {
+                tracing::info!(path = %entry.path().display(), pid, "removed the camera input lists of a process that is gone")
+            }
+            Err(e) => {
+                tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove stale camera input lists")
+            }
+        }
+    }
+}
+
+/// The pid in a list directory's name, `cctv-inputs-<pid>-<8 hex>`.
+fn stale_pid(name: &str) -> Option<u32> {
+    let (pid, suffix) = name.strip_prefix("cctv-inputs-")?.split_once('-')?;
+    (suffix.len() == 8 && suffix.bytes().all(|b| b.is_ascii_hexdigit())).then_some(())?;
+    pid.parse().ok()
 }
 
 #[cfg(test)]
@@ -190,6 +245,27 @@ mod tests {
         // The same input again: the same list, not a second file.
         let again = input_args(url, &[("rtsp_transport", "tcp".into()), ("timeout", "5000000".into())]).unwrap();
         assert_eq!(again, args);
+    }
+
+    #[test]
+    fn the_lists_of_a_process_that_is_gone_are_swept_and_a_live_ones_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        // pid_max is at most 2^22: this process cannot exist.
+        let gone = tmp.path().join("cctv-inputs-99999999-0123abcd");
+        let live = tmp.path().join(format!("cctv-inputs-{}-0123abcd", std::os::unix::process::parent_id()));
+        let reused = tmp.path().join(format!("cctv-inputs-{}-0123abcd", std::process::id()));
+        let other = tmp.path().join("cctv-inputs-99999999-not-ours");
+        for d in [&gone, &live, &reused, &other] {
+            std::fs::create_dir(d).unwrap();
+            std::fs::write(d.join("x.ffconcat"), "file 'rtsp://u:pw@cam/1'\n").unwrap();
+        }
+        sweep_stale(tmp.path());
+        assert!(!gone.exists(), "the directory of a process that is gone is removed");
+        assert!(!reused.exists(), "a directory of this pid made before this process is removed");
+        assert!(live.join("x.ffconcat").exists(), "a running process keeps its lists");
+        assert!(other.exists(), "a name this module does not make is left alone");
+        assert_eq!(stale_pid("cctv-inputs-42-deadbeef"), Some(42));
+        assert_eq!(stale_pid("cctv-inputs-42-deadbee"), None);
     }
 
     #[test]

@@ -87,6 +87,8 @@ pub async fn run_reloading(
     reload: Option<std::path::PathBuf>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // The private lists that hold camera secrets go when the relays do (see secret_input).
+    let _lists = cctv_common::secret_input::Lists;
     // First, so that a SIGHUP during start-up is not the default action (the end of the process).
     let mut hangup = match reload {
         Some(_) => Some(tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?),

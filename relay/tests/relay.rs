@@ -168,8 +168,19 @@ async fn a_camera_refusing_the_password_is_reported_with_the_reason_everywhere()
     for text in [body.as_str(), said.as_str(), &dom, &serde_json::to_string(&refused).unwrap()] {
         assert!(!text.contains("right-pass") && !text.contains("wrong-pass"), "a camera password leaked: {text}");
     }
+    let lists = || {
+        let prefix = format!("cctv-inputs-{}-", std::process::id());
+        std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|e| e.path())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(lists().len(), 1, "the relays opened the cameras through this process's private lists");
     stop.cancel();
     let _ = relay.await;
+    assert_eq!(lists(), Vec::<std::path::PathBuf>::new(), "the lists with the passwords outlive the relays");
 }
 
 /// A camera relayed in one ffmpeg (main + sub-stream) whose sub-stream ends while the main
