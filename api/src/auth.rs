@@ -1,15 +1,17 @@
 //! Who may read and who may change: the bearer token of mutating endpoints (`api.token`) and,
 //! when `api.viewer_token` is set, the sign-in every read needs — a bearer token (viewer or
-//! admin) from clients, a session cookie from browsers (`/login`). The cookie holds a digest
-//! of the token, never the token; `/api/health` and the sign-in pages stay open.
+//! admin) from clients, a session cookie from browsers (`/login`, sessions in Redis: see
+//! [`crate::session`]); `/api/health` and the sign-in pages stay open.
 
-use axum::extract::{Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
-use axum::Form;
-use sha2::{Digest, Sha256};
+use axum::{Extension, Form};
 
+use crate::session::{Session, SignInThrottle, SESSION_TTL_SECS};
 use crate::state::{ApiError, ApiResult, ApiState};
 
 const COOKIE: &str = "cctv_session";
@@ -22,12 +24,6 @@ pub fn same_secret(given: &str, expected: &str) -> bool {
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
-}
-
-/// The session cookie's value for a token: a digest, so the cookie never carries the token.
-fn session_of(token: &str) -> String {
-    let digest = Sha256::new().chain_update(b"cctv-session\0").chain_update(token.as_bytes()).finalize();
-    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -108,9 +104,15 @@ pub async fn require_viewer(State(s): State<ApiState>, req: Request, next: Next)
     }
     let headers = req.headers();
     let by_bearer = bearer(headers).is_some_and(|g| reading_tokens(&s).any(|t| same_secret(g, t)));
-    let by_cookie = cookie(headers, COOKIE).is_some_and(|c| reading_tokens(&s).any(|t| same_secret(c, &session_of(t))));
-    if by_bearer || by_cookie {
+    if by_bearer {
         return next.run(req).await;
+    }
+    if let Some(id) = cookie(headers, COOKIE) {
+        match Session::find(&mut s.conn.clone(), &s.keys, id, reading_tokens(&s)).await {
+            Ok(Some(_)) => return next.run(req).await,
+            Ok(None) => {}
+            Err(e) => return ApiError::from(e).into_response(),
+        }
     }
     let browser = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/html"));
     if browser && req.method() == axum::http::Method::GET {
@@ -167,32 +169,73 @@ pub struct LoginForm {
     next: Option<String>,
 }
 
-/// Signs a browser in: the viewer (or admin) token gives a session cookie (HttpOnly,
-/// SameSite=Strict, a digest of the token) and a redirect back to where it was going.
-#[utoipa::path(post, path = "/login", tag = "pages",
-    request_body(content = LoginForm, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 303, description = "signed in: a session cookie and a redirect"),
-        (status = 401, content_type = "text/html", body = String, description = "wrong token: the form again")))]
-pub async fn login(State(s): State<ApiState>, Form(form): Form<LoginForm>) -> Response {
-    match reading_tokens(&s).find(|t| same_secret(&form.token, t)) {
-        Some(t) => {
-            let set = format!("{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict", session_of(t));
-            let to = local_path(form.next.as_deref());
-            tracing::info!("dashboard sign-in");
-            (StatusCode::SEE_OTHER, [(header::SET_COOKIE, set), (header::LOCATION, to)]).into_response()
-        }
-        None => {
-            tracing::warn!("dashboard sign-in refused: wrong token");
-            let page = LOGIN_PAGE.replace("{message}", "That token is not right.");
-            (StatusCode::UNAUTHORIZED, Html(page)).into_response()
-        }
+/// The cookie's attributes: `Secure` when the site is reached over HTTPS (`notify.public_url`
+/// starts with `https://`, e.g. behind a TLS reverse proxy), so the cookie never goes out in
+/// clear text once the site has TLS.
+fn cookie_attributes(config: &cctv_common::config::Config) -> &'static str {
+    let https = config.notify.public_url.as_deref().is_some_and(|u| u.to_ascii_lowercase().starts_with("https://"));
+    if https {
+        "Path=/; HttpOnly; SameSite=Strict; Secure"
+    } else {
+        "Path=/; HttpOnly; SameSite=Strict"
     }
 }
 
-/// Signs a browser out (the session cookie cleared).
+/// Signs a browser in: the viewer (or admin) token opens a session (a random id in an
+/// HttpOnly, SameSite=Strict cookie that lasts 12 h) and redirects back to where it was going.
+/// A client that gave 10 wrong tokens in 5 minutes is answered 429 until the window ends.
+#[utoipa::path(post, path = "/login", tag = "pages",
+    request_body(content = LoginForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 303, description = "signed in: a session cookie and a redirect"),
+        (status = 401, content_type = "text/html", body = String, description = "wrong token: the form again"),
+        (status = 429, content_type = "text/html", body = String, description = "too many wrong tokens from this client: wait (Retry-After)")))]
+pub async fn login(
+    State(s): State<ApiState>,
+    client: Option<Extension<ConnectInfo<SocketAddr>>>,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let mut conn = s.conn.clone();
+    // By address, not port; behind a reverse proxy every client is the proxy (one budget).
+    let client = client.map_or_else(|| "unknown".to_string(), |c| c.0 .0.ip().to_string());
+    match SignInThrottle::check(&mut conn, &s.keys, &client).await {
+        Ok(None) => {}
+        Ok(Some(wait)) => {
+            tracing::warn!(client = %client, wait_s = wait, "dashboard sign-in refused: too many wrong tokens");
+            let page = LOGIN_PAGE.replace("{message}", "Too many wrong tokens from here: wait a few minutes.");
+            let retry = [(header::RETRY_AFTER, wait.to_string())];
+            return (StatusCode::TOO_MANY_REQUESTS, retry, Html(page)).into_response();
+        }
+        Err(e) => return ApiError::from(e).into_response(),
+    }
+    let Some(token) = reading_tokens(&s).find(|t| same_secret(&form.token, t)) else {
+        tracing::warn!(client = %client, "dashboard sign-in refused: wrong token");
+        if let Err(e) = SignInThrottle::failed(&mut conn, &s.keys, &client).await {
+            return ApiError::from(e).into_response();
+        }
+        let page = LOGIN_PAGE.replace("{message}", "That token is not right.");
+        return (StatusCode::UNAUTHORIZED, Html(page)).into_response();
+    };
+    match Session::open(&mut conn, &s.keys, token).await {
+        Ok(id) => {
+            let set = format!("{COOKIE}={id}; {}; Max-Age={SESSION_TTL_SECS}", cookie_attributes(&s.config));
+            let to = local_path(form.next.as_deref());
+            tracing::info!(client = %client, "dashboard sign-in");
+            (StatusCode::SEE_OTHER, [(header::SET_COOKIE, set), (header::LOCATION, to)]).into_response()
+        }
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// Signs a browser out: the session ends on the server (the cookie is worthless from then on,
+/// wherever a copy of it is) and the cookie is cleared.
 #[utoipa::path(get, path = "/logout", tag = "pages", responses((status = 303, description = "signed out: to /login")))]
-pub async fn logout() -> Response {
-    let clear = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+pub async fn logout(State(s): State<ApiState>, headers: HeaderMap) -> Response {
+    if let Some(id) = cookie(&headers, COOKIE) {
+        if let Err(e) = Session::close(&mut s.conn.clone(), &s.keys, id).await {
+            return ApiError::from(e).into_response();
+        }
+    }
+    let clear = format!("{COOKIE}=; {}; Max-Age=0", cookie_attributes(&s.config));
     (StatusCode::SEE_OTHER, [(header::SET_COOKIE, clear), (header::LOCATION, "/login".to_string())]).into_response()
 }
 
@@ -201,7 +244,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sign_in_goes_back_only_to_this_site_and_the_cookie_is_no_token() {
+    fn sign_in_goes_back_only_to_this_site_and_loopback_answers_loopback_names_only() {
         assert_eq!(local_path(Some("/?play=x.mp4")), "/?play=x.mp4");
         for evil in [
             "//evil.example/",
@@ -229,12 +272,19 @@ mod tests {
         assert!(check_exposure(&api).is_ok());
         // An encoded tab stays encoded in a path: a page of this site.
         assert_eq!(local_path(Some("/%09/evil.example/x")), "/%09/evil.example/x");
-        let token = "viewer-token-0123456789";
-        assert!(!session_of(token).contains(token) && session_of(token).len() == 64);
-        assert_ne!(session_of(token), session_of("another-token-0123456789"));
         let mut h = HeaderMap::new();
         h.insert(header::COOKIE, "a=1; cctv_session=abc; b=2".parse().unwrap());
         assert_eq!(cookie(&h, COOKIE), Some("abc"));
         assert_eq!(encode("/?play=a b"), "/%3Fplay%3Da%20b");
+    }
+
+    #[test]
+    fn the_session_cookie_is_secure_once_the_site_is_reached_over_https() {
+        let mut config = cctv_common::config::Config::parse("").unwrap();
+        assert!(!cookie_attributes(&config).contains("Secure"));
+        config.notify.public_url = Some("HTTPS://nvr.example.org".into());
+        assert!(cookie_attributes(&config).ends_with("; Secure"));
+        config.notify.public_url = Some("http://nvr.lan:8088".into());
+        assert!(!cookie_attributes(&config).contains("Secure"));
     }
 }

@@ -34,6 +34,7 @@ pub mod auth;
 mod headers;
 pub mod metrics;
 pub mod openapi;
+pub mod session;
 mod state;
 pub mod views;
 
@@ -129,7 +130,8 @@ pub async fn serve(
     let counting =
         tokio::spawn(crate::metrics::follow_events(metrics.clone(), conn.clone(), keys, counting_stop.clone()));
     let app = router(config, conn, metrics);
-    let served = axum::serve(listener, app)
+    // The client's address: sign-in attempts are counted per client.
+    let served = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown({
             let shutdown = shutdown.clone();
             async move { shutdown.cancelled().await }

@@ -129,6 +129,14 @@ impl Keys {
     pub fn worker_pattern(&self) -> String {
         format!("{}:workers:*", self.ns)
     }
+    /// A dashboard sign-in, by the digest of its cookie's id (the id itself is never stored).
+    pub fn session(&self, id_digest: &str) -> String {
+        format!("{}:session:{id_digest}", self.ns)
+    }
+    /// Wrong sign-in tokens of one client (by a digest of its address), counted in a window.
+    pub fn sign_in_failures(&self, client: &str) -> String {
+        format!("{}:signin:failures:{client}", self.ns)
+    }
 }
 
 #[cfg(test)]
@@ -148,6 +156,8 @@ mod tests {
             k.recording("r"),
             k.record_active(1),
             k.record_motion_event("e"),
+            k.session("d"),
+            k.sign_in_failures("c"),
             k.record_cursor(),
             k.record_lease("r"),
             k.backup_status(),

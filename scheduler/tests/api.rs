@@ -560,8 +560,9 @@ async fn dashboard_plays_live_view_backups_and_timeline_moments() {
 
 /// `api.viewer_token`: every read — dashboard, API lists, video, pictures, live view, metrics —
 /// needs it (or the admin token) as a bearer or a session cookie from `/login`; browsers are
-/// sent to the sign-in page; the cookie is no token; a viewer cannot change anything; only
-/// `/api/health` stays open; sign-in never redirects off the site.
+/// sent to the sign-in page; the cookie is no token and its session ends at sign-out; a viewer
+/// cannot change anything; only `/api/health` stays open; sign-in never redirects off the site
+/// and is throttled per client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewer_token_guards_every_read_and_the_login_page_signs_in() {
     const VIEWER: &str = "viewer-token-0123456789";
@@ -618,6 +619,7 @@ async fn viewer_token_guards_every_read_and_the_login_page_signs_in() {
     let (status, _, location, cookie) = call("POST", "/login", &form, &format!("token={VIEWER}&next=/%3Fplay%3Dx.mp4"));
     assert_eq!((status, location.as_str()), (303, "/?play=x.mp4"));
     assert!(cookie.starts_with("cctv_session=") && cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+    assert!(cookie.contains("Max-Age=43200") && !cookie.contains("Secure"), "plain HTTP site: {cookie}");
     assert!(!cookie.contains(VIEWER) && !cookie.contains(TOKEN), "the cookie carries the token: {cookie}");
     let session = cookie.split(';').next().unwrap().to_string();
     for path in reads.iter().filter(|p| !p.contains("preview") && !p.contains("live")) {
@@ -639,6 +641,18 @@ async fn viewer_token_guards_every_read_and_the_login_page_signs_in() {
     assert_eq!(location, "/");
     let (status, _, location, cookie) = call("GET", "/logout", &[("Cookie", &session)], "");
     assert!(status == 303 && location == "/login" && cookie.contains("Max-Age=0"), "{cookie}");
+    // Signed out on the server: a copy of the cookie is worthless from then on, and so is an id
+    // the server never gave.
+    assert_eq!(call("GET", "/api/channels", &[("Cookie", &session)], "").0, 401, "a session outlives sign-out");
+    let forged = format!("cctv_session={}", "0".repeat(64));
+    assert_eq!(call("GET", "/api/channels", &[("Cookie", &forged)], "").0, 401);
+    // Guessing the token is throttled per client: after 10 wrong tokens in 5 minutes even the
+    // right one waits (429 with Retry-After), and no session is given.
+    for _ in 0..9 {
+        assert_eq!(call("POST", "/login", &form, "token=guess-0123456789&next=/").0, 401);
+    }
+    let (status, page, _, cookie) = call("POST", "/login", &form, &format!("token={VIEWER}&next=/"));
+    assert!(status == 429 && cookie.is_empty() && page.contains("Too many"), "{status} {cookie} {page}");
     // In the browser: the dashboard without a session is the sign-in form.
     let dom = page_dom(port, "/");
     assert!(dom.contains("id=\"login\"") && !dom.contains("id=\"channels\""), "{dom}");
