@@ -46,7 +46,7 @@ ort=.ort/libonnxruntime.so.1.32.0
 [ -f "$ort" ] || { echo "error: $ort is missing; run deploy/install-deps.sh" >&2; exit 1; }
 
 # The build context: the binaries (stripped: the debug ones carry ~100 MiB of debug info each),
-# the ONNX Runtime library and the nginx start script.
+# the ONNX Runtime library and the nginx and Redis start scripts.
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 mkdir -p "$ctx/bin" "$ctx/ort"
@@ -55,7 +55,7 @@ for b in "${bins[@]}"; do
     strip -o "$ctx/bin/$b" "$target_dir/$b"
 done
 cp "$ort" "$ctx/ort/"
-cp deploy/docker/rtmp-start.sh loadtest/rtsp_cameras.py "$ctx/"
+cp deploy/docker/rtmp-start.sh deploy/docker/redis-start.sh deploy/docker/redis-health.sh loadtest/rtsp_cameras.py "$ctx/"
 
 # The base image.
 if [ -z "$base" ]; then

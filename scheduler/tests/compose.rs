@@ -3,7 +3,9 @@
 //! user would (plus a test override that mounts a camera clip and picks free host ports), a
 //! camera relayed into nginx-rtmp, motion and objects seen, a backup written by the non-root
 //! record container and downloaded through the API on the host's 127.0.0.1; publishing from
-//! outside the relay refused; health checks that go unhealthy when Redis goes away and healthy
+//! outside the relay refused; the hardening checked (Redis password, read-only non-root
+//! containers without capabilities, cameras not playable through the published ports); health
+//! checks that go unhealthy when Redis goes away and healthy
 //! again when it is back.
 
 use std::collections::BTreeMap;
@@ -121,8 +123,8 @@ fn wait<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T
     }
 }
 
-/// World-readable: the containers run as a non-root user.
-fn readable(path: &Path, mode: u32) {
+/// Sets `path`'s mode (the containers run as a non-root user of group 10001).
+fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
@@ -146,7 +148,7 @@ fn compose_stack_builds_runs_backs_up_and_reports_health() {
     );
 
     let tmp = tempfile::tempdir().unwrap();
-    readable(tmp.path(), 0o755);
+    set_mode(tmp.path(), 0o755);
     let (config_dir, clips) = (tmp.path().join("config"), tmp.path().join("clips"));
     std::fs::create_dir_all(&config_dir).unwrap();
     std::fs::create_dir_all(&clips).unwrap();
@@ -163,15 +165,13 @@ fn compose_stack_builds_runs_backs_up_and_reports_health() {
         .status()
         .unwrap();
     assert!(encoded.success(), "re-encoding the camera clip");
-    for p in [&config_dir, &clips] {
-        readable(p, 0o755);
-    }
-    readable(&clip, 0o644);
+    set_mode(&clips, 0o755);
+    set_mode(&clip, 0o644);
     let config = config_dir.join("cctv.toml");
     std::fs::write(
         &config,
         r#"[cluster]
-redis_url = "redis://redis:6379"
+redis_url = "redis://:{file:/run/secrets/redis_password}@redis:6379"
 namespace = "cctv"
 
 [rtmp]
@@ -213,7 +213,14 @@ record = "off"
 "#,
     )
     .unwrap();
-    readable(&config, 0o644);
+    // The config and the Redis password as docs/deploy.md has them: root:10001 (the containers'
+    // group), 0640, in a directory of that group; other users of the host read neither.
+    let redis_password = format!("{:032x}", std::process::id() as u128 * 0x9e37_79b9_7f4a_7c15 + 0xc0ffee);
+    std::fs::write(config_dir.join("redis-password"), format!("{redis_password}\n")).unwrap();
+    for (path, mode) in [(&config_dir, 0o750), (&config, 0o640), (&config_dir.join("redis-password"), 0o640)] {
+        std::os::unix::fs::chown(path, Some(0), Some(10001)).unwrap();
+        set_mode(path, mode);
+    }
     let over = tmp.path().join("docker-compose.test.yml");
     std::fs::write(
         &over,
@@ -289,6 +296,61 @@ record = "off"
     assert!(secs >= 8.0, "backup plays {secs} s: {backup}");
     let metrics = String::from_utf8(get(&format!("{api}/metrics")).expect("/metrics")).unwrap();
     assert!(metrics.contains("cctv_workers{kind=\"record\"} 1"), "{metrics}");
+
+    // Hardened containers: non-root, read-only root file system, no capabilities, no new
+    // privileges.
+    for id in compose.ok(&["ps", "-q"]).split_whitespace() {
+        let o = Command::new("docker")
+            .args(["inspect", "-f"])
+            .arg("{{.Name}} user={{.Config.User}} ro={{.HostConfig.ReadonlyRootfs}} drop={{.HostConfig.CapDrop}} opt={{.HostConfig.SecurityOpt}}")
+            .arg(id)
+            .output()
+            .unwrap();
+        let line = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        if line.contains("_camera_") {
+            continue; // the simulated camera is not part of the cluster
+        }
+        for wanted in ["ro=true", "drop=[ALL]", "no-new-privileges:true"] {
+            assert!(line.contains(wanted), "{wanted} missing: {line}");
+        }
+        assert!(!line.contains("user= ") && !line.contains("user=root"), "runs as root: {line}");
+    }
+    // Redis answers only with the password, which no process shows on its command line (the
+    // host's `ps` lists the containers' processes too).
+    let anonymous_redis = compose.run(&["exec", "-T", "redis", "redis-cli", "ping"]);
+    let said = String::from_utf8_lossy(&anonymous_redis.stdout);
+    assert!(said.contains("NOAUTH"), "Redis without its password answered {said:?}");
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        assert!(!cmdline.contains(&redis_password), "the Redis password on a command line: {cmdline}");
+    }
+    // nginx-rtmp plays to the cluster's containers, not to the host's published ports (their
+    // connections come through the network's gateway): no camera for any user of the host.
+    let inside = compose.run(&[
+        "exec",
+        "-T",
+        "worker-record",
+        "ffprobe",
+        "-v",
+        "error",
+        "-rw_timeout",
+        "10000000",
+        "rtmp://rtmp:1935/live/ch1",
+    ]);
+    assert!(inside.status.success(), "a worker plays ch1: {}", String::from_utf8_lossy(&inside.stderr));
+    for path in ["/stat", "/hls/ch1/index.m3u8"] {
+        let r =
+            ureq::get(format!("http://127.0.0.1:{hls_port}{path}")).config().http_status_as_error(false).build().call();
+        let status = r.map(|r| r.status().as_u16()).unwrap_or(0);
+        assert_eq!(status, 403, "{path} through the host's published port");
+    }
+    let outside = Command::new("ffprobe")
+        .args(["-v", "error", "-rw_timeout", "10000000"])
+        .arg(format!("rtmp://127.0.0.1:{rtmp_port}/live/ch1"))
+        .output()
+        .unwrap();
+    assert!(!outside.status.success(), "ch1 played from the host through the published RTMP port");
 
     // Nobody but the relay may publish into nginx-rtmp.
     let intruder = Command::new("ffmpeg")

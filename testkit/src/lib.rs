@@ -171,6 +171,7 @@ impl Nginx {
             module: RTMP_MODULE.into(),
             publish_allow: vec!["127.0.0.1".into()],
             play_allow: vec!["127.0.0.1".into()],
+            play_deny: Vec::new(),
             hls_playlist_secs: 60,
             hls_fragment_secs: 2,
         };

@@ -168,6 +168,7 @@ impl SiteServers {
             publish_allow: vec![format!("{}/32", host.addr)],
             // Every host of the test network, those joining later included.
             play_allow: vec![format!("{}.0/24", host.addr.rsplit_once('.').expect("ipv4").0)],
+            play_deny: Vec::new(),
             hls_playlist_secs: 90,
             hls_fragment_secs: 2,
         };
