@@ -34,6 +34,7 @@ pub mod auth;
 mod headers;
 pub mod metrics;
 pub mod openapi;
+pub mod server;
 pub mod session;
 mod state;
 pub mod views;
@@ -57,7 +58,8 @@ const CATEGORIES: [&str; 4] = ["motion", "objects", "backup", "system"];
 /// The router; `metrics` is fed by [`crate::metrics::follow_events`]. Every route is
 /// registered with its `#[utoipa::path]` (`routes!`), so none is served undocumented.
 pub fn router(config: Arc<Config>, conn: ConnectionManager, metrics: Arc<ClusterMetrics>) -> Router {
-    let state = ApiState { conn, keys: Keys::new(&config.cluster.namespace), config, metrics };
+    let state =
+        ApiState { conn, keys: Keys::new(&config.cluster.namespace), config, metrics, backups: Default::default() };
     let (router, doc) = documented_routes().split_for_parts();
     let doc = Arc::new(openapi::finish(doc));
     router
@@ -130,13 +132,7 @@ pub async fn serve(
     let counting =
         tokio::spawn(crate::metrics::follow_events(metrics.clone(), conn.clone(), keys, counting_stop.clone()));
     let app = router(config, conn, metrics);
-    // The client's address: sign-in attempts are counted per client.
-    let served = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown({
-            let shutdown = shutdown.clone();
-            async move { shutdown.cancelled().await }
-        })
-        .await;
+    let served = crate::server::serve(listener, app, crate::server::Limits::default(), shutdown.clone()).await;
     counting_stop.cancel();
     let _ = counting.await;
     served
@@ -462,17 +458,39 @@ async fn backup_list(
     since: Option<i64>,
     until: Option<i64>,
 ) -> ApiResult<Vec<BackupEvent>> {
+    let files = live_backups(s).await?;
+    Ok(files
+        .iter()
+        .filter(|e| channel.is_none_or(|c| e.channel == c))
+        .filter(|e| since.is_none_or(|t| e.end_ms >= t) && until.is_none_or(|t| e.start_ms <= t))
+        .cloned()
+        .collect())
+}
+
+/// The backup files not deleted, from the backup stream, rebuilt only when the stream changed
+/// (see `state::LiveBackups`).
+async fn live_backups(s: &ApiState) -> ApiResult<Arc<Vec<BackupEvent>>> {
     let mut conn = s.conn.clone();
-    let all: Vec<BackupEvent> = recent(&mut conn, &s.keys.backup_events(), 100_000).await?;
+    let stream = s.keys.backup_events();
+    let mut cached = s.backups.lock().await;
+    let newest: redis::streams::StreamRangeReply = conn.xrevrange_count(&stream, "+", "-", 1).await?;
+    let last_id = newest.ids.first().map(|e| e.id.clone());
+    if last_id.is_some() && cached.last_id == last_id {
+        return Ok(cached.files.clone());
+    }
+    let all: Vec<BackupEvent> = recent(&mut conn, &stream, 100_000).await?;
     let deleted: HashSet<String> =
         all.iter().filter(|e| e.kind == BackupEventKind::Deleted).filter_map(|e| e.file.clone()).collect();
-    Ok(all
+    let files: Vec<BackupEvent> = all
         .into_iter()
         .filter(|e| e.kind == BackupEventKind::File)
         .filter(|e| e.file.as_ref().is_some_and(|f| !deleted.contains(f)))
-        .filter(|e| channel.is_none_or(|c| e.channel == c))
-        .filter(|e| since.is_none_or(|t| e.end_ms >= t) && until.is_none_or(|t| e.start_ms <= t))
-        .collect())
+        .collect();
+    // Read after the newest id: an entry added in between makes the next request rebuild
+    // (the id stored is older than the list), never serve a list older than its id.
+    cached.last_id = last_id;
+    cached.files = Arc::new(files);
+    Ok(cached.files.clone())
 }
 
 /// Backup files (not deleted), newest first, a page at a time.

@@ -19,6 +19,19 @@ pub struct ApiState {
     pub(crate) keys: Keys,
     pub(crate) config: Arc<Config>,
     pub(crate) metrics: Arc<ClusterMetrics>,
+    /// The backup files not deleted, as of the backup stream's last entry (see
+    /// [`LiveBackups`]); one reader at a time rebuilds it.
+    pub(crate) backups: Arc<tokio::sync::Mutex<LiveBackups>>,
+}
+
+/// The backup list derived from the backup event stream (up to 100,000 entries to read and
+/// decode), kept until the stream changes: the stream's last entry id is its version, since
+/// every change (a file, a deletion, trimming on append) appends an entry. A list request costs
+/// one `XREVRANGE COUNT 1` unless a backup event arrived since the last one.
+#[derive(Default)]
+pub(crate) struct LiveBackups {
+    pub(crate) last_id: Option<String>,
+    pub(crate) files: Arc<Vec<cctv_common::events::BackupEvent>>,
 }
 
 /// An error answer: status and a message naming what was wrong.
