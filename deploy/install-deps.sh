@@ -12,12 +12,13 @@ cd "$(dirname "$0")/.."
 # python3-gi + gir1.2-gst-rtsp-server-1.0 + gstreamer plugins: the simulated RTSP cameras.
 # mosquitto (+ clients): the MQTT broker of the notifier test and the local cluster.
 # prometheus: its promtool lints /metrics in the API test (the server itself is not used).
-# iproute2: the multi-host (network namespace) test. docker.io + docker-compose + debootstrap:
+# libssl-dev: TLS to webhooks and MQTT brokers through Debian's OpenSSL; openssl: the TLS tests make
+# their certificates with it. iproute2: the multi-host (network namespace) test. docker.io + docker-compose + debootstrap:
 # the compose test builds the images (base image from Debian packages when no registry answers)
 # and runs the stack.
 APT_PACKAGES=(ffmpeg libavcodec-dev libavformat-dev libavutil-dev libswscale-dev nginx libnginx-mod-rtmp redis-server libopencv-dev clang libclang-dev pkg-config python3-pip unzip curl chromium
     python3-gi gir1.2-gst-rtsp-server-1.0 gir1.2-gst-plugins-base-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad iproute2
-    docker.io docker-compose debootstrap binutils fonts-dejavu-core mosquitto mosquitto-clients prometheus)
+    docker.io docker-compose debootstrap binutils fonts-dejavu-core mosquitto mosquitto-clients prometheus libssl-dev openssl)
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 

@@ -50,6 +50,13 @@ pub async fn connect(cluster: &ClusterConfig, queue: &QueueConfig) -> Result<Con
 /// ([`crate::sentinel`]). Every Redis connection of the processes is made from this.
 pub fn client(cluster: &ClusterConfig) -> redis::RedisResult<redis::Client> {
     let Some(sentinel) = &cluster.sentinel else {
+        // `rediss://`: TLS through OpenSSL, the system's CA store, or only `tls_ca_file`'s CA.
+        if let Some(ca) = &cluster.tls_ca_file {
+            let root_cert = std::fs::read(ca)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("cluster.tls_ca_file {}: {e}", ca.display())))?;
+            let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) };
+            return redis::Client::build_with_tls(cluster.redis_url.as_str(), certificates);
+        }
         return redis::Client::open(cluster.redis_url.as_str());
     };
     let port = crate::sentinel::local_port(sentinel).map_err(|e| std::io::Error::other(e.to_string()))?;

@@ -256,7 +256,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         tasks.spawn(Pump::new(sink, conn.clone(), config.clone()).run(shutdown.clone()));
     }
     for (i, w) in n.webhooks.iter().enumerate() {
-        let sink = WebhookSink::new(w, i);
+        let sink = WebhookSink::new(w, i)?;
         tracing::info!(webhook = %sink.name(), url = %cctv_common::redact::redact_url(&w.url), "posting events to a webhook");
         tasks.spawn(Pump::new(sink, conn.clone(), config.clone()).run(shutdown.clone()));
     }

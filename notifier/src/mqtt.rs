@@ -21,7 +21,7 @@ use cctv_common::config::{Config, EventCategory, MqttConfig};
 use cctv_common::events::ChannelStatus;
 use cctv_common::keys::Keys;
 use redis::aio::ConnectionManager;
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -76,7 +76,19 @@ impl MqttSink {
         let host = url.host_str().ok_or_else(|| err("no host".into()))?.to_owned();
         let namespace = config.cluster.namespace.clone();
         let client_id = mqtt.client_id.clone().unwrap_or_else(|| format!("cctv-notifier-{namespace}"));
-        let mut options = MqttOptions::new(client_id, host, url.port().unwrap_or(1883));
+        let tls = url.scheme() == "mqtts";
+        let mut options = MqttOptions::new(client_id, host, url.port().unwrap_or(if tls { 8883 } else { 1883 }));
+        if tls {
+            // Debian's OpenSSL: the system's CA store, plus `ca_file` for a private CA.
+            let config = match &mqtt.ca_file {
+                None => TlsConfiguration::Native,
+                Some(path) => TlsConfiguration::SimpleNative {
+                    ca: std::fs::read(path).map_err(|e| err(format!("ca_file {}: {e}", path.display())))?,
+                    client_auth: None,
+                },
+            };
+            options.set_transport(Transport::tls_with_config(config));
+        }
         options.set_keep_alive(Duration::from_secs(15));
         options.set_clean_session(true);
         options.set_max_packet_size(1 << 20, 1 << 20);

@@ -1,4 +1,5 @@
-//! The webhook sink: each event is POSTed as JSON, one request per event, in stream order.
+//! The webhook sink: each event is POSTed as JSON, one request per event, in stream order,
+//! over `http://` or `https://` (TLS through Debian's OpenSSL; see [`WebhookSink::new`]).
 //!
 //! Headers: `Content-Type: application/json`, `X-CCTV-Event: motion|objects|backup`,
 //! `X-CCTV-Delivery: <stream id>` (the same on a retry, for de-duplication) and, with a
@@ -29,19 +30,26 @@ pub struct WebhookSink {
 
 impl WebhookSink {
     /// `index`: the webhook's place in `[[notify.webhook]]` (names it when it has no `name`).
-    pub fn new(config: &WebhookConfig, index: usize) -> Self {
+    /// An `https://` receiver is reached over TLS with Debian's OpenSSL, its certificate checked
+    /// against the system's CA store, or only against `ca_file` when one is set.
+    pub fn new(config: &WebhookConfig, index: usize) -> Result<Self, NotifyError> {
+        let name = config.name_or_default(index);
+        let error =
+            |message: String| NotifyError::Webhook { name: name.clone(), url: redact_url(&config.url), message };
+        let roots = match &config.ca_file {
+            None => ureq::tls::RootCerts::PlatformVerifier,
+            Some(path) => ureq::tls::RootCerts::Specific(std::sync::Arc::new(
+                read_ca_file(path).map_err(|e| error(format!("ca_file {}: {e}", path.display())))?,
+            )),
+        };
+        let tls = ureq::tls::TlsConfig::builder().provider(ureq::tls::TlsProvider::NativeTls).root_certs(roots).build();
         let agent = ureq::Agent::config_builder()
             .timeout_global(Some(REQUEST_TIMEOUT))
             .http_status_as_error(false)
+            .tls_config(tls)
             .build()
             .into();
-        Self {
-            name: config.name_or_default(index),
-            url: config.url.clone(),
-            secret: config.secret.clone(),
-            events: config.events.clone(),
-            agent,
-        }
+        Ok(Self { name, url: config.url.clone(), secret: config.secret.clone(), events: config.events.clone(), agent })
     }
 
     fn error(&self, message: String) -> NotifyError {
@@ -83,6 +91,23 @@ impl WebhookSink {
             }
         }
     }
+}
+
+/// The certificates of a PEM file (at least one).
+fn read_ca_file(path: &std::path::Path) -> Result<Vec<ureq::tls::Certificate<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| e.to_string())?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+            Ok(_) => {}
+            Err(e) => return Err(format!("not PEM: {e}")),
+        }
+    }
+    if certs.is_empty() {
+        return Err("no certificate in it".into());
+    }
+    Ok(certs)
 }
 
 /// `sha256=<hex>` of HMAC-SHA256(`secret`, `<timestamp>.<body>`): what `X-CCTV-Signature`

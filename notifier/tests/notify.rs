@@ -318,3 +318,101 @@ async fn every_event_reaches_mqtt_and_the_webhook_through_failures_and_restarts(
     let _: () = r.del(keys.channel_status(1)).unwrap();
     late.expect("cctv/ch1/availability", |p| p == "offline", "channel offline").await;
 }
+
+/// An HTTPS webhook receiver (Python's http.server behind its ssl module, the CA's server
+/// certificate): prints `<path> <X-CCTV-Event> <body>` per request to `log`.
+const HTTPS_RECEIVER: &str = r#"
+import http.server, ssl, sys
+class Hook(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        with open(sys.argv[4], "a") as log:
+            log.write("%s %s %s\n" % (self.path, self.headers.get("X-CCTV-Event", ""), body.decode()))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Hook)
+tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+tls.load_cert_chain(sys.argv[2], sys.argv[3])
+server.socket = tls.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+"#;
+
+/// TLS where secrets travel: an `https://` webhook and an `mqtts://` broker whose certificates a
+/// private CA signed get the events when `ca_file` names that CA; a webhook without it (the
+/// system's CA store, which does not know the CA) gets nothing, and the notifier says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_webhooks_and_mqtts_deliver_to_verified_servers_only() {
+    let ca = cctv_testkit::tls::TestCa::new();
+    let redis = Redis::start();
+    let broker = Mosquitto::start_with_tls(&ca);
+    let dir = tempfile::tempdir().unwrap();
+    let (script, log) = (dir.path().join("receiver.py"), dir.path().join("received.log"));
+    std::fs::write(&script, HTTPS_RECEIVER).unwrap();
+    std::fs::write(&log, "").unwrap();
+    let port = cctv_testkit::free_port();
+    let _receiver = KillOnDrop(
+        std::process::Command::new("python3")
+            .arg(&script)
+            .arg(port.to_string())
+            .arg(ca.cert())
+            .arg(ca.key())
+            .arg(&log)
+            .spawn()
+            .expect("starting the HTTPS receiver"),
+    );
+    cctv_testkit::wait_for_port(port, Duration::from_secs(10), "HTTPS receiver");
+    let config_path = dir.path().join("cctv.toml");
+    let ca_file = ca.ca().display().to_string();
+    std::fs::write(
+        &config_path,
+        format!(
+            "[cluster]\nredis_url = \"{}\"\nnamespace = \"{NS}\"\n\
+             [notify.mqtt]\nurl = \"{}\"\nca_file = \"{ca_file}\"\ndiscovery_prefix = \"\"\n\
+             [[notify.webhook]]\nname = \"trusted\"\nurl = \"https://127.0.0.1:{port}/trusted\"\nca_file = \"{ca_file}\"\n\
+             [[notify.webhook]]\nname = \"untrusted\"\nurl = \"https://127.0.0.1:{port}/untrusted\"\n\
+             [[channel]]\nid = 1\nname = \"Gate\"\nsource = \"rtsp://127.0.0.1:1/gate\"\n",
+            redis.url(),
+            broker.tls_url()
+        ),
+    )
+    .unwrap();
+    let keys = Keys::new(NS);
+    let mut r = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+    // Watched on the broker's plain listener; the notifier publishes on the TLS one.
+    let mut mqtt = subscribe(&broker, "tls-watcher");
+    let stderr = dir.path().join("notifier.log");
+    let _notifier = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_notifier"))
+            .args(["--config", config_path.to_str().unwrap(), "run"])
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("starting the notifier"),
+    );
+    mqtt.expect("cctv/availability", |p| p == "online", "the notifier online over TLS").await;
+    wait_until("every sink's stream positions", || {
+        ["webhook:trusted", "webhook:untrusted", "mqtt"]
+            .iter()
+            .all(|sink| r.exists::<_, bool>(keys.notify_cursor(sink)).unwrap())
+    })
+    .await;
+
+    publish(&mut r, &keys.motion_events(), &motion("tls1", MotionEventKind::Start));
+    mqtt.expect("cctv/ch1/motion", |p| p.contains("tls1"), "the motion event over mqtts").await;
+    let received = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until("the trusted webhook got the event over https", || {
+        received().lines().any(|l| l.starts_with("/trusted motion ") && l.contains("tls1"))
+    })
+    .await;
+    // The untrusted one retries with backoff; give it time to have tried a few times.
+    let said = |needle: &str| std::fs::read_to_string(&stderr).unwrap_or_default().contains(needle);
+    wait_until("the notifier reporting the certificate it refused", || said("certificate")).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !received().contains("/untrusted"),
+        "a webhook got events from a server its CA store does not trust:\n{}",
+        received()
+    );
+}

@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod netns;
+pub mod tls;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -85,6 +86,35 @@ impl Redis {
 
     pub fn start_persistent() -> Self {
         Self::launch(true, Vec::new())
+    }
+
+    /// Redis over TLS only (no plain port): `rediss://127.0.0.1:<port>`, with `ca`'s server
+    /// certificate; clients are not asked for certificates.
+    pub fn start_tls(ca: &tls::TestCa) -> Self {
+        let path = |p: PathBuf| p.display().to_string();
+        // `--port 0` after the plain port: TLS only, on the port the tests connect to.
+        let extra = |port: u16| {
+            vec![
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                port.to_string(),
+                "--tls-cert-file".into(),
+                path(ca.cert()),
+                "--tls-key-file".into(),
+                path(ca.key()),
+                "--tls-ca-cert-file".into(),
+                path(ca.ca()),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ]
+        };
+        require("redis-server", "redis-server");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let extra = extra(port);
+        let child = Self::spawn(port, dir.path(), false, &extra);
+        Self { port, dir, persistent: false, extra, child }
     }
 
     /// A replica of the server on 127.0.0.1:`master_port` (for Sentinel failover tests).
@@ -287,6 +317,8 @@ impl RedisSentinel {
 /// the same port.
 pub struct Mosquitto {
     pub port: u16,
+    /// The TLS listener's port, when started with one.
+    pub tls_port: Option<u16>,
     dir: TempDir,
     child: KillOnDrop,
 }
@@ -297,9 +329,19 @@ impl Mosquitto {
     pub const PASSWORD: &'static str = "s3cret@broker:1";
 
     pub fn start() -> Self {
+        Self::start_inner(None)
+    }
+
+    /// Also a TLS listener on [`Mosquitto::tls_port`] with `ca`'s server certificate.
+    pub fn start_with_tls(ca: &tls::TestCa) -> Self {
+        Self::start_inner(Some(ca))
+    }
+
+    fn start_inner(ca: Option<&tls::TestCa>) -> Self {
         require("mosquitto", "mosquitto");
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
+        let tls_port = ca.map(|_| free_port());
         let passwd = dir.path().join("passwd");
         let made = Command::new("mosquitto_passwd")
             .args(["-c", "-b"])
@@ -312,13 +354,31 @@ impl Mosquitto {
             dir.path().join("mosquitto.conf"),
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\npersistence false\n\
-                 log_dest stderr\nuser root\n",
-                passwd.display()
+                 log_dest stderr\nuser root\n{}",
+                passwd.display(),
+                match (ca, tls_port) {
+                    (Some(ca), Some(tls)) => format!(
+                        "listener {tls} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n",
+                        ca.ca().display(),
+                        ca.cert().display(),
+                        ca.key().display()
+                    ),
+                    _ => String::new(),
+                }
             ),
         )
         .expect("writing mosquitto.conf");
         let child = Self::spawn(port, dir.path());
-        Self { port, dir, child }
+        if let Some(tls) = tls_port {
+            wait_for_port(tls, Duration::from_secs(10), "mosquitto (TLS)");
+        }
+        Self { port, tls_port, dir, child }
+    }
+
+    /// `mqtts://...@127.0.0.1:<tls port>` (only after [`Mosquitto::start_with_tls`]).
+    pub fn tls_url(&self) -> String {
+        let tls = self.tls_port.expect("a broker started with TLS");
+        self.url().replacen("mqtt://", "mqtts://", 1).replace(&format!(":{}", self.port), &format!(":{tls}"))
     }
 
     fn spawn(port: u16, dir: &Path) -> KillOnDrop {

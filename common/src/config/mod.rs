@@ -11,11 +11,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::redact::redact_url;
 
+mod notify;
 mod secrets;
 #[cfg(test)]
 mod tests;
 mod validate;
 
+pub use notify::*;
 pub use secrets::expand_secret_refs;
 use validate::Problems;
 
@@ -58,8 +60,13 @@ pub struct Config {
 #[derive(Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
-    /// Redis that carries the job queues, result streams and status keys. Default `redis://127.0.0.1:6379`.
+    /// Redis that carries the job queues, result streams and status keys: `redis://`, `unix://`,
+    /// or `rediss://` for TLS (the server's certificate checked against the system's CA store or
+    /// `tls_ca_file`). Default `redis://127.0.0.1:6379`.
     pub redis_url: String,
+    /// PEM file of a private CA that signed the Redis server's certificate (`rediss://` only),
+    /// trusted instead of the system's CA store. Default: none.
+    pub tls_ca_file: Option<PathBuf>,
     /// Prefix of every Redis key this cluster uses, so several clusters (or tests) can share one Redis. Default `cctv`.
     pub namespace: String,
     /// Redis behind Sentinel: the master's address comes from the sentinels and every connection
@@ -69,7 +76,7 @@ pub struct ClusterConfig {
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        Self { redis_url: "redis://127.0.0.1:6379".into(), namespace: "cctv".into(), sentinel: None }
+        Self { redis_url: "redis://127.0.0.1:6379".into(), tls_ca_file: None, namespace: "cctv".into(), sentinel: None }
     }
 }
 
@@ -496,109 +503,6 @@ impl fmt::Debug for ApiConfig {
     }
 }
 
-/// `[notify]`: where the `notifier` process sends motion, object and backup events besides
-/// Redis. Nothing is sent unless a sink is configured.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct NotifyConfig {
-    /// Base URL of this cluster's API as receivers reach it (e.g. `http://nvr.lan:8088`), put in
-    /// front of snapshot links. Default: none (links are paths such as `/api/snapshots/1/...`).
-    pub public_url: Option<String>,
-    /// MQTT broker to publish on. Default: none.
-    pub mqtt: Option<MqttConfig>,
-    /// HTTP endpoints each event is POSTed to (`[[notify.webhook]]`). Default: none.
-    #[serde(rename = "webhook")]
-    pub webhooks: Vec<WebhookConfig>,
-}
-
-/// `[notify.mqtt]`.
-#[derive(Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct MqttConfig {
-    /// `mqtt://[user[:password]@]host[:port]` (port 1883 by default); a secret reference
-    /// (`{env:NAME}`, `{file:PATH}`) is allowed anywhere in it. Required.
-    pub url: String,
-    /// Topics are `<topic_prefix>/ch<id>/...`. Default `cctv`.
-    #[serde(default = "default_topic_prefix")]
-    pub topic_prefix: String,
-    /// Home Assistant MQTT discovery prefix; `""` turns discovery off. Default `homeassistant`.
-    #[serde(default = "default_discovery_prefix")]
-    pub discovery_prefix: String,
-    /// MQTT client id. Default `cctv-notifier-<namespace>`.
-    #[serde(default)]
-    pub client_id: Option<String>,
-}
-
-fn default_topic_prefix() -> String {
-    "cctv".into()
-}
-
-fn default_discovery_prefix() -> String {
-    "homeassistant".into()
-}
-
-/// Event categories a webhook can ask for.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Hash)]
-#[serde(rename_all = "lowercase")]
-pub enum EventCategory {
-    Motion,
-    Objects,
-    Backup,
-}
-
-impl EventCategory {
-    pub const ALL: [EventCategory; 3] = [EventCategory::Motion, EventCategory::Objects, EventCategory::Backup];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventCategory::Motion => "motion",
-            EventCategory::Objects => "objects",
-            EventCategory::Backup => "backup",
-        }
-    }
-}
-
-/// One `[[notify.webhook]]`.
-#[derive(Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookConfig {
-    /// Names its stream position in Redis, so keep it when editing the list. Default `webhook<n>`
-    /// (its place in the list, from 1).
-    #[serde(default)]
-    pub name: Option<String>,
-    /// `http://` endpoint the event JSON is POSTed to. Required.
-    pub url: String,
-    /// Key of the `X-CCTV-Signature: sha256=<hex HMAC-SHA256 of the body>` header; a secret
-    /// reference is allowed. Default: none (no signature header).
-    #[serde(default)]
-    pub secret: Option<String>,
-    /// Which events are sent. Default all: `["motion", "objects", "backup"]`.
-    #[serde(default = "all_categories")]
-    pub events: Vec<EventCategory>,
-}
-
-fn all_categories() -> Vec<EventCategory> {
-    EventCategory::ALL.to_vec()
-}
-
-impl WebhookConfig {
-    /// The configured name, else `webhook<n>` from its place (`index` from 0).
-    pub fn name_or_default(&self, index: usize) -> String {
-        self.name.clone().unwrap_or_else(|| format!("webhook{}", index + 1))
-    }
-}
-
-impl fmt::Debug for WebhookConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WebhookConfig")
-            .field("name", &self.name)
-            .field("url", &redact_url(&self.url))
-            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
-            .field("events", &self.events)
-            .finish()
-    }
-}
-
 /// Environment variable that overrides `api.token`.
 pub const API_TOKEN_ENV: &str = "CCTV_API_TOKEN";
 
@@ -812,6 +716,7 @@ impl fmt::Debug for ClusterConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClusterConfig")
             .field("redis_url", &redact_url(&self.redis_url))
+            .field("tls_ca_file", &self.tls_ca_file)
             .field("namespace", &self.namespace)
             .field("sentinel", &self.sentinel)
             .finish()
@@ -824,17 +729,6 @@ impl fmt::Debug for SentinelConfig {
             .field("master", &self.master)
             .field("addresses", &self.addresses)
             .field("password", &self.password.as_ref().map(|_| crate::redact::MASK))
-            .finish()
-    }
-}
-
-impl fmt::Debug for MqttConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MqttConfig")
-            .field("url", &redact_url(&self.url))
-            .field("topic_prefix", &self.topic_prefix)
-            .field("discovery_prefix", &self.discovery_prefix)
-            .field("client_id", &self.client_id)
             .finish()
     }
 }

@@ -225,12 +225,21 @@ fn notify_sinks_are_checked_and_their_secrets_may_be_references() {
         topic_prefix = "cctv/#"
         [[notify.webhook]]
         name = "a"
-        url = "https://hooks.lan/x"
+        url = "ftp://hooks.lan/x"
         secret = "short"
         events = []
         [[notify.webhook]]
         name = "a"
         url = "http://hooks.lan/y"
+        ca_file = "/etc/hostname"
+        [[notify.webhook]]
+        name = "c"
+        url = "https://hooks.lan/z"
+        ca_file = "/etc/hostname"
+        [[notify.webhook]]
+        name = "d"
+        url = "https://hooks.lan/z"
+        ca_file = "/nonexistent/ca.pem"
         [[channel]]
         id = 1
         name = "Gate"
@@ -242,13 +251,28 @@ fn notify_sinks_are_checked_and_their_secrets_may_be_references() {
         &[
             "notify.mqtt.url: \"http://broker.lan\" has scheme \"http\"",
             "notify.mqtt.topic_prefix: \"cctv/#\" must be non-empty",
-            "notify.webhook[0].url: \"https://hooks.lan/x\" has scheme \"https\"",
+            "notify.webhook[0].url: \"ftp://hooks.lan/x\" has scheme \"ftp\"",
             "notify.webhook[0].secret: must be at least 16 characters",
             "notify.webhook[0].events: must name at least one",
             "notify.webhook[1].name: duplicate webhook name \"a\"",
+            "notify.webhook[1].ca_file: is for https:// URLs only",
+            "notify.webhook[2].ca_file: /etc/hostname holds no PEM certificate",
+            "notify.webhook[3].ca_file: cannot read /nonexistent/ca.pem",
         ],
     );
-    assert_eq!(problems.len(), 6, "{problems:?}");
+    assert_eq!(problems.len(), 9, "{problems:?}");
+    // TLS sinks: https webhooks and mqtts brokers validate.
+    let tls = r#"
+        [notify.mqtt]
+        url = "mqtts://user:{env:MQTT_PW}@broker.lan"
+        [[notify.webhook]]
+        url = "https://hooks.example.org/cctv"
+        [[channel]]
+        id = 1
+        name = "Gate"
+        source = "rtsp://cam/1"
+    "#;
+    assert_eq!(problems_of(tls), Vec::<String>::new());
 }
 
 #[test]

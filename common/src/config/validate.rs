@@ -31,6 +31,19 @@ impl Config {
             p.add("cluster.namespace", format!("{ns:?} must be non-empty letters, digits, '-', '_' or '.'"));
         }
         check_url(p, "cluster.redis_url", &self.cluster.redis_url, &["redis", "rediss", "unix"]);
+        // `#insecure` would make the redis crate skip the certificate check.
+        if self.cluster.redis_url.to_ascii_lowercase().starts_with("rediss://") && self.cluster.redis_url.contains('#')
+        {
+            p.add(
+                "cluster.redis_url",
+                format!(
+                    "{} has a fragment (#insecure turns off the certificate check): remove it; a private CA goes in \
+                     cluster.tls_ca_file",
+                    redact_url(&self.cluster.redis_url)
+                ),
+            );
+        }
+        check_ca_file(p, "cluster", &self.cluster.redis_url, "rediss", self.cluster.tls_ca_file.as_deref());
         if let Some(sentinel) = &self.cluster.sentinel {
             check_sentinel(p, sentinel, &self.cluster.redis_url);
         }
@@ -388,7 +401,8 @@ fn check_notify(p: &mut Problems, n: &NotifyConfig) {
         check_url(p, "notify.public_url", u, &["http", "https"]);
     }
     if let Some(m) = &n.mqtt {
-        check_url(p, "notify.mqtt.url", &m.url, &["mqtt"]);
+        check_url(p, "notify.mqtt.url", &m.url, &["mqtt", "mqtts"]);
+        check_ca_file(p, "notify.mqtt", &m.url, "mqtts", m.ca_file.as_deref());
         let topic_ok = |t: &str| !t.contains(['#', '+', '\0']) && !t.starts_with('/') && !t.ends_with('/');
         if m.topic_prefix.is_empty() || !topic_ok(&m.topic_prefix) {
             p.add(
@@ -409,7 +423,8 @@ fn check_notify(p: &mut Problems, n: &NotifyConfig) {
     let mut names = HashSet::new();
     for (i, w) in n.webhooks.iter().enumerate() {
         let at = |field: &str| format!("notify.webhook[{i}].{field}");
-        check_url(p, &at("url"), &w.url, &["http"]);
+        check_url(p, &at("url"), &w.url, &["http", "https"]);
+        check_ca_file(p, &format!("notify.webhook[{i}]"), &w.url, "https", w.ca_file.as_deref());
         let name = w.name_or_default(i);
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
             p.add(&at("name"), format!("{name:?} must be non-empty letters, digits, '-', '_' or '.'"));
@@ -422,6 +437,24 @@ fn check_notify(p: &mut Problems, n: &NotifyConfig) {
         if w.events.is_empty() {
             p.add(&at("events"), "must name at least one of motion, objects, backup".into());
         }
+    }
+}
+
+/// A CA file belongs to a TLS URL (`tls_scheme`), and must be a readable PEM file holding a
+/// certificate (checked here, so `check-config` finds what the notifier would fail on).
+fn check_ca_file(p: &mut Problems, at: &str, url: &str, tls_scheme: &str, ca_file: Option<&std::path::Path>) {
+    let Some(path) = ca_file else { return };
+    let field = if at == "cluster" { "cluster.tls_ca_file".to_string() } else { format!("{at}.ca_file") };
+    if !url.to_ascii_lowercase().starts_with(&format!("{tls_scheme}://")) {
+        p.add(&field, format!("is for {tls_scheme}:// URLs only (the URL has no TLS)"));
+        return;
+    }
+    match std::fs::read_to_string(path) {
+        Err(e) => p.add(&field, format!("cannot read {}: {e}", path.display())),
+        Ok(pem) if !pem.contains("-----BEGIN CERTIFICATE-----") => {
+            p.add(&field, format!("{} holds no PEM certificate", path.display()))
+        }
+        Ok(_) => {}
     }
 }
 
