@@ -346,8 +346,8 @@ impl<J: Job> Queue<J> {
                 }
                 v
             }
-            "done" => self.conn.smembers(config.done_jobs_set()).await.map_err(|e| self.redis_err(e))?,
-            "dead" => self.conn.smembers(config.dead_jobs_set()).await.map_err(|e| self.redis_err(e))?,
+            "done" => self.newest_members(&config.done_jobs_set(), limit).await?,
+            "dead" => self.newest_members(&config.dead_jobs_set(), limit).await?,
             other => {
                 return Err(QueueError::Backend {
                     queue: self.name.clone(),
@@ -360,6 +360,29 @@ impl<J: Job> Queue<J> {
         ids.dedup();
         ids.truncate(limit);
         Ok(ids)
+    }
+
+    /// The `limit` greatest members of `set` (ULIDs: the newest jobs). The set may hold every job
+    /// finished since the last purge (tens of thousands on a busy YOLO queue): it is read in
+    /// `SSCAN` steps, so Redis never answers one huge reply, and only the best `limit` are kept.
+    async fn newest_members(&mut self, set: &str, limit: usize) -> Result<Vec<String>, QueueError> {
+        let mut best = NewestIds::new(limit);
+        let mut cursor = 0u64;
+        loop {
+            let (next, ids): (u64, Vec<String>) = redis::cmd("SSCAN")
+                .arg(set)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut self.conn)
+                .await
+                .map_err(|e| self.redis_err(e))?;
+            ids.into_iter().for_each(|id| best.offer(id));
+            if next == 0 {
+                return Ok(best.into_vec());
+            }
+            cursor = next;
+        }
     }
 
     /// One job, or `None` when the id is unknown (or purged).
@@ -550,6 +573,54 @@ impl<J: Job> Queue<J> {
             }
             backoff = (backoff * 2).min(Duration::from_secs(30));
             generation += 1;
+        }
+    }
+}
+
+/// The `limit` greatest ids offered, kept in a min-heap of that size (memory bounded by the
+/// page, not by the set).
+struct NewestIds {
+    limit: usize,
+    heap: std::collections::BinaryHeap<std::cmp::Reverse<String>>,
+}
+
+impl NewestIds {
+    fn new(limit: usize) -> Self {
+        Self { limit, heap: std::collections::BinaryHeap::with_capacity(limit + 1) }
+    }
+
+    fn offer(&mut self, id: String) {
+        if self.limit == 0 {
+            return;
+        }
+        if self.heap.len() < self.limit {
+            self.heap.push(std::cmp::Reverse(id));
+        } else if self.heap.peek().is_some_and(|least| id > least.0) {
+            self.heap.pop();
+            self.heap.push(std::cmp::Reverse(id));
+        }
+    }
+
+    /// Newest first.
+    fn into_vec(self) -> Vec<String> {
+        let mut v: Vec<String> = self.heap.into_iter().map(|r| r.0).collect();
+        v.sort_unstable_by(|a, b| b.cmp(a));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_newest_ids_are_kept_whatever_the_order_they_come_in() {
+        let ids: Vec<String> = (0..500).map(|i| format!("01J{:05}", (i * 7919) % 500)).collect();
+        for limit in [0, 1, 3, 50, 1000] {
+            let mut best = super::NewestIds::new(limit);
+            ids.iter().cloned().for_each(|id| best.offer(id));
+            let mut expected = ids.clone();
+            expected.sort_unstable_by(|a, b| b.cmp(a));
+            expected.truncate(limit);
+            assert_eq!(best.into_vec(), expected, "limit {limit}");
         }
     }
 }

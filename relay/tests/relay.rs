@@ -99,10 +99,14 @@ async fn a_camera_refusing_the_password_is_reported_with_the_reason_everywhere()
     cctv_testkit::make_camera_clip(&source, &main, 6, 640, 360);
     cctv_testkit::make_camera_clip(&source, &sub, 6, 320, 180);
     let cameras = RtspCameras::start_with_auth(&[(main.clone(), sub.clone()), (main, sub)], "admin:right-pass");
+    // Channel 3 gives its password in the query string, as many cameras take it (this server
+    // wants user-info, so it is refused: its reason must not carry the query).
     let channels = format!(
-        "[[channel]]\nid = 1\nname = \"gate\"\nsource = \"{}\"\n[[channel]]\nid = 2\nname = \"yard\"\nsource = \"{}\"\n",
+        "[[channel]]\nid = 1\nname = \"gate\"\nsource = \"{}\"\n[[channel]]\nid = 2\nname = \"yard\"\nsource = \"{}\"\n\
+         [[channel]]\nid = 3\nname = \"door\"\nsource = \"{}?user=admin&password=qs-pass\"\n",
         cameras.url("admin:right-pass@", 1, "main"),
-        cameras.url("admin:wrong-pass@", 2, "main")
+        cameras.url("admin:wrong-pass@", 2, "main"),
+        cameras.url("", 2, "main")
     );
     let port = cctv_testkit::free_port();
     let mut cluster = Cluster::new(&channels, 8, &format!("[api]\nlisten = \"127.0.0.1:{port}\"\n"));
@@ -119,6 +123,11 @@ async fn a_camera_refusing_the_password_is_reported_with_the_reason_everywhere()
     .expect("the relay of ch2 reports the camera's 401");
     let reason = refused.main.last_error.clone().unwrap();
     assert!(reason.contains("401 Unauthorized"), "{reason}");
+    let query_refused = wait_for(Duration::from_secs(40), || async {
+        status(&cluster, 3).await.filter(|s| !s.main.running && s.main.last_error.is_some())
+    })
+    .await
+    .expect("the relay of ch3 reports why it is down");
     let ok = wait_for(Duration::from_secs(30), || async { status(&cluster, 1).await.filter(|s| s.main.running) }).await;
     assert!(ok.is_some(), "ch1, with the right password, is relayed");
     // No process shows a camera's password to other local users (`ps`, /proc/<pid>/cmdline):
@@ -130,13 +139,25 @@ async fn a_camera_refusing_the_password_is_reported_with_the_reason_everywhere()
             continue; // the simulated camera itself
         }
         assert!(
-            !cmdline.contains("right-pass") && !cmdline.contains("wrong-pass"),
+            !cmdline.contains("right-pass") && !cmdline.contains("wrong-pass") && !cmdline.contains("qs-pass"),
             "a camera password on a command line: {cmdline}"
         );
     }
     assert!(!serde_json::to_string(&refused).unwrap().contains("wrong-pass"), "{refused:?}");
 
     cctv_testkit::wait_for_port(port, Duration::from_secs(10), "API");
+    // Every channel's answer, in the Redis key and from the API: no password of any form.
+    let redis_key: Option<String> = redis::AsyncCommands::get(
+        &mut cluster.conn().await,
+        cctv_common::keys::Keys::new(&cluster.config.cluster.namespace).relay_status(3),
+    )
+    .await
+    .unwrap();
+    let all =
+        ureq::get(format!("http://127.0.0.1:{port}/api/channels")).call().unwrap().body_mut().read_to_string().unwrap();
+    for text in [redis_key.unwrap_or_default(), all, serde_json::to_string(&query_refused).unwrap()] {
+        assert!(!text.contains("qs-pass") && !text.contains("right-pass"), "a camera password leaked: {text}");
+    }
     let body = ureq::get(format!("http://127.0.0.1:{port}/api/channels/2"))
         .call()
         .unwrap()

@@ -44,9 +44,9 @@ where
     let keys = Keys::new(&config.cluster.namespace);
     let conn = queue::connect(&config.cluster, &config.queue).await.unwrap();
     let mut poison: Queue<Poison<Q>> = Queue::new(conn.clone(), &keys, &config.queue);
-    poison.push(&Poison { nonsense: "x".into() }).await.unwrap();
+    let poison_id = poison.push(&Poison { nonsense: "x".into() }).await.unwrap();
     let mut q: Queue<J> = Queue::new(conn.clone(), &keys, &config.queue).with_poll_interval(Duration::from_millis(100));
-    q.push(&good).await.unwrap();
+    let good_id = q.push(&good).await.unwrap();
     let handled: Arc<Mutex<Vec<J>>> = Arc::default();
     let stop = CancellationToken::new();
     let seen = handled.clone();
@@ -66,10 +66,13 @@ where
         tokio::time::sleep(Duration::from_secs(2)).await;
         let mut stats: Queue<J> = Queue::new(conn.clone(), &keys, &config.queue);
         let s = stats.stats().await.unwrap();
+        let listed = (stats.ids("dead", 10).await.unwrap(), stats.ids("done", 10).await.unwrap());
         stop.cancel();
-        s
+        (s, listed)
     };
-    let (_, s) = tokio::join!(run, watch);
+    let (_, (s, (dead, done))) = tokio::join!(run, watch);
+    // The lists the API and `cctv jobs list` show (read from the sets step by step).
+    assert_eq!((dead, done), (vec![poison_id], vec![good_id]), "queue {}: the dead and done lists", J::QUEUE);
     assert_eq!(handled.lock().unwrap().len(), 1, "queue {}: the good job after the poison one was handled", J::QUEUE);
     assert_eq!(s.dead, 1, "queue {}: the poison job is dead, once: {s:?}", J::QUEUE);
 }
