@@ -70,6 +70,16 @@ if [ ! -f "$PY_TOOLS/.openapi-spec-validator-0.9.0" ]; then
     touch "$PY_TOOLS/.openapi-spec-validator-0.9.0"
 fi
 
+# schemathesis: the API test fuzzes every documented route from /api/openapi.json (no answer
+# may be a server error). Into .tools/schemathesis, pinned.
+ST_TOOLS=.tools/schemathesis
+if [ ! -f "$ST_TOOLS/.schemathesis-4.32.5" ]; then
+    rm -rf "$ST_TOOLS"
+    python3 -m pip install -q --disable-pip-version-check --no-warn-conflicts --target "$ST_TOOLS" \
+        schemathesis==4.32.5
+    touch "$ST_TOOLS/.schemathesis-4.32.5"
+fi
+
 if ! command -v cargo >/dev/null; then
     echo "error: cargo not found. Install Rust >= 1.85 with rustup (https://rustup.rs); Debian 12's rustc is too old." >&2
     exit 1

@@ -761,3 +761,41 @@ fn openapi_check(http: &Http, doc: &serde_json::Value) {
     eprintln!("{text}");
     assert!(out.status.success(), "the OpenAPI document or an answer does not hold: {text}");
 }
+
+/// Schema-driven fuzzing of every documented route (schemathesis, installed by
+/// deploy/install-deps.sh into `.tools/schemathesis`) against a running API, as the admin:
+/// generated paths, parameters and bodies, and no answer may be a server error (5xx).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_driven_fuzzing_finds_no_server_error() {
+    let (port, _tmp, backups, extra) = api_site(&format!("token = \"{TOKEN}\""), "");
+    std::fs::write(backups.join("Channel1_2026-01-01_00-00-00.mp4"), b"0123456789").unwrap();
+    let mut cluster = Cluster::new(&channel_with(1, ""), 8, &extra);
+    cluster.start_scheduler();
+    cctv_testkit::wait_for_port(port, Duration::from_secs(10), "API");
+    let tools = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/schemathesis");
+    assert!(tools.join(".schemathesis-4.32.5").exists(), "schemathesis missing: run deploy/install-deps.sh");
+    let report = cluster.path("schemathesis.txt");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import sys; from schemathesis.cli import schemathesis; sys.argv[0] = 'schemathesis'; schemathesis()",
+            ])
+            .args(["run", &format!("http://127.0.0.1:{port}/api/openapi.json")])
+            .args(["--checks", "not_a_server_error", "--max-examples", "25", "--workers", "2", "--no-color"])
+            .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
+            .env("PYTHONPATH", &tools)
+            .env("SCHEMATHESIS_HOOKS", "")
+            .output()
+            .expect("running schemathesis")
+    })
+    .await
+    .unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    std::fs::write(&report, &said).unwrap();
+    let tail: String = said.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+    assert!(out.status.success(), "schemathesis found server errors (or could not run):\n{tail}");
+    // It ran: it says how many cases it generated and that none failed.
+    assert!(said.contains("passed") && !said.contains(" failed"), "{tail}");
+    eprintln!("{tail}");
+}
