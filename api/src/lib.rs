@@ -31,6 +31,7 @@ use crate::metrics::ClusterMetrics;
 use views::*;
 
 pub mod auth;
+mod export;
 mod headers;
 pub mod metrics;
 pub mod openapi;
@@ -86,6 +87,8 @@ fn documented_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(backups))
         .routes(routes!(download_backup, delete_backup))
         .routes(routes!(backup_h264_copy))
+        .routes(routes!(export::export_plan))
+        .routes(routes!(export::export))
         .routes(routes!(protect_backup, unprotect_backup))
         .routes(routes!(snapshots))
         .routes(routes!(snapshot_file))
@@ -139,10 +142,10 @@ pub async fn serve(
 }
 
 /// Query parameters, parsed by hand so every bad one gets a 400 naming it.
-struct Params(HashMap<String, String>);
+pub(crate) struct Params(pub(crate) HashMap<String, String>);
 
 impl Params {
-    fn check_known(&self, known: &[&str]) -> ApiResult<()> {
+    pub(crate) fn check_known(&self, known: &[&str]) -> ApiResult<()> {
         for k in self.0.keys() {
             if !known.contains(&k.as_str()) {
                 return Err(ApiError::bad(format!("unknown parameter {k:?} (known: {})", known.join(", "))));
@@ -150,7 +153,7 @@ impl Params {
         }
         Ok(())
     }
-    fn channel(&self, config: &Config) -> ApiResult<Option<u32>> {
+    pub(crate) fn channel(&self, config: &Config) -> ApiResult<Option<u32>> {
         match self.0.get("channel") {
             None => Ok(None),
             Some(v) => {
@@ -469,7 +472,7 @@ async fn backup_list(
 
 /// The backup files not deleted, from the backup stream, rebuilt only when the stream changed
 /// (see `state::LiveBackups`).
-async fn live_backups(s: &ApiState) -> ApiResult<Arc<Vec<BackupEvent>>> {
+pub(crate) async fn live_backups(s: &ApiState) -> ApiResult<Arc<Vec<BackupEvent>>> {
     let mut conn = s.conn.clone();
     let stream = s.keys.backup_events();
     let mut cached = s.backups.lock().await;
@@ -625,7 +628,7 @@ fn make_h264_copy(from: &std::path::Path, to: &std::path::Path) -> Result<(), St
 }
 
 /// Serves a file with HTTP Range support (a `<video>` element seeks with it).
-async fn serve_file(path: PathBuf, req: Request) -> ApiResult<Response> {
+pub(crate) async fn serve_file(path: PathBuf, req: Request) -> ApiResult<Response> {
     let mime = match path.extension().and_then(|e| e.to_str()) {
         Some("mp4") => "video/mp4",
         Some("mkv") => "video/x-matroska",

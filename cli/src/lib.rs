@@ -56,6 +56,24 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Export a time range of a channel as one MP4: stream copy of the backup files on this
+    /// host that cover it, cut at keyframes. Time no file covers is listed, never filled.
+    Export {
+        #[arg(long)]
+        channel: u32,
+        /// Start: a site time (`2026-12-07T14:00`), a time ago (`2h`) or ms since the epoch.
+        #[arg(long)]
+        from: String,
+        /// End, same forms.
+        #[arg(long)]
+        to: String,
+        /// The MP4 to write (written whole or not at all).
+        #[arg(long, short)]
+        output: std::path::PathBuf,
+        /// Print the plan (pieces and holes) as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Plan, batches and who holds them, channel and camera status, workers, queue depth.
     Status {
         #[arg(long)]
@@ -150,6 +168,9 @@ pub async fn run(config_path: &std::path::Path, command: Command) -> anyhow::Res
             compare::command(&mut conn, &keys, &config, &channels, &since, until.as_deref(), json).await
         }
         Command::Status { json, check } => status(&config, conn, &keys, json, check).await,
+        Command::Export { channel, from, to, output, json } => {
+            export(&config, &mut conn, &keys, channel, (&from, &to), &output, json).await
+        }
         Command::Jobs(cmd) => jobs::run(&config, conn, &keys, cmd).await,
         Command::Backups(BackupsCommand::List { channel, since, limit, json }) => {
             jobs::backups(&config, conn, &keys, channel, since.as_deref(), limit, json).await
@@ -158,6 +179,53 @@ pub async fn run(config_path: &std::path::Path, command: Command) -> anyhow::Res
         Command::Backups(BackupsCommand::Unprotect { file }) => jobs::protect(conn, &keys, &file, false).await,
         Command::Storage { json } => jobs::storage(conn, &keys, json).await,
     }
+}
+
+/// `cctv export`: plans from the backup stream and the files in `record.backup_dir`, writes.
+async fn export(
+    config: &Config,
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    channel: u32,
+    (from, to): (&str, &str),
+    output: &std::path::Path,
+    json: bool,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(config.channel(channel).is_some(), "channel {channel} is not in the config");
+    let tz = site_zone(config);
+    let now = cctv_common::events::now_ms();
+    let from_ms = cctv_common::timefmt::parse_time_in(from, now, &tz).map_err(|e| anyhow::anyhow!("--from: {e}"))?;
+    let to_ms = cctv_common::timefmt::parse_time_in(to, now, &tz).map_err(|e| anyhow::anyhow!("--to: {e}"))?;
+    let r: redis::streams::StreamRangeReply = conn.xrevrange_count(keys.backup_events(), "+", "-", 100_000).await?;
+    let events: Vec<BackupEvent> = r.ids.iter().filter_map(|e| cctv_common::events::decode_entry(&e.map)).collect();
+    let sources = cctv_common::export::sources(&events, channel, &config.record.backup_dir);
+    let plan = cctv_common::export::plan(channel, &sources, from_ms, to_ms)?;
+    let (out, written) = (output.to_path_buf(), plan.clone());
+    tokio::task::spawn_blocking(move || {
+        cctv_common::export::write(&written, &out, std::time::Duration::from_secs(3600))
+    })
+    .await??;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+        return Ok(());
+    }
+    let at = |ms: i64| cctv_common::timefmt::rfc3339(ms, &tz);
+    println!("wrote {} ({:.1} s of video from {} file(s))", output.display(), plan.covered_secs(), plan.pieces.len());
+    for p in &plan.pieces {
+        println!("  {}  {} .. {}", p.file, at(p.from_ms), at(p.to_ms));
+    }
+    if plan.holes.is_empty() {
+        println!("no holes: the range is covered from start to end");
+    }
+    for h in &plan.holes {
+        println!(
+            "HOLE  {} .. {}  ({:.1} s with no backup)",
+            at(h.from_ms),
+            at(h.to_ms),
+            (h.to_ms - h.from_ms) as f64 / 1000.0
+        );
+    }
+    Ok(())
 }
 
 /// Shared by every binary's `check-config`: prints every problem, errors when there are any.

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod events;
+pub mod export;
 pub mod ffmpeg;
 pub mod heartbeat;
 pub mod jobs;

@@ -46,8 +46,38 @@ pub fn parse_time(text: &str, now: i64) -> Result<i64, String> {
     Ok(now - (n * ms) as i64)
 }
 
+/// Like [`parse_time`], and also a wall-clock time of `tz` (the site's): `2026-12-07T14:00`,
+/// `2026-12-07 14:00:30`, or with an offset (`2026-12-07T14:00:00+01:00`).
+pub fn parse_time_in(text: &str, now: i64, tz: &TimeZone) -> Result<i64, String> {
+    let t = text.trim();
+    if let Ok(ms) = parse_time(t, now) {
+        return Ok(ms);
+    }
+    if let Ok(ts) = t.parse::<jiff::Timestamp>() {
+        return Ok(ts.as_millisecond());
+    }
+    match t.replacen(' ', "T", 1).parse::<jiff::civil::DateTime>() {
+        Ok(dt) => dt.to_zoned(tz.clone()).map(|z| z.timestamp().as_millisecond()).map_err(|e| format!("{text:?}: {e}")),
+        Err(_) => Err(format!(
+            "{text:?} is not a time: use 2026-12-07T14:00 (site time), 90s, 15m, 2h, 1d (ago) or ms since the epoch"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn site_times_and_offsets_parse_too() {
+        let tz = jiff::tz::TimeZone::get("Europe/Paris").unwrap();
+        // 14:00 in Paris in December is 13:00 UTC.
+        let ms = super::parse_time_in("2026-12-07T14:00", 0, &tz).unwrap();
+        assert_eq!(ms, "2026-12-07T13:00:00Z".parse::<jiff::Timestamp>().unwrap().as_millisecond());
+        assert_eq!(super::parse_time_in("2026-12-07 14:00:00", 0, &tz), Ok(ms));
+        assert_eq!(super::parse_time_in("2026-12-07T14:00:00+01:00", 0, &tz), Ok(ms));
+        assert_eq!(super::parse_time_in("2h", 10_000_000, &tz), Ok(10_000_000 - 7_200_000));
+        assert!(super::parse_time_in("yesterday", 0, &tz).unwrap_err().contains("site time"));
+    }
+
     #[test]
     fn times_parse_relative_and_absolute() {
         assert_eq!(super::parse_time("90s", 100_000), Ok(10_000));
