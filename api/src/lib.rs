@@ -83,6 +83,7 @@ fn documented_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(channel_preview))
         .routes(routes!(channel_live))
         .routes(routes!(hls_js))
+        .routes(routes!(ui_module))
         .routes(routes!(events))
         .routes(routes!(backups))
         .routes(routes!(download_backup, delete_backup))
@@ -354,6 +355,21 @@ async fn channel_live(State(s): State<ApiState>, Path((id, file)): Path<(String,
         }
         Err(e) => Err(ApiError(StatusCode::BAD_GATEWAY, format!("live video of channel {id}: nginx-rtmp's HLS: {e}"))),
     }
+}
+
+/// The dashboard's ES modules (`api/src/ui/`), compiled in: one per view, no build step.
+const UI_MODULES: &[(&str, &str)] = &[("export.js", include_str!("ui/export.js"))];
+
+/// One of the dashboard's ES modules.
+#[utoipa::path(get, path = "/ui/{name}", tag = "pages",
+    params(("name" = String, Path, description = "module file name, e.g. export.js")),
+    responses((status = 200, content_type = "text/javascript", body = String), (status = 404, body = ErrorBody)))]
+async fn ui_module(Path(name): Path<String>) -> ApiResult<Response> {
+    let (_, js) = UI_MODULES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .ok_or_else(|| ApiError::not_found(format!("no dashboard module {name:?}")))?;
+    Ok(([(header::CONTENT_TYPE, "text/javascript"), (header::CACHE_CONTROL, "no-cache")], *js).into_response())
 }
 
 /// hls.js, for the dashboard's live view (vendored, `api/src/vendor/README.md`).

@@ -730,7 +730,7 @@ fn cli_prints_shell_completions() {
 }
 
 /// The served OpenAPI document is valid (openapi-spec-validator), and what every documented
-/// JSON GET without path parameters answers right now matches the schema it documents.
+/// JSON GET without path or required parameters answers right now matches the schema it documents.
 fn openapi_check(http: &Http, doc: &serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
     let doc_file = dir.path().join("openapi.json");
@@ -738,7 +738,9 @@ fn openapi_check(http: &Http, doc: &serde_json::Value) {
     let mut args = vec![doc_file.display().to_string()];
     for (path, item) in doc["paths"].as_object().unwrap() {
         let json_answer = item["get"]["responses"]["200"]["content"]["application/json"].is_object();
-        if path.contains('{') || !json_answer || path == "/api/openapi.json" {
+        // Operations with a required query parameter (an export's range) are checked by their own tests.
+        let required = item["get"]["parameters"].as_array().is_some_and(|ps| ps.iter().any(|p| p["required"] == true));
+        if path.contains('{') || !json_answer || required || path == "/api/openapi.json" {
             continue;
         }
         let (status, answer) = http.get(path);
@@ -782,7 +784,12 @@ async fn schema_driven_fuzzing_finds_no_server_error() {
                 "import sys; from schemathesis.cli import schemathesis; sys.argv[0] = 'schemathesis'; schemathesis()",
             ])
             .args(["run", &format!("http://127.0.0.1:{port}/api/openapi.json")])
-            .args(["--checks", "not_a_server_error", "--max-examples", "25", "--workers", "2", "--no-color"])
+            .args(["--checks", "not_a_server_error", "--max-examples", "25", "--workers", "1", "--no-color"])
+            // Reproducible (a failure names the seed's case again), and not failed by a loaded
+            // CI machine: Hypothesis' own speed checks off, requests given 30 s. One worker: with
+            // two threads CPython 3.11 failed inside Hypothesis ("AST constructor recursion
+            // depth mismatch") on a loaded machine, an error of the tool, not of the API.
+            .args(["--seed", "20261207", "--suppress-health-check", "all", "--request-timeout", "30"])
             .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
             .env("PYTHONPATH", &tools)
             .env("SCHEMATHESIS_HOOKS", "")
@@ -794,7 +801,7 @@ async fn schema_driven_fuzzing_finds_no_server_error() {
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     std::fs::write(&report, &said).unwrap();
     let tail: String = said.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-    assert!(out.status.success(), "schemathesis found server errors (or could not run):\n{tail}");
+    assert!(out.status.success(), "schemathesis found server errors (or could not run):\n{said}");
     // It ran: it says how many cases it generated and that none failed.
     assert!(said.contains("passed") && !said.contains(" failed"), "{tail}");
     eprintln!("{tail}");

@@ -193,4 +193,28 @@ async fn a_range_is_one_mp4_across_files_and_its_holes_are_listed() {
     assert_eq!(status(format!("/api/export?channel=1&from={}&to={}", t0, t0 + 7 * 3_600_000)), 400, "over 6 h");
     assert_eq!(status(format!("/api/export?channel=9&from={t0}&to={}", t0 + 1000)), 404, "an unknown channel");
     assert_eq!(status("/api/export?channel=1&from=soon&to=later".into()), 400);
+
+    // The dashboard's export view in Chromium: the range across two files plays 10 s, with no
+    // hole; the range over the gap shows its hole.
+    let attr = |dom: &str, tag_id: &str, name: &str| -> String {
+        let tag = dom.split(&format!("id=\"{tag_id}\"")).nth(1).and_then(|r| r.split('>').next()).unwrap_or("");
+        tag.split(&format!("{name}=\"")).nth(1).and_then(|r| r.split('"').next()).unwrap_or("").to_string()
+    };
+    let dom =
+        cctv_testkit::browse(port, &format!("/?export=1&channel=1&from={}&to={}", t0 + 5_000, t0 + 15_000), &[], 9_000);
+    let played: f64 = attr(&dom, "ex-video", "data-duration").parse().unwrap_or(0.0);
+    assert!(
+        (9.5..=10.6).contains(&played),
+        "the dashboard's export plays {played} s:\n{}",
+        attr(&dom, "ex-video", "data-error")
+    );
+    assert_eq!(attr(&dom, "ex-holes", "data-holes"), "0");
+    let dom = cctv_testkit::browse(
+        port,
+        &format!("/?export=1&channel=1&from={}&to={}", t0 + 15_000, t0 + 35_000),
+        &[],
+        6_000,
+    );
+    assert_eq!(attr(&dom, "ex-holes", "data-holes"), "1", "the hole on the page");
+    assert!(dom.contains("no backup") && dom.contains("(10.0 s)"), "{}", dom.split("export-view").nth(1).unwrap_or(""));
 }
