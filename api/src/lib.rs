@@ -35,6 +35,7 @@ mod export;
 mod headers;
 pub mod metrics;
 pub mod openapi;
+mod pictures;
 pub mod server;
 pub mod session;
 mod state;
@@ -85,6 +86,7 @@ fn documented_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(hls_js))
         .routes(routes!(ui_module))
         .routes(routes!(events))
+        .routes(routes!(pictures::motion_picture))
         .routes(routes!(backups))
         .routes(routes!(download_backup, delete_backup))
         .routes(routes!(backup_h264_copy))

@@ -129,6 +129,10 @@ impl Keys {
     pub fn worker_pattern(&self) -> String {
         format!("{}:workers:*", self.ns)
     }
+    /// The JPEG of a motion event's busiest frame (TTL 14 days).
+    pub fn motion_thumbnail(&self, event_id: &str) -> String {
+        format!("{}:thumb:motion:{event_id}", self.ns)
+    }
     /// A dashboard sign-in, by the digest of its cookie's id (the id itself is never stored).
     pub fn session(&self, id_digest: &str) -> String {
         format!("{}:session:{id_digest}", self.ns)
@@ -157,6 +161,7 @@ mod tests {
             k.record_active(1),
             k.record_motion_event("e"),
             k.session("d"),
+            k.motion_thumbnail("e"),
             k.sign_in_failures("c"),
             k.record_cursor(),
             k.record_lease("r"),

@@ -140,6 +140,13 @@ async fn api_serves_live_data_validates_input_and_guards_mutations() {
 
     let (status, health) = http.get("/api/health");
     assert_eq!((status, health["redis"].as_bool()), (200, Some(true)), "{health}");
+    // Each motion event has a picture of its busiest frame.
+    let ended = cluster.motion_events().await.into_iter().find(|e| e.kind == MotionEventKind::End).unwrap();
+    let (status, jpeg, ctype) =
+        http.call("GET", &format!("/api/events/motion/{}/picture.jpg", ended.event_id), None, None);
+    assert!(status == 200 && ctype == "image/jpeg" && jpeg.starts_with(b"\xff\xd8"), "{status} {ctype}");
+    assert_eq!(http.call("GET", "/api/events/motion/no-such-event/picture.jpg", None, None).0, 404);
+    assert_eq!(http.call("GET", "/api/events/motion/a%20b/picture.jpg", None, None).0, 400);
 
     let (status, chans) = http.get("/api/channels");
     assert_eq!(status, 200);
@@ -539,6 +546,20 @@ async fn dashboard_plays_live_view_backups_and_timeline_moments() {
     assert!(strip.contains("class=\"tl-motion\""), "no motion on the timeline: {strip}");
     let (from, _) = assert_playing(&dom, &file);
     assert!((4.9..6.0).contains(&from), "the timeline's moment (5 s into the backup) began playing at {from} s");
+    // The motion event's picture (its busiest frame) is in the events table and opens its
+    // moment: the backup plays from where the motion began (after the 3 s pre-roll).
+    let events = dom.split("id=\"ev-motion\"").nth(1).and_then(|r| r.split("</table>").next()).unwrap_or("");
+    assert!(events.contains("<img class=\"thumb\"") && events.contains("/picture.jpg"), "no event picture: {events}");
+    let started: i64 = events
+        .split("href=\"?seek=1:")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("the picture links to no moment: {events}"));
+    let dom = browse(port, &format!("/?seek=1:{started}"), &autoplay, 15_000);
+    let (from, _) = assert_playing(&dom, &file);
+    let expected = (started - start_ms) as f64 / 1000.0;
+    assert!((from - expected).abs() < 1.0, "the event's moment ({expected:.1} s in) began playing at {from} s");
     let before = start_ms - 30_000;
     let dom = browse(port, &format!("/?seek=1:{before}"), &autoplay, 8_000);
     assert!(dom.contains(&format!("data-nobackup=\"1:{before}\"")) && dom.contains("no backup at"), "{dom}");

@@ -69,6 +69,9 @@ pub enum ChannelMsg {
     /// The channel's latest picture (JPEG: colour on priority channels, else the grey frame
     /// the detector sees), every [`PREVIEW_EVERY_MS`].
     Preview { channel: u32, ts_ms: i64, jpeg: Vec<u8> },
+    /// The picture of a motion event's busiest frame so far (JPEG, as the channel's picture):
+    /// sent when the event starts and again, with its busiest frame, when it ends.
+    Thumbnail { event_id: String, jpeg: Vec<u8> },
     /// A colour frame of a priority channel in motion, for object detection.
     Frame { channel: u32, ts_ms: i64, motion_event: String, boxes: Vec<NormBox>, image: Vec<u8>, _place: InFlight },
 }

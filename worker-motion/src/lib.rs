@@ -46,6 +46,8 @@ const SUPERVISE_EVERY: Duration = Duration::from_secs(2);
 const STATUS_TTL_SECS: u64 = 10;
 /// A channel's picture outlives a few missed updates, not its worker.
 const PREVIEW_TTL_SECS: i64 = 60;
+/// How long a motion event's picture is kept: as long as a week of events is browsed.
+const MOTION_THUMBNAIL_TTL_SECS: u64 = 14 * 86_400;
 /// Motion events held while Redis is unreachable (the oldest give way; all are in the motion log).
 const OUTBOX_MAX: usize = 10_000;
 
@@ -349,6 +351,14 @@ async fn publish_event(
                 .await;
             if let Err(e) = r {
                 tracing::debug!(channel, error = %e, "cannot store the channel picture");
+            }
+            return;
+        }
+        ChannelMsg::Thumbnail { event_id, jpeg } => {
+            let r: redis::RedisResult<()> =
+                conn.set_ex(ctx.keys.motion_thumbnail(&event_id), jpeg, MOTION_THUMBNAIL_TTL_SECS).await;
+            if let Err(e) = r {
+                tracing::debug!(event = %event_id, error = %e, "cannot store the event's picture");
             }
             return;
         }

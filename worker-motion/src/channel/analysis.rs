@@ -45,6 +45,25 @@ pub(super) struct Analysis<'a> {
     /// The zones the event in progress touched so far, in the channel's zone order.
     event_zones: Vec<String>,
     last_preview_ms: i64,
+    /// The busiest frame of the event in progress (see [`Busiest`]).
+    busiest: Option<Busiest>,
+}
+
+/// The frame of a motion event with the largest changed area so far, as JPEG. Encoded again
+/// only when the area grows by a fifth and half a second passed: a handful of encodes per event.
+struct Busiest {
+    event_id: String,
+    area: f32,
+    at_ms: i64,
+    jpeg: Vec<u8>,
+}
+
+/// Whether a frame of `area` at `ts` replaces `current` as its event's busiest.
+fn busier(current: Option<&Busiest>, event_id: &str, area: f32, ts: i64) -> bool {
+    match current {
+        Some(b) if b.event_id == event_id => area > b.area * 1.2 && ts - b.at_ms >= 500,
+        _ => area > 0.0,
+    }
 }
 
 impl<'a> Analysis<'a> {
@@ -81,6 +100,7 @@ impl<'a> Analysis<'a> {
             last_event: None,
             event_zones: Vec::new(),
             last_preview_ms: 0,
+            busiest: None,
         })
     }
 
@@ -100,6 +120,7 @@ impl<'a> Analysis<'a> {
             }
         };
         if let Some(t) = self.hysteresis.finish() {
+            self.send_thumbnail();
             emit(self.ch.id, t, now_ms(), Vec::new(), std::mem::take(&mut self.event_zones), self.out);
         }
         result
@@ -159,7 +180,10 @@ impl<'a> Analysis<'a> {
         }
         self.sample_for_yolo(ts, &verdict);
         self.zones(ts, &transition, &verdict.boxes);
+        self.keep_busiest(ts, verdict.area);
         if let Some(t) = transition {
+            // At the start the first frame's picture, at the end the busiest of the event.
+            self.send_thumbnail();
             // An end takes the event's zones with it; a start keeps them for its zone entries.
             let zones = match t {
                 Transition::End(_) => std::mem::take(&mut self.event_zones),
@@ -170,17 +194,40 @@ impl<'a> Analysis<'a> {
         Ok(())
     }
 
+    /// Keeps the frame as its event's thumbnail when it is the busiest so far.
+    fn keep_busiest(&mut self, ts: i64, area: f32) {
+        let Some(event_id) = self.hysteresis.active().map(|a| a.event_id.clone()) else { return };
+        if !busier(self.busiest.as_ref(), &event_id, area, ts) {
+            return;
+        }
+        match self.picture() {
+            Ok(jpeg) => self.busiest = Some(Busiest { event_id, area, at_ms: ts, jpeg }),
+            Err(e) => tracing::debug!(error = %e, "cannot encode the event's picture"),
+        }
+    }
+
+    fn send_thumbnail(&mut self) {
+        if let Some(b) = self.busiest.as_ref() {
+            let msg = ChannelMsg::Thumbnail { event_id: b.event_id.clone(), jpeg: b.jpeg.clone() };
+            let _ = self.out.send(msg);
+        }
+    }
+
+    /// The current frame as people see it: colour on priority channels, else grey (JPEG).
+    fn picture(&self) -> opencv::Result<Vec<u8>> {
+        match self.colour.as_ref() {
+            Some(c) => c.jpeg(&self.frame),
+            None => grey_jpeg(&self.frame, self.grey_w, self.grey_h),
+        }
+    }
+
     /// The channel's picture for people, every [`PREVIEW_EVERY_MS`].
     fn preview(&mut self, ts: i64) {
         if ts - self.last_preview_ms < PREVIEW_EVERY_MS {
             return;
         }
         self.last_preview_ms = ts;
-        let jpeg = match self.colour.as_ref() {
-            Some(c) => c.jpeg(&self.frame),
-            None => grey_jpeg(&self.frame, self.grey_w, self.grey_h),
-        };
-        match jpeg {
+        match self.picture() {
             Ok(jpeg) => {
                 let _ = self.out.send(ChannelMsg::Preview { channel: self.ch.id, ts_ms: ts, jpeg });
             }
@@ -393,6 +440,26 @@ fn emit(
     };
     // The batch is gone only when the job is ending; nothing left to tell then.
     let _ = out.send(msg);
+}
+
+#[cfg(test)]
+mod busiest_tests {
+    use super::*;
+
+    fn kept(event_id: &str, area: f32, at_ms: i64) -> Busiest {
+        Busiest { event_id: event_id.into(), area, at_ms, jpeg: Vec::new() }
+    }
+
+    #[test]
+    fn the_busiest_frame_replaces_the_kept_one_only_when_clearly_busier_and_not_at_once() {
+        assert!(busier(None, "e1", 0.01, 0), "an event's first moving frame");
+        assert!(!busier(None, "e1", 0.0, 0), "a frame with nothing moving");
+        let b = kept("e1", 0.10, 1_000);
+        assert!(busier(Some(&b), "e1", 0.13, 1_500));
+        assert!(!busier(Some(&b), "e1", 0.11, 1_500), "less than a fifth more");
+        assert!(!busier(Some(&b), "e1", 0.50, 1_200), "within half a second of the last encode");
+        assert!(busier(Some(&b), "e2", 0.01, 1_001), "another event starts afresh");
+    }
 }
 
 #[cfg(test)]

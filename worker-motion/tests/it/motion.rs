@@ -47,6 +47,22 @@ async fn motion_follows_activity_still_is_quiet_and_missing_is_offline() {
     assert!(end_lag >= 0 && end_lag <= end_quiet_ms + 2000, "end {end_lag} ms after still; T = {end_quiet_ms}");
     assert!(!start.boxes.is_empty() && start.area > 0.0, "{start:?}");
     assert_eq!(events.iter().filter(|e| e.channel == 1).count(), 2, "exactly one event on ch1: {events:?}");
+    // The event's picture: a JPEG of its busiest frame, at the analysed size, in Redis.
+    let picture: Option<Vec<u8>> = redis::AsyncCommands::get(
+        &mut cluster.conn().await,
+        cctv_common::keys::Keys::new(&cluster.config.cluster.namespace).motion_thumbnail(&end.event_id),
+    )
+    .await
+    .unwrap();
+    let picture = picture.expect("the motion event has a picture");
+    let decoded =
+        opencv::imgcodecs::imdecode(&opencv::core::Vector::from_slice(&picture), opencv::imgcodecs::IMREAD_UNCHANGED)
+            .expect("the picture is a JPEG");
+    assert!(
+        picture.starts_with(b"\xff\xd8") && opencv::prelude::MatTraitConst::cols(&decoded) > 0,
+        "{} bytes",
+        picture.len()
+    );
 
     // The still stream: watch it 30 s from its start, including the first seconds.
     let until = t0 + 31_000;
