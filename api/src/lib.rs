@@ -169,10 +169,15 @@ impl Params {
             }
         }
     }
-    fn time(&self, name: &str) -> ApiResult<Option<i64>> {
+    /// A time: ms since the epoch, a time ago (`2h`) or a site time (`2026-12-06T14:00`,
+    /// `record.timezone`, as the dashboard shows every time).
+    fn time(&self, name: &str, config: &Config) -> ApiResult<Option<i64>> {
+        let tz = cctv_common::timefmt::zone(&config.record.timezone).unwrap_or(jiff::tz::TimeZone::UTC);
         self.0
             .get(name)
-            .map(|v| cctv_common::timefmt::parse_time(v, now_ms()).map_err(|e| ApiError::bad(format!("{name}: {e}"))))
+            .map(|v| {
+                cctv_common::timefmt::parse_time_in(v, now_ms(), &tz).map_err(|e| ApiError::bad(format!("{name}: {e}")))
+            })
             .transpose()
     }
     /// A cursor that is the position of the previous page's last item, `<ts_ms>:<name>`, so
@@ -360,7 +365,8 @@ async fn channel_live(State(s): State<ApiState>, Path((id, file)): Path<(String,
 }
 
 /// The dashboard's ES modules (`api/src/ui/`), compiled in: one per view, no build step.
-const UI_MODULES: &[(&str, &str)] = &[("export.js", include_str!("ui/export.js"))];
+const UI_MODULES: &[(&str, &str)] =
+    &[("export.js", include_str!("ui/export.js")), ("search.js", include_str!("ui/search.js"))];
 
 /// One of the dashboard's ES modules.
 #[utoipa::path(get, path = "/ui/{name}", tag = "pages",
@@ -414,21 +420,27 @@ fn event_channel(e: &AnyEvent) -> Option<u32> {
     params(
         ("category" = Option<String>, Query, description = "motion (default), objects, backup or system"),
         ("channel" = Option<u32>, Query, description = "a configured channel id"),
-        ("since" = Option<String>, Query, description = "ms since the epoch, or a time ago: 90s, 15m, 2h, 1d"),
+        ("since" = Option<String>, Query, description = "ms since the epoch, a time ago (90s, 15m, 2h, 1d) or a site time (2026-12-06T14:00)"),
         ("until" = Option<String>, Query, description = "same forms as since"),
+        ("label" = Option<String>, Query, description = "objects only: events with a detection of this label (person, car, ...)"),
         ("limit" = Option<usize>, Query, description = "1..=1000, default 100"),
         ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
     responses((status = 200, body = EventPage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn events(State(s): State<ApiState>, Query(q): Query<HashMap<String, String>>) -> ApiResult<Json<EventPage>> {
     let p = Params(q);
-    p.check_known(&["category", "channel", "since", "until", "limit", "cursor"])?;
+    p.check_known(&["category", "channel", "since", "until", "limit", "cursor", "label"])?;
     let category = p.0.get("category").map(String::as_str).unwrap_or("motion");
     if !CATEGORIES.contains(&category) {
         return Err(ApiError::bad(format!("category: {category:?} is not one of {}", CATEGORIES.join(", "))));
     }
+    // "person on channel 3 yesterday afternoon": object events with a detection of that label.
+    let label = p.0.get("label").map(|l| l.trim().to_ascii_lowercase());
+    if label.is_some() && category != "objects" {
+        return Err(ApiError::bad("label: only for category=objects"));
+    }
     let channel = p.channel(&s.config)?;
-    let since = p.time("since")?;
-    let until = p.time("until")?;
+    let since = p.time("since", &s.config)?;
+    let until = p.time("until", &s.config)?;
     let limit = p.limit(100, 1000)?;
     let cursor = p.0.get("cursor").cloned();
     if let Some(c) = &cursor {
@@ -458,6 +470,11 @@ async fn events(State(s): State<ApiState>, Query(q): Query<HashMap<String, Strin
             let Some(event) = decode_event(category, &e.map) else { continue };
             if channel.is_some_and(|c| event_channel(&event) != Some(c)) {
                 continue;
+            }
+            if let (Some(l), AnyEvent::Objects(o)) = (&label, &event) {
+                if !o.detections.iter().any(|d| d.label.eq_ignore_ascii_case(l)) {
+                    continue;
+                }
             }
             items.push(EventItem { id: e.id.clone(), event });
             if items.len() == limit {
@@ -530,7 +547,7 @@ async fn backups(
     let p = Params(q);
     p.check_known(&["channel", "since", "until", "limit", "cursor"])?;
     let channel = p.channel(&s.config)?;
-    let (since, until) = (p.time("since")?, p.time("until")?);
+    let (since, until) = (p.time("since", &s.config)?, p.time("until", &s.config)?);
     let limit = p.limit(200, 10_000)?;
     // A cursor is the position of the last item of the previous page (`<ts_ms>:<file>`), so a
     // backup deleted between pages shifts nothing.
