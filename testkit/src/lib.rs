@@ -655,6 +655,24 @@ pub fn make_still_clip(source: &Path, out: &Path, seconds: f64) {
 
 /// The DOM of the page at `path` on `127.0.0.1:<port>` after `budget_ms` of headless
 /// Chromium's virtual time, with `flags`.
+/// The value of JavaScript `expression` in the page at `url`, loaded by headless Chromium as a
+/// phone of `width`x`height` CSS pixels would show it (mobile viewport), `wait_ms` after
+/// navigation (DevTools protocol over a pipe: `testkit/scripts/chromium_eval.py`).
+pub fn chromium_eval(url: &str, width: u32, height: u32, wait_ms: u32, expression: &str) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/chromium_eval.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(url)
+        .arg(format!("{width}x{height}"))
+        .arg(wait_ms.to_string())
+        .arg(expression)
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "chromium_eval failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("chromium_eval printed no JSON ({e}): {:?}", out.stdout))
+}
+
 pub fn browse(port: u16, path: &str, flags: &[&str], budget_ms: u32) -> String {
     let out = Command::new("chromium")
         .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
