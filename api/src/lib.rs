@@ -365,8 +365,11 @@ async fn channel_live(State(s): State<ApiState>, Path((id, file)): Path<(String,
 }
 
 /// The dashboard's ES modules (`api/src/ui/`), compiled in: one per view, no build step.
-const UI_MODULES: &[(&str, &str)] =
-    &[("export.js", include_str!("ui/export.js")), ("search.js", include_str!("ui/search.js"))];
+const UI_MODULES: &[(&str, &str)] = &[
+    ("common.js", include_str!("ui/common.js")),
+    ("export.js", include_str!("ui/export.js")),
+    ("search.js", include_str!("ui/search.js")),
+];
 
 /// One of the dashboard's ES modules.
 #[utoipa::path(get, path = "/ui/{name}", tag = "pages",

@@ -178,6 +178,12 @@ pub async fn protect(mut conn: ConnectionManager, keys: &Keys, file: &str, prote
     Ok(())
 }
 
+/// The backup stream's entries, newest first (written, failed and deleted files).
+pub(crate) async fn backup_events(conn: &mut ConnectionManager, keys: &Keys) -> redis::RedisResult<Vec<BackupEvent>> {
+    let r: redis::streams::StreamRangeReply = conn.xrevrange_count(keys.backup_events(), "+", "-", 100_000).await?;
+    Ok(r.ids.iter().filter_map(|e| decode_entry(&e.map)).collect())
+}
+
 pub async fn backups(
     config: &Config,
     mut conn: ConnectionManager,
@@ -194,8 +200,7 @@ pub async fn backups(
     if let Some(c) = channel {
         anyhow::ensure!(config.channel(c).is_some(), "channel {c} is not in the config");
     }
-    let r: redis::streams::StreamRangeReply = conn.xrevrange_count(keys.backup_events(), "+", "-", 100_000).await?;
-    let all: Vec<BackupEvent> = r.ids.iter().filter_map(|e| decode_entry(&e.map)).collect();
+    let all = backup_events(&mut conn, keys).await?;
     let deleted: HashSet<&str> =
         all.iter().filter(|e| e.kind == BackupEventKind::Deleted).filter_map(|e| e.file.as_deref()).collect();
     let list: Vec<&BackupEvent> = all

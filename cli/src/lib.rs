@@ -196,8 +196,7 @@ async fn export(
     let now = cctv_common::events::now_ms();
     let from_ms = cctv_common::timefmt::parse_time_in(from, now, &tz).map_err(|e| anyhow::anyhow!("--from: {e}"))?;
     let to_ms = cctv_common::timefmt::parse_time_in(to, now, &tz).map_err(|e| anyhow::anyhow!("--to: {e}"))?;
-    let r: redis::streams::StreamRangeReply = conn.xrevrange_count(keys.backup_events(), "+", "-", 100_000).await?;
-    let events: Vec<BackupEvent> = r.ids.iter().filter_map(|e| cctv_common::events::decode_entry(&e.map)).collect();
+    let events = jobs::backup_events(conn, keys).await?;
     let sources = cctv_common::export::sources(&events, channel, &config.record.backup_dir);
     let plan = cctv_common::export::plan(channel, &sources, from_ms, to_ms)?;
     let (out, written) = (output.to_path_buf(), plan.clone());

@@ -218,14 +218,9 @@ pub fn write(plan: &ExportPlan, out: &Path, timeout: Duration) -> Result<(), Exp
     result
 }
 
-/// Whether the file has an audio stream (ffprobe; a file that cannot be probed counts as none).
+/// Whether the file has an audio stream (a file that cannot be probed counts as none).
 fn has_audio(path: &Path) -> bool {
-    crate::ffmpeg::ffprobe(
-        &["-v", "error", "-select_streams", "a", "-show_entries", "stream=index", "-of", "csv=p=0"],
-        path,
-        Duration::from_secs(10),
-    )
-    .is_ok_and(|out| !out.trim().is_empty())
+    crate::probe::probe(&path.to_string_lossy(), Duration::from_secs(10)).is_ok_and(|p| p.audio.is_some())
 }
 
 #[cfg(test)]
@@ -283,6 +278,38 @@ mod tests {
         h265.codec = Some("hevc".into());
         let err = plan(1, &[files[0].clone(), h265], 0, 20_000).unwrap_err().to_string();
         assert!(err.contains("h264 and hevc"), "{err}");
+    }
+
+    #[test]
+    fn audio_is_found_in_files_that_have_it_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let make = |name: &str, audio: bool| {
+            let path = dir.path().join(name);
+            let mut cmd = std::process::Command::new("ffmpeg");
+            cmd.args([
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-nostdin",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=64x36:rate=5",
+            ]);
+            if audio {
+                cmd.args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=8000"]);
+            }
+            cmd.args(["-t", "1", "-c:v", "libx264", "-preset", "ultrafast"]);
+            if audio {
+                cmd.args(["-c:a", "aac"]);
+            }
+            assert!(cmd.arg(&path).status().unwrap().success(), "making {name}");
+            path
+        };
+        assert!(has_audio(&make("with.mp4", true)));
+        assert!(!has_audio(&make("without.mp4", false)));
+        assert!(!has_audio(&dir.path().join("missing.mp4")), "a file that cannot be probed has none");
     }
 
     #[test]

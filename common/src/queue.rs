@@ -369,20 +369,25 @@ impl<J: Job> Queue<J> {
         let mut best = NewestIds::new(limit);
         let mut cursor = 0u64;
         loop {
-            let (next, ids): (u64, Vec<String>) = redis::cmd("SSCAN")
-                .arg(set)
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut self.conn)
-                .await
-                .map_err(|e| self.redis_err(e))?;
+            let (next, ids) = self.sscan(set, cursor, 1000).await?;
             ids.into_iter().for_each(|id| best.offer(id));
             if next == 0 {
                 return Ok(best.into_vec());
             }
             cursor = next;
         }
+    }
+
+    /// One `SSCAN` step of `set` from `cursor`: the next cursor (0 at the end) and the ids.
+    async fn sscan(&mut self, set: &str, cursor: u64, count: usize) -> Result<(u64, Vec<String>), QueueError> {
+        redis::cmd("SSCAN")
+            .arg(set)
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.conn)
+            .await
+            .map_err(|e| self.redis_err(e))
     }
 
     /// One job, or `None` when the id is unknown (or purged).
@@ -454,14 +459,7 @@ impl<J: Job> Queue<J> {
             let cutoff = now.saturating_sub(age.as_secs());
             let mut cursor = 0u64;
             loop {
-                let (next, ids): (u64, Vec<String>) = redis::cmd("SSCAN")
-                    .arg(&set)
-                    .arg(cursor)
-                    .arg("COUNT")
-                    .arg(500)
-                    .query_async(&mut self.conn)
-                    .await
-                    .map_err(|e| self.redis_err(e))?;
+                let (next, ids) = self.sscan(&set, cursor, 500).await?;
                 let mut pipe = redis::pipe();
                 let mut victims = 0;
                 for id in &ids {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use cctv_common::events::{now_ms, BackupEvent, BackupEventKind, MotionEventKind, StorageReport};
 use cctv_common::shutdown::CancellationToken;
 use cctv_testkit::browse;
-use cctv_testkit::cluster::{channel_with, run_in_thread, wait_for, Cluster};
+use cctv_testkit::cluster::{api_site, channel_with, run_in_thread, wait_for, Cluster};
 use cctv_testkit::Pusher;
 use redis::AsyncCommands;
 
@@ -97,21 +97,6 @@ fn dashboard_metrics_exist(metrics: &str) {
         });
         assert!(served, "the dashboard queries {name}, which /metrics does not serve:\n{metrics}");
     }
-}
-
-/// A port for the API, a temp dir with a backup directory, and the config sections that use
-/// them (`api` and `record` lines added).
-fn api_site(api: &str, record: &str) -> (u16, tempfile::TempDir, std::path::PathBuf, String) {
-    cctv_common::telemetry::init(None);
-    let port = cctv_testkit::free_port();
-    let tmp = tempfile::tempdir().unwrap();
-    let backups = tmp.path().join("backups");
-    std::fs::create_dir_all(&backups).unwrap();
-    let extra = format!(
-        "[api]\nlisten = \"127.0.0.1:{port}\"\n{api}\n[record]\nbackup_dir = \"{}\"\n{record}\n",
-        backups.display()
-    );
-    (port, tmp, backups, extra)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use cctv_common::events::{now_ms, BackupEvent, BackupEventKind};
-use cctv_testkit::cluster::{channel_with, probe_duration, Cluster};
+use cctv_testkit::cluster::{api_site, channel_with, probe_duration, Cluster};
 use redis::AsyncCommands;
 
 /// 10 s of H.264 at 25 fps with a keyframe every second (as a camera's main stream).
@@ -34,15 +34,7 @@ fn backup_file(path: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_range_is_one_mp4_across_files_and_its_holes_are_listed() {
-    cctv_common::telemetry::init(None);
-    let port = cctv_testkit::free_port();
-    let tmp = tempfile::tempdir().unwrap();
-    let backups = tmp.path().join("backups");
-    std::fs::create_dir_all(&backups).unwrap();
-    let extra = format!(
-        "[api]\nlisten = \"127.0.0.1:{port}\"\n[record]\nbackup_dir = \"{}\"\ntimezone = \"UTC\"\n",
-        backups.display()
-    );
+    let (port, tmp, backups, extra) = api_site("", "timezone = \"UTC\"");
     let mut cluster = Cluster::new(&channel_with(1, ""), 8, &extra);
     cluster.start_scheduler();
     // Three files of one channel: A and B back to back, then 10 s with nothing, then C.

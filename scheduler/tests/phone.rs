@@ -4,17 +4,12 @@
 use std::time::Duration;
 
 use cctv_common::events::{now_ms, BackupEvent, BackupEventKind, Detection, ObjectEvent};
-use cctv_testkit::cluster::{channel_with, Cluster};
+use cctv_testkit::cluster::{api_site, channel_with, Cluster};
 use redis::AsyncCommands;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_390_px_nothing_scrolls_sideways() {
-    cctv_common::telemetry::init(None);
-    let port = cctv_testkit::free_port();
-    let tmp = tempfile::tempdir().unwrap();
-    let backups = tmp.path().join("backups");
-    std::fs::create_dir_all(&backups).unwrap();
-    let extra = format!("[api]\nlisten = \"127.0.0.1:{port}\"\n[record]\nbackup_dir = \"{}\"\n", backups.display());
+    let (port, _tmp, backups, extra) = api_site("", "");
     let channels = [channel_with(1, "priority = true"), channel_with(2, ""), channel_with(3, "")].concat();
     let mut cluster = Cluster::new(&channels, 8, &extra);
     cluster.start_scheduler();

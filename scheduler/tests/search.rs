@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use cctv_common::events::{now_ms, Detection, ObjectEvent};
-use cctv_testkit::cluster::{channel_with, Cluster};
+use cctv_testkit::cluster::{api_site, channel_with, Cluster};
 use redis::AsyncCommands;
 
 fn found(labels: &[(&str, f32)], channel: u32, frame_ts_ms: i64, snapshot: Option<String>) -> ObjectEvent {
@@ -30,15 +30,10 @@ fn found(labels: &[(&str, f32)], channel: u32, frame_ts_ms: i64, snapshot: Optio
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_are_found_by_channel_label_and_site_time_with_their_pictures() {
-    cctv_common::telemetry::init(None);
-    let port = cctv_testkit::free_port();
-    let tmp = tempfile::tempdir().unwrap();
+    let (port, tmp, _backups, extra) = api_site("", "timezone = \"Europe/Paris\"");
     let snapshots = tmp.path().join("snapshots");
     std::fs::create_dir_all(snapshots.join("ch1")).unwrap();
-    let extra = format!(
-        "[api]\nlisten = \"127.0.0.1:{port}\"\n[record]\ntimezone = \"Europe/Paris\"\n[yolo]\nsnapshot_dir = \"{}\"\n",
-        snapshots.display()
-    );
+    let extra = format!("{extra}[yolo]\nsnapshot_dir = \"{}\"\n", snapshots.display());
     let mut cluster = Cluster::new(&[channel_with(1, ""), channel_with(2, "")].concat(), 8, &extra);
     cluster.start_scheduler();
     // Yesterday afternoon (and around it), published at their frames' times.

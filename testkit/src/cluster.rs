@@ -192,6 +192,21 @@ where
 }
 
 /// One `[[channel]]` entry.
+/// A port for the API, a temp dir with a backup directory, and the config sections that use
+/// them (`api` and `record` lines added).
+pub fn api_site(api: &str, record: &str) -> (u16, tempfile::TempDir, std::path::PathBuf, String) {
+    cctv_common::telemetry::init(None);
+    let port = crate::free_port();
+    let tmp = tempfile::tempdir().unwrap();
+    let backups = tmp.path().join("backups");
+    std::fs::create_dir_all(&backups).unwrap();
+    let extra = format!(
+        "[api]\nlisten = \"127.0.0.1:{port}\"\n{api}\n[record]\nbackup_dir = \"{}\"\n{record}\n",
+        backups.display()
+    );
+    (port, tmp, backups, extra)
+}
+
 pub fn channel(id: u32) -> String {
     format!("[[channel]]\nid = {id}\nname = \"cam {id}\"\nsource = \"rtsp://admin:secret{id}@127.0.0.1:1/cam{id}\"\n")
 }

@@ -3,25 +3,7 @@
 // play or download (/api/export). `?export=1&channel=<id>&from=<ms>&to=<ms>` opens it filled in.
 // An ES module served by the API (/ui/export.js): no build step, no inline script.
 
-const $ = (id) => document.getElementById(id);
-const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
-
-// ms since the epoch as the site's wall clock, `YYYY-MM-DDTHH:MM:SS` (what the inputs hold).
-function siteTime(ms, zone) {
-  const parts = new Intl.DateTimeFormat("en-CA", {
-    timeZone: zone, year: "numeric", month: "2-digit", day: "2-digit",
-    hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23",
-  }).formatToParts(new Date(ms));
-  const p = Object.fromEntries(parts.map((x) => [x.type, x.value]));
-  return `${p.year}-${p.month}-${p.day}T${p.hour}:${p.minute}:${p.second}`;
-}
-
-async function getJson(url) {
-  const r = await fetch(url, { credentials: "same-origin" });
-  const body = await r.json().catch(() => ({}));
-  if (!r.ok) throw new Error(body.error || `HTTP ${r.status}`);
-  return body;
-}
+import { $, esc, getJson, siteTime } from "./common.js";
 
 async function show(channel, from, to, zone) {
   const out = $("ex-result");

@@ -3,24 +3,7 @@
 // that plays its moment. `?search=1&channel=&label=&from=&to=` (site times or ms) runs it.
 // An ES module served by the API (/ui/search.js): no build step, no inline script.
 
-const $ = (id) => document.getElementById(id);
-const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
-
-function siteTime(ms, zone) {
-  const parts = new Intl.DateTimeFormat("en-CA", {
-    timeZone: zone, year: "numeric", month: "2-digit", day: "2-digit",
-    hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23",
-  }).formatToParts(new Date(ms));
-  const p = Object.fromEntries(parts.map((x) => [x.type, x.value]));
-  return `${p.year}-${p.month}-${p.day}T${p.hour}:${p.minute}:${p.second}`;
-}
-
-async function getJson(url) {
-  const r = await fetch(url, { credentials: "same-origin" });
-  const body = await r.json().catch(() => ({}));
-  if (!r.ok) throw new Error(body.error || `HTTP ${r.status}`);
-  return body;
-}
+import { $, esc, getJson, siteTime } from "./common.js";
 
 async function search(zone) {
   const q = new URLSearchParams({ category: "objects", limit: "50" });
