@@ -369,6 +369,7 @@ const UI_MODULES: &[(&str, &str)] = &[
     ("common.js", include_str!("ui/common.js")),
     ("export.js", include_str!("ui/export.js")),
     ("search.js", include_str!("ui/search.js")),
+    ("sync.js", include_str!("ui/sync.js")),
 ];
 
 /// One of the dashboard's ES modules.

@@ -20,6 +20,7 @@ use cctv_common::events::{
     decode_entry, stream_id_ms, BackupEvent, BackupEventKind, ChannelStatus, MotionEvent, MotionEventKind, ObjectEvent,
     StorageReport, WorkerHeartbeat,
 };
+use cctv_common::jobs::TriggerKind;
 use cctv_common::keys::Keys;
 use cctv_common::shutdown::CancellationToken;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -241,7 +242,9 @@ impl ClusterMetrics {
                     BackupEventKind::File => {
                         self.backups.get_or_create(&ch).inc();
                         self.backup_written.get_or_create(&ch).inc_by(e.size_bytes);
-                        if let (1, Some(trigger), Some(writing)) = (e.part, &e.trigger, e.writing_since_ms) {
+                        // A continuous slot has no activity to react to: no start latency.
+                        let reactive = e.trigger.as_ref().filter(|t| t.kind != TriggerKind::Continuous);
+                        if let (1, Some(trigger), Some(writing)) = (e.part, reactive, e.writing_since_ms) {
                             self.record_start_latency.observe(secs(trigger.ts_ms, writing));
                         }
                     }

@@ -137,6 +137,8 @@ pub enum TriggerKind {
     Objects,
     /// Asked for by a person (API, `cctv jobs enqueue record`).
     Manual,
+    /// A slot of a `record = "continuous"` channel (no activity needed).
+    Continuous,
 }
 
 /// What made a channel record.

@@ -21,7 +21,7 @@ use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
-use crate::jobs::RecordTrigger;
+use crate::jobs::{RecordTrigger, TriggerKind};
 use crate::keys::Keys;
 
 /// Closed recordings are kept this long for inspection.
@@ -145,6 +145,44 @@ impl Recording {
         }
     }
 
+    /// A slot of a continuous channel: `[start_ms, end_ms)`, starting exactly where `previous`
+    /// ended (its `floor_ms`), so the files of one never-ending recording have no gap and no
+    /// second twice. Its id names its start, so a new leader that decides the same slot again
+    /// creates nothing twice.
+    pub fn continuous(channel: u32, start_ms: i64, end_ms: i64, floor_ms: i64, now_ms: i64) -> Self {
+        let trigger = RecordTrigger {
+            kind: TriggerKind::Continuous,
+            motion_event: String::new(),
+            ts_ms: start_ms,
+            labels: Vec::new(),
+        };
+        let rolls = Rules { pre_roll_ms: 0, post_roll_ms: 0, max_hold_ms: 0 };
+        Self {
+            id: format!("ch{channel}-c{start_ms}"),
+            floor_ms,
+            end_ms: Some(end_ms),
+            events: Vec::new(),
+            ..Self::new(channel, trigger, None, start_ms, None, &rolls, now_ms)
+        }
+    }
+
+    /// A slot of a continuous channel, not (yet) held open by activity joining it.
+    pub fn is_continuous_slot(&self) -> bool {
+        self.trigger.kind == TriggerKind::Continuous && self.open_events.is_empty()
+    }
+
+    /// Marks activity (a motion event, or the motion event of an object seen) on a continuous
+    /// slot that covers `ts_ms`, without moving its end. Returns whether anything changed.
+    pub fn mark_event(&mut self, event: &str, ts_ms: i64) -> bool {
+        let covers = self.start_ms <= ts_ms && self.end_ms.is_none_or(|e| ts_ms < e);
+        if !covers || event.is_empty() || self.events.iter().any(|e| e == event) {
+            return false;
+        }
+        self.events.push(event.to_string());
+        self.last_activity_ms = self.last_activity_ms.max(ts_ms);
+        true
+    }
+
     /// Does activity at `ts_ms` belong to this recording (open, and not past its end + join
     /// window)?
     pub fn accepts(&self, ts_ms: i64, rules: &Rules) -> bool {
@@ -219,6 +257,41 @@ impl Recording {
             self.notes.push(n);
         }
     }
+}
+
+/// Where a continuous channel's next slot goes, decided at `now_ms` from the channel's latest
+/// recording: `Some((start, end))` when a slot must be created now.
+///
+/// - An activity recording still in progress (no end yet) records the channel already: the
+///   slot waits for its end and starts exactly there.
+/// - Otherwise the slot starts at the latest recording's end (nothing in between is lost), or
+///   at `now − pre_roll` when that end is older than the buffer (the channel was not continuous
+///   before): the HLS buffer still holds those seconds.
+/// - A slot ends at the next multiple of `file_ms` of the clock, so files cut at the same
+///   wall-clock times on every channel; a first slot shorter than a quarter file is merged
+///   into the next one.
+/// - The next slot is made once the current one's end has come (`now ≥ end`): its events then
+///   belong to it.
+pub fn next_continuous_slot(
+    latest: Option<&Recording>,
+    now_ms: i64,
+    file_ms: i64,
+    pre_roll_ms: i64,
+) -> Option<(i64, i64)> {
+    let file_ms = file_ms.max(1_000);
+    let start = match latest {
+        Some(r) => match r.end_ms {
+            None => return None,
+            Some(end) if r.state == RecordingState::Open && now_ms < end => return None,
+            Some(end) => end.max(now_ms - pre_roll_ms),
+        },
+        None => now_ms - pre_roll_ms,
+    };
+    let mut end = (start.div_euclid(file_ms) + 1) * file_ms;
+    if end - start < file_ms / 4 {
+        end += file_ms;
+    }
+    Some((start, end))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -320,7 +393,6 @@ impl RecordingStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::TriggerKind;
 
     const RULES: Rules = Rules { pre_roll_ms: 5_000, post_roll_ms: 5_000, max_hold_ms: 60_000 };
 
@@ -378,6 +450,44 @@ mod tests {
     }
 
     #[test]
+    fn continuous_slots_follow_each_other_without_gap_or_overlap() {
+        // First slot: from now − pre-roll to the next 10 s boundary; 2.4 s is too short a
+        // file, so it runs on to the one after.
+        let (s1, e1) = next_continuous_slot(None, 112_600, 10_000, 5_000).unwrap();
+        assert_eq!((s1, e1), (107_600, 120_000));
+        let first = Recording::continuous(1, s1, e1, 0, 112_600);
+        assert_eq!(next_continuous_slot(Some(&first), 119_999, 10_000, 5_000), None, "its end has not come");
+        let (s2, e2) = next_continuous_slot(Some(&first), 120_200, 10_000, 5_000).unwrap();
+        assert_eq!((s2, e2), (120_000, 130_000), "starts where the first ends");
+        // Closed early (its stream stalled) with video up to 112 s: the next slot starts there.
+        let mut stalled = first.clone();
+        stalled.close(113_000, 112_000, None);
+        assert_eq!(next_continuous_slot(Some(&stalled), 113_000, 10_000, 5_000), Some((112_000, 120_000)));
+        // Long after the latest recording: only what the buffer holds.
+        assert_eq!(next_continuous_slot(Some(&stalled), 500_000, 10_000, 5_000), Some((495_000, 500_000)));
+    }
+
+    #[test]
+    fn a_continuous_slot_waits_for_activity_in_progress() {
+        let mut r = Recording::new(1, trigger("a", 10_000), Some("a"), 10_000, None, &RULES, 10_000);
+        assert_eq!(next_continuous_slot(Some(&r), 50_000, 10_000, 5_000), None, "motion still in progress");
+        r.end_event("a", 52_000, &RULES);
+        assert_eq!(next_continuous_slot(Some(&r), 53_000, 10_000, 5_000), None, "its post-roll not over");
+        assert_eq!(next_continuous_slot(Some(&r), 57_000, 10_000, 5_000), Some((57_000, 60_000)));
+    }
+
+    #[test]
+    fn marks_stay_inside_their_slot_and_never_move_its_end() {
+        let mut r = Recording::continuous(1, 10_000, 20_000, 10_000, 10_000);
+        assert!(r.is_continuous_slot());
+        assert!(r.mark_event("m1", 12_000));
+        assert!(!r.mark_event("m1", 13_000), "once");
+        assert!(!r.mark_event("m2", 20_000), "belongs to the next slot");
+        assert!(!r.mark_event("m3", 9_999), "belongs to the previous slot");
+        assert_eq!((r.end_ms, r.events.clone()), (Some(20_000), vec!["m1".to_string()]));
+    }
+
+    #[test]
     fn closing_an_open_recording_ends_it_at_its_video() {
         let mut r = Recording::new(1, trigger("a", 10_000), Some("a"), 10_000, None, &RULES, 10_000);
         r.close(40_000, 16_000, Some("stalled".into()));
@@ -412,7 +522,7 @@ pub async fn start_manual(
     channel: u32,
     seconds: f64,
 ) -> Result<(String, String), ManualError> {
-    use crate::jobs::{RecordJob, TriggerKind};
+    use crate::jobs::RecordJob;
     let ch = config.channel(channel).ok_or(ManualError::UnknownChannel(channel))?;
     if !(seconds > 0.0 && seconds <= 86_400.0) {
         return Err(ManualError::OutOfRange(seconds));

@@ -1,7 +1,8 @@
 //! `loadtest quality --quick` on real servers: scripted real footage (an empty room, a person who
 //! walks in, stands still 12 s, leaves, passes through again after 4 s, and comes back 3 s later
 //! to stand 10 s; an OSD clock; the lights going down) through the whole cluster, scored from the backup files' frames against YOLO ground
-//! truth. Every target of docs/quality.md must hold on both policies.
+//! truth. Every target of docs/quality.md must hold on both policies, and a continuous channel has
+//! no gap and no second twice.
 
 #[test]
 fn quick_quality_run_backs_up_every_present_second_once_and_nothing_quiet() {
@@ -22,11 +23,16 @@ fn quick_quality_run_backs_up_every_present_second_once_and_nothing_quiet() {
             .unwrap_or_default();
     let channels = report["channels"].as_array().cloned().unwrap_or_default();
     let policies: Vec<&str> = channels.iter().filter_map(|c| c["policy"].as_str()).collect();
-    assert_eq!(policies, ["motion", "objects"], "{report}");
+    assert_eq!(policies, ["motion", "objects", "continuous"], "{report}");
     for c in &channels {
         // The harness measured something: people were seen and files were read frame by frame.
         assert!(c["present_secs"].as_u64().unwrap_or(0) >= 5, "{c}");
         assert!(c["quiet_secs"].as_u64().unwrap_or(0) >= 30, "{c}");
+        if c["policy"] == "continuous" {
+            // Kept all the time: far more than the activity, and in several files.
+            assert!(c["backup_secs"].as_u64().unwrap_or(0) >= 50, "{c}");
+            assert!(c["files"].as_array().map_or(0, |f| f.len()) >= 2, "{c}");
+        }
         let files = c["files"].as_array().cloned().unwrap_or_default();
         assert!(!files.is_empty() && files.iter().all(|f| f["frames"].as_u64().unwrap_or(0) > 0), "{c}");
         assert_eq!(c["problems"], serde_json::json!([]), "channel {}: {md}", c["channel"]);

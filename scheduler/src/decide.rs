@@ -16,6 +16,11 @@
 //! - priority channels: a wanted object in view extends the open recording (YOLO keeps sampling
 //!   while it is open), at most `motion.max_hold_secs` after its last motion.
 //! - `off`: nothing.
+//! - `continuous`: one never-ending recording in slots that end at multiples of
+//!   `record.max_file_seconds` on the clock, each starting at the previous one's end
+//!   ([`cctv_common::recording::next_continuous_slot`], made by [`Decider::keep_continuous`]
+//!   on every step); activity is marked on the slot it falls in. Activity while no slot is
+//!   open records as under `motion`, and the next slot starts at that recording's end.
 //!
 //! Stream positions are kept in `<ns>:record:cursor`, so a new leader carries on where the old
 //! one stopped; recording ids derive from the triggering motion event and jobs are pushed with
@@ -46,7 +51,7 @@ use cctv_common::events::{decode_entry, ChannelStatus, MotionEvent, MotionEventK
 use cctv_common::jobs::{RecordJob, RecordTrigger, TriggerKind};
 use cctv_common::keys::Keys;
 use cctv_common::queue::Queue;
-use cctv_common::recording::{Recording, RecordingState, RecordingStore, Rules};
+use cctv_common::recording::{next_continuous_slot, Recording, RecordingState, RecordingStore, Rules};
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::AsyncCommands;
@@ -115,9 +120,28 @@ pub enum Action {
 /// The backup decision for one input.
 pub fn decide(input: &Input, active: Option<&Recording>, ch: &ChannelRules, rules: &Rules, now: i64) -> Action {
     let open = active.filter(|r| r.state == RecordingState::Open);
+    // `continuous`: the open slot records already; activity is marked on it and moves nothing.
+    // Without an open slot (between two, or before the first), activity records as under
+    // `motion`, and the next slot starts where that recording ends.
+    if ch.policy == RecordPolicy::Continuous {
+        if let Some(slot) = open.filter(|r| r.is_continuous_slot()) {
+            return match input {
+                Input::MotionStart { event, ts_ms } | Input::Objects { event, frame_ts_ms: ts_ms, .. } => {
+                    let mut slot = slot.clone();
+                    if slot.mark_event(event, *ts_ms) {
+                        Action::Update(slot)
+                    } else {
+                        Action::Nothing
+                    }
+                }
+                Input::MotionEnd { .. } | Input::Orphan { .. } => Action::Nothing,
+            };
+        }
+    }
+    let policy = if ch.policy == RecordPolicy::Continuous { RecordPolicy::Motion } else { ch.policy };
     // `off` (always, or by schedule now) starts and extends nothing; ends still close what is
     // open, so a recording begun before a schedule turned the channel off ends as usual.
-    let off = ch.policy == RecordPolicy::Off;
+    let off = policy == RecordPolicy::Off;
     match input {
         Input::MotionStart { .. } | Input::Objects { .. } if off => Action::Nothing,
         Input::MotionStart { event, ts_ms } => {
@@ -126,7 +150,7 @@ pub fn decide(input: &Input, active: Option<&Recording>, ch: &ChannelRules, rule
                 rec.join_event(event, *ts_ms);
                 return Action::Update(rec);
             }
-            if ch.policy != RecordPolicy::Motion {
+            if policy != RecordPolicy::Motion {
                 return Action::Nothing; // `objects` waits for a wanted object
             }
             let trigger =
@@ -156,7 +180,7 @@ pub fn decide(input: &Input, active: Option<&Recording>, ch: &ChannelRules, rule
             }
         }
         Input::Objects { event: motion, frame_ts_ms, labels, view } => {
-            let wants = ch.policy == RecordPolicy::Objects || ch.priority;
+            let wants = policy == RecordPolicy::Objects || ch.priority;
             if !wants || labels.is_empty() {
                 return Action::Nothing;
             }
@@ -164,7 +188,7 @@ pub fn decide(input: &Input, active: Option<&Recording>, ch: &ChannelRules, rule
                 let mut rec = rec.clone();
                 if view.in_progress && rec.open_events.contains(motion) {
                     rec.extend(*frame_ts_ms, false, rules);
-                } else if view.in_progress && ch.policy == RecordPolicy::Objects {
+                } else if view.in_progress && policy == RecordPolicy::Objects {
                     // The activity's motion event keeps the recording open until it ends.
                     rec.join_event(motion, *frame_ts_ms);
                 } else if *frame_ts_ms - rec.last_motion_ms <= rules.max_hold_ms {
@@ -175,7 +199,7 @@ pub fn decide(input: &Input, active: Option<&Recording>, ch: &ChannelRules, rule
                 }
                 return if rec == *open.expect("filtered above") { Action::Nothing } else { Action::Update(rec) };
             }
-            if ch.policy != RecordPolicy::Objects || *frame_ts_ms - view.last_motion_ms > rules.max_hold_ms {
+            if policy != RecordPolicy::Objects || *frame_ts_ms - view.last_motion_ms > rules.max_hold_ms {
                 return Action::Nothing;
             }
             let trigger = RecordTrigger {
@@ -346,6 +370,7 @@ impl Decider {
     }
 
     async fn step_inner(&mut self, block_ms: usize) -> anyhow::Result<usize> {
+        self.keep_continuous().await?;
         let streams = [self.keys.motion_events(), self.keys.object_events()];
         let ids = self.cursors(&streams).await?;
         let opts = StreamReadOptions::default().block(block_ms).count(200);
@@ -367,6 +392,34 @@ impl Decider {
         }
         self.close_orphans().await?;
         Ok(handled)
+    }
+
+    /// Opens the next slot of every channel that records continuously now (its schedule read
+    /// at the decider's clock), where [`next_continuous_slot`] says one is due.
+    pub async fn keep_continuous(&mut self) -> anyhow::Result<()> {
+        let now = self.clock.now_ms();
+        let file_ms = (self.config.record.max_file_seconds * 1000.0) as i64;
+        let continuous: Vec<u32> = self
+            .config
+            .channels
+            .iter()
+            .filter(|c| c.record_at(now, &self.timezone) == RecordPolicy::Continuous)
+            .map(|c| c.id)
+            .collect();
+        for channel in continuous {
+            let active = self.store.active(channel).await?;
+            let latest = active.as_ref().map(|v| &v.rec);
+            let Some((start, end)) = next_continuous_slot(latest, now, file_ms, self.rules.pre_roll_ms) else {
+                continue;
+            };
+            let floor = latest.and_then(|r| r.end_ms).unwrap_or(0);
+            let slot = Recording::continuous(channel, start, end, floor, now);
+            if self.store.put(0, &slot, true).await?.is_none() {
+                tracing::debug!(channel, recording = %slot.id, "continuous slot exists already");
+            }
+            self.push_job(&slot).await?;
+        }
+        Ok(())
     }
 
     /// Stream positions; a fresh cluster starts at the streams' ends (history is not re-decided).
@@ -964,5 +1017,66 @@ mod tests {
         p.end("a", 11_000);
         assert_eq!(p.objects("a", 13_000, false, 11_000), "update");
         assert_eq!(p.recs[0].end_ms, Some(18_000));
+    }
+
+    /// Opens the next continuous slot the way `Decider::keep_continuous` does.
+    fn tick(s: &mut Sim, now: i64) {
+        s.close_at(now);
+        if let Some((start, end)) = next_continuous_slot(s.recs.last(), now, 10_000, RULES.pre_roll_ms) {
+            let floor = s.recs.last().and_then(|r| r.end_ms).unwrap_or(0);
+            s.recs.push(Recording::continuous(1, start, end, floor, now));
+        }
+    }
+
+    #[test]
+    fn a_continuous_channel_records_back_to_back_slots_and_marks_activity_on_them() {
+        let mut s = Sim::new(ChannelRules { channel: 1, policy: RecordPolicy::Continuous, priority: true });
+        let mut now = 101_000;
+        while now <= 160_000 {
+            tick(&mut s, now);
+            match now {
+                112_000 => assert_eq!(s.start("a", now), "update", "marked"),
+                125_000 => assert_eq!(s.end("a", 122_000), "nothing", "ends move no slot"),
+                131_000 => assert_eq!(s.objects("b", now, true, 130_000), "update"),
+                _ => {}
+            }
+            now += 500;
+        }
+        let spans: Vec<(i64, Option<i64>)> = s.recs.iter().map(|r| (r.start_ms, r.end_ms)).collect();
+        assert_eq!(
+            spans,
+            [
+                (96_000, Some(100_000)),
+                (100_000, Some(110_000)),
+                (110_000, Some(120_000)),
+                (120_000, Some(130_000)),
+                (130_000, Some(140_000)),
+                (140_000, Some(150_000)),
+                (150_000, Some(160_000)),
+                (160_000, Some(170_000))
+            ]
+        );
+        assert_eq!(s.recs[2].events, ["a"]);
+        assert_eq!(s.recs[4].events, ["b"]);
+        assert!(s.recs.iter().all(|r| r.open_events.is_empty()));
+    }
+
+    #[test]
+    fn a_schedule_turning_continuous_carries_on_from_the_activity_recording() {
+        let mut s = Sim::new(MOTION);
+        s.start("a", 10_000);
+        s.ch.policy = RecordPolicy::Continuous;
+        tick(&mut s, 12_000);
+        assert_eq!(s.recs.len(), 1, "motion in progress records already");
+        s.end("a", 14_000); // end 19 s
+        tick(&mut s, 17_000);
+        assert_eq!(s.recs.len(), 1, "its post-roll is not over");
+        tick(&mut s, 19_000);
+        assert_eq!((s.recs[1].start_ms, s.recs[1].end_ms), (19_000, Some(20_000 + 10_000)), "short first slot merged");
+        // Back to motion by schedule: activity joins the open slot and holds it open.
+        s.ch.policy = RecordPolicy::Motion;
+        assert_eq!(s.start("b", 29_000), "update");
+        assert_eq!(s.recs[1].end_ms, None);
+        assert_eq!(s.recs.len(), 2);
     }
 }

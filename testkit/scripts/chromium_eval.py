@@ -26,7 +26,7 @@ os.dup2(to_chrome_r, 3)
 os.dup2(from_chrome_w, 4)
 proc = subprocess.Popen(
     ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
-     "--remote-debugging-pipe", f"--window-size={width},{height}", "about:blank"],
+     "--remote-debugging-pipe", "--autoplay-policy=no-user-gesture-required", f"--window-size={width},{height}", "about:blank"],
     pass_fds=(3, 4), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 for fd in (3, 4, to_chrome_r, from_chrome_w):
     os.close(fd)

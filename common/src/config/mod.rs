@@ -564,6 +564,10 @@ pub enum RecordPolicy {
     Objects,
     /// Never record.
     Off,
+    /// Record all the time: one never-ending recording cut into files at `record.max_file_seconds`
+    /// boundaries (aligned to the clock), each file starting where the previous one ended.
+    /// Motion and object events are marked on the recording they fall in.
+    Continuous,
 }
 
 #[derive(Clone, Deserialize, Serialize, PartialEq)]

@@ -47,6 +47,12 @@ const HEIGHT: u32 = 360;
 /// Keyframe interval of the clips, s: stream copy can only cut a file there, so a recording
 /// starts up to one GOP before its pre-roll and ends up to one GOP after its post-roll.
 const GOP_SECS: f64 = 2.0;
+/// The policy of the channel that records the first scene all the time, and its id.
+const CONTINUOUS: &str = "continuous";
+const CONTINUOUS_CHANNEL: u32 = 99;
+/// Files of this length, so the continuous channel's files meet inside the clip (and activity
+/// recordings longer than this are split the same way: the duplicate check covers both).
+const FILE_SECS: u32 = 30;
 /// Namespace of the harness' cluster in Redis.
 const NS: &str = "quality";
 
@@ -74,7 +80,7 @@ fn config_text(redis: &Redis, nginx: &Nginx, dir: &Path, channels: &[HarnessChan
         "[cluster]\nredis_url = \"{}\"\nnamespace = \"{NS}\"\n\
          [rtmp]\npublish_url = \"{live}\"\nplay_url = \"{live}\"\nhls_url = \"{}\"\n\
          [api]\nlisten = \"127.0.0.1:{api_port}\"\n\
-         [record]\nbackup_dir = \"{}\"\ntimezone = \"UTC\"\n[logs]\ndir = \"{}\"\n\
+         [record]\nbackup_dir = \"{}\"\ntimezone = \"UTC\"\nmax_file_seconds = {FILE_SECS}\n[logs]\ndir = \"{}\"\n\
          [yolo]\nmodel = \"{}\"\nsnapshot_dir = \"{}\"\n",
         redis.url(),
         nginx.hls_url(),
@@ -93,7 +99,11 @@ fn config_text(redis: &Redis, nginx: &Nginx, dir: &Path, channels: &[HarnessChan
         let (source, detect) = camera
             .clone()
             .unwrap_or_else(|| (format!("rtsp://127.0.0.1:1/cam{id}"), format!("rtsp://127.0.0.1:1/cam{id}-sub")));
-        let extra = if *policy == "objects" { "priority = true\nrecord = \"objects\"\n" } else { "" };
+        let extra = match *policy {
+            "objects" => "priority = true\nrecord = \"objects\"\n",
+            CONTINUOUS => "record = \"continuous\"\n",
+            _ => "",
+        };
         t += &format!(
             "[[channel]]\nid = {id}\nname = \"quality {id}\"\nsource = \"{source}\"\n\
              detect_source = \"{detect}\"\n{extra}"
@@ -115,7 +125,14 @@ pub async fn quality(opts: QualityOptions) -> anyhow::Result<QualityReport> {
     let redis = Redis::start();
     let nginx = Nginx::start();
     let scenes = scenes(opts.quick);
-    let policies = |i: u32| [(2 * i + 1, "motion"), (2 * i + 2, "objects")];
+    // Every scene on a motion and an objects channel; the first scene also on a continuous one.
+    let policies = |i: u32| {
+        let mut p = vec![(2 * i + 1, "motion"), (2 * i + 2, "objects")];
+        if i == 0 {
+            p.push((CONTINUOUS_CHANNEL, CONTINUOUS));
+        }
+        p
+    };
     // Ground truth is made with a config that names every channel (YOLO settings, classes).
     let plain: Vec<HarnessChannel> = (0..scenes.len() as u32).flat_map(policies).map(|(id, p)| (id, p, None)).collect();
     let cfg = work.join("cctv.toml");
@@ -129,7 +146,7 @@ pub async fn quality(opts: QualityOptions) -> anyhow::Result<QualityReport> {
         .iter()
         .enumerate()
         .filter(|(_, s)| s.h265)
-        .flat_map(|(i, _)| policies(i as u32).map(|(id, _)| (id, i)))
+        .flat_map(|(i, _)| policies(i as u32).into_iter().map(move |(id, _)| (id, i)))
         .collect();
     let rtsp = (!h265.is_empty()).then(|| {
         let cams: Vec<(PathBuf, PathBuf)> =
@@ -204,10 +221,19 @@ pub async fn quality(opts: QualityOptions) -> anyhow::Result<QualityReport> {
     let deadline = Instant::now() + Duration::from_secs(120);
     // The cameras loop their clip: recordings of the second play are not waited for or scored.
     let first_play_end = |id: u32| t0[&id] + clip_secs as i64 * 1000;
+    let keys = Keys::new(NS);
+    let mut conn = client.get_multiplexed_async_connection().await?;
     loop {
         let mut open = 0;
-        for (id, _, _) in &channels {
-            if let Some(v) = store.active(*id).await? {
+        for (id, policy, _) in &channels {
+            if *policy == CONTINUOUS {
+                // Its active slot is always open: wait for the file that reaches the play's end.
+                let events = crate::stream::<BackupEvent>(&mut conn, &keys.backup_events(), 0).await;
+                let done = events.iter().any(|(_, e)| {
+                    e.channel == *id && e.kind == BackupEventKind::File && e.end_ms >= first_play_end(*id)
+                });
+                open += usize::from(!done);
+            } else if let Some(v) = store.active(*id).await? {
                 open += usize::from(v.rec.state != RecordingState::Closed && v.rec.start_ms < first_play_end(*id));
             }
         }
@@ -220,8 +246,6 @@ pub async fn quality(opts: QualityOptions) -> anyhow::Result<QualityReport> {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let dead: Vec<String> = procs.iter_mut().filter_map(|p| (!p.alive()).then(|| p.name.clone())).collect();
-    let mut conn = client.get_multiplexed_async_connection().await?;
-    let keys = Keys::new(NS);
     let backups: Vec<BackupEvent> =
         crate::stream::<BackupEvent>(&mut conn, &keys.backup_events(), 0).await.into_iter().map(|(_, e)| e).collect();
     let motion: Vec<MotionEvent> =
@@ -357,10 +381,19 @@ mod tests {
     }
 
     fn run<'a>(c: &'a SceneClips, wanted: &'a [String], files: Vec<(BackupEvent, Vec<Option<u32>>)>) -> ChannelScore {
+        run_as("motion", c, wanted, files)
+    }
+
+    fn run_as<'a>(
+        policy: &'a str,
+        c: &'a SceneClips,
+        wanted: &'a [String],
+        files: Vec<(BackupEvent, Vec<Option<u32>>)>,
+    ) -> ChannelScore {
         score(ChannelRun {
             channel: 1,
             scene: "t",
-            policy: "motion",
+            policy,
             wanted,
             clips: c,
             files,
@@ -387,6 +420,22 @@ mod tests {
         assert_eq!(bad.quiet_backed_beyond_roll, vec![60, 61]);
         assert_eq!(bad.activities[0].recordings, 2);
         assert_eq!(bad.problems.len(), 4, "{:?}", bad.problems);
+    }
+
+    #[test]
+    fn a_continuous_channel_is_scored_on_gaps_and_duplicates_not_on_quiet() {
+        let scripted: Vec<bool> = (0..80).map(|s| (20..30).contains(&s)).collect();
+        let c = clips(&scripted);
+        let wanted = vec!["person".to_string()];
+        // From second 3 (the cluster came up) to the end, back to back: all quiet seconds too.
+        let good = run_as(CONTINUOUS, &c, &wanted, vec![file("a", 3, 30), file("b", 30, 60), file("c", 60, 80)]);
+        assert!(good.problems.is_empty(), "{:?}", good.problems);
+        assert_eq!(good.backup_secs, 77);
+        // A second missing between two files, and one in two.
+        let bad = run_as(CONTINUOUS, &c, &wanted, vec![file("a", 3, 30), file("b", 31, 61), file("c", 60, 80)]);
+        assert_eq!(bad.gap_secs, vec![30]);
+        assert_eq!(bad.duplicated_secs, vec![60]);
+        assert_eq!(bad.problems.len(), 2, "{:?}", bad.problems);
     }
 
     #[test]

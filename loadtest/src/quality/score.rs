@@ -56,6 +56,9 @@ pub struct ChannelScore {
     pub quiet_backed_beyond_roll: Vec<usize>,
     /// Clip seconds of which some frame is in more than one file.
     pub duplicated_secs: Vec<usize>,
+    /// A continuous channel: seconds after its first recorded one in no file (a gap).
+    #[serde(default)]
+    pub gap_secs: Vec<usize>,
     pub files: Vec<ScoredFile>,
     pub activities: Vec<Activity>,
     /// Quiet seconds (no activity within 3 s) and those inside a motion event.
@@ -246,23 +249,38 @@ pub(crate) fn score(r: ChannelRun<'_>) -> ChannelScore {
 
     let mut problems = Vec::new();
     let recall_percent = percent(present_secs - missed_present.len(), present_secs);
-    if recall_percent < 99.0 {
+    // A continuous channel keeps every second from its first one on, exactly once; the
+    // selective targets (quiet, allowance, one recording per activity) are not its own.
+    let continuous = r.policy == "continuous";
+    let first_covered = covered.iter().position(|c| *c > 0);
+    let gap_secs: Vec<usize> = match first_covered {
+        Some(first) if continuous => (first..secs).filter(|&s| covered[s] == 0).collect(),
+        _ => Vec::new(),
+    };
+    if continuous {
+        if first_covered.is_none() {
+            problems.push("nothing recorded".into());
+        }
+        if !gap_secs.is_empty() {
+            problems.push(format!("seconds in no file after recording began: {gap_secs:?}"));
+        }
+    } else if recall_percent < 99.0 {
         problems.push(format!("recall {recall_percent} % < 99 % (missed seconds {missed_present:?})"));
     }
     if !duplicated_secs.is_empty() {
         problems.push(format!("seconds in two files: {duplicated_secs:?}"));
     }
-    if let Some(a) = activities.iter().find(|a| a.recordings > 1) {
+    if let Some(a) = activities.iter().find(|a| a.recordings > 1).filter(|_| !continuous) {
         problems.push(format!("activity {}–{} s cut into {} recordings", a.from_s, a.to_s, a.recordings));
     }
-    if !quiet_backed_beyond_roll.is_empty() {
+    if !quiet_backed_beyond_roll.is_empty() && !continuous {
         problems.push(format!("quiet seconds backed up beyond pre/post-roll: {quiet_backed_beyond_roll:?}"));
     }
     let quiet_motion_percent = percent(quiet_motion_secs, quiet.len());
     if quiet_motion_percent > 2.0 {
         problems.push(format!("motion in {quiet_motion_percent} % of quiet seconds"));
     }
-    if backup_secs as f64 > backup_allowance_secs {
+    if backup_secs as f64 > backup_allowance_secs && !continuous {
         problems.push(format!("{backup_secs} s backed up > allowance {backup_allowance_secs:.0} s"));
     }
     if files.iter().any(|f| f.unreadable_frames > 0) {
@@ -284,6 +302,7 @@ pub(crate) fn score(r: ChannelRun<'_>) -> ChannelScore {
         backup_allowance_secs,
         quiet_backed_beyond_roll,
         duplicated_secs: duplicated_secs.into_iter().collect(),
+        gap_secs,
         files,
         activities,
         quiet_secs: quiet.len(),
@@ -339,6 +358,20 @@ pub fn render(r: &QualityReport) -> String {
             c.quiet_motion_secs,
             c.quiet_secs,
             onsets.join(", "),
+        );
+    }
+    for c in r.channels.iter().filter(|c| c.policy == "continuous") {
+        let recorded: Vec<u32> = c.files.iter().filter_map(|f| f.first_frame).collect();
+        md += &format!(
+            "\nContinuous channel {} ({}): {} files, {} clip seconds recorded from second {}; seconds in no file \
+             after that: {}; seconds in two files: {}.\n",
+            c.channel,
+            c.scene,
+            c.files.len(),
+            c.backup_secs,
+            recorded.iter().min().map_or("none".into(), |f| (f / super::FPS).to_string()),
+            c.gap_secs.len(),
+            c.duplicated_secs.len(),
         );
     }
     md += &format!("\nTargets met: **{}**\n", if r.targets_met { "yes" } else { "no" });
