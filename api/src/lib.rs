@@ -33,6 +33,7 @@ use views::*;
 pub mod auth;
 mod export;
 mod headers;
+mod live;
 pub mod metrics;
 pub mod openapi;
 mod pictures;
@@ -60,8 +61,14 @@ const CATEGORIES: [&str; 4] = ["motion", "objects", "backup", "system"];
 /// The router; `metrics` is fed by [`crate::metrics::follow_events`]. Every route is
 /// registered with its `#[utoipa::path]` (`routes!`), so none is served undocumented.
 pub fn router(config: Arc<Config>, conn: ConnectionManager, metrics: Arc<ClusterMetrics>) -> Router {
-    let state =
-        ApiState { conn, keys: Keys::new(&config.cluster.namespace), config, metrics, backups: Default::default() };
+    let state = ApiState {
+        conn,
+        keys: Keys::new(&config.cluster.namespace),
+        config,
+        metrics,
+        backups: Default::default(),
+        live: Default::default(),
+    };
     let (router, doc) = documented_routes().split_for_parts();
     let doc = Arc::new(openapi::finish(doc));
     router
@@ -83,6 +90,8 @@ fn documented_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(channel))
         .routes(routes!(channel_preview))
         .routes(routes!(channel_live))
+        .routes(routes!(live::live_ws))
+        .routes(routes!(live::live_feeds))
         .routes(routes!(hls_js))
         .routes(routes!(ui_module))
         .routes(routes!(events))
@@ -368,6 +377,7 @@ async fn channel_live(State(s): State<ApiState>, Path((id, file)): Path<(String,
 const UI_MODULES: &[(&str, &str)] = &[
     ("common.js", include_str!("ui/common.js")),
     ("export.js", include_str!("ui/export.js")),
+    ("live.js", include_str!("ui/live.js")),
     ("search.js", include_str!("ui/search.js")),
     ("sync.js", include_str!("ui/sync.js")),
 ];

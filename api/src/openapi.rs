@@ -56,8 +56,10 @@ mod tests {
         assert!(paths.contains_key("/api/backups/file/{name}/protect") && paths.contains_key("/api/openapi.json"));
         for (path, item) in paths {
             for (method, op) in item.as_object().unwrap() {
-                // A typed answer, or a redirect (the sign-in pages).
-                let typed = op["responses"]["200"]["content"].is_object() || op["responses"]["303"].is_object();
+                // A typed answer, a redirect (the sign-in pages) or a protocol switch (live video).
+                let typed = op["responses"]["200"]["content"].is_object()
+                    || op["responses"]["303"].is_object()
+                    || op["responses"]["101"].is_object();
                 assert!(typed, "{method} {path}: no typed 200 answer: {op}");
                 let mutating = method != "get" && path != "/login";
                 assert_eq!(op["security"].is_array(), mutating, "{method} {path}: bearer token");

@@ -22,6 +22,8 @@ pub struct ApiState {
     /// The backup files not deleted, as of the backup stream's last entry (see
     /// [`LiveBackups`]); one reader at a time rebuilds it.
     pub(crate) backups: Arc<tokio::sync::Mutex<LiveBackups>>,
+    /// The streams watched live (`crate::live`).
+    pub(crate) live: Arc<crate::live::LiveHub>,
 }
 
 /// The backup list derived from the backup event stream (up to 100,000 entries to read and

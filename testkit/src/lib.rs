@@ -541,6 +541,27 @@ fn encode(source: &Path, out: &Path, loops: u32, vf: &str, extra: &[&str]) {
     assert!(status.success(), "ffmpeg could not make clip {} from {}", out.display(), source.display());
 }
 
+/// `secs` of `source` (real footage, looped) as a 640x360 camera at 25 fps, GOP 2 s, whose
+/// bottom 16 rows carry the frame number as a bar code: 16 cells of 40 px, a white guard, bits
+/// 0..13 (least significant first), a black guard. Published with `-re` from `t0`, frame `n`
+/// leaves the camera at `t0 + n × 40 ms`: a player that reads the code knows how old its
+/// picture is (`scheduler/tests/live.rs`).
+pub fn timecode_clip(source: &Path, out: &Path, secs: u32) {
+    require("ffmpeg", "ffmpeg");
+    let graph = "[0]fps=25,scale=640:360,format=yuv420p,split[a][b];\
+                 [b]crop=640:16:0:344,geq=lum='if(lt(X,40),255,if(gte(X,600),0,255*mod(floor(N/pow(2,floor(X/40)-1)),2)))':cb=128:cr=128[bar];\
+                 [a][bar]overlay=0:344";
+    let status = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-stream_loop", "-1", "-i"])
+        .arg(source)
+        .args(["-t", &secs.to_string(), "-filter_complex", graph])
+        .args(["-c:v", "libx264", "-preset", "veryfast", "-g", "50", "-bf", "0", "-an"])
+        .arg(out)
+        .status()
+        .expect("running ffmpeg");
+    assert!(status.success(), "ffmpeg could not make the timecode clip {}", out.display());
+}
+
 /// A simulated camera: ffmpeg loops a clip in real time and publishes it with stream copy.
 pub struct Pusher {
     process: FfmpegProcess,
