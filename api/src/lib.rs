@@ -41,6 +41,7 @@ pub mod server;
 pub mod session;
 mod state;
 pub mod views;
+mod zones;
 
 use state::ApiResult;
 pub use state::{ApiError, ApiState};
@@ -92,6 +93,7 @@ fn documented_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(channel_live))
         .routes(routes!(live::live_ws))
         .routes(routes!(live::live_feeds))
+        .routes(routes!(zones::get_zones, zones::put_zones))
         .routes(routes!(hls_js))
         .routes(routes!(ui_module))
         .routes(routes!(events))
@@ -260,6 +262,7 @@ async fn channel_views(s: &ApiState) -> ApiResult<Vec<ChannelView>> {
         let relay = cctv_common::status::RelayStatus::read(&mut conn, &s.keys, ch.id).await?;
         let last_objects = objects.iter().find(|o| o.channel == ch.id && !o.detections.is_empty());
         let last_backup = backups.iter().find(|b| b.channel == ch.id && b.kind == BackupEventKind::File);
+        let drawing = zones::effective(s, ch.id);
         out.push(ChannelView {
             id: ch.id,
             name: ch.name.clone(),
@@ -277,8 +280,8 @@ async fn channel_views(s: &ApiState) -> ApiResult<Vec<ChannelView>> {
             codecs: relay.as_ref().and_then(|r| r.codecs()),
             relay,
             preview: format!("/api/channels/{}/preview.jpg", ch.id),
-            masks: ch.mask.iter().map(|m| m.points.clone()).collect(),
-            zones: ch.zone.clone(),
+            masks: drawing.mask.iter().map(|m| m.points.clone()).collect(),
+            zones: drawing.zone,
             record_zones: ch.record_zones.clone(),
             schedule: ch.schedule.clone(),
             last_objects: last_objects.map(|o| LastObjects {
@@ -380,6 +383,7 @@ const UI_MODULES: &[(&str, &str)] = &[
     ("live.js", include_str!("ui/live.js")),
     ("search.js", include_str!("ui/search.js")),
     ("sync.js", include_str!("ui/sync.js")),
+    ("zones.js", include_str!("ui/zones.js")),
 ];
 
 /// One of the dashboard's ES modules.

@@ -72,6 +72,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         Default::default(),
     ));
     let mut leading = false;
+    // Masks and zones drawn in the dashboard: a new overlay re-plans the batches it touches.
+    let mut overlay = config.source.as_deref().map(cctv_common::config::overlay::OverlayWatch::new);
     let leader_flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let decider = tokio::spawn(decide_loop(
         // Its own connection: XREAD BLOCK would stall every command multiplexed behind it.
@@ -85,6 +87,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         shutdown.clone(),
     ));
     loop {
+        if let (Some(watch), Some(path)) = (overlay.as_mut(), config.source.as_deref()) {
+            if watch.changed() {
+                match Config::load(path) {
+                    Ok(reloaded) => scheduler.replan(&reloaded),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the zones overlay changed but the config does not load with it; \
+                        motion keeps its current masks and zones")
+                    }
+                }
+            }
+        }
         match scheduler.tick().await {
             Ok(now_leading) => {
                 if now_leading != leading {
@@ -168,6 +181,16 @@ impl Scheduler {
 
     pub fn plan(&self) -> &Plan {
         &self.plan
+    }
+
+    /// The plan of a reloaded config (masks and zones drawn in the dashboard): the next round
+    /// publishes it, and each batch whose channels changed gets a new motion job.
+    pub fn replan(&mut self, config: &Config) {
+        let next = plan(config);
+        if next != self.plan {
+            tracing::info!(from = %self.plan.hash, to = %next.hash, "config reloaded (zones overlay); re-planned");
+            self.plan = next;
+        }
     }
 
     /// One round: take or renew leadership; as leader publish the plan and reconcile every batch.

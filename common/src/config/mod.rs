@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::redact::redact_url;
 
 mod notify;
+pub mod overlay;
 mod secrets;
 #[cfg(test)]
 mod tests;
@@ -55,6 +56,9 @@ pub struct Config {
     pub notify: NotifyConfig,
     #[serde(default, rename = "channel")]
     pub channels: Vec<ChannelConfig>,
+    /// The file it was loaded from (its zones overlay lies beside it); not a setting.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 #[derive(Clone, Deserialize, Serialize, PartialEq)]
@@ -647,7 +651,7 @@ impl MotionOverrides {
 
 /// A polygon of the picture, in normalised coordinates: `[0, 0]` is the top-left corner,
 /// `[1, 1]` the bottom-right, whatever the stream's resolution.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MaskConfig {
     /// What it hides, for people reading the config ("street", "clock").
@@ -852,8 +856,13 @@ impl Config {
         if let Ok(token) = std::env::var(API_TOKEN_ENV) {
             config.api.token = Some(token).filter(|t| !t.is_empty());
         }
-        let mut problems =
-            config.expand_secrets(&|name| std::env::var(name).ok(), &|path| std::fs::read_to_string(path));
+        config.source = Some(path.to_owned());
+        let mut problems = match overlay::ZonesOverlay::read(&overlay::overlay_path(path)) {
+            Ok(Some(drawn)) => drawn.apply(&mut config),
+            Ok(None) => Vec::new(),
+            Err(e) => vec![ConfigProblem { field: "zones overlay".into(), message: e.to_string() }],
+        };
+        problems.extend(config.expand_secrets(&|name| std::env::var(name).ok(), &|path| std::fs::read_to_string(path)));
         config.register_secrets();
         problems.extend(config.validate());
         if problems.is_empty() {
