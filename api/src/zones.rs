@@ -7,7 +7,7 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use cctv_common::config::overlay::{overlay_path, ChannelZones, ZonesOverlay};
+use cctv_common::config::overlay::{ChannelZones, ZonesOverlay};
 use cctv_common::config::{MaskConfig, ZoneConfig};
 use serde::{Deserialize, Serialize};
 
@@ -41,10 +41,9 @@ fn channel_id(s: &ApiState, id: &str) -> ApiResult<u32> {
 }
 
 fn read_overlay(s: &ApiState) -> ApiResult<(std::path::PathBuf, ZonesOverlay)> {
-    let source = s.config.source.as_deref().ok_or_else(|| {
+    let path = s.config.zones_overlay_path().ok_or_else(|| {
         ApiError(StatusCode::CONFLICT, "this API was not started from a config file: there is no overlay".into())
     })?;
-    let path = overlay_path(source);
     let overlay = ZonesOverlay::read(&path)
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .unwrap_or_default();

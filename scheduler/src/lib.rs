@@ -73,7 +73,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     ));
     let mut leading = false;
     // Masks and zones drawn in the dashboard: a new overlay re-plans the batches it touches.
-    let mut overlay = config.source.as_deref().map(cctv_common::config::overlay::OverlayWatch::new);
+    let mut overlay = config.zones_overlay_path().map(|p| cctv_common::config::overlay::OverlayWatch::new(&p));
     let leader_flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let decider = tokio::spawn(decide_loop(
         // Its own connection: XREAD BLOCK would stall every command multiplexed behind it.

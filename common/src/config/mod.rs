@@ -128,11 +128,15 @@ pub struct SchedulerConfig {
     pub batch_size: usize,
     /// How often the scheduler checks that every batch has a live job, seconds. Default 5.
     pub reconcile_interval_secs: f64,
+    /// Where masks and zones drawn in the dashboard are kept (the zones overlay). Default: beside
+    /// the config file, `<name>.zones.toml`; set it where the scheduler may write when the
+    /// config directory is read-only (containers).
+    pub zones_overlay: Option<PathBuf>,
 }
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        Self { batch_size: 8, reconcile_interval_secs: 5.0 }
+        Self { batch_size: 8, reconcile_interval_secs: 5.0, zones_overlay: None }
     }
 }
 
@@ -857,7 +861,8 @@ impl Config {
             config.api.token = Some(token).filter(|t| !t.is_empty());
         }
         config.source = Some(path.to_owned());
-        let mut problems = match overlay::ZonesOverlay::read(&overlay::overlay_path(path)) {
+        let drawn = config.zones_overlay_path().unwrap_or_else(|| overlay::overlay_path(path));
+        let mut problems = match overlay::ZonesOverlay::read(&drawn) {
             Ok(Some(drawn)) => drawn.apply(&mut config),
             Ok(None) => Vec::new(),
             Err(e) => vec![ConfigProblem { field: "zones overlay".into(), message: e.to_string() }],
@@ -870,6 +875,12 @@ impl Config {
         } else {
             Err(ConfigError::Invalid { path: path.to_owned(), problems })
         }
+    }
+
+    /// The zones overlay's file: `scheduler.zones_overlay`, else beside the config file it was
+    /// loaded from (`None` for a config not loaded from a file).
+    pub fn zones_overlay_path(&self) -> Option<PathBuf> {
+        self.scheduler.zones_overlay.clone().or_else(|| self.source.as_deref().map(overlay::overlay_path))
     }
 
     /// Parses TOML without validating. The message has camera URLs redacted.

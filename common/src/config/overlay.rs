@@ -1,5 +1,6 @@
 //! The zones overlay: masks and zones drawn on the camera's picture in the dashboard, kept
-//! beside the config file as `<name>.zones.toml` (`cctv.toml` → `cctv.zones.toml`). For each
+//! beside the config file as `<name>.zones.toml` (`cctv.toml` → `cctv.zones.toml`), or where
+//! `scheduler.zones_overlay` says (a read-only config directory). For each
 //! channel it lists, it replaces that channel's `[[channel.mask]]` and `[[channel.zone]]`.
 //!
 //! [`Config::load`] applies it before validating, so every process and `check-config` see the
@@ -108,9 +109,9 @@ pub struct OverlayWatch {
 }
 
 impl OverlayWatch {
-    /// Watching from the overlay as it is now.
-    pub fn new(config_path: &Path) -> Self {
-        let path = overlay_path(config_path);
+    /// Watching the overlay at `path` from how it is now.
+    pub fn new(path: &Path) -> Self {
+        let path = path.to_owned();
         let seen = Self::stamp(&path);
         Self { path, seen }
     }
@@ -149,7 +150,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(overlay_path(&cfg), dir.path().join("site.zones.toml"));
-        let mut watch = OverlayWatch::new(&cfg);
+        let mut watch = OverlayWatch::new(&overlay_path(&cfg));
         assert!(!watch.changed());
         let mut overlay = ZonesOverlay::default();
         overlay.set(ChannelZones { id: 1, mask: vec![], zone: vec![zone("door")] });
