@@ -146,7 +146,8 @@ async fn a_continuous_channel_records_back_to_back_files_with_its_events_marked(
         done({ tiles: v.length, playing: v.filter((x) => x.currentTime > 0 && !x.paused).length, \
                spread: box.dataset.spread, moment: box.dataset.moment, \
                walls: v.map((x) => Number(x.parentElement.dataset.start) + x.currentTime * 1000) }); }, 3000))";
-    let seen = cctv_testkit::chromium_eval(&url, 1280, 900, 3000, expr);
+    let shot = cctv_testkit::screenshot_path("cameras-together.png");
+    let seen = cctv_testkit::chromium_eval_shot(&url, 1280, 900, 3000, expr, shot.as_deref());
     eprintln!("all cameras together at {moment}: {seen}");
     assert_eq!(seen["tiles"], 2, "both channels have a file at that moment: {seen}");
     assert_eq!(seen["playing"], 2, "{seen}");
@@ -154,4 +155,10 @@ async fn a_continuous_channel_records_back_to_back_files_with_its_events_marked(
     let spread = (walls[0] - walls[1]).abs();
     assert!(spread <= 600.0, "the two cameras play {spread:.0} ms apart: {seen}");
     assert!(walls[0] >= moment as f64, "they play from the moment asked for: {seen}");
+    if let Some(shot) = cctv_testkit::screenshot_path("timeline-continuous.png") {
+        // Five minutes around the files: back-to-back backups, motion, object labels.
+        let url = format!("http://127.0.0.1:{port}/?hours=0.083333&seek=1:{}", after.start_ms + 2000);
+        let at = "(() => { document.getElementById('timeline').scrollIntoView(); return 1; })()";
+        cctv_testkit::chromium_eval_shot(&url, 1280, 820, 6000, at, Some(&shot));
+    }
 }

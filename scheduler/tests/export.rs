@@ -201,6 +201,11 @@ async fn a_range_is_one_mp4_across_files_and_its_holes_are_listed() {
         attr(&dom, "ex-video", "data-error")
     );
     assert_eq!(attr(&dom, "ex-holes", "data-holes"), "0");
+    if let Some(shot) = cctv_testkit::screenshot_path("export.png") {
+        let url = format!("http://127.0.0.1:{port}/?export=1&channel=1&from={}&to={}", t0 + 15_000, t0 + 35_000);
+        let at = "(() => { document.getElementById('ex-holes').scrollIntoView({ block: 'center' }); return 1; })()";
+        cctv_testkit::chromium_eval_shot(&url, 1280, 800, 6000, at, Some(&shot));
+    }
     let dom = cctv_testkit::browse(
         port,
         &format!("/?export=1&channel=1&from={}&to={}", t0 + 15_000, t0 + 35_000),

@@ -128,6 +128,13 @@ async fn eight_cameras_play_live_in_under_a_second_and_come_back_after_nginx_res
         "the API counts the main stream's viewer: {feeds:?}"
     );
     eprintln!("live grid, 8 cameras, Chromium on this machine:\n  {}", report.join("\n  "));
+    if let Some(shot) = cctv_testkit::screenshot_path("live-grid.png") {
+        let url = format!("http://127.0.0.1:{port}/?grid=3x3");
+        let at = "(() => { document.getElementById('grid').scrollIntoView(); return 1; })()";
+        tokio::task::spawn_blocking(move || cctv_testkit::chromium_eval_shot(&url, 1280, 820, 7000, at, Some(&shot)))
+            .await
+            .unwrap();
+    }
 
     // nginx-rtmp restarts (the cameras reconnect to it): every tile comes back by itself.
     let expr = format!(

@@ -67,7 +67,8 @@ async fn at_390_px_nothing_scrolls_sideways() {
         .unwrap();
     cctv_testkit::wait_for_port(port, Duration::from_secs(10), "API");
     let url = format!("http://127.0.0.1:{port}/?search=1&label=person&from={}&to={}", t - 60_000, t + 60_000);
-    let seen = cctv_testkit::chromium_eval(
+    let shot = cctv_testkit::screenshot_path("phone.png");
+    let seen = cctv_testkit::chromium_eval_shot(
         &url,
         390,
         844,
@@ -77,6 +78,7 @@ async fn at_390_px_nothing_scrolls_sideways() {
              .filter((e) => e.getBoundingClientRect().right > w + 1 && !e.closest('.scroll-x')) \
              .map((e) => e.tagName.toLowerCase() + (e.id ? '#' + e.id : '') + (e.className ? '.' + e.className : '')); \
            return { scroll: document.documentElement.scrollWidth, rows: document.querySelectorAll('tr').length, wide: wide.slice(0, 12) }; })()",
+        shot.as_deref(),
     );
     let scroll = seen["scroll"].as_u64().unwrap_or(0);
     assert!(seen["rows"].as_u64().unwrap_or(0) > 5, "the tables are filled in: {seen}");

@@ -88,6 +88,11 @@ async fn objects_are_found_by_channel_label_and_site_time_with_their_pictures() 
     assert_eq!(get("/api/events?category=motion&label=person".into()).0, 400, "label is for objects");
     assert_eq!(get("/api/events?category=objects&since=yesterday".into()).0, 400);
 
+    if let Some(shot) = cctv_testkit::screenshot_path("search.png") {
+        let url = format!("http://127.0.0.1:{port}/?search=1&label=person&from={}&to={}", t - 1_800_000, t + 1_800_000);
+        let at = "(() => { document.getElementById('se-results').scrollIntoView({ block: 'center' }); return 1; })()";
+        cctv_testkit::chromium_eval_shot(&url, 1280, 800, 5000, at, Some(&shot));
+    }
     // The dashboard's search view: the one result, its picture, its moment.
     let dom = cctv_testkit::browse(
         port,

@@ -68,14 +68,18 @@ async fn a_zone_drawn_on_the_picture_is_saved_and_motion_names_it_without_a_rest
            const r = c.getBoundingClientRect(); \
            for (const [x, y] of [[0.01, 0.01], [0.99, 0.01], [0.99, 0.99], [0.01, 0.99]]) \
              c.dispatchEvent(new MouseEvent('click', {{ clientX: r.left + x * r.width, clientY: r.top + y * r.height, bubbles: true }})); \
-           $('zn-finish').click(); $('zn-token').value = '{TOKEN}'; $('zn-save').click(); \
+           $('zn-finish').click(); $('zones').scrollIntoView(); $('zn-token').value = '{TOKEN}'; $('zn-save').click(); \
            for (let i = 0; i < 50 && !$('zones').dataset.saved; i++) await new Promise((r) => setTimeout(r, 100)); \
            return {{ saved: $('zones').dataset.saved, result: $('zn-result').textContent, list: $('zn-list').textContent, \
              picture: c.width }}; }})()"
     );
     let url = format!("http://127.0.0.1:{port}/?zones=1&channel=1");
-    let seen =
-        tokio::task::spawn_blocking(move || cctv_testkit::chromium_eval(&url, 1280, 900, 4000, &expr)).await.unwrap();
+    let shot = cctv_testkit::screenshot_path("zones-editor.png");
+    let seen = tokio::task::spawn_blocking(move || {
+        cctv_testkit::chromium_eval_shot(&url, 1280, 900, 4000, &expr, shot.as_deref())
+    })
+    .await
+    .unwrap();
     assert_eq!(seen["saved"], "yes", "the drawing was not saved: {seen}");
     assert!(seen["list"].as_str().unwrap_or("").contains("porch"), "{seen}");
     let saved_ms = now_ms();

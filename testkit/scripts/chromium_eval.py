@@ -3,11 +3,14 @@
 as JSON: the DevTools protocol over --remote-debugging-pipe (fds 3 and 4, messages ended by NUL),
 so no port and no websocket library.
 
-usage: chromium_eval.py URL WIDTHxHEIGHT WAIT_MS EXPRESSION
+usage: chromium_eval.py URL WIDTHxHEIGHT WAIT_MS EXPRESSION [SCREENSHOT.png]
+
+With SCREENSHOT, the page as it is once the expression's value is ready is saved there (PNG).
 """
 import json, os, subprocess, sys, time
 
 url, size, wait_ms, expression = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+shot = sys.argv[5] if len(sys.argv) > 5 else None
 width, height = size.split("x")
 import fcntl
 
@@ -65,6 +68,11 @@ try:
     result = call("Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True}, session)
     if "exceptionDetails" in result:
         sys.exit(f"the expression failed: {result['exceptionDetails']}")
+    if shot:
+        import base64
+        png = call("Page.captureScreenshot", {"format": "png"}, session)["data"]
+        with open(shot, "wb") as f:
+            f.write(base64.b64decode(png))
     print(json.dumps(result["result"].get("value")))
 finally:
     try:

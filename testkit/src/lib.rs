@@ -680,6 +680,18 @@ pub fn make_still_clip(source: &Path, out: &Path, seconds: f64) {
 /// phone of `width`x`height` CSS pixels would show it (mobile viewport), `wait_ms` after
 /// navigation (DevTools protocol over a pipe: `testkit/scripts/chromium_eval.py`).
 pub fn chromium_eval(url: &str, width: u32, height: u32, wait_ms: u32, expression: &str) -> serde_json::Value {
+    chromium_eval_shot(url, width, height, wait_ms, expression, None)
+}
+
+/// [`chromium_eval`], also saving the page as a PNG once the value is ready (`shot`).
+pub fn chromium_eval_shot(
+    url: &str,
+    width: u32,
+    height: u32,
+    wait_ms: u32,
+    expression: &str,
+    shot: Option<&Path>,
+) -> serde_json::Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/chromium_eval.py");
     let out = Command::new("python3")
         .arg(script)
@@ -687,11 +699,18 @@ pub fn chromium_eval(url: &str, width: u32, height: u32, wait_ms: u32, expressio
         .arg(format!("{width}x{height}"))
         .arg(wait_ms.to_string())
         .arg(expression)
+        .args(shot)
         .output()
         .expect("python3");
     assert!(out.status.success(), "chromium_eval failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("chromium_eval printed no JSON ({e}): {:?}", out.stdout))
+}
+
+/// Where `CCTV_SCREENSHOTS=<dir>` asks for the picture `name` of a view (the ones in
+/// docs/screenshots are made so); `None` when it is not set.
+pub fn screenshot_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("CCTV_SCREENSHOTS").map(|dir| Path::new(&dir).join(name))
 }
 
 pub fn browse(port: u16, path: &str, flags: &[&str], budget_ms: u32) -> String {

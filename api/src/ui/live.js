@@ -127,7 +127,7 @@ class LiveTile {
     const c = this.el.querySelector("canvas").getContext("2d");
     c.drawImage(v, 0, 0, 32, 18);
     if ([...c.getImageData(0, 0, 32, 18).data].some((x, i) => i % 4 !== 3 && x > 0)) this.el.dataset.playing = "yes";
-    this.say(`${this.el.dataset.codec} · ${this.el.dataset.viewers} watching · ${(ms / 1000).toFixed(2)} s`);
+    this.say(`${this.el.dataset.codec} · ${this.el.dataset.viewers} watching · ${(ms / 1000).toFixed(2)} s after the server`);
   }
 }
 
