@@ -10,6 +10,9 @@
 //!   prepared input tensor — inference alone, the floor we are compared with — with ONNX
 //!   Runtime's defaults (spinning on); `plain_ort_no_spin` the same with spinning off.
 //!
+//! - `ours_paired/frames{2,4}`: `yolo.pair_frames`: two 640x360 frames per 640x640 input (each
+//!   scaled into a 640x320 half), so 2 frames cost one inference.
+//!
 //! Throughput is frames, so criterion prints frames/s for each.
 
 use cctv_common::config::YoloConfig;
@@ -44,6 +47,15 @@ fn bench(c: &mut Criterion) {
     }
     let mut g = c.benchmark_group("yolo");
     g.sample_size(10).measurement_time(std::time::Duration::from_secs(12));
+    // Two frames per input (`yolo.pair_frames`): frames per second where each input serves two.
+    {
+        let mut m = YoloModel::load(&YoloConfig { pair_frames: true, ..config() }).expect("model");
+        for n in [2usize, 4] {
+            g.throughput(Throughput::Elements(n as u64));
+            let frames: Vec<&opencv::core::Mat> = std::iter::repeat_n(&f, n).collect();
+            g.bench_function(format!("ours_paired/frames{n}"), |b| b.iter(|| m.detect(&frames).unwrap()));
+        }
+    }
     // One session alive at a time: an idle session's spinning threads would slow the measured one.
     for (name, spin_wait) in [("ours", false), ("ours_spinning", true)] {
         let mut m = YoloModel::load(&YoloConfig { spin_wait, ..config() }).expect("model (is ORT_DYLIB_PATH set?)");

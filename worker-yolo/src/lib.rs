@@ -6,6 +6,7 @@
 //! (`<ns>:stats:yolo`, field `dropped_stale`), so a YOLO slower than the cameras never builds an
 //! unbounded backlog. A corrupt frame fails its job permanently; the worker keeps running.
 
+pub mod agree;
 pub mod model;
 pub mod snapshot;
 
@@ -127,13 +128,31 @@ fn start_inference(
     cfg: YoloConfig,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let max_age_ms = (cfg.max_age_secs * 1000.0) as i64;
+    // With pairing, an input holds two frames.
+    let per_run = cfg.max_batch * if cfg.pair_frames { 2 } else { 1 };
+    let pair_wait = Duration::from_millis(cfg.pair_wait_ms);
     std::thread::Builder::new().name("yolo inference".into()).spawn(move || {
         while let Some(first) = rx.blocking_recv() {
             let mut batch = vec![first];
-            while batch.len() < cfg.max_batch {
+            while batch.len() < per_run {
                 match rx.try_recv() {
                     Ok(p) => batch.push(p),
                     Err(_) => break,
+                }
+            }
+            // A frame without a partner waits at most `pair_wait_ms` for one: one inference
+            // then serves both; else it runs alone.
+            if cfg.pair_frames && batch.len() % 2 == 1 {
+                let until = std::time::Instant::now() + pair_wait;
+                while std::time::Instant::now() < until {
+                    match rx.try_recv() {
+                        Ok(p) => {
+                            batch.push(p);
+                            break;
+                        }
+                        Err(mpsc::error::TryRecvError::Empty) => std::thread::sleep(Duration::from_millis(2)),
+                        Err(mpsc::error::TryRecvError::Disconnected) => break,
+                    }
                 }
             }
             let mut ready: Vec<(Pending, Mat)> = Vec::with_capacity(batch.len());

@@ -36,6 +36,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// How two frames per input (`yolo.pair_frames`) agree with one frame per input on videos
+    /// (each cut into 640x360 frames at `--fps`): boxes and seconds kept, boxes added.
+    Agree {
+        videos: Vec<PathBuf>,
+        #[arg(long, default_value_t = 5.0)]
+        fps: f64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate the config file and list every problem.
     CheckConfig,
     /// Exit 0 if this host's worker wrote its heartbeat in Redis in the last 6 s, else 1 with
@@ -51,6 +60,7 @@ fn main() -> ExitCode {
         Command::Health => return cctv_common::heartbeat::health_command(&cli.global.config(), "yolo"),
         Command::Run { max_batch, threads } => run(cli.global.config(), max_batch, threads),
         Command::Detect { images, min_score, json } => detect(cli.global.config(), images, min_score, json),
+        Command::Agree { videos, fps, json } => agree(cli.global.config(), videos, fps, json),
     };
     cctv_common::cli::exit_code(result)
 }
@@ -81,4 +91,28 @@ fn detect(path: PathBuf, images: Vec<PathBuf>, min_score: Option<f32>, json: boo
         config.yolo.min_score = s;
     }
     worker_yolo::detect_files(&config.yolo, &images, json)
+}
+
+fn agree(path: PathBuf, videos: Vec<PathBuf>, fps: f64, json: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(fps > 0.0 && fps <= 30.0, "--fps {fps} is out of range (0, 30]");
+    let config = load(path, None, None)?;
+    for a in worker_yolo::agree::agree(&config.yolo, &videos, fps)? {
+        if json {
+            println!("{}", serde_json::to_string(&a)?);
+        } else {
+            println!(
+                "{}: {} frames; boxes kept {} of {} ({} %), {} added; seconds with a wanted label kept {} of {} ({} %)",
+                a.source,
+                a.frames,
+                a.kept_boxes,
+                a.reference_boxes,
+                a.box_recall(),
+                a.extra_boxes,
+                a.kept_seconds,
+                a.reference_seconds,
+                a.second_recall()
+            );
+        }
+    }
+    Ok(())
 }

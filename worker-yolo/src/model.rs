@@ -101,20 +101,61 @@ pub struct Letterbox {
     pub height: u32,
 }
 
+/// Frames at least this wide for their height (16:9 is 1.78) may share one model input, one
+/// above the other, each scaled into a `size`×`size/2` half ([`pairing`]).
+pub const PAIR_MIN_ASPECT: f32 = 1.6;
+/// How far (input pixels) a box of a paired frame may reach over the seam into the other
+/// frame's half and still count: the model's box edges overshoot a picture's edge by a few
+/// pixels. A box that reaches further spans two different pictures and cannot be real.
+pub const SEAM_SLACK: f32 = 8.0;
+
+/// The rows of the model input one frame is put in: all of them, or one half.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Slot {
+    pub top: u32,
+    pub height: u32,
+}
+
+/// Which frames (by index, `sizes` as width×height) share a model input: with `pair`, wide
+/// frames two by two in order; any other frame, and a wide one left over, alone.
+pub fn pairing(sizes: &[(i32, i32)], pair: bool) -> Vec<Vec<usize>> {
+    let wide = |(w, h): (i32, i32)| h > 0 && w as f32 / h as f32 >= PAIR_MIN_ASPECT;
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut waiting: Option<usize> = None;
+    for (i, &size) in sizes.iter().enumerate() {
+        if !(pair && wide(size)) {
+            groups.push(vec![i]);
+        } else if let Some(first) = waiting.take() {
+            groups.push(vec![first, i]);
+        } else {
+            waiting = Some(i);
+        }
+    }
+    groups.extend(waiting.map(|i| vec![i]));
+    groups
+}
+
 /// Scales `frame` (BGR) to fit `size`×`size` keeping its aspect ratio, pads with grey 114 as
 /// YOLOv5 does (padding split around the image), and writes it RGB, 0..1, channel-planar into
 /// `out` (`3 * size * size` floats).
 pub fn letterbox(frame: &Mat, size: u32, out: &mut [f32]) -> Result<Letterbox, ModelError> {
+    letterbox_into(frame, size, Slot { top: 0, height: size }, out)
+}
+
+/// [`letterbox`] into the rows of `slot` only (the rest of `out` is left as it is); the
+/// returned mapping includes the slot's offset, so boxes map back to this frame.
+pub fn letterbox_into(frame: &Mat, size: u32, slot: Slot, out: &mut [f32]) -> Result<Letterbox, ModelError> {
     let (w, h) = (frame.cols(), frame.rows());
     if w <= 0 || h <= 0 || frame.channels() != 3 {
         return Err(ModelError::Image(format!("frame is {w}x{h} with {} channels; need colour", frame.channels())));
     }
     let s = size as usize;
     assert_eq!(out.len(), 3 * s * s, "letterbox output buffer");
-    let r = (size as f32 / h as f32).min(size as f32 / w as f32);
+    assert!(slot.top + slot.height <= size, "slot inside the input");
+    let r = (slot.height as f32 / h as f32).min(size as f32 / w as f32);
     let (new_w, new_h) = ((w as f32 * r).round() as i32, (h as f32 * r).round() as i32);
-    let (dw, dh) = ((size as f32 - new_w as f32) / 2.0, (size as f32 - new_h as f32) / 2.0);
-    let (left, top) = ((dw - 0.1).round() as usize, (dh - 0.1).round() as usize);
+    let (dw, dh) = ((size as f32 - new_w as f32) / 2.0, (slot.height as f32 - new_h as f32) / 2.0);
+    let (left, top) = ((dw - 0.1).round() as usize, (dh - 0.1).round() as usize + slot.top as usize);
     let continuous;
     let frame = if frame.is_continuous() {
         frame
@@ -130,8 +171,11 @@ pub fn letterbox(frame: &Mat, size: u32, out: &mut [f32]) -> Result<Letterbox, M
     } else {
         src
     };
-    out.fill(PAD_GREY);
     let plane = s * s;
+    let rows = slot.top as usize * s..(slot.top + slot.height) as usize * s;
+    for c in 0..3 {
+        out[c * plane + rows.start..c * plane + rows.end].fill(PAD_GREY);
+    }
     let (nw, nh) = (new_w as usize, new_h as usize);
     for y in 0..nh {
         let row = &bytes[y * nw * 3..(y + 1) * nw * 3];
@@ -223,6 +267,27 @@ pub struct Decoding {
 
 /// Turns one frame's output rows into detections in frame pixels, best first.
 pub fn decode(rows: &[f32], stride: usize, lb: &Letterbox, d: &Decoding) -> Vec<Detection> {
+    decode_slot(rows, stride, lb, d, None)
+}
+
+/// Whether a box (input pixels, centre `cy`, height `h`) is the frame's in `slot` of an input of
+/// `size` rows: its centre in the slot, and over an inner edge (a seam) by at most
+/// [`SEAM_SLACK`].
+pub fn in_slot(cy: f32, h: f32, slot: Slot, size: u32) -> bool {
+    let (top, bottom) = (slot.top as f32, (slot.top + slot.height) as f32);
+    let over_top = slot.top > 0 && cy - h / 2.0 < top - SEAM_SLACK;
+    let over_bottom = slot.top + slot.height < size && cy + h / 2.0 > bottom + SEAM_SLACK;
+    (top..bottom).contains(&cy) && !over_top && !over_bottom
+}
+
+/// [`decode`] for a frame sharing its input: only the boxes of its slot ([`in_slot`]).
+pub fn decode_slot(
+    rows: &[f32],
+    stride: usize,
+    lb: &Letterbox,
+    d: &Decoding,
+    slot: Option<(Slot, u32)>,
+) -> Vec<Detection> {
     let classes = stride - 5;
     let mut candidates: Vec<(usize, f32, [f32; 4])> = Vec::new();
     for row in rows.chunks_exact(stride) {
@@ -240,6 +305,9 @@ pub fn decode(rows: &[f32], stride: usize, lb: &Letterbox, d: &Decoding) -> Vec<
             continue;
         }
         let (cx, cy, w, h) = (row[0], row[1], row[2], row[3]);
+        if slot.is_some_and(|(slot, size)| !in_slot(cy, h, slot, size)) {
+            continue;
+        }
         candidates.push((class, score, [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0]));
     }
     candidates.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -310,6 +378,8 @@ pub struct YoloModel {
     model_path: PathBuf,
     /// Reused input buffer (`N * 3 * S * S`).
     input: Vec<f32>,
+    /// `yolo.pair_frames`: two wide frames per input.
+    pair_frames: bool,
 }
 
 impl YoloModel {
@@ -362,6 +432,7 @@ impl YoloModel {
             decoding: Decoding { min_score: cfg.min_score, iou_threshold: cfg.iou_threshold, wanted, names },
             model_path: cfg.model.clone(),
             input: Vec::new(),
+            pair_frames: cfg.pair_frames,
         })
     }
 
@@ -370,18 +441,31 @@ impl YoloModel {
     }
 
     /// Runs the frames (BGR) through the model as one batch; detections per frame, in order.
+    /// With `yolo.pair_frames`, wide frames go two to an input ([`pairing`]).
     pub fn detect(&mut self, frames: &[&Mat]) -> Result<Vec<Vec<Detection>>, ModelError> {
         if frames.is_empty() {
             return Ok(Vec::new());
         }
-        let s = self.input_size as usize;
+        let size = self.input_size;
+        let s = size as usize;
         let per = 3 * s * s;
-        self.input.resize(per * frames.len(), 0.0);
-        let mut boxes = Vec::with_capacity(frames.len());
-        for (i, f) in frames.iter().enumerate() {
-            boxes.push(letterbox(f, self.input_size, &mut self.input[i * per..(i + 1) * per])?);
+        let sizes: Vec<(i32, i32)> = frames.iter().map(|f| (f.cols(), f.rows())).collect();
+        let groups = pairing(&sizes, self.pair_frames);
+        self.input.resize(per * groups.len(), 0.0);
+        // (frame, input, mapping, slot when it shares the input)
+        let mut placed = Vec::with_capacity(frames.len());
+        for (g, members) in groups.iter().enumerate() {
+            let buf = &mut self.input[g * per..(g + 1) * per];
+            if let [one] = members[..] {
+                placed.push((one, g, letterbox(frames[one], size, buf)?, None));
+                continue;
+            }
+            for (k, &i) in members.iter().enumerate() {
+                let slot = Slot { top: k as u32 * size / 2, height: size / 2 };
+                placed.push((i, g, letterbox_into(frames[i], size, slot, buf)?, Some((slot, size))));
+            }
         }
-        let shape = [frames.len(), 3, s, s];
+        let shape = [groups.len(), 3, s, s];
         let tensor = TensorRef::from_array_view((shape, self.input.as_slice()))
             .map_err(|e| ModelError::Inference(e.to_string()))?;
         let outputs = self
@@ -391,21 +475,58 @@ impl YoloModel {
         let (shape, data) = outputs[0].try_extract_tensor::<f32>().map_err(|e| ModelError::Inference(e.to_string()))?;
         let dims: Vec<i64> = shape.iter().copied().collect();
         let classes = self.decoding.names.len();
-        if dims.len() != 3 || dims[0] as usize != frames.len() || dims[2] as usize != 5 + classes {
+        if dims.len() != 3 || dims[0] as usize != groups.len() || dims[2] as usize != 5 + classes {
             return Err(ModelError::OutputShape { path: self.model_path.clone(), shape: dims, classes });
         }
         let (rows, stride) = (dims[1] as usize, dims[2] as usize);
-        Ok(boxes
-            .iter()
-            .enumerate()
-            .map(|(i, lb)| decode(&data[i * rows * stride..(i + 1) * rows * stride], stride, lb, &self.decoding))
-            .collect())
+        let mut out = vec![Vec::new(); frames.len()];
+        for (i, g, lb, slot) in placed {
+            out[i] = decode_slot(&data[g * rows * stride..(g + 1) * rows * stride], stride, &lb, &self.decoding, slot);
+        }
+        Ok(out)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wide_frames_pair_in_order_and_the_rest_run_alone() {
+        let (wide, square) = ((640, 360), (480, 480));
+        assert_eq!(pairing(&[wide, wide, wide], true), vec![vec![0, 1], vec![2]]);
+        assert_eq!(pairing(&[wide, square, wide], true), vec![vec![1], vec![0, 2]]);
+        assert_eq!(pairing(&[wide, wide], false), vec![vec![0], vec![1]]);
+        assert_eq!(pairing(&[(640, 480), (640, 480)], true), vec![vec![0], vec![1]], "4:3 does not fit a half");
+    }
+
+    #[test]
+    fn a_box_over_the_seam_is_nobody_s() {
+        let (top, bottom) = (Slot { top: 0, height: 320 }, Slot { top: 320, height: 320 });
+        // A person standing on the bottom edge of the upper frame, box 2 px over the seam.
+        assert!(in_slot(260.0, 124.0, top, 640));
+        assert!(!in_slot(260.0, 124.0, bottom, 640), "its centre is in the upper half");
+        // A box spanning both pictures.
+        assert!(!in_slot(310.0, 100.0, top, 640));
+        assert!(!in_slot(330.0, 100.0, bottom, 640));
+        // The outer edges are no seam.
+        assert!(in_slot(600.0, 100.0, bottom, 640) && in_slot(30.0, 80.0, top, 640));
+    }
+
+    #[test]
+    fn a_paired_frame_maps_back_from_its_half() {
+        let frame =
+            Mat::new_rows_cols_with_default(360, 640, opencv::core::CV_8UC3, opencv::core::Scalar::all(200.0)).unwrap();
+        let mut input = vec![0.0; 3 * 640 * 640];
+        let lb = letterbox_into(&frame, 640, Slot { top: 320, height: 320 }, &mut input).unwrap();
+        // 640x360 → 569x320 in the lower half, centred left to right.
+        assert!((lb.scale - 320.0 / 360.0).abs() < 1e-6);
+        assert_eq!((lb.pad_x, lb.pad_y), (35.0, 320.0), "(640 − 569) / 2, rounded down as YOLOv5 does");
+        let plane = 640 * 640;
+        assert_eq!(input[100 * 640 + 300], 0.0, "the upper half is left alone");
+        assert_eq!(input[400 * 640 + 10], PAD_GREY, "side padding of the lower half");
+        assert!((input[plane + 400 * 640 + 300] - 200.0 / 255.0).abs() < 1e-6);
+    }
 
     #[test]
     fn nms_suppresses_overlaps_within_a_class_only() {

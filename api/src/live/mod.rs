@@ -293,7 +293,7 @@ impl Feed {
     }
 }
 
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LiveQuery {
     /// `sub` (default: the detection stream, for the grid) or `main`.
@@ -321,7 +321,8 @@ fn same_origin(headers: &HeaderMap) -> Result<(), ApiError> {
 /// [payload]` as the module docs say (1 the JSON header, 2 the init segment, 3 a fragment).
 /// Shared with every other viewer of the same stream.
 #[utoipa::path(get, path = "/api/channels/{id}/live.ws", tag = "channels",
-    params(("id" = u32, Path, description = "channel id"), LiveQuery),
+    params(("id" = u32, Path, description = "channel id"),
+        ("stream" = Option<LiveStream>, Query, description = "sub (default: the detection stream, for the grid) or main")),
     responses((status = 101, description = "WebSocket of fMP4 fragments (see the module docs)"),
         (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn live_ws(

@@ -296,6 +296,13 @@ pub struct YoloConfig {
     /// batches cost more per frame (27 ms at 1, 36 at 2, 33 at 4; docs/benchmarks.md); raise it
     /// where the execution provider gains from batches.
     pub max_batch: usize,
+    /// Two wide (16:9) frames share one 640x640 input, each scaled into a 640x320 half, so one
+    /// inference serves two frames; boxes over the seam are dropped. A frame waits at most
+    /// `pair_wait_ms` for a partner, then runs alone. Default false (docs/benchmarks.md has the
+    /// cost and the agreement with single frames).
+    pub pair_frames: bool,
+    /// How long a lone frame waits for a partner with `pair_frames`, ms. Default 40.
+    pub pair_wait_ms: u64,
     /// Frames per second sent per channel while it is in motion. Default 2.
     pub fps: f64,
     /// Frames per second sent per priority channel while it has a backup open but no motion
@@ -348,6 +355,8 @@ impl Default for YoloConfig {
             intra_threads: default_intra_threads(),
             spin_wait: false,
             max_batch: 1,
+            pair_frames: false,
+            pair_wait_ms: 40,
             fps: 2.0,
             recording_fps: 1.0,
             max_age_secs: 2.0,

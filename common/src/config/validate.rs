@@ -129,6 +129,9 @@ impl Config {
         if y.intra_threads == 0 || y.intra_threads > 64 {
             p.add("yolo.intra_threads", format!("{} is out of range 1..=64", y.intra_threads));
         }
+        if y.pair_wait_ms > 1000 {
+            p.add("yolo.pair_wait_ms", format!("{} is out of range 0..=1000", y.pair_wait_ms));
+        }
         if y.max_batch == 0 || y.max_batch > 32 {
             p.add("yolo.max_batch", format!("{} is out of range 1..=32", y.max_batch));
         }
