@@ -13,7 +13,7 @@ use opencv::core::Mat;
 use opencv::prelude::*;
 use serde::Serialize;
 
-use crate::model::YoloModel;
+use crate::model::{iou, YoloModel};
 
 const WIDTH: i32 = 640;
 const HEIGHT: i32 = 360;
@@ -54,18 +54,6 @@ fn percent(part: usize, whole: usize) -> f64 {
         100.0
     } else {
         (1000.0 * part as f64 / whole as f64).round() / 10.0
-    }
-}
-
-fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
-    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let area = |r: &[f32; 4]| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
-    let union = area(a) + area(b) - iw * ih;
-    if union <= 0.0 {
-        0.0
-    } else {
-        iw * ih / union
     }
 }
 

@@ -94,7 +94,9 @@ pub fn environment(library: Option<&Path>) -> Result<ort::environment::Environme
 /// Where a frame sits inside the model input.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Letterbox {
+    /// Input pixels per frame pixel, across; `scale_y` down (equal but in a shared input).
     pub scale: f32,
+    pub scale_y: f32,
     pub pad_x: f32,
     pub pad_y: f32,
     pub width: u32,
@@ -153,7 +155,16 @@ pub fn letterbox_into(frame: &Mat, size: u32, slot: Slot, out: &mut [f32]) -> Re
     assert_eq!(out.len(), 3 * s * s, "letterbox output buffer");
     assert!(slot.top + slot.height <= size, "slot inside the input");
     let r = (slot.height as f32 / h as f32).min(size as f32 / w as f32);
-    let (new_w, new_h) = ((w as f32 * r).round() as i32, (h as f32 * r).round() as i32);
+    let half = slot.height < size;
+    // A half of a shared input is filled edge to edge (a 16:9 frame squeezed 11 % in height):
+    // letterboxed instead, a person half in view at the frame's left or right edge met grey
+    // padding there and was lost (room scenes of the quality harness: 1 of 70 boxes kept).
+    let (new_w, new_h) = if half {
+        (size as i32, slot.height as i32)
+    } else {
+        ((w as f32 * r).round() as i32, (h as f32 * r).round() as i32)
+    };
+    let (rx, ry) = if half { (size as f32 / w as f32, slot.height as f32 / h as f32) } else { (r, r) };
     let (dw, dh) = ((size as f32 - new_w as f32) / 2.0, (slot.height as f32 - new_h as f32) / 2.0);
     let (left, top) = ((dw - 0.1).round() as usize, (dh - 0.1).round() as usize + slot.top as usize);
     let continuous;
@@ -164,12 +175,27 @@ pub fn letterbox_into(frame: &Mat, size: u32, slot: Slot, out: &mut [f32]) -> Re
         &continuous
     };
     let src = frame.data_bytes()?;
-    let resized_owned;
-    let bytes = if (new_w, new_h) != (w, h) {
+    let (resized_owned, shrunk);
+    let bytes = if (new_w, new_h) == (w, h) {
+        src
+    } else if slot.height < size {
+        // A half of a shared input: OpenCV's area resize (SIMD, a fraction of a millisecond).
+        // The Pillow-exact resize below matters only where detections must match the reference
+        // result; here it cost several milliseconds a frame, eating into what pairing saves.
+        let mut out = Mat::default();
+        opencv::imgproc::resize(
+            frame,
+            &mut out,
+            opencv::core::Size::new(new_w, new_h),
+            0.0,
+            0.0,
+            opencv::imgproc::INTER_AREA,
+        )?;
+        shrunk = out;
+        shrunk.data_bytes()?
+    } else {
         resized_owned = resize_antialias(src, w as usize, h as usize, new_w as usize, new_h as usize);
         &resized_owned[..]
-    } else {
-        src
     };
     let plane = s * s;
     let rows = slot.top as usize * s..(slot.top + slot.height) as usize * s;
@@ -187,7 +213,7 @@ pub fn letterbox_into(frame: &Mat, size: u32, slot: Slot, out: &mut [f32]) -> Re
             out[2 * plane + base + x] = px[0] as f32 / 255.0;
         }
     }
-    Ok(Letterbox { scale: r, pad_x: left as f32, pad_y: top as f32, width: w as u32, height: h as u32 })
+    Ok(Letterbox { scale: rx, scale_y: ry, pad_x: left as f32, pad_y: top as f32, width: w as u32, height: h as u32 })
 }
 
 /// Pillow's bilinear resize (a triangle filter whose support widens when reducing, so it
@@ -317,15 +343,15 @@ pub fn decode_slot(
         .take(MAX_DETECTIONS)
         .map(|i| {
             let (class, score, b) = candidates[i];
-            let map = |v: f32, pad: f32, limit: u32| ((v - pad) / lb.scale).clamp(0.0, limit as f32);
+            let map = |v: f32, pad: f32, scale: f32, limit: u32| ((v - pad) / scale).clamp(0.0, limit as f32);
             Detection {
                 label: d.names.get(class).cloned().unwrap_or_else(|| format!("class{class}")),
                 score,
                 bbox: [
-                    map(b[0], lb.pad_x, lb.width),
-                    map(b[1], lb.pad_y, lb.height),
-                    map(b[2], lb.pad_x, lb.width),
-                    map(b[3], lb.pad_y, lb.height),
+                    map(b[0], lb.pad_x, lb.scale, lb.width),
+                    map(b[1], lb.pad_y, lb.scale_y, lb.height),
+                    map(b[2], lb.pad_x, lb.scale, lb.width),
+                    map(b[3], lb.pad_y, lb.scale_y, lb.height),
                 ],
                 zones: Vec::new(),
             }
@@ -344,7 +370,7 @@ fn alias(name: &str) -> Option<&'static str> {
     }
 }
 
-fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
+pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
     let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
     let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
     let inter = iw * ih;
@@ -519,13 +545,18 @@ mod tests {
             Mat::new_rows_cols_with_default(360, 640, opencv::core::CV_8UC3, opencv::core::Scalar::all(200.0)).unwrap();
         let mut input = vec![0.0; 3 * 640 * 640];
         let lb = letterbox_into(&frame, 640, Slot { top: 320, height: 320 }, &mut input).unwrap();
-        // 640x360 → 569x320 in the lower half, centred left to right.
-        assert!((lb.scale - 320.0 / 360.0).abs() < 1e-6);
-        assert_eq!((lb.pad_x, lb.pad_y), (35.0, 320.0), "(640 − 569) / 2, rounded down as YOLOv5 does");
+        // 640x360 → 640x320 in the lower half, edge to edge.
+        assert_eq!((lb.scale, lb.pad_x, lb.pad_y), (1.0, 0.0, 320.0));
+        assert!((lb.scale_y - 320.0 / 360.0).abs() < 1e-6);
         let plane = 640 * 640;
         assert_eq!(input[100 * 640 + 300], 0.0, "the upper half is left alone");
-        assert_eq!(input[400 * 640 + 10], PAD_GREY, "side padding of the lower half");
-        assert!((input[plane + 400 * 640 + 300] - 200.0 / 255.0).abs() < 1e-6);
+        assert!((input[400 * 640] - 200.0 / 255.0).abs() < 1e-6, "no side padding");
+        assert!((input[plane + 639 * 640 + 639] - 200.0 / 255.0).abs() < 1e-6);
+        // A box drawn at the bottom of the lower half maps back to the frame's bottom.
+        let d = Decoding { min_score: 0.1, iou_threshold: 0.45, wanted: vec![true], names: vec!["person".into()] };
+        let row = [320.0, 600.0, 64.0, 80.0, 0.9, 0.9];
+        let found = decode_slot(&row, 6, &lb, &d, Some((Slot { top: 320, height: 320 }, 640)));
+        assert_eq!(found[0].bbox, [288.0, 270.0, 352.0, 360.0]);
     }
 
     #[test]
@@ -564,7 +595,7 @@ mod tests {
 
     #[test]
     fn decode_drops_unwanted_classes_and_low_scores() {
-        let lb = Letterbox { scale: 1.0, pad_x: 0.0, pad_y: 0.0, width: 640, height: 640 };
+        let lb = Letterbox { scale: 1.0, scale_y: 1.0, pad_x: 0.0, pad_y: 0.0, width: 640, height: 640 };
         let mut rows = vec![0.0f32; 3 * 85];
         rows[..5].copy_from_slice(&[100.0, 100.0, 10.0, 10.0, 0.9]);
         rows[5 + 15] = 0.9; // class 15 (cat): not wanted
