@@ -254,6 +254,7 @@ async fn channel_views(s: &ApiState) -> ApiResult<Vec<ChannelView>> {
     let mut conn = s.conn.clone();
     let objects: Vec<ObjectEvent> = recent(&mut conn, &s.keys.object_events(), 2000).await?;
     let backups: Vec<BackupEvent> = recent(&mut conn, &s.keys.backup_events(), 2000).await?;
+    let drawn = zones::drawn(s);
     let mut out = Vec::new();
     for ch in &s.config.channels {
         let status: Option<String> = conn.get(s.keys.channel_status(ch.id)).await?;
@@ -262,7 +263,7 @@ async fn channel_views(s: &ApiState) -> ApiResult<Vec<ChannelView>> {
         let relay = cctv_common::status::RelayStatus::read(&mut conn, &s.keys, ch.id).await?;
         let last_objects = objects.iter().find(|o| o.channel == ch.id && !o.detections.is_empty());
         let last_backup = backups.iter().find(|b| b.channel == ch.id && b.kind == BackupEventKind::File);
-        let drawing = zones::effective(s, ch.id);
+        let drawing = zones::effective(&drawn, ch);
         out.push(ChannelView {
             id: ch.id,
             name: ch.name.clone(),
@@ -326,10 +327,7 @@ async fn channel(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult
     params(("id" = u32, Path, description = "channel id")),
     responses((status = 200, content_type = "image/jpeg", body = Vec<u8>), (status = 404, body = ErrorBody)))]
 async fn channel_preview(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Response> {
-    let id: u32 = id.parse().map_err(|_| ApiError::bad(format!("{id:?} is not a channel number")))?;
-    if s.config.channel(id).is_none() {
-        return Err(ApiError::not_found(format!("channel {id} is not configured")));
-    }
+    let id = s.channel(&id)?.id;
     let jpeg: Option<Vec<u8>> = s.conn.clone().hget(s.keys.channel_preview(id), "jpeg").await?;
     let jpeg = jpeg.ok_or_else(|| ApiError::not_found(format!("no picture of channel {id} in the last minute")))?;
     Ok(([(header::CONTENT_TYPE, "image/jpeg"), (header::CACHE_CONTROL, "no-store")], jpeg).into_response())
@@ -343,8 +341,8 @@ async fn channel_preview(State(s): State<ApiState>, Path(id): Path<String>) -> A
     responses((status = 200, content_type = "application/vnd.apple.mpegurl", body = String, description = "the playlist (fragments: video/mp2t)"),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 502, body = ErrorBody)))]
 async fn channel_live(State(s): State<ApiState>, Path((id, file)): Path<(String, String)>) -> ApiResult<Response> {
-    let id: u32 = id.parse().map_err(|_| ApiError::bad(format!("{id:?} is not a channel number")))?;
-    let ch = s.config.channel(id).ok_or_else(|| ApiError::not_found(format!("channel {id} is not configured")))?;
+    let ch = s.channel(&id)?;
+    let id = ch.id;
     let fragment = file
         .strip_suffix(".ts")
         .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));

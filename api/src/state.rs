@@ -5,12 +5,21 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use cctv_common::config::Config;
+use cctv_common::config::{ChannelConfig, Config};
 use cctv_common::keys::Keys;
 use redis::aio::ConnectionManager;
 
 use crate::metrics::ClusterMetrics;
 use crate::views::ErrorBody;
+
+impl ApiState {
+    /// The configured channel a path names: 400 when it is not a number, 404 when no such
+    /// channel is configured.
+    pub(crate) fn channel(&self, id: &str) -> ApiResult<&ChannelConfig> {
+        let id: u32 = id.parse().map_err(|_| ApiError::bad(format!("{id:?} is not a channel number")))?;
+        self.config.channel(id).ok_or_else(|| ApiError::not_found(format!("channel {id} is not configured")))
+    }
+}
 
 /// The handlers' shared state.
 #[derive(Clone)]

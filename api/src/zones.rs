@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use cctv_common::config::overlay::{ChannelZones, ZonesOverlay};
-use cctv_common::config::{MaskConfig, ZoneConfig};
+use cctv_common::config::{ChannelConfig, MaskConfig, ZoneConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::state::{ApiError, ApiResult, ApiState};
@@ -34,12 +34,6 @@ pub struct DrawingSaved {
     pub applies_within_secs: f64,
 }
 
-fn channel_id(s: &ApiState, id: &str) -> ApiResult<u32> {
-    let id: u32 = id.parse().map_err(|_| ApiError::bad(format!("{id:?} is not a channel number")))?;
-    s.config.channel(id).ok_or_else(|| ApiError::not_found(format!("channel {id} is not configured")))?;
-    Ok(id)
-}
-
 fn read_overlay(s: &ApiState) -> ApiResult<(std::path::PathBuf, ZonesOverlay)> {
     let path = s.config.zones_overlay_path().ok_or_else(|| {
         ApiError(StatusCode::CONFLICT, "this API was not started from a config file: there is no overlay".into())
@@ -50,13 +44,17 @@ fn read_overlay(s: &ApiState) -> ApiResult<(std::path::PathBuf, ZonesOverlay)> {
     Ok((path, overlay))
 }
 
+/// The drawings saved so far (none when there is no overlay or it cannot be read: the config's
+/// own masks and zones then stand). Read once per request, for every channel it shows.
+pub(crate) fn drawn(s: &ApiState) -> ZonesOverlay {
+    read_overlay(s).map(|(_, o)| o).unwrap_or_default()
+}
+
 /// The channel's masks and zones: the drawn ones when it has some, else the config's.
-pub(crate) fn effective(s: &ApiState, id: u32) -> Drawing {
-    let drawn = read_overlay(s).ok().and_then(|(_, o)| o.channel.into_iter().find(|c| c.id == id));
-    match (drawn, s.config.channel(id)) {
-        (Some(d), _) => Drawing { mask: d.mask, zone: d.zone },
-        (None, Some(ch)) => Drawing { mask: ch.mask.clone(), zone: ch.zone.clone() },
-        (None, None) => Drawing { mask: vec![], zone: vec![] },
+pub(crate) fn effective(drawn: &ZonesOverlay, ch: &ChannelConfig) -> Drawing {
+    match drawn.channel.iter().find(|c| c.id == ch.id) {
+        Some(d) => Drawing { mask: d.mask.clone(), zone: d.zone.clone() },
+        None => Drawing { mask: ch.mask.clone(), zone: ch.zone.clone() },
     }
 }
 
@@ -65,8 +63,8 @@ pub(crate) fn effective(s: &ApiState, id: u32) -> Drawing {
     params(("id" = u32, Path, description = "channel id")),
     responses((status = 200, body = Drawing), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn get_zones(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<Drawing>> {
-    let id = channel_id(&s, &id)?;
-    Ok(Json(effective(&s, id)))
+    let ch = s.channel(&id)?;
+    Ok(Json(effective(&drawn(&s), ch)))
 }
 
 /// Saves a channel's masks and zones to the zones overlay, once the config with them applied
@@ -82,7 +80,7 @@ pub(crate) async fn put_zones(
     Json(drawing): Json<Drawing>,
 ) -> ApiResult<Json<DrawingSaved>> {
     crate::auth::require_token(&s, &headers)?;
-    let id = channel_id(&s, &id)?;
+    let id = s.channel(&id)?.id;
     let (path, mut overlay) = read_overlay(&s)?;
     overlay.set(ChannelZones { id, mask: drawing.mask, zone: drawing.zone });
     let mut check = (*s.config).clone();

@@ -146,30 +146,38 @@ fn frame(kind: u8, parts: &[&[u8]]) -> Bytes {
 }
 
 impl LiveHub {
-    fn feed(self: &Arc<Self>, channel: u32, stream: LiveStream, url: String) -> Arc<Feed> {
+    /// A viewer of the channel's stream, starting its feed if nobody watches it. Counted under
+    /// the hub's lock, so a feed never leaves the hub while a viewer is joining it.
+    fn watch(self: &Arc<Self>, channel: u32, stream: LiveStream, url: String) -> Viewer {
         let mut feeds = self.feeds.lock().expect("not poisoned");
         if let Some(f) = feeds.get(&(channel, stream)) {
-            return f.clone();
+            f.viewers.fetch_add(1, Ordering::SeqCst);
+            return Viewer(f.clone());
         }
         let feed = Arc::new(Feed {
             channel,
             stream,
             state: Mutex::default(),
             tx: Mutex::new(broadcast::channel(QUEUE).0),
-            viewers: AtomicUsize::new(0),
+            viewers: AtomicUsize::new(1),
             last_viewer: Mutex::new(Instant::now()),
         });
         feeds.insert((channel, stream), feed.clone());
         let (hub, f) = (self.clone(), feed.clone());
-        let spawned = std::thread::Builder::new().name(format!("live ch{channel}")).spawn(move || {
+        let spawned = std::thread::Builder::new().name(format!("live ch{channel}")).spawn(move || loop {
             f.run(&url);
-            hub.feeds.lock().expect("not poisoned").remove(&(f.channel, f.stream));
+            // Let go only if still nobody watches, decided under the lock viewers join under.
+            let mut feeds = hub.feeds.lock().expect("not poisoned");
+            if f.idle() {
+                feeds.remove(&(f.channel, f.stream));
+                break;
+            }
         });
         if let Err(e) = spawned {
             tracing::error!(channel, error = %e, "cannot start the live stream's thread");
             feeds.remove(&(channel, stream));
         }
-        feed
+        Viewer(feed)
     }
 
     pub fn views(&self) -> Vec<LiveFeedView> {
@@ -333,17 +341,15 @@ pub(crate) async fn live_ws(
     ws: WebSocketUpgrade,
 ) -> ApiResult<Response> {
     same_origin(&headers)?;
-    let id: u32 = id.parse().map_err(|_| ApiError::bad(format!("{id:?} is not a channel number")))?;
-    let ch = s.config.channel(id).ok_or_else(|| ApiError::not_found(format!("channel {id} is not configured")))?;
+    let ch = s.channel(&id)?;
+    let id = ch.id;
     let stream = q.stream.unwrap_or(LiveStream::Sub);
     let name = match stream {
         LiveStream::Sub => ch.detect_stream_name(),
         LiveStream::Main => ch.stream_name(),
     };
     let url = format!("{}/{name}", s.config.rtmp.play_url.trim_end_matches('/'));
-    let feed = s.live.feed(id, stream, url);
-    feed.viewers.fetch_add(1, Ordering::SeqCst);
-    let viewer = Viewer(feed);
+    let viewer = s.live.watch(id, stream, url);
     Ok(ws.on_upgrade(move |socket| watch(socket, viewer, id, stream)))
 }
 
