@@ -541,6 +541,22 @@ fn encode(source: &Path, out: &Path, loops: u32, vf: &str, extra: &[&str]) {
     assert!(status.success(), "ffmpeg could not make clip {} from {}", out.display(), source.display());
 }
 
+/// Height of the frame-number bar code at the bottom of a picture.
+pub const BAR_ROWS: u32 = 16;
+/// Bar code cells: a white guard, 14 bits of the frame number (least significant first), a black guard.
+pub const BAR_CELLS: u32 = 16;
+
+/// ffmpeg filters that turn a `width`-wide picture into the bar-code strip of its frame number
+/// (`N`), to overlay at row `y`: the quality harness and the live-latency test draw the same
+/// code, which both read back the same way.
+pub fn frame_number_bar_code(width: u32, y: u32) -> String {
+    let cell = width / BAR_CELLS;
+    let last = cell * (BAR_CELLS - 1);
+    format!(
+        "crop={width}:{BAR_ROWS}:0:{y},geq=lum='if(lt(X,{cell}),255,if(gte(X,{last}),0,255*mod(floor(N/pow(2,floor(X/{cell})-1)),2)))':cb=128:cr=128"
+    )
+}
+
 /// `secs` of `source` (real footage, looped) as a 640x360 camera at 25 fps, GOP 2 s, whose
 /// bottom 16 rows carry the frame number as a bar code: 16 cells of 40 px, a white guard, bits
 /// 0..13 (least significant first), a black guard. Published with `-re` from `t0`, frame `n`
@@ -548,13 +564,15 @@ fn encode(source: &Path, out: &Path, loops: u32, vf: &str, extra: &[&str]) {
 /// picture is (`scheduler/tests/live.rs`).
 pub fn timecode_clip(source: &Path, out: &Path, secs: u32) {
     require("ffmpeg", "ffmpeg");
-    let graph = "[0]fps=25,scale=640:360,format=yuv420p,split[a][b];\
-                 [b]crop=640:16:0:344,geq=lum='if(lt(X,40),255,if(gte(X,600),0,255*mod(floor(N/pow(2,floor(X/40)-1)),2)))':cb=128:cr=128[bar];\
-                 [a][bar]overlay=0:344";
+    let y = 360 - BAR_ROWS;
+    let graph = format!(
+        "[0]fps=25,scale=640:360,format=yuv420p,split[a][b];[b]{}[bar];[a][bar]overlay=0:{y}",
+        frame_number_bar_code(640, y)
+    );
     let status = Command::new("ffmpeg")
         .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-stream_loop", "-1", "-i"])
         .arg(source)
-        .args(["-t", &secs.to_string(), "-filter_complex", graph])
+        .args(["-t", &secs.to_string(), "-filter_complex", &graph])
         .args(["-c:v", "libx264", "-preset", "veryfast", "-g", "50", "-bf", "0", "-an"])
         .arg(out)
         .status()

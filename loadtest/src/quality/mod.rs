@@ -26,7 +26,8 @@ use cctv_common::events::{now_ms, BackupEvent, BackupEventKind, MotionEvent, Mot
 use cctv_common::keys::Keys;
 use cctv_common::recording::{RecordingState, RecordingStore};
 use cctv_common::status::RelayStatus;
-use cctv_testkit::{Nginx, Pusher, Redis};
+// The frame-number bar code at the bottom of the main stream: `cctv_testkit::frame_number_bar_code`.
+use cctv_testkit::{Nginx, Pusher, Redis, BAR_CELLS, BAR_ROWS};
 
 use crate::{workspace_bin, Proc};
 
@@ -38,10 +39,6 @@ pub use score::*;
 
 /// Clip frame rate (main and sub-stream).
 const FPS: u32 = 10;
-/// Height of the bar code strip at the bottom of the main stream.
-const BAR_ROWS: u32 = 16;
-/// Bar code cells: a white guard, 14 bits of the frame number (least significant first), a black guard.
-const BAR_CELLS: u32 = 16;
 const WIDTH: u32 = 640;
 const HEIGHT: u32 = 360;
 /// Keyframe interval of the clips, s: stream copy can only cut a file there, so a recording

@@ -261,15 +261,14 @@ pub(crate) fn prepare_scene(
     let font = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
     anyhow::ensure!(Path::new(font).is_file(), "{font} is missing (apt-get install fonts-dejavu-core)");
     let (down, up) = scene.lights_down;
-    let cell = WIDTH / BAR_CELLS;
     let graph = format!(
         "[0]eq=brightness=-0.25:enable='between(t,{down},{up})',\
          drawtext=fontfile={font}:fontsize=18:fontcolor=white:x=8:y=8:text='%{{pts\\:gmtime\\:1767225600\\:%Y-%m-%d %H\\\\\\:%M\\\\\\:%S}}',\
          split=2[sub][m];[m]split[a][b];\
-         [b]crop={WIDTH}:{BAR_ROWS}:0:{y},geq=lum='if(lt(X,{cell}),255,if(gte(X,{last}),0,255*mod(floor(N/pow(2,floor(X/{cell})-1)),2)))':cb=128:cr=128[bar];\
+         [b]{bar}[bar];\
          [a][bar]overlay=0:{y}[main]",
         y = HEIGHT - BAR_ROWS,
-        last = cell * (BAR_CELLS - 1),
+        bar = cctv_testkit::frame_number_bar_code(WIDTH, HEIGHT - BAR_ROWS),
     );
     let (main, sub) = (dir.join("main.mp4"), dir.join("sub.mp4"));
     let gop = gop.to_string();
