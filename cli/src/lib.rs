@@ -618,6 +618,7 @@ mod tests {
             analysing_since_ms: None,
             frames_total: 10,
             frames_gated: 0,
+            yolo_frames_skipped: 0,
             worker: "motion-1".into(),
             batch: "b0".into(),
             updated_ms: 0,

@@ -140,6 +140,10 @@ pub struct ChannelStatus {
     /// was watched for.
     #[serde(default)]
     pub frames_gated: u64,
+    /// YOLO frames sampling by need did not send (a confirmed object explained the motion)
+    /// that `yolo.fps` would have, since the reader started.
+    #[serde(default)]
+    pub yolo_frames_skipped: u64,
     pub worker: String,
     pub batch: String,
     pub updated_ms: i64,

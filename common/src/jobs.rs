@@ -75,6 +75,9 @@ pub struct YoloFrames {
     /// Rate while the channel has a backup open but no motion (0: none).
     #[serde(default)]
     pub recording_fps: f64,
+    /// Rate once YOLO confirmed an object and the motion stays inside it (0, older jobs: off).
+    #[serde(default)]
+    pub confirmed_fps: f64,
     pub max_frame_height: u32,
     /// Older jobs have none: png.
     #[serde(default)]
@@ -87,6 +90,7 @@ impl YoloFrames {
         y.enabled.then_some(Self {
             fps: y.fps,
             recording_fps: y.recording_fps,
+            confirmed_fps: y.confirmed_fps,
             max_frame_height: y.max_frame_height,
             format: y.frame_format,
             jpeg_quality: y.jpeg_quality,

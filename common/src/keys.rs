@@ -66,6 +66,11 @@ impl Keys {
     pub fn yolo_stats(&self) -> String {
         format!("{}:stats:yolo", self.ns)
     }
+    /// What YOLO last saw on a channel ([`crate::seen::ObjectsSeen`]): worker-motion samples
+    /// slower while motion stays inside these boxes.
+    pub fn yolo_seen(&self, channel: u32) -> String {
+        format!("{}:yolo:seen:{channel}", self.ns)
+    }
     pub fn system_events(&self) -> String {
         format!("{}:events:system", self.ns)
     }
@@ -156,6 +161,7 @@ mod tests {
             k.motion_events(),
             k.object_events(),
             k.yolo_stats(),
+            k.yolo_seen(3),
             k.backup_events(),
             k.recording("r"),
             k.record_active(1),

@@ -21,6 +21,7 @@ pub mod queue;
 pub mod recording;
 pub mod redact;
 pub mod secret_input;
+pub mod seen;
 pub mod sentinel;
 pub mod shutdown;
 pub mod status;

@@ -277,6 +277,16 @@ async fn stream<T: serde::de::DeserializeOwned>(
         .collect()
 }
 
+/// YOLO frames sampling by need did not send, summed over the channels' statuses.
+async fn yolo_sampler_skipped(conn: &mut redis::aio::MultiplexedConnection, n: usize) -> u64 {
+    let mut sum = 0;
+    for i in 1..=n as u32 {
+        let s: Option<String> = conn.get(format!("load:status:channel:{i}")).await.unwrap_or(None);
+        sum += s.and_then(|s| serde_json::from_str::<ChannelStatus>(&s).ok()).map_or(0, |st| st.yolo_frames_skipped);
+    }
+    sum
+}
+
 /// Per channel: frames analysed so far and when that count was written.
 type FrameCounts = BTreeMap<u32, (u64, i64)>;
 
@@ -517,6 +527,9 @@ struct StageWatch {
     record_written_at_start: u64,
     record_cpu_at_start: f64,
     yolo_stats_start: HashMap<String, i64>,
+    yolo_pid: Option<u32>,
+    yolo_cpu_at_start: f64,
+    yolo_skipped_at_start: u64,
 }
 
 impl StageWatch {
@@ -533,6 +546,7 @@ impl StageWatch {
             None
         };
         let record_pid = site.workers.iter().find(|w| w.name == "worker-record").map(|w| w.pid());
+        let yolo_pid = site.workers.iter().find(|w| w.name == "worker-yolo").map(|w| w.pid());
         Self {
             n,
             stage_start: Instant::now(),
@@ -548,6 +562,9 @@ impl StageWatch {
             record_written_at_start: record_pid.map_or(0, disk_write_bytes),
             record_cpu_at_start: record_pid.map_or(0.0, cpu_secs_with_children),
             yolo_stats_start: site.conn.hgetall("load:stats:yolo").await.unwrap_or_default(),
+            yolo_pid,
+            yolo_cpu_at_start: yolo_pid.map_or(0.0, cpu_secs_with_children),
+            yolo_skipped_at_start: yolo_sampler_skipped(&mut site.conn, n).await,
         }
     }
 
@@ -756,6 +773,16 @@ impl StageWatch {
             yolo_latency_ms: Latency::of(objects.iter().map(|(_, o)| o.latency_ms).collect()),
             yolo_processed: delta("processed"),
             yolo_dropped: delta("dropped_stale") + delta("dropped_full"),
+            yolo_paired: delta("paired"),
+            yolo_sampler_skipped: yolo_sampler_skipped(conn, n).await.saturating_sub(self.yolo_skipped_at_start),
+            yolo_cpu_ms_per_processed: {
+                let cpu_ms = (self.yolo_pid.map_or(0.0, cpu_secs_with_children) - self.yolo_cpu_at_start) * 1000.0;
+                if delta("processed") > 0 {
+                    cpu_ms / delta("processed") as f64
+                } else {
+                    0.0
+                }
+            },
             yolo_max_waiting: self.yolo_max_waiting,
             record_start_latency_ms: Latency::of(
                 files

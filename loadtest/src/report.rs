@@ -194,6 +194,15 @@ pub struct StageReport {
     pub yolo_latency_ms: Latency,
     pub yolo_processed: i64,
     pub yolo_dropped: i64,
+    /// Processed frames that shared their model input with another (`yolo.pair_frames`).
+    #[serde(default)]
+    pub yolo_paired: i64,
+    /// Frames sampling by need did not send that `yolo.fps` would have (`yolo.confirmed_fps`).
+    #[serde(default)]
+    pub yolo_sampler_skipped: u64,
+    /// worker-yolo's CPU time over the stage per processed frame, ms.
+    #[serde(default)]
+    pub yolo_cpu_ms_per_processed: f64,
     pub yolo_max_waiting: u64,
     pub record_start_latency_ms: Latency,
     pub pre_roll_ms: Latency,
@@ -367,6 +376,19 @@ pub fn write_report(r: &Report, dir: &Path) -> anyhow::Result<()> {
             s.record_disk_write_kib_per_sec,
             s.redis_used_mib,
             s.redis_ops_per_sec
+        );
+    }
+    md += "\n## YOLO\n\n| channels | processed / dropped | worker-yolo CPU per processed frame (ms) | frames paired in one input | frames the sampler skipped |\n| --- | --- | --- | --- | --- |\n";
+    for s in &r.stages {
+        md += &format!(
+            "| {} | {} / {} | {:.1} | {} ({:.0} %) | {} |\n",
+            s.channels,
+            s.yolo_processed,
+            s.yolo_dropped,
+            s.yolo_cpu_ms_per_processed,
+            s.yolo_paired,
+            if s.yolo_processed > 0 { 100.0 * s.yolo_paired as f64 / s.yolo_processed as f64 } else { 0.0 },
+            s.yolo_sampler_skipped
         );
     }
     md += "\n## Recording\n\n| channels | recordings at once (avg) | worker-record CPU with its ffmpeg/ffprobe children (% of one core) | per recording (% of one core) | backup dir growth KiB/s | recorder disk writes KiB/s |\n| --- | --- | --- | --- | --- | --- |\n";

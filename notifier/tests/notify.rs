@@ -226,6 +226,7 @@ async fn every_event_reaches_mqtt_and_the_webhook_through_failures_and_restarts(
         analysing_since_ms: None,
         frames_total: 10,
         frames_gated: 0,
+        yolo_frames_skipped: 0,
         worker: "motion-test".into(),
         batch: "b0".into(),
         updated_ms: now_ms(),

@@ -713,6 +713,7 @@ mod tests {
                 analysing_since_ms: since,
                 frames_total: 0,
                 frames_gated: 0,
+                yolo_frames_skipped: 0,
                 worker: worker.into(),
                 batch: "b0".into(),
                 updated_ms,

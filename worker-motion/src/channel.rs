@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use cctv_common::config::MotionConfig;
 use cctv_common::events::{now_ms, ChannelState, MotionEventKind, NormBox};
 use cctv_common::jobs::{MotionChannel, YoloFrames};
+use cctv_common::seen::ObjectsSeen;
 use tokio::sync::mpsc::UnboundedSender;
 
 use frames::ReadError;
@@ -107,15 +108,24 @@ pub struct ChannelShared {
     yolo_in_flight: Arc<AtomicUsize>,
     /// YOLO frames not taken because too many were in flight, not yet counted in Redis.
     yolo_dropped_backlog: AtomicU64,
+    /// A priority channel with `yolo.confirmed_fps`: the supervisor feeds it what YOLO saw.
+    samples_by_need: bool,
+    /// What YOLO last saw here (set by the batch supervisor from Redis): sampling by need.
+    objects_seen: Mutex<Option<ObjectsSeen>>,
+    /// Frames the full YOLO rate would have sent that sampling by need did not.
+    pub(crate) yolo_skipped: AtomicU64,
 }
 
 impl ChannelShared {
-    fn new(id: u32, samples_recordings: bool) -> Self {
+    fn new(id: u32, samples_recordings: bool, samples_by_need: bool) -> Self {
         Self {
             samples_recordings,
+            samples_by_need,
             recording_open: AtomicBool::new(false),
             yolo_in_flight: Arc::default(),
             yolo_dropped_backlog: AtomicU64::new(0),
+            objects_seen: Mutex::new(None),
+            yolo_skipped: AtomicU64::new(0),
             id,
             stop: AtomicBool::new(false),
             last_frame_ms: AtomicI64::new(0),
@@ -140,6 +150,24 @@ impl ChannelShared {
     /// YOLO frames dropped since the last call because the batch could not send them on.
     pub fn take_yolo_dropped_backlog(&self) -> u64 {
         self.yolo_dropped_backlog.swap(0, Ordering::Relaxed)
+    }
+
+    /// Does this channel sample YOLO by need (priority, `confirmed_fps`)?
+    pub fn samples_by_need(&self) -> bool {
+        self.samples_by_need
+    }
+
+    pub fn set_objects_seen(&self, seen: Option<ObjectsSeen>) {
+        *self.objects_seen.lock().unwrap_or_else(|e| e.into_inner()) = seen;
+    }
+
+    fn objects_seen(&self) -> Option<ObjectsSeen> {
+        self.objects_seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Frames sampling by need kept from YOLO since the reader started.
+    pub fn yolo_skipped(&self) -> u64 {
+        self.yolo_skipped.load(Ordering::Relaxed)
     }
 
     pub fn set_recording_open(&self, open: bool) {
@@ -251,7 +279,8 @@ impl ChannelHandle {
         // Only priority channels send frames to YOLO.
         let yolo = yolo.filter(|_| channel.priority);
         let samples = yolo.as_ref().is_some_and(|y| y.recording_fps > 0.0);
-        let shared = Arc::new(ChannelShared::new(channel.id, samples));
+        let by_need = yolo.as_ref().is_some_and(|y| y.confirmed_fps > 0.0);
+        let shared = Arc::new(ChannelShared::new(channel.id, samples, by_need));
         let url = format!("{}/{}", play_url.trim_end_matches('/'), channel.detect_stream);
         let s = shared.clone();
         let params = channel.motion.apply(&params);
@@ -337,7 +366,7 @@ mod in_flight_tests {
 
     #[test]
     fn a_new_reader_attempt_gets_the_whole_stall_timeout() {
-        let shared = ChannelShared::new(1, false);
+        let shared = ChannelShared::new(1, false, false);
         let mut cmd = ffmpeg::command();
         cmd.args(["-f", "lavfi", "-i", "nullsrc=rate=1", "-f", "null", "-"]);
         let mut p = FfmpegProcess::spawn("stall test", cmd, false).unwrap();

@@ -14,6 +14,7 @@ pub mod detector;
 pub mod flv;
 pub mod gate;
 pub mod rtmp;
+pub mod sampling;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -292,6 +293,7 @@ async fn watch_batch(ctx: &Ctx, job: &MotionJob, meta: &JobMeta) -> Release {
                 }
                 // Events held during an outage go out before the status that counts them.
                 publish_motion(ctx, &mut conn, None).await;
+                feed_objects_seen(ctx, &mut conn, &channels).await;
                 for ch in &channels {
                     ch.shared.check_stall(stall, ch.started_ms.load(std::sync::atomic::Ordering::Relaxed));
                     let p = published.get(&ch.shared.id).cloned().unwrap_or_default();
@@ -319,6 +321,21 @@ async fn watch_batch(ctx: &Ctx, job: &MotionJob, meta: &JobMeta) -> Release {
         publish_event(ctx, &mut conn, meta, msg, &mut published).await;
     }
     release
+}
+
+/// Hands each channel that samples by need what YOLO last saw on it. Read every
+/// [`SUPERVISE_EVERY`]: a confirmation reaches the sampler at most that late, which only
+/// prolongs the full rate. Unreadable (Redis down): nothing is confirmed, the full rate holds.
+async fn feed_objects_seen(ctx: &Ctx, conn: &mut ConnectionManager, channels: &[ChannelHandle]) {
+    let by_need: Vec<&ChannelHandle> = channels.iter().filter(|c| c.shared.samples_by_need()).collect();
+    let ids: Vec<u32> = by_need.iter().map(|c| c.shared.id).collect();
+    match cctv_common::seen::load(conn, &ctx.keys, &ids).await {
+        Ok(seen) => by_need.iter().zip(seen).for_each(|(c, s)| c.shared.set_objects_seen(s)),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read what YOLO saw; sampling at full rate");
+            by_need.iter().for_each(|c| c.shared.set_objects_seen(None));
+        }
+    }
 }
 
 /// What this worker has published on the motion stream for one channel: the status reports it,
@@ -496,6 +513,7 @@ async fn publish_status(
         analysing_since_ms: s.analysing_since_ms(),
         frames_total: frames,
         frames_gated: s.frames_gated(),
+        yolo_frames_skipped: s.yolo_skipped(),
         worker: ctx.worker.clone(),
         batch: job.batch.clone(),
         updated_ms: now,

@@ -10,6 +10,8 @@
 //!   prepared input tensor — inference alone, the floor we are compared with — with ONNX
 //!   Runtime's defaults (spinning on); `plain_ort_no_spin` the same with spinning off.
 //!
+//! - `ours_int8/batch1`, `ours_int8_paired/frames2`: the int8 model of deploy/yolo/quantize.sh
+//!   (when `.local/models/yolov5n-int8.onnx` exists), one frame, and two frames in one input.
 //! - `ours_paired/frames{2,4}`: `yolo.pair_frames`: two 640x360 frames per 640x640 input (each
 //!   scaled into a 640x320 half), so 2 frames cost one inference.
 //!
@@ -23,13 +25,20 @@ use ort::value::TensorRef;
 use worker_yolo::model::{self, YoloModel};
 
 /// Two threads per inference, as the numbers in docs/benchmarks.md were measured (the default
-/// depends on the machine's cores).
+/// depends on the machine's cores); one frame per input unless a bench pairs them.
 fn config() -> YoloConfig {
     YoloConfig {
         model: cctv_testkit::shared_dir().join("models/yolov5n.onnx"),
         intra_threads: 2,
+        pair_frames: false,
         ..YoloConfig::default()
     }
+}
+
+/// The int8 model `deploy/yolo/quantize.sh` writes (benched when it is there).
+fn int8_model() -> Option<std::path::PathBuf> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.local/models/yolov5n-int8.onnx");
+    p.exists().then_some(p)
 }
 
 /// A camera-sized frame (640x360) cut from real footage.
@@ -54,6 +63,17 @@ fn bench(c: &mut Criterion) {
             g.throughput(Throughput::Elements(n as u64));
             let frames: Vec<&opencv::core::Mat> = std::iter::repeat_n(&f, n).collect();
             g.bench_function(format!("ours_paired/frames{n}"), |b| b.iter(|| m.detect(&frames).unwrap()));
+        }
+    }
+    // The int8 model (deploy/yolo/quantize.sh), alone and paired.
+    if let Some(path) = int8_model() {
+        let class_names = Some(config().class_names_path());
+        for (name, pair_frames, n) in [("ours_int8/batch1", false, 1usize), ("ours_int8_paired/frames2", true, 2)] {
+            let cfg = YoloConfig { model: path.clone(), class_names: class_names.clone(), pair_frames, ..config() };
+            let mut m = YoloModel::load(&cfg).expect("int8 model");
+            g.throughput(Throughput::Elements(n as u64));
+            let frames: Vec<&opencv::core::Mat> = std::iter::repeat_n(&f, n).collect();
+            g.bench_function(name, |b| b.iter(|| m.detect(&frames).unwrap()));
         }
     }
     // One session alive at a time: an idle session's spinning threads would slow the measured one.

@@ -1,8 +1,11 @@
-//! `worker-yolo agree`: how far two frames per input (`yolo.pair_frames`) agree with one frame
-//! per input, on real footage. Each video is cut into 640x360 frames (a camera sub-stream) at
-//! `fps`; every frame runs alone (the reference) and paired with the next one. A reference box
-//! is *kept* when the paired run has a box of the same label over it (IoU ≥ 0.5); a second is
-//! *kept* when every label the reference saw in it is seen paired too (what decides a backup).
+//! `worker-yolo agree`: how far a candidate way of running YOLO — two frames per input
+//! (`yolo.pair_frames`), another model file (the int8 one), or both — agrees with the
+//! reference: the configured model, one frame per input. Each video is cut into 640x360 frames
+//! (a camera sub-stream) at `fps`; every frame runs through the reference and the candidate
+//! (paired with the next frame when the candidate pairs). A reference box is *kept* when the
+//! candidate has a box of the same label over it (IoU ≥ 0.5); a second is *kept* when every
+//! label the reference saw in it is seen by the candidate too (what decides a backup); a
+//! *person second* when the reference saw a person in it and the candidate did too.
 
 use std::path::{Path, PathBuf};
 
@@ -30,6 +33,18 @@ pub struct Agreement {
     /// Seconds in which the reference saw a wanted label, and those the paired run saw too.
     pub reference_seconds: usize,
     pub kept_seconds: usize,
+    /// Seconds in which the reference saw a person, and those the candidate saw one in too.
+    pub person_seconds: usize,
+    pub kept_person_seconds: usize,
+}
+
+/// The way of running YOLO that is compared with the reference.
+#[derive(Debug, Clone, Default)]
+pub struct Candidate {
+    /// Another model file (e.g. the int8 one); `None`: the configured model.
+    pub model: Option<PathBuf>,
+    /// Two frames per input.
+    pub paired: bool,
 }
 
 impl Agreement {
@@ -39,6 +54,9 @@ impl Agreement {
     pub fn second_recall(&self) -> f64 {
         percent(self.kept_seconds, self.reference_seconds)
     }
+    pub fn person_second_recall(&self) -> f64 {
+        percent(self.kept_person_seconds, self.person_seconds)
+    }
     fn add(&mut self, o: &Agreement) {
         self.frames += o.frames;
         self.reference_boxes += o.reference_boxes;
@@ -46,6 +64,8 @@ impl Agreement {
         self.extra_boxes += o.extra_boxes;
         self.reference_seconds += o.reference_seconds;
         self.kept_seconds += o.kept_seconds;
+        self.person_seconds += o.person_seconds;
+        self.kept_person_seconds += o.kept_person_seconds;
     }
 }
 
@@ -97,11 +117,15 @@ fn frames(video: &Path, fps: f64) -> anyhow::Result<Vec<Mat>> {
         .collect()
 }
 
-/// Agreement of paired with single frames on each video, and over all of them (last).
-pub fn agree(cfg: &YoloConfig, videos: &[PathBuf], fps: f64) -> anyhow::Result<Vec<Agreement>> {
+/// Agreement of the candidate with the reference (the configured model, one frame per input) on
+/// each video, and over all of them (last).
+pub fn agree(cfg: &YoloConfig, videos: &[PathBuf], fps: f64, candidate: &Candidate) -> anyhow::Result<Vec<Agreement>> {
     anyhow::ensure!(!videos.is_empty(), "name at least one video");
     let mut single = YoloModel::load(&YoloConfig { pair_frames: false, ..cfg.clone() })?;
-    let mut paired = YoloModel::load(&YoloConfig { pair_frames: true, ..cfg.clone() })?;
+    let model = candidate.model.clone().unwrap_or_else(|| cfg.model.clone());
+    // The candidate names classes as the reference does, wherever its model file lies.
+    let class_names = Some(cfg.class_names_path());
+    let mut other = YoloModel::load(&YoloConfig { pair_frames: candidate.paired, model, class_names, ..cfg.clone() })?;
     let mut all = Agreement { source: "all".into(), ..Agreement::default() };
     let mut out = Vec::new();
     for video in videos {
@@ -112,7 +136,11 @@ pub fn agree(cfg: &YoloConfig, videos: &[PathBuf], fps: f64) -> anyhow::Result<V
             let refs: Vec<&Mat> = pair.iter().collect();
             let reference: Vec<Vec<Detection>> =
                 refs.iter().map(|f| single.detect(&[*f]).map(|mut d| d.remove(0))).collect::<Result<_, _>>()?;
-            let together = paired.detect(&refs)?;
+            let together = if candidate.paired {
+                other.detect(&refs)?
+            } else {
+                refs.iter().map(|f| other.detect(&[*f]).map(|mut d| d.remove(0))).collect::<Result<_, _>>()?
+            };
             for (j, (r, p)) in reference.iter().zip(&together).enumerate() {
                 let kept = matched(r, p);
                 a.reference_boxes += r.len();
@@ -124,10 +152,15 @@ pub fn agree(cfg: &YoloConfig, videos: &[PathBuf], fps: f64) -> anyhow::Result<V
                 entry.1.extend(p.iter().map(|d| d.label.clone()));
             }
         }
-        for (seen, paired_seen) in seconds.values() {
+        for (seen, candidate_seen) in seconds.values() {
             if !seen.is_empty() {
                 a.reference_seconds += 1;
-                a.kept_seconds += usize::from(seen.iter().all(|l| paired_seen.contains(l)));
+                a.kept_seconds += usize::from(seen.iter().all(|l| candidate_seen.contains(l)));
+            }
+            let person = |labels: &Vec<String>| labels.iter().any(|l| l == "person");
+            if person(seen) {
+                a.person_seconds += 1;
+                a.kept_person_seconds += usize::from(person(candidate_seen));
             }
         }
         all.add(&a);

@@ -21,6 +21,7 @@ use cctv_common::heartbeat;
 use cctv_common::jobs::{JobError, YoloJob};
 use cctv_common::keys::Keys;
 use cctv_common::queue::{self, JobMeta, Queue};
+use cctv_common::seen::ObjectsSeen;
 use cctv_common::shutdown::CancellationToken;
 use cctv_common::system::{SystemEventKind, SystemLog};
 use opencv::core::Mat;
@@ -41,6 +42,8 @@ enum Outcome {
         detections: Vec<Detection>,
         frame: Mat,
         batch_size: usize,
+        /// The frame shared its model input with another (`yolo.pair_frames`).
+        paired: bool,
     },
     /// Became older than `max_age` while waiting for the model.
     Stale,
@@ -173,10 +176,17 @@ fn start_inference(
             }
             let frames: Vec<&Mat> = ready.iter().map(|(_, f)| f).collect();
             let n = frames.len();
+            let sizes: Vec<(i32, i32)> = frames.iter().map(|f| (f.cols(), f.rows())).collect();
+            let mut paired = vec![false; n];
+            model::pairing(&sizes, cfg.pair_frames)
+                .iter()
+                .filter(|g| g.len() > 1)
+                .flatten()
+                .for_each(|&i| paired[i] = true);
             match model.detect(&frames) {
                 Ok(results) => {
-                    for ((p, frame), detections) in ready.into_iter().zip(results) {
-                        let _ = p.reply.send(Outcome::Detected { detections, frame, batch_size: n });
+                    for (((p, frame), detections), paired) in ready.into_iter().zip(results).zip(paired) {
+                        let _ = p.reply.send(Outcome::Detected { detections, frame, batch_size: n, paired });
                     }
                 }
                 Err(e) => {
@@ -219,7 +229,12 @@ async fn handle_inner(ctx: Ctx, job: YoloJob, meta: JobMeta) -> Result<(), JobEr
     ctx.infer.send(Pending { job, reply }).await.map_err(|_| JobError::Transient("inference thread stopped".into()))?;
     let outcome = outcome.await.map_err(|_| JobError::Transient("inference thread stopped".into()))?;
     let (detections, frame, batch_size) = match outcome {
-        Outcome::Detected { detections, frame, batch_size } => (detections, frame, batch_size),
+        Outcome::Detected { detections, frame, batch_size, paired } => {
+            if paired {
+                count(&mut conn, &ctx.keys, "paired", 1).await;
+            }
+            (detections, frame, batch_size)
+        }
         Outcome::Stale => {
             count(&mut conn, &ctx.keys, "dropped_stale", 1).await;
             return Ok(());
@@ -236,12 +251,19 @@ async fn handle_inner(ctx: Ctx, job: YoloJob, meta: JobMeta) -> Result<(), JobEr
     };
     let (frame_width, frame_height) = (frame.cols() as u32, frame.rows() as u32);
     let mut detections = detections;
+    let seen = ObjectsSeen {
+        channel,
+        motion_event: motion_event.clone(),
+        frame_ts_ms,
+        boxes: detections.iter().map(|d| norm_box(d.bbox, frame_width, frame_height)).collect(),
+    };
+    if let Err(e) = cctv_common::seen::store(&mut conn, &ctx.keys, &seen).await {
+        // Worker-motion then samples this channel at the full rate: nothing is lost.
+        tracing::debug!(error = %e, "cannot store what YOLO saw");
+    }
     if let Some(zones) = ctx.zones.get(&channel).filter(|z| !z.is_empty()) {
-        let (w, h) = (frame_width.max(1) as f32, frame_height.max(1) as f32);
         for d in &mut detections {
-            let [x1, y1, x2, y2] = d.bbox;
-            let b = NormBox { x: x1 / w, y: y1 / h, w: (x2 - x1) / w, h: (y2 - y1) / h };
-            d.zones = cctv_common::zones::touched(zones, &[b]);
+            d.zones = cctv_common::zones::touched(zones, &[norm_box(d.bbox, frame_width, frame_height)]);
         }
     }
     let snapshot = if detections.is_empty() {
@@ -290,6 +312,12 @@ async fn handle_inner(ctx: Ctx, job: YoloJob, meta: JobMeta) -> Result<(), JobEr
         tracing::info!(labels = ?labels, latency_ms = event.latency_ms, batch = batch_size, "objects found");
     }
     Ok(())
+}
+
+/// A box in frame pixels as fractions of the frame.
+fn norm_box([x1, y1, x2, y2]: [f32; 4], width: u32, height: u32) -> NormBox {
+    let (w, h) = (width.max(1) as f32, height.max(1) as f32);
+    NormBox { x: x1 / w, y: y1 / h, w: (x2 - x1) / w, h: (y2 - y1) / h }
 }
 
 /// `worker-yolo detect`: runs the model on image files and prints the detections.

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use cctv_common::cli::GlobalArgs;
 use cctv_common::telemetry;
 use clap::{Parser, Subcommand};
+use worker_yolo::agree::Candidate;
 
 #[derive(Debug, Parser)]
 #[command(version, about = "CCTV object detection worker (YOLOv5n through ONNX Runtime)")]
@@ -36,12 +37,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// How two frames per input (`yolo.pair_frames`) agree with one frame per input on videos
-    /// (each cut into 640x360 frames at `--fps`): boxes and seconds kept, boxes added.
+    /// How a candidate (two frames per input, another model file, or both) agrees with the
+    /// configured model run one frame per input, on videos (each cut into 640x360 frames at
+    /// `--fps`): boxes, seconds and person seconds kept, boxes added.
     Agree {
         videos: Vec<PathBuf>,
         #[arg(long, default_value_t = 5.0)]
         fps: f64,
+        /// The candidate's model file (e.g. the int8 one from deploy/yolo/quantize.sh).
+        /// Default: the configured model.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// The candidate runs two frames per input. Default: on when --model is not given.
+        #[arg(long)]
+        paired: Option<bool>,
         #[arg(long)]
         json: bool,
     },
@@ -60,7 +69,10 @@ fn main() -> ExitCode {
         Command::Health => return cctv_common::heartbeat::health_command(&cli.global.config(), "yolo"),
         Command::Run { max_batch, threads } => run(cli.global.config(), max_batch, threads),
         Command::Detect { images, min_score, json } => detect(cli.global.config(), images, min_score, json),
-        Command::Agree { videos, fps, json } => agree(cli.global.config(), videos, fps, json),
+        Command::Agree { videos, fps, model, paired, json } => {
+            let candidate = Candidate { paired: paired.unwrap_or(model.is_none()), model };
+            agree(cli.global.config(), videos, fps, &candidate, json)
+        }
     };
     cctv_common::cli::exit_code(result)
 }
@@ -93,15 +105,15 @@ fn detect(path: PathBuf, images: Vec<PathBuf>, min_score: Option<f32>, json: boo
     worker_yolo::detect_files(&config.yolo, &images, json)
 }
 
-fn agree(path: PathBuf, videos: Vec<PathBuf>, fps: f64, json: bool) -> anyhow::Result<()> {
+fn agree(path: PathBuf, videos: Vec<PathBuf>, fps: f64, candidate: &Candidate, json: bool) -> anyhow::Result<()> {
     anyhow::ensure!(fps > 0.0 && fps <= 30.0, "--fps {fps} is out of range (0, 30]");
     let config = load(path, None, None)?;
-    for a in worker_yolo::agree::agree(&config.yolo, &videos, fps)? {
+    for a in worker_yolo::agree::agree(&config.yolo, &videos, fps, candidate)? {
         if json {
             println!("{}", serde_json::to_string(&a)?);
         } else {
             println!(
-                "{}: {} frames; boxes kept {} of {} ({} %), {} added; seconds with a wanted label kept {} of {} ({} %)",
+                "{}: {} frames; boxes kept {} of {} ({} %), {} added; seconds with a wanted label kept {} of {} ({} %); person seconds {} of {} ({} %)",
                 a.source,
                 a.frames,
                 a.kept_boxes,
@@ -110,7 +122,10 @@ fn agree(path: PathBuf, videos: Vec<PathBuf>, fps: f64, json: bool) -> anyhow::R
                 a.extra_boxes,
                 a.kept_seconds,
                 a.reference_seconds,
-                a.second_recall()
+                a.second_recall(),
+                a.kept_person_seconds,
+                a.person_seconds,
+                a.person_second_recall()
             );
         }
     }

@@ -298,8 +298,9 @@ pub struct YoloConfig {
     pub max_batch: usize,
     /// Two wide (16:9) frames share one 640x640 input, each scaled into a 640x320 half, so one
     /// inference serves two frames; boxes over the seam are dropped. A frame waits at most
-    /// `pair_wait_ms` for a partner, then runs alone. Default false (docs/benchmarks.md has the
-    /// cost and the agreement with single frames).
+    /// `pair_wait_ms` for a partner, then runs alone; 4:3 frames always run alone. Default true:
+    /// half the cost per frame, 98.7 % of single-frame boxes and seconds on real footage
+    /// (docs/benchmarks.md), no YOLO frame dropped at 64 channels (docs/loadtest.md).
     pub pair_frames: bool,
     /// How long a lone frame waits for a partner with `pair_frames`, ms. Default 40.
     pub pair_wait_ms: u64,
@@ -309,6 +310,14 @@ pub struct YoloConfig {
     /// (post-roll, a person standing still): a wanted object in view keeps the backup going, up
     /// to `motion.max_hold_secs` after the last motion. 0 turns it off. Default 1.
     pub recording_fps: f64,
+    /// Frames per second sent per channel in motion once YOLO confirmed a wanted object in the
+    /// event, while every motion box stays inside the confirmed objects' boxes (grown by half
+    /// their size) and the confirmation is fresh: nothing new moves, so nothing new is to be
+    /// found. Onset runs at `fps` until the first confirmation; motion elsewhere, a result
+    /// without the object, or a confirmation older than its interval + 2 s bring `fps` back.
+    /// 0 turns it off (always `fps`). Default 0.5: the object is re-checked every 2 s, within
+    /// the 5 s post-roll, a quarter of `fps`' frames (docs/loadtest.md "Sampling by need").
+    pub confirmed_fps: f64,
     /// A job older than this (frame time to claim) is dropped unprocessed, seconds. Default 2.
     pub max_age_secs: f64,
     /// Jobs allowed to wait in the queue; frames beyond it are dropped at the source. Default 64.
@@ -355,10 +364,11 @@ impl Default for YoloConfig {
             intra_threads: default_intra_threads(),
             spin_wait: false,
             max_batch: 1,
-            pair_frames: false,
+            pair_frames: true,
             pair_wait_ms: 40,
             fps: 2.0,
             recording_fps: 1.0,
+            confirmed_fps: 0.5,
             max_age_secs: 2.0,
             max_queue: 64,
             min_score: 0.4,

@@ -137,6 +137,9 @@ impl Config {
         }
         range(p, "yolo.fps", y.fps, 0.1, 30.0);
         range(p, "yolo.recording_fps", y.recording_fps, 0.0, 30.0);
+        if !(0.0..=y.fps).contains(&y.confirmed_fps) {
+            p.add("yolo.confirmed_fps", format!("{} is out of range 0..=yolo.fps ({})", y.confirmed_fps, y.fps));
+        }
         range(p, "yolo.max_age_secs", y.max_age_secs, 0.1, 600.0);
         if y.max_queue == 0 {
             p.add("yolo.max_queue", "must be at least 1".into());

@@ -17,6 +17,7 @@ use super::frames::{FrameMeta, FrameSource, ReadError};
 use super::{ChannelMsg, ChannelShared, InFlight, PREVIEW_EVERY_MS, YOLO_FRAMES_IN_FLIGHT_MAX};
 use crate::decode::PictureFormat;
 use crate::detector::{FrameMotion as Verdict, Hysteresis, MotionDetector, Transition};
+use crate::sampling::{self, Sampler};
 
 /// JPEG quality of the channel's picture.
 const PREVIEW_QUALITY: i32 = 80;
@@ -235,19 +236,29 @@ impl<'a> Analysis<'a> {
         }
     }
 
-    /// YOLO frames: at `fps` during motion; at `recording_fps` while the channel's backup is
-    /// open without motion, so a wanted object in view keeps it going.
+    /// YOLO frames: during motion at `fps`, or at `confirmed_fps` once YOLO confirmed an object
+    /// that explains all of it ([`sampling::rate`]); at `recording_fps` while the channel's
+    /// backup is open without motion, so a wanted object in view keeps it going.
     fn sample_for_yolo(&mut self, ts: i64, verdict: &Verdict) {
         let shared = self.shared;
         let sample = match (self.hysteresis.active(), self.yolo) {
-            (Some(active), Some(y)) => Some((active.event_id.clone(), y.fps)),
+            (Some(active), Some(y)) => {
+                let rates = sampling::Rates { full_fps: y.fps, confirmed_fps: y.confirmed_fps };
+                let seen = shared.objects_seen();
+                let (fps, _) = sampling::rate(rates, seen.as_ref(), &active.event_id, ts, &verdict.boxes);
+                Some((active.event_id.clone(), fps, y.fps))
+            }
             (None, Some(y)) if y.recording_fps > 0.0 && shared.recording_open.load(Ordering::Relaxed) => {
-                self.last_event.clone().map(|e| (e, y.recording_fps))
+                self.last_event.clone().map(|e| (e, y.recording_fps, y.recording_fps))
             }
             _ => None,
         };
-        let (Some(c), Some((event, fps))) = (self.colour.as_mut(), sample) else { return };
-        if !c.due(ts, fps) {
+        let (Some(c), Some((event, fps, full_fps))) = (self.colour.as_mut(), sample) else { return };
+        let (due, skipped) = c.sampler.due(ts, fps, full_fps);
+        if skipped {
+            shared.yolo_skipped.fetch_add(1, Ordering::Relaxed);
+        }
+        if !due {
             return;
         }
         let Some(place) = InFlight::take(&shared.yolo_in_flight, YOLO_FRAMES_IN_FLIGHT_MAX) else {
@@ -313,7 +324,7 @@ struct ColourFrames {
     grey_h: u32,
     quality: i32,
     format: FrameFormat,
-    last_sent_ms: i64,
+    sampler: Sampler,
     grey_full: Mat,
     grey_small: Mat,
 }
@@ -329,7 +340,7 @@ impl ColourFrames {
             grey_h,
             quality: y.jpeg_quality as i32,
             format: y.format,
-            last_sent_ms: 0,
+            sampler: Sampler::default(),
             grey_full: Mat::default(),
             grey_small: Mat::default(),
         }
@@ -345,16 +356,6 @@ impl ColourFrames {
         let size = Size::new(self.grey_w as i32, self.grey_h as i32);
         imgproc::resize(&self.grey_full, &mut self.grey_small, size, 0.0, 0.0, imgproc::INTER_AREA)?;
         self.grey_small.data_bytes()
-    }
-
-    /// True when the next YOLO frame is due at `fps` (and counts it as sent).
-    fn due(&mut self, ts_ms: i64, fps: f64) -> bool {
-        if ts_ms - self.last_sent_ms >= (1000.0 / fps) as i64 {
-            self.last_sent_ms = ts_ms;
-            true
-        } else {
-            false
-        }
     }
 
     fn jpeg(&self, bgr: &[u8]) -> opencv::Result<Vec<u8>> {
@@ -489,6 +490,7 @@ mod yolo_image_tests {
         let mut frames = YoloFrames {
             fps: 2.0,
             recording_fps: 1.0,
+            confirmed_fps: 0.5,
             max_frame_height: 720,
             format: FrameFormat::Png,
             jpeg_quality: 85,
