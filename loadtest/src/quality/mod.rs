@@ -251,7 +251,7 @@ pub async fn quality(opts: QualityOptions) -> anyhow::Result<QualityReport> {
     for (id, _, _) in &channels {
         let status: Option<String> = redis::AsyncCommands::get(&mut conn, keys.channel_status(*id)).await.ok();
         if let Some(st) = status.and_then(|j| serde_json::from_str::<cctv_common::events::ChannelStatus>(&j).ok()) {
-            readers.insert(*id, (st.frames_total, st.frames_gated));
+            readers.insert(*id, (st.frames_total, st.frames_gated, st.yolo_frames_skipped));
         }
     }
     drop(procs);
@@ -308,7 +308,7 @@ pub async fn quality(opts: QualityOptions) -> anyhow::Result<QualityReport> {
             if !dead.is_empty() {
                 s.problems.push(format!("processes died: {dead:?}"));
             }
-            (s.frames_analysed, s.frames_gated) = readers.get(&id).copied().unwrap_or_default();
+            (s.frames_analysed, s.frames_gated, s.yolo_frames_skipped) = readers.get(&id).copied().unwrap_or_default();
             scores.push(s);
         }
     }

@@ -71,6 +71,10 @@ pub struct ChannelScore {
     pub frames_analysed: u64,
     #[serde(default)]
     pub frames_gated: u64,
+    /// YOLO frames sampling by need kept back (`yolo.confirmed_fps`): a confirmed object
+    /// explained the motion.
+    #[serde(default)]
+    pub yolo_frames_skipped: u64,
     /// Per onset (activity after at least [`ONSET_QUIET_SECS`] of none): seconds from its start
     /// to the start of the motion event that covers it (0 when one was already open); `None`:
     /// no motion event began during that activity. The start is the first frame of the
@@ -310,6 +314,7 @@ pub(crate) fn score(r: ChannelRun<'_>) -> ChannelScore {
         quiet_motion_percent,
         frames_analysed: 0,
         frames_gated: 0,
+        yolo_frames_skipped: 0,
         onset_lags_s,
         problems,
     }
@@ -388,6 +393,14 @@ pub fn render(r: &QualityReport) -> String {
         md += "\nFrames of each channel's motion reader (5 per second): analysed, and left undecoded by the gate:";
         for c in &r.channels {
             md += &format!(" ch{} {} + {};", c.channel, c.frames_analysed, c.frames_gated);
+        }
+        md.pop();
+        md += ".\n";
+    }
+    if r.channels.iter().any(|c| c.yolo_frames_skipped > 0) {
+        md += "\nYOLO frames sampling by need kept back (a confirmed object explained the motion):";
+        for c in &r.channels {
+            md += &format!(" ch{} {};", c.channel, c.yolo_frames_skipped);
         }
         md.pop();
         md += ".\n";
