@@ -26,6 +26,8 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 SIZE = 640
+# Defaults are the workspace's: the repository root and ../shared beside it.
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def ffmpeg_frames(path, fps, width, height, pad_to=None):
@@ -73,9 +75,9 @@ class Frames(CalibrationDataReader):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="../shared/models/yolov5n.onnx")
-    ap.add_argument("--media", default="../shared/media")
-    ap.add_argument("--out", default=".local/models/yolov5n-int8.onnx")
+    ap.add_argument("--model", default=os.path.join(REPO, "../shared/models/yolov5n.onnx"))
+    ap.add_argument("--media", default=os.path.join(REPO, "../shared/media"))
+    ap.add_argument("--out", default=os.path.join(REPO, ".local/models/yolov5n-int8.onnx"))
     ap.add_argument("--fps", type=float, default=1.0, help="calibration frames per second of video")
     ap.add_argument("--calibrate", choices=["minmax", "percentile", "entropy"], default="percentile",
                     help="how activation ranges are taken from the calibration frames")

@@ -471,8 +471,19 @@ impl RtspCameras {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("starting the RTSP camera server (apt-get install python3-gi gir1.2-gst-rtsp-server-1.0)");
-        let child = KillOnDrop(child);
-        wait_for_port(port, Duration::from_secs(15), "RTSP camera server (python3-gi, gir1.2-gst-rtsp-server-1.0)");
+        let mut child = KillOnDrop(child);
+        // The server reads every clip before it listens: 64 cameras' clips read cold from disk
+        // took longer than 15 s after a long run. Waited for while it lives, up to a minute
+        // plus a second per camera; one that exited is reported at once.
+        let what = "RTSP camera server (python3-gi, gir1.2-gst-rtsp-server-1.0)";
+        let deadline = Instant::now() + Duration::from_secs(60 + cameras.len() as u64);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = child.0.try_wait() {
+                panic!("{what} exited ({status}) before it listened on 127.0.0.1:{port}");
+            }
+            assert!(Instant::now() < deadline, "{what} did not listen on 127.0.0.1:{port} within the deadline");
+            std::thread::sleep(Duration::from_millis(50));
+        }
         Self { port, _child: child }
     }
 

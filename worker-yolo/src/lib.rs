@@ -87,7 +87,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let worker = cctv_common::worker_name("yolo");
     let system = SystemLog::open(conn.clone(), keys.clone(), &config.logs, "yolo", &worker)?;
     system.emit(SystemEventKind::Start, "yolo worker started", None).await;
-    let (tx, rx) = mpsc::channel::<Pending>(config.yolo.max_batch * 4);
+    // Frames one model run takes: with pairing an input holds two.
+    let per_run = config.yolo.max_batch * if config.yolo.pair_frames { 2 } else { 1 };
+    let (tx, rx) = mpsc::channel::<Pending>(per_run * 4);
     let inference = start_inference(model, rx, config.yolo.clone())?;
     let ctx = Ctx {
         conn: conn.clone(),
@@ -102,10 +104,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     tracing::info!(worker = %worker, "YOLO worker started");
     let heartbeat =
         tokio::spawn(heartbeat::run(conn.clone(), keys.clone(), worker.clone(), "yolo", heartbeat::Held::default()));
-    // Twice the batch in flight: the next batch gathers while the model runs the current one.
-    let concurrency = config.yolo.max_batch * 2;
+    // Twice a run's frames in flight: the next run gathers while the model runs the current
+    // one. A poll fetches a whole run, so two waiting frames are paired at once instead of the
+    // second arriving a poll later (after the first gave up waiting for it).
+    let concurrency = per_run * 2;
     let q: Queue<YoloJob> =
-        Queue::new(conn, &keys, &config.queue).with_fetch_batch(config.yolo.max_batch).with_poll_interval(POLL_EVERY);
+        Queue::new(conn, &keys, &config.queue).with_fetch_batch(per_run).with_poll_interval(POLL_EVERY);
     let handler_ctx = ctx.clone();
     let result = q
         .run_worker(worker.clone(), concurrency, shutdown, move |job, meta| handle(handler_ctx.clone(), job, meta))

@@ -3,6 +3,8 @@
 
 /// Priority channels get object events, others none; stale and corrupt jobs (issue 3, test 2).
 mod flow;
+/// The int8 model from deploy/yolo/quantize.sh loads and detects (issue 33).
+mod int8;
 /// bus.jpg reproduces the reference detections, alone and in a batch (issue 3, test 1).
 mod reference;
 /// Missing model or library: clear error, non-zero exit (issue 3, test 3).
