@@ -81,6 +81,10 @@ def main():
     ap.add_argument("--fps", type=float, default=1.0, help="calibration frames per second of video")
     ap.add_argument("--calibrate", choices=["minmax", "percentile", "entropy"], default="percentile",
                     help="how activation ranges are taken from the calibration frames")
+    ap.add_argument("--percentile", type=float, default=99.9999,
+                    help="with --calibrate percentile: the activation range covers this share of values")
+    ap.add_argument("--conv-only", action="store_true",
+                    help="quantize the convolutions only; activations (SiLU) stay float between them")
     ap.add_argument("--float-head", action="store_true",
                     help="keep the Detect layer's three convolutions in float too")
     a = ap.parse_args()
@@ -103,7 +107,9 @@ def main():
         quantize_static(prepared, tmp, Frames(a.media, a.fps, input_name),
                         quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=method, nodes_to_exclude=keep_float)
+                        calibrate_method=method, nodes_to_exclude=keep_float,
+                        op_types_to_quantize=["Conv"] if a.conv_only else None,
+                        extra_options={"CalibPercentile": a.percentile})
         os.replace(tmp, a.out)  # never a half-written model under the final name
     finally:
         for p in (prepared, a.out + ".part"):

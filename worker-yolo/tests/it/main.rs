@@ -7,5 +7,7 @@ mod flow;
 mod int8;
 /// bus.jpg reproduces the reference detections, alone and in a batch (issue 3, test 1).
 mod reference;
+/// What YOLO saw, per channel, newest frame first (sampling by need's feedback, issue 33).
+mod seen;
 /// Missing model or library: clear error, non-zero exit (issue 3, test 3).
 mod startup;
