@@ -213,10 +213,17 @@ pub fn parse_gop_secs(s: &str) -> Result<f64, String> {
 /// meanwhile reads the old file or the new one, never a half-written one. (Rewritten in place,
 /// a worker that read it while it was being written found no channel and exited: the quick
 /// load test failed once in three fresh-clone runs.)
-pub fn write_config(path: &Path, text: &str) -> std::io::Result<()> {
+/// Writes the cluster's config, after checking it as every process will (`Config::load`): a bad
+/// `--motion` / `--yolo` setting is one clear error here, not every process dying at start.
+pub fn write_config(path: &Path, text: &str) -> anyhow::Result<()> {
     let tmp = path.with_extension("toml.tmp");
     std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
+    if let Err(e) = cctv_common::Config::load(&tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::bail!("the load test's cluster config is not valid (check --motion / --yolo): {e:#}");
+    }
+    std::fs::rename(&tmp, path)?;
+    Ok(())
 }
 
 fn config_text(
@@ -229,18 +236,23 @@ fn config_text(
     opts: &Options,
 ) -> String {
     let (motion, yolo) = (&opts.motion, &opts.yolo);
+    // `--yolo model=...` replaces the shared model (a second `model` key would be a TOML error).
+    let model = if yolo.lines().any(|l| l.split('=').next().is_some_and(|k| k.trim() == "model")) {
+        String::new()
+    } else {
+        format!("model = \"{}\"\n", cctv_testkit::shared_dir().join("models/yolov5n.onnx").display())
+    };
     let mut t = motion.to_string();
     t += &format!(
         "[cluster]\nredis_url = \"{}\"\nnamespace = \"load\"\n\
          [rtmp]\npublish_url = \"{live}\"\nplay_url = \"{live}\"\nhls_url = \"{}\"\n\
          [scheduler]\nbatch_size = 8\nreconcile_interval_secs = 2\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n\
          [record]\nbackup_dir = \"{}\"\ntimezone = \"UTC\"\n[logs]\ndir = \"{}\"\n\
-         [yolo]\nmodel = \"{}\"\nsnapshot_dir = \"{}\"\n{yolo}",
+         [yolo]\n{model}snapshot_dir = \"{}\"\n{yolo}",
         redis.url(),
         nginx.hls_url(),
         dir.join("backups").display(),
         dir.join("logs").display(),
-        cctv_testkit::shared_dir().join("models/yolov5n.onnx").display(),
         dir.join("snapshots").display(),
         live = nginx.live_url(),
     );
