@@ -289,12 +289,17 @@ async fn stream<T: serde::de::DeserializeOwned>(
         .collect()
 }
 
+/// Channel `i`'s status as worker-motion last wrote it (`None`: none, or unreadable).
+async fn channel_status(conn: &mut redis::aio::MultiplexedConnection, i: u32) -> Option<ChannelStatus> {
+    let s: Option<String> = conn.get(format!("load:status:channel:{i}")).await.unwrap_or(None);
+    s.and_then(|s| serde_json::from_str(&s).ok())
+}
+
 /// YOLO frames sampling by need did not send, summed over the channels' statuses.
 async fn yolo_sampler_skipped(conn: &mut redis::aio::MultiplexedConnection, n: usize) -> u64 {
     let mut sum = 0;
     for i in 1..=n as u32 {
-        let s: Option<String> = conn.get(format!("load:status:channel:{i}")).await.unwrap_or(None);
-        sum += s.and_then(|s| serde_json::from_str::<ChannelStatus>(&s).ok()).map_or(0, |st| st.yolo_frames_skipped);
+        sum += channel_status(conn, i).await.map_or(0, |st| st.yolo_frames_skipped);
     }
     sum
 }
@@ -308,8 +313,7 @@ async fn frames_total(conn: &mut redis::aio::MultiplexedConnection, n: usize) ->
     let mut counts = BTreeMap::new();
     let mut offline = Vec::new();
     for i in 1..=n as u32 {
-        let s: Option<String> = conn.get(format!("load:status:channel:{i}")).await.unwrap_or(None);
-        match s.and_then(|s| serde_json::from_str::<ChannelStatus>(&s).ok()) {
+        match channel_status(conn, i).await {
             Some(st) => {
                 // Frames the gate judged still from their packets alone count as watched.
                 counts.insert(i, (st.frames_total + st.frames_gated, st.updated_ms));

@@ -180,13 +180,7 @@ fn start_inference(
             }
             let frames: Vec<&Mat> = ready.iter().map(|(_, f)| f).collect();
             let n = frames.len();
-            let sizes: Vec<(i32, i32)> = frames.iter().map(|f| (f.cols(), f.rows())).collect();
-            let mut paired = vec![false; n];
-            model::pairing(&sizes, cfg.pair_frames)
-                .iter()
-                .filter(|g| g.len() > 1)
-                .flatten()
-                .for_each(|&i| paired[i] = true);
+            let paired = model.shares_input(&frames);
             match model.detect(&frames) {
                 Ok(results) => {
                     for (((p, frame), detections), paired) in ready.into_iter().zip(results).zip(paired) {

@@ -111,6 +111,11 @@ pub const PAIR_MIN_ASPECT: f32 = 1.6;
 /// pixels. A box that reaches further spans two different pictures and cannot be real.
 pub const SEAM_SLACK: f32 = 8.0;
 
+/// Width and height of each frame, as [`pairing`] takes them.
+fn frame_sizes(frames: &[&Mat]) -> Vec<(i32, i32)> {
+    frames.iter().map(|f| (f.cols(), f.rows())).collect()
+}
+
 /// The rows of the model input one frame is put in: all of them, or one half.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Slot {
@@ -178,7 +183,7 @@ pub fn letterbox_into(frame: &Mat, size: u32, slot: Slot, out: &mut [f32]) -> Re
     let (resized_owned, shrunk);
     let bytes = if (new_w, new_h) == (w, h) {
         src
-    } else if slot.height < size {
+    } else if half {
         // A half of a shared input: OpenCV's area resize (SIMD, a fraction of a millisecond).
         // The Pillow-exact resize below matters only where detections must match the reference
         // result; here it cost several milliseconds a frame, eating into what pairing saves.
@@ -467,6 +472,17 @@ impl YoloModel {
     }
 
     /// Runs the frames (BGR) through the model as one batch; detections per frame, in order.
+    /// Which of `frames` [`Self::detect`] puts in a shared input (two to an input).
+    pub fn shares_input(&self, frames: &[&Mat]) -> Vec<bool> {
+        let mut shared = vec![false; frames.len()];
+        pairing(&frame_sizes(frames), self.pair_frames)
+            .iter()
+            .filter(|g| g.len() > 1)
+            .flatten()
+            .for_each(|&i| shared[i] = true);
+        shared
+    }
+
     /// With `yolo.pair_frames`, wide frames go two to an input ([`pairing`]).
     pub fn detect(&mut self, frames: &[&Mat]) -> Result<Vec<Vec<Detection>>, ModelError> {
         if frames.is_empty() {
@@ -475,8 +491,7 @@ impl YoloModel {
         let size = self.input_size;
         let s = size as usize;
         let per = 3 * s * s;
-        let sizes: Vec<(i32, i32)> = frames.iter().map(|f| (f.cols(), f.rows())).collect();
-        let groups = pairing(&sizes, self.pair_frames);
+        let groups = pairing(&frame_sizes(frames), self.pair_frames);
         self.input.resize(per * groups.len(), 0.0);
         // (frame, input, mapping, slot when it shares the input)
         let mut placed = Vec::with_capacity(frames.len());
