@@ -540,7 +540,7 @@ impl<J: Job> Queue<J> {
         let mut backoff = Duration::from_secs(1);
         loop {
             let name = if generation == 0 { worker.clone() } else { format!("{worker}-r{generation}") };
-            let backend = self.storage.clone().poll_with_interval(self.poll_every);
+            let backend = self.storage.clone().poll_with_strategy(ArmedInterval::new(self.poll_every));
             let built =
                 WorkerBuilder::new(name.as_str()).backend(backend).concurrency(concurrency).build(handler.clone());
             let stop = shutdown.clone();
@@ -571,6 +571,47 @@ impl<J: Job> Queue<J> {
             }
             backoff = (backoff * 2).min(Duration::from_secs(30));
             generation += 1;
+        }
+    }
+}
+
+/// Wakes a queue worker every `every` to look for jobs. apalis' own `IntervalStrategy` makes a
+/// new timer when its timer fires but does not poll it, so no wake-up is arranged: when the
+/// fetch that follows outlasts the interval (a busy machine, a slow Redis) and finds the queue
+/// empty, the worker sleeps until its next heartbeat, seconds later, while jobs arrive (YOLO
+/// frames waited 1–2 s this way under load). This one polls each new timer at once, so every
+/// `Pending` leaves a wake-up armed, as `PollStrategy`'s contract asks.
+struct ArmedInterval {
+    every: Duration,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl ArmedInterval {
+    fn new(every: Duration) -> Self {
+        Self { every, timer: None }
+    }
+}
+
+impl Clone for ArmedInterval {
+    fn clone(&self) -> Self {
+        Self::new(self.every)
+    }
+}
+
+impl PollStrategy for ArmedInterval {
+    fn poll_drive(&mut self, cx: &mut std::task::Context<'_>, _: &PollSnapshot) -> std::task::Poll<Option<()>> {
+        let mut fired = false;
+        loop {
+            let every = self.every;
+            let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(every)));
+            match timer.as_mut().poll(cx) {
+                std::task::Poll::Ready(()) => {
+                    self.timer = None;
+                    fired = true;
+                }
+                std::task::Poll::Pending if fired => return std::task::Poll::Ready(Some(())),
+                std::task::Poll::Pending => return std::task::Poll::Pending,
+            }
         }
     }
 }
@@ -609,6 +650,48 @@ impl NewestIds {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Context, Wake, Waker};
+
+    struct Wakes(AtomicUsize);
+
+    impl Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether `strategy` wakes its worker again after its timer fired once, with no further
+    /// poll (the fetch that poll started outlasted the interval).
+    async fn wakes_again_after_firing(strategy: &mut impl super::PollStrategy) -> bool {
+        let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let snapshot = super::PollSnapshot::default();
+        assert!(strategy.poll_drive(&mut cx, &snapshot).is_pending(), "a new timer is not due yet");
+        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+        assert!(wakes.0.load(Ordering::SeqCst) >= 1, "the first timer woke the worker");
+        assert!(strategy.poll_drive(&mut cx, &snapshot).is_ready(), "the timer fired");
+        let before = wakes.0.load(Ordering::SeqCst);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        wakes.0.load(Ordering::SeqCst) > before
+    }
+
+    #[tokio::test]
+    async fn the_poll_timer_is_armed_again_after_it_fires() {
+        let mut ours = super::ArmedInterval::new(std::time::Duration::from_millis(20));
+        assert!(wakes_again_after_firing(&mut ours).await, "a worker would sleep until its heartbeat");
+    }
+
+    /// Why [`super::ArmedInterval`] exists: when this fails, apalis fixed its interval strategy
+    /// and ours can go.
+    #[tokio::test]
+    async fn apalis_interval_strategy_leaves_no_timer_after_firing() {
+        let mut theirs = super::IntervalStrategy::new(std::time::Duration::from_millis(20));
+        assert!(!wakes_again_after_firing(&mut theirs).await);
+    }
+
     #[test]
     fn the_newest_ids_are_kept_whatever_the_order_they_come_in() {
         let ids: Vec<String> = (0..500).map(|i| format!("01J{:05}", (i * 7919) % 500)).collect();

@@ -43,6 +43,9 @@ use channel::{ChannelHandle, ChannelMsg};
 const LEASE_TTL_MS: u64 = 6_000;
 /// Lease renewal, status publication and plan check period.
 const SUPERVISE_EVERY: Duration = Duration::from_secs(2);
+/// How often the channels that sample by need learn what YOLO last saw on them: a confirmation
+/// reaches the sampler at most this late (until then it samples at the full rate).
+const OBJECTS_SEEN_EVERY: Duration = Duration::from_millis(500);
 /// Channel status and worker heartbeat TTL.
 const STATUS_TTL_SECS: u64 = 10;
 /// A channel's picture outlives a few missed updates, not its worker.
@@ -256,6 +259,12 @@ async fn watch_batch(ctx: &Ctx, job: &MotionJob, meta: &JobMeta) -> Release {
     let mut conn = ctx.conn.clone();
     let stall = Duration::from_secs_f64(job.motion.stall_timeout_secs);
     let mut tick = tokio::time::interval(SUPERVISE_EVERY);
+    let mut seen_tick = tokio::time::interval(OBJECTS_SEEN_EVERY);
+    seen_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let samples_by_need = channels.iter().any(|c| c.shared.samples_by_need());
+    // Off after a failed read until the next supervision tick: a Redis that hangs must not hold
+    // the loop more often than the lease renewal does.
+    let mut seen_readable = true;
     let mut frames_at_last_tick: HashMap<u32, (u64, i64)> = HashMap::new();
     let mut published: HashMap<u32, Published> = HashMap::new();
     let store = RecordingStore::new(ctx.conn.clone(), ctx.keys.clone());
@@ -293,7 +302,7 @@ async fn watch_batch(ctx: &Ctx, job: &MotionJob, meta: &JobMeta) -> Release {
                 }
                 // Events held during an outage go out before the status that counts them.
                 publish_motion(ctx, &mut conn, None).await;
-                feed_objects_seen(ctx, &mut conn, &channels).await;
+                seen_readable = true;
                 for ch in &channels {
                     ch.shared.check_stall(stall, ch.started_ms.load(std::sync::atomic::Ordering::Relaxed));
                     let p = published.get(&ch.shared.id).cloned().unwrap_or_default();
@@ -311,6 +320,9 @@ async fn watch_batch(ctx: &Ctx, job: &MotionJob, meta: &JobMeta) -> Release {
                     }
                 }
             }
+            _ = seen_tick.tick(), if samples_by_need && seen_readable => {
+                seen_readable = feed_objects_seen(ctx, &mut conn, &channels).await;
+            }
             Some(msg) = rx.recv() => publish_event(ctx, &mut conn, meta, msg, &mut published).await,
         }
     };
@@ -324,16 +336,21 @@ async fn watch_batch(ctx: &Ctx, job: &MotionJob, meta: &JobMeta) -> Release {
 }
 
 /// Hands each channel that samples by need what YOLO last saw on it. Read every
-/// [`SUPERVISE_EVERY`]: a confirmation reaches the sampler at most that late, which only
-/// prolongs the full rate. Unreadable (Redis down): nothing is confirmed, the full rate holds.
-async fn feed_objects_seen(ctx: &Ctx, conn: &mut ConnectionManager, channels: &[ChannelHandle]) {
+/// [`OBJECTS_SEEN_EVERY`]: a confirmation reaches the sampler at most that late, which only
+/// prolongs the full rate. Unreadable (Redis down): nothing is confirmed, the full rate holds;
+/// returns false.
+async fn feed_objects_seen(ctx: &Ctx, conn: &mut ConnectionManager, channels: &[ChannelHandle]) -> bool {
     let by_need: Vec<&ChannelHandle> = channels.iter().filter(|c| c.shared.samples_by_need()).collect();
     let ids: Vec<u32> = by_need.iter().map(|c| c.shared.id).collect();
     match cctv_common::seen::load(conn, &ctx.keys, &ids).await {
-        Ok(seen) => by_need.iter().zip(seen).for_each(|(c, s)| c.shared.set_objects_seen(s)),
+        Ok(seen) => {
+            by_need.iter().zip(seen).for_each(|(c, s)| c.shared.set_objects_seen(s));
+            true
+        }
         Err(e) => {
             tracing::debug!(error = %e, "cannot read what YOLO saw; sampling at full rate");
             by_need.iter().for_each(|c| c.shared.set_objects_seen(None));
+            false
         }
     }
 }
@@ -381,7 +398,7 @@ async fn publish_event(
         }
         ChannelMsg::Frame { channel, ts_ms, motion_event, boxes, image, _place } => {
             let job = YoloJob { channel, frame_ts_ms: ts_ms, motion_event, motion_boxes: boxes, image };
-            return send_to_yolo(ctx, conn, job).await; // `_place` is freed after the send
+            return send_to_yolo(ctx, conn, job).await; // `_place` is freed after the send // `_place` is freed after the send
         }
     };
     let p = published.entry(channel).or_default();

@@ -14,6 +14,9 @@
 //!   (when `.local/models/yolov5n-int8.onnx` exists), one frame, and two frames in one input.
 //! - `ours_paired/frames{2,4}`: `yolo.pair_frames`: two 640x360 frames per 640x640 input (each
 //!   scaled into a 640x320 half), so 2 frames cost one inference.
+//! - `ours_1thread/batch1`, `ours_1thread_paired/frames2`: one frame alone and two frames in one
+//!   input with one intra-op thread, `yolo.intra_threads`' default on a 2-core machine: there
+//!   the time is the CPU cost (with two threads it is less than the CPU time spent).
 //!
 //! Throughput is frames, so criterion prints frames/s for each.
 
@@ -64,6 +67,13 @@ fn bench(c: &mut Criterion) {
             let frames: Vec<&opencv::core::Mat> = std::iter::repeat_n(&f, n).collect();
             g.bench_function(format!("ours_paired/frames{n}"), |b| b.iter(|| m.detect(&frames).unwrap()));
         }
+    }
+    // One thread (the default on 2 cores): time per frame is CPU per frame.
+    for (name, pair_frames, n) in [("ours_1thread/batch1", false, 1usize), ("ours_1thread_paired/frames2", true, 2)] {
+        let mut m = YoloModel::load(&YoloConfig { pair_frames, intra_threads: 1, ..config() }).expect("model");
+        g.throughput(Throughput::Elements(n as u64));
+        let frames: Vec<&opencv::core::Mat> = std::iter::repeat_n(&f, n).collect();
+        g.bench_function(name, |b| b.iter(|| m.detect(&frames).unwrap()));
     }
     // The int8 model (deploy/yolo/quantize.sh), alone and paired.
     if let Some(path) = int8_model() {

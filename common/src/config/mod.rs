@@ -308,15 +308,17 @@ pub struct YoloConfig {
     pub fps: f64,
     /// Frames per second sent per priority channel while it has a backup open but no motion
     /// (post-roll, a person standing still): a wanted object in view keeps the backup going, up
-    /// to `motion.max_hold_secs` after the last motion. 0 turns it off. Default 1.
+    /// to `motion.max_hold_secs` after the last motion. 0 turns it off. Default 1 (then
+    /// `confirmed_fps` while a fresh result of the event still shows the object).
     pub recording_fps: f64,
-    /// Frames per second sent per channel in motion once YOLO confirmed a wanted object in the
-    /// event, while every motion box stays inside the confirmed objects' boxes (grown by half
-    /// their size) and the confirmation is fresh: nothing new moves, so nothing new is to be
-    /// found. Onset runs at `fps` until the first confirmation; motion elsewhere, a result
-    /// without the object, or a confirmation older than its interval + 2 s bring `fps` back.
-    /// 0 turns it off (always `fps`). Default 0.5: the object is re-checked every 2 s, within
-    /// the 5 s post-roll, a quarter of `fps`' frames (docs/loadtest.md "Sampling by need").
+    /// Frames per second sent per channel once YOLO confirmed a wanted object in the event,
+    /// while every motion box stays in the region the confirmed objects explain (their boxes
+    /// grown by half their size, plus as far as they can have walked since their frame at one
+    /// body height a second) and the confirmation is fresh: nothing new moves, so nothing new
+    /// is to be found. Onset runs at `fps` until the first confirmation; motion elsewhere, a
+    /// result without the object, or a confirmation older than its interval + 2 s bring `fps`
+    /// back. 0 turns it off (always `fps`). Default 0.5: the object is re-checked every 2 s,
+    /// within the 5 s post-roll, a quarter of `fps`' frames (docs/loadtest.md "Sampling by need").
     pub confirmed_fps: f64,
     /// A job older than this (frame time to claim) is dropped unprocessed, seconds. Default 2.
     pub max_age_secs: f64,

@@ -238,18 +238,26 @@ impl<'a> Analysis<'a> {
 
     /// YOLO frames: during motion at `fps`, or at `confirmed_fps` once YOLO confirmed an object
     /// that explains all of it ([`sampling::rate`]); at `recording_fps` while the channel's
-    /// backup is open without motion, so a wanted object in view keeps it going.
+    /// backup is open without motion, so a wanted object in view keeps it going, or at
+    /// `confirmed_fps` while a fresh confirmation of the event says the object is still there.
     fn sample_for_yolo(&mut self, ts: i64, verdict: &Verdict) {
         let shared = self.shared;
+        let aspect = self.grey_w as f32 / self.grey_h.max(1) as f32;
+        let by_need = |full_fps: f64, event: &str, boxes: &[NormBox]| {
+            let rates = sampling::Rates { full_fps, confirmed_fps: self.yolo.map_or(0.0, |y| y.confirmed_fps) };
+            let (fps, need) = sampling::rate(rates, shared.objects_seen().as_ref(), event, ts, boxes, aspect);
+            tracing::trace!(need = ?need, fps, "YOLO sampling");
+            fps
+        };
         let sample = match (self.hysteresis.active(), self.yolo) {
             (Some(active), Some(y)) => {
-                let rates = sampling::Rates { full_fps: y.fps, confirmed_fps: y.confirmed_fps };
-                let seen = shared.objects_seen();
-                let (fps, _) = sampling::rate(rates, seen.as_ref(), &active.event_id, ts, &verdict.boxes);
-                Some((active.event_id.clone(), fps, y.fps))
+                Some((active.event_id.clone(), by_need(y.fps, &active.event_id, &verdict.boxes), y.fps))
             }
             (None, Some(y)) if y.recording_fps > 0.0 && shared.recording_open.load(Ordering::Relaxed) => {
-                self.last_event.clone().map(|e| (e, y.recording_fps, y.recording_fps))
+                self.last_event.clone().map(|e| {
+                    let fps = by_need(y.recording_fps, &e, &[]);
+                    (e, fps, y.recording_fps)
+                })
             }
             _ => None,
         };
