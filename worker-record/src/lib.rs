@@ -8,6 +8,7 @@
 
 pub mod files;
 pub mod hls;
+pub mod job_config;
 pub mod mp4;
 pub mod recorder;
 pub mod storage;
@@ -57,14 +58,24 @@ pub(crate) struct Ctx {
     store: RecordingStore,
     rules: Rules,
     clock: SharedClock,
-    /// The cluster config (record jobs are checked against it).
-    config: Arc<Config>,
+    /// The cluster config record jobs are checked against (read again for a new channel).
+    config: Arc<job_config::JobConfig>,
 }
 
 /// Runs a record worker until `shutdown` is cancelled. An unusable backup directory is reported
 /// (backup log, `<ns>:status:backup`) but is not fatal: jobs wait for it while the HLS buffer
 /// still holds their video.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_with_config_file(config, None, shutdown).await
+}
+
+/// [`run`] with the file `config` was read from: a job for a channel added to it since start
+/// is recorded, not refused ([`job_config::JobConfig`]).
+pub async fn run_with_config_file(
+    config: Config,
+    path: Option<std::path::PathBuf>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let keys = Keys::new(&config.cluster.namespace);
     let conn = queue::connect(&config.cluster, &config.queue).await?;
     let worker = cctv_common::worker_name("record");
@@ -87,7 +98,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         store: RecordingStore::new(conn.clone(), keys.clone()),
         rules: Rules::from_config(&config),
         clock: cctv_common::clock::system(),
-        config: Arc::new(config.clone()),
+        config: Arc::new(job_config::JobConfig::new(config.clone(), path)),
     };
     check_backup_dir(&ctx).await;
     tracing::info!(worker = %worker, dir = %config.record.backup_dir.display(), concurrency = config.record.concurrency,
@@ -210,9 +221,8 @@ async fn release(ctx: &Ctx, recording: &str) {
 }
 
 async fn record(ctx: Ctx, job: RecordJob, meta: JobMeta) -> Result<(), JobError> {
-    let job = job
-        .checked(&ctx.config)
-        .map_err(|e| JobError::Permanent(format!("record job {} refused: {e}", meta.job_id)))?;
+    let job =
+        ctx.config.check(job).map_err(|e| JobError::Permanent(format!("record job {} refused: {e}", meta.job_id)))?;
     let span = tracing::info_span!("recording", channel = job.channel, recording = %job.recording, job = %meta.job_id);
     let rid = job.recording.clone();
     let inner = async {

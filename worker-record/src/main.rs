@@ -45,10 +45,11 @@ fn main() -> ExitCode {
 #[tokio::main]
 async fn run(path: PathBuf, concurrency: Option<usize>) -> anyhow::Result<()> {
     let mut config = cctv_common::Config::load(&path)?;
+    let config_file = path.clone();
     if let Some(n) = concurrency {
         anyhow::ensure!((1..=256).contains(&n), "--concurrency {n} is out of range 1..=256");
         config.record.concurrency = n;
     }
     let shutdown = cctv_common::shutdown::install();
-    worker_record::run(config, shutdown).await
+    worker_record::run_with_config_file(config, Some(config_file), shutdown).await
 }
