@@ -398,7 +398,7 @@ async fn publish_event(
         }
         ChannelMsg::Frame { channel, ts_ms, motion_event, boxes, image, _place } => {
             let job = YoloJob { channel, frame_ts_ms: ts_ms, motion_event, motion_boxes: boxes, image };
-            return send_to_yolo(ctx, conn, job).await; // `_place` is freed after the send // `_place` is freed after the send
+            return send_to_yolo(ctx, conn, job).await; // `_place` is freed after the send
         }
     };
     let p = published.entry(channel).or_default();
