@@ -471,7 +471,6 @@ impl YoloModel {
         &self.decoding.names
     }
 
-    /// Runs the frames (BGR) through the model as one batch; detections per frame, in order.
     /// Which of `frames` [`Self::detect`] puts in a shared input (two to an input).
     pub fn shares_input(&self, frames: &[&Mat]) -> Vec<bool> {
         let mut shared = vec![false; frames.len()];
@@ -483,6 +482,7 @@ impl YoloModel {
         shared
     }
 
+    /// Runs the frames (BGR) through the model as one batch; detections per frame, in order.
     /// With `yolo.pair_frames`, wide frames go two to an input ([`pairing`]).
     pub fn detect(&mut self, frames: &[&Mat]) -> Result<Vec<Vec<Detection>>, ModelError> {
         if frames.is_empty() {
