@@ -30,6 +30,10 @@ echo "building (release)..."
 cargo build --release --locked -q -p scheduler -p cctv-relay -p cctv-cli -p worker-motion -p worker-yolo -p worker-record -p notifier
 export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$ROOT/.ort/libonnxruntime.so.1.32.0}
 [ -f "$SHARED/models/yolov5n.onnx" ] || { echo "error: model not found: $SHARED/models/yolov5n.onnx (see README)" >&2; exit 1; }
+# The export in ../shared takes 640x640 only; rewritten to take any size, worker-yolo runs a
+# lone 16:9 frame at 640x384 (docs/benchmarks.md, "any input size").
+MODEL=$ROOT/.local/models/yolov5n-any.onnx
+[ -f "$MODEL" ] || deploy/yolo/any_size.sh --model "$SHARED/models/yolov5n.onnx" --out "$MODEL" >/dev/null
 BIN=$ROOT/target/release
 
 mkdir -p "$STATE"/{clips,logs,redis,nginx,backups,hls,mqtt}
@@ -118,7 +122,7 @@ listen = "127.0.0.1:$API_PORT"
 [record]
 backup_dir = "$STATE/backups"
 [yolo]
-model = "$SHARED/models/yolov5n.onnx"
+model = "$MODEL"
 snapshot_dir = "$STATE/snapshots"
 [logs]
 dir = "$STATE/logs"

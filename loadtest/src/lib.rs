@@ -226,21 +226,23 @@ pub fn write_config(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The servers a config names: Redis, nginx-rtmp and the simulated cameras.
+type Servers<'a> = (&'a Redis, &'a Nginx, &'a RtspCameras);
+
 fn config_text(
     n: usize,
-    redis: &Redis,
-    nginx: &Nginx,
-    cams: &RtspCameras,
+    (redis, nginx, cams): Servers,
     dir: &Path,
     api_port: u16,
     opts: &Options,
+    model: &Path,
 ) -> String {
     let (motion, yolo) = (&opts.motion, &opts.yolo);
-    // `--yolo model=...` replaces the shared model (a second `model` key would be a TOML error).
+    // `--yolo model=...` replaces the default model (a second `model` key would be a TOML error).
     let model = if yolo.lines().any(|l| l.split('=').next().is_some_and(|k| k.trim() == "model")) {
         String::new()
     } else {
-        format!("model = \"{}\"\n", cctv_testkit::shared_dir().join("models/yolov5n.onnx").display())
+        format!("model = \"{}\"\n", model.display())
     };
     let mut t = motion.to_string();
     t += &format!(
@@ -384,6 +386,8 @@ struct Site {
     api_port: u16,
     cfg: PathBuf,
     cfgs: String,
+    /// The YOLO model of the config (`--yolo model=` overrides it).
+    model: PathBuf,
     workers: Vec<Proc>,
     /// One relay for the whole run: each stage's config reaches it by SIGHUP, which starts the
     /// added cameras and leaves the running ones alone (as a site adding cameras does).
@@ -418,7 +422,9 @@ impl Site {
         let cameras = RtspCameras::start(&cams);
         let api_port = cctv_testkit::free_port();
         let cfg = work.join("cctv.toml");
-        write_config(&cfg, &config_text(opts.stages[0], &redis, &nginx, &cameras, &work, api_port, opts))?;
+        // The default model: ../shared's export rewritten to take any input size.
+        let model = cctv_testkit::any_size_model().context("the any-size YOLO model")?;
+        write_config(&cfg, &config_text(opts.stages[0], (&redis, &nginx, &cameras), &work, api_port, opts, &model))?;
         let cfgs = cfg.to_str().context("config path")?.to_string();
         let workers = start_workers(opts, &cfgs, &logs)?;
         let conn = redis::Client::open(redis.url())?.get_multiplexed_async_connection().await?;
@@ -432,6 +438,7 @@ impl Site {
             api_port,
             cfg,
             cfgs,
+            model,
             workers,
             relay: None,
             conn,
@@ -446,7 +453,7 @@ impl Site {
     async fn stage(&mut self, n: usize, opts: &Options) -> anyhow::Result<(StageReport, Vec<Sample>)> {
         write_config(
             &self.cfg,
-            &config_text(n, &self.redis, &self.nginx, &self.cameras, &self.work, self.api_port, opts),
+            &config_text(n, (&self.redis, &self.nginx, &self.cameras), &self.work, self.api_port, opts, &self.model),
         )?;
         match &self.relay {
             None => {

@@ -41,6 +41,37 @@ pub fn shared_dir() -> PathBuf {
     repo.parent().expect("the repository has a parent").join("shared")
 }
 
+/// `../shared/models/yolov5n.onnx` rewritten to take any input size (`deploy/yolo/any_size.sh`),
+/// as worker-yolo runs it by default in the local cluster, the load test and the quality
+/// harness: made once into the repository's `.local/models/` (with `coco.names` beside it).
+pub fn any_size_model() -> std::io::Result<PathBuf> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("testkit lives in the workspace");
+    let out = repo.join(".local/models/yolov5n-any.onnx");
+    if !(out.is_file() && out.with_file_name("coco.names").is_file()) {
+        yolo_script("any_size.sh", &out)?;
+    }
+    Ok(out)
+}
+
+/// Runs `deploy/yolo/<script>` (quantize.sh, any_size.sh) from `../shared`'s fp32 model to
+/// `out`; an error carries the script's stderr.
+pub fn yolo_script(script: &str, out: &Path) -> std::io::Result<()> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("testkit lives in the workspace");
+    let script = repo.join("deploy/yolo").join(script);
+    let run = Command::new(&script)
+        .arg("--model")
+        .arg(shared_dir().join("models/yolov5n.onnx"))
+        .arg("--out")
+        .arg(out)
+        .output()
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot run {}: {e}", script.display())))?;
+    if !run.status.success() {
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        return Err(std::io::Error::other(format!("{} failed: {}", script.display(), stderr.trim())));
+    }
+    Ok(())
+}
+
 /// A file of `../shared/media`, checked to exist.
 pub fn media(name: &str) -> PathBuf {
     let p = shared_dir().join("media").join(name);

@@ -18,6 +18,10 @@
 //!   input with one intra-op thread, `yolo.intra_threads`' default on a 2-core machine: there
 //!   the time is the CPU cost (with two threads it is less than the CPU time spent).
 //!
+//! - `ours_any/batch1`, `ours_any_1thread/batch1`: one frame alone with the any-size model
+//!   (`deploy/yolo/any_size.sh`, made by `cctv_testkit::any_size_model`): the 640x360 frame
+//!   runs as a 640x384 input instead of 640x640; two and one intra-op threads.
+//!
 //! Throughput is frames, so criterion prints frames/s for each.
 
 use cctv_common::config::YoloConfig;
@@ -74,6 +78,17 @@ fn bench(c: &mut Criterion) {
         g.throughput(Throughput::Elements(n as u64));
         let frames: Vec<&opencv::core::Mat> = std::iter::repeat_n(&f, n).collect();
         g.bench_function(name, |b| b.iter(|| m.detect(&frames).unwrap()));
+    }
+    // The any-size model: a lone frame at 640x384.
+    {
+        let model = cctv_testkit::any_size_model().expect("deploy/yolo/any_size.sh");
+        for (name, intra_threads) in [("ours_any/batch1", 2), ("ours_any_1thread/batch1", 1)] {
+            let mut m =
+                YoloModel::load(&YoloConfig { model: model.clone(), intra_threads, ..config() }).expect("model");
+            assert!(m.any_size(), "{} takes any size", model.display());
+            g.throughput(Throughput::Elements(1));
+            g.bench_function(name, |b| b.iter(|| m.detect(&[&f]).unwrap()));
+        }
     }
     // The int8 model (deploy/yolo/quantize.sh), alone and paired.
     if let Some(path) = int8_model() {

@@ -152,25 +152,51 @@ pub fn letterbox(frame: &Mat, size: u32, out: &mut [f32]) -> Result<Letterbox, M
 /// [`letterbox`] into the rows of `slot` only (the rest of `out` is left as it is); the
 /// returned mapping includes the slot's offset, so boxes map back to this frame.
 pub fn letterbox_into(frame: &Mat, size: u32, slot: Slot, out: &mut [f32]) -> Result<Letterbox, ModelError> {
+    letterbox_in(frame, Input { width: size, height: size }, slot, out)
+}
+
+/// Width and height of one model input (a model that takes any size: [`rect_input`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Input {
+    pub width: u32,
+    pub height: u32,
+}
+
+/// The smallest input (multiples of 32, the model's largest stride) that holds `width`×`height`
+/// scaled to fit `size`×`size`, as YOLOv5's rectangular inference does: a 640x360 frame runs
+/// as 640x384 (12 rows of grey above and below) instead of 640x640, 0.6 of the pixels, at the
+/// same scale, so the model sees the same picture.
+pub fn rect_input(width: i32, height: i32, size: u32) -> Input {
+    if width <= 0 || height <= 0 {
+        return Input { width: size, height: size };
+    }
+    let r = (size as f32 / width as f32).min(size as f32 / height as f32);
+    let up32 = |v: f32| (((v.round() as u32).div_ceil(32)) * 32).clamp(32, size);
+    Input { width: up32(width as f32 * r), height: up32(height as f32 * r) }
+}
+
+/// [`letterbox_into`] for an input of any size: `out` holds `3 * width * height` floats.
+pub fn letterbox_in(frame: &Mat, input: Input, slot: Slot, out: &mut [f32]) -> Result<Letterbox, ModelError> {
     let (w, h) = (frame.cols(), frame.rows());
     if w <= 0 || h <= 0 || frame.channels() != 3 {
         return Err(ModelError::Image(format!("frame is {w}x{h} with {} channels; need colour", frame.channels())));
     }
-    let s = size as usize;
-    assert_eq!(out.len(), 3 * s * s, "letterbox output buffer");
-    assert!(slot.top + slot.height <= size, "slot inside the input");
-    let r = (slot.height as f32 / h as f32).min(size as f32 / w as f32);
-    let half = slot.height < size;
+    let (in_w, in_h) = (input.width, input.height);
+    let stride = in_w as usize;
+    assert_eq!(out.len(), 3 * stride * in_h as usize, "letterbox output buffer");
+    assert!(slot.top + slot.height <= in_h, "slot inside the input");
+    let r = (slot.height as f32 / h as f32).min(in_w as f32 / w as f32);
+    let half = slot.height < in_h;
     // A half of a shared input is filled edge to edge (a 16:9 frame squeezed 11 % in height):
     // letterboxed instead, a person half in view at the frame's left or right edge met grey
     // padding there and was lost (room scenes of the quality harness: 1 of 70 boxes kept).
     let (new_w, new_h) = if half {
-        (size as i32, slot.height as i32)
+        (in_w as i32, slot.height as i32)
     } else {
         ((w as f32 * r).round() as i32, (h as f32 * r).round() as i32)
     };
-    let (rx, ry) = if half { (size as f32 / w as f32, slot.height as f32 / h as f32) } else { (r, r) };
-    let (dw, dh) = ((size as f32 - new_w as f32) / 2.0, (slot.height as f32 - new_h as f32) / 2.0);
+    let (rx, ry) = if half { (in_w as f32 / w as f32, slot.height as f32 / h as f32) } else { (r, r) };
+    let (dw, dh) = ((in_w as f32 - new_w as f32) / 2.0, (slot.height as f32 - new_h as f32) / 2.0);
     let (left, top) = ((dw - 0.1).round() as usize, (dh - 0.1).round() as usize + slot.top as usize);
     let continuous;
     let frame = if frame.is_continuous() {
@@ -202,15 +228,15 @@ pub fn letterbox_into(frame: &Mat, size: u32, slot: Slot, out: &mut [f32]) -> Re
         resized_owned = resize_antialias(src, w as usize, h as usize, new_w as usize, new_h as usize);
         &resized_owned[..]
     };
-    let plane = s * s;
-    let rows = slot.top as usize * s..(slot.top + slot.height) as usize * s;
+    let plane = stride * in_h as usize;
+    let rows = slot.top as usize * stride..(slot.top + slot.height) as usize * stride;
     for c in 0..3 {
         out[c * plane + rows.start..c * plane + rows.end].fill(PAD_GREY);
     }
     let (nw, nh) = (new_w as usize, new_h as usize);
     for y in 0..nh {
         let row = &bytes[y * nw * 3..(y + 1) * nw * 3];
-        let base = (y + top) * s + left;
+        let base = (y + top) * stride + left;
         for (x, px) in row.chunks_exact(3).enumerate() {
             // BGR in, RGB planes out.
             out[base + x] = px[2] as f32 / 255.0;
@@ -411,6 +437,8 @@ pub struct YoloModel {
     input: Vec<f32>,
     /// `yolo.pair_frames`: two wide frames per input.
     pair_frames: bool,
+    /// The model's input height and width are free ([`Self::any_size`]).
+    any_size: bool,
 }
 
 impl YoloModel {
@@ -451,11 +479,13 @@ impl YoloModel {
             .map_err(|e| load_err(e.to_string()))?
             .commit_from_file(&cfg.model)
             .map_err(|e| load_err(e.to_string()))?;
-        let input_name = session
-            .inputs()
-            .first()
-            .map(|i| i.name().to_string())
-            .ok_or_else(|| load_err("model has no input".into()))?;
+        let input = session.inputs().first().ok_or_else(|| load_err("model has no input".into()))?;
+        let input_name = input.name().to_string();
+        // [N, 3, H, W]: ONNX Runtime says -1 for a dimension the model leaves free.
+        let any_size = match input.dtype() {
+            ort::value::ValueType::Tensor { shape, .. } => shape.len() == 4 && shape[2] < 0 && shape[3] < 0,
+            _ => false,
+        };
         Ok(Self {
             session,
             input_name,
@@ -464,6 +494,7 @@ impl YoloModel {
             model_path: cfg.model.clone(),
             input: Vec::new(),
             pair_frames: cfg.pair_frames,
+            any_size,
         })
     }
 
@@ -482,47 +513,77 @@ impl YoloModel {
         shared
     }
 
-    /// Runs the frames (BGR) through the model as one batch; detections per frame, in order.
-    /// With `yolo.pair_frames`, wide frames go two to an input ([`pairing`]).
+    /// The input a frame running alone gets: a model that takes any size ([`Self::any_size`])
+    /// runs it at [`rect_input`]; a fixed-size one at `input_size` square.
+    pub fn lone_input(&self, frame: &Mat) -> Input {
+        if self.any_size {
+            rect_input(frame.cols(), frame.rows(), self.input_size)
+        } else {
+            Input { width: self.input_size, height: self.input_size }
+        }
+    }
+
+    /// Whether the model takes inputs of any height and width (a `--dynamic` export, or
+    /// `deploy/yolo/any_size.sh`'s rewrite of a fixed one): then a frame alone runs at
+    /// [`rect_input`], not in a padded square.
+    pub fn any_size(&self) -> bool {
+        self.any_size
+    }
+
+    /// Runs the frames (BGR) through the model; detections per frame, in order. With
+    /// `yolo.pair_frames`, wide frames go two to an input ([`pairing`]); a frame alone gets
+    /// [`Self::lone_input`]. Inputs of one size run as one batch.
     pub fn detect(&mut self, frames: &[&Mat]) -> Result<Vec<Vec<Detection>>, ModelError> {
-        if frames.is_empty() {
-            return Ok(Vec::new());
-        }
         let size = self.input_size;
-        let s = size as usize;
-        let per = 3 * s * s;
         let groups = pairing(&frame_sizes(frames), self.pair_frames);
-        self.input.resize(per * groups.len(), 0.0);
-        // (frame, input, mapping, slot when it shares the input)
-        let mut placed = Vec::with_capacity(frames.len());
+        let square = Input { width: size, height: size };
+        // Groups by input size, in order of first appearance: one model run each.
+        let mut runs: Vec<(Input, Vec<usize>)> = Vec::new();
         for (g, members) in groups.iter().enumerate() {
-            let buf = &mut self.input[g * per..(g + 1) * per];
-            if let [one] = members[..] {
-                placed.push((one, g, letterbox(frames[one], size, buf)?, None));
-                continue;
-            }
-            for (k, &i) in members.iter().enumerate() {
-                let slot = Slot { top: k as u32 * size / 2, height: size / 2 };
-                placed.push((i, g, letterbox_into(frames[i], size, slot, buf)?, Some((slot, size))));
+            let input = if let [one] = members[..] { self.lone_input(frames[one]) } else { square };
+            match runs.iter_mut().find(|(i, _)| *i == input) {
+                Some((_, gs)) => gs.push(g),
+                None => runs.push((input, vec![g])),
             }
         }
-        let shape = [groups.len(), 3, s, s];
-        let tensor = TensorRef::from_array_view((shape, self.input.as_slice()))
-            .map_err(|e| ModelError::Inference(e.to_string()))?;
-        let outputs = self
-            .session
-            .run(ort::inputs![self.input_name.as_str() => tensor])
-            .map_err(|e| ModelError::Inference(e.to_string()))?;
-        let (shape, data) = outputs[0].try_extract_tensor::<f32>().map_err(|e| ModelError::Inference(e.to_string()))?;
-        let dims: Vec<i64> = shape.iter().copied().collect();
-        let classes = self.decoding.names.len();
-        if dims.len() != 3 || dims[0] as usize != groups.len() || dims[2] as usize != 5 + classes {
-            return Err(ModelError::OutputShape { path: self.model_path.clone(), shape: dims, classes });
-        }
-        let (rows, stride) = (dims[1] as usize, dims[2] as usize);
         let mut out = vec![Vec::new(); frames.len()];
-        for (i, g, lb, slot) in placed {
-            out[i] = decode_slot(&data[g * rows * stride..(g + 1) * rows * stride], stride, &lb, &self.decoding, slot);
+        for (input, run) in runs {
+            let per = 3 * input.width as usize * input.height as usize;
+            self.input.resize(per * run.len(), 0.0);
+            // (frame, input in this run, mapping, slot when it shares the input)
+            let mut placed = Vec::with_capacity(run.len() * 2);
+            for (k, &g) in run.iter().enumerate() {
+                let buf = &mut self.input[k * per..(k + 1) * per];
+                let members = &groups[g];
+                if let [one] = members[..] {
+                    let whole = Slot { top: 0, height: input.height };
+                    placed.push((one, k, letterbox_in(frames[one], input, whole, buf)?, None));
+                    continue;
+                }
+                for (half, &i) in members.iter().enumerate() {
+                    let slot = Slot { top: half as u32 * size / 2, height: size / 2 };
+                    placed.push((i, k, letterbox_in(frames[i], input, slot, buf)?, Some((slot, size))));
+                }
+            }
+            let shape = [run.len(), 3, input.height as usize, input.width as usize];
+            let tensor = TensorRef::from_array_view((shape, &self.input[..per * run.len()]))
+                .map_err(|e| ModelError::Inference(e.to_string()))?;
+            let outputs = self
+                .session
+                .run(ort::inputs![self.input_name.as_str() => tensor])
+                .map_err(|e| ModelError::Inference(e.to_string()))?;
+            let (shape, data) =
+                outputs[0].try_extract_tensor::<f32>().map_err(|e| ModelError::Inference(e.to_string()))?;
+            let dims: Vec<i64> = shape.iter().copied().collect();
+            let classes = self.decoding.names.len();
+            if dims.len() != 3 || dims[0] as usize != run.len() || dims[2] as usize != 5 + classes {
+                return Err(ModelError::OutputShape { path: self.model_path.clone(), shape: dims, classes });
+            }
+            let (rows, stride) = (dims[1] as usize, dims[2] as usize);
+            for (i, k, lb, slot) in placed {
+                let rows_of_input = &data[k * rows * stride..(k + 1) * rows * stride];
+                out[i] = decode_slot(rows_of_input, stride, &lb, &self.decoding, slot);
+            }
         }
         Ok(out)
     }
@@ -572,6 +633,29 @@ mod tests {
         let row = [320.0, 600.0, 64.0, 80.0, 0.9, 0.9];
         let found = decode_slot(&row, 6, &lb, &d, Some((Slot { top: 320, height: 320 }, 640)));
         assert_eq!(found[0].bbox, [288.0, 270.0, 352.0, 360.0]);
+    }
+
+    #[test]
+    fn a_lone_frame_gets_the_smallest_input_that_holds_it() {
+        let input = |w, h| rect_input(w, h, 640);
+        assert_eq!(input(640, 360), Input { width: 640, height: 384 }, "16:9 sub-stream");
+        assert_eq!(input(1280, 720), Input { width: 640, height: 384 }, "scaled down first");
+        assert_eq!(input(640, 480), Input { width: 640, height: 480 }, "4:3");
+        assert_eq!(input(810, 1080), Input { width: 480, height: 640 }, "portrait (bus.jpg)");
+        assert_eq!(input(640, 640), Input { width: 640, height: 640 });
+        assert_eq!(input(0, 360), Input { width: 640, height: 640 }, "no picture: the square");
+        // A 640x360 frame in 640x384: 12 grey rows above and below, scale 1, boxes map back.
+        let frame =
+            Mat::new_rows_cols_with_default(360, 640, opencv::core::CV_8UC3, opencv::core::Scalar::all(200.0)).unwrap();
+        let inp = rect_input(640, 360, 640);
+        let mut buf = vec![0.0; 3 * 640 * 384];
+        let lb = letterbox_in(&frame, inp, Slot { top: 0, height: 384 }, &mut buf).unwrap();
+        assert_eq!((lb.scale, lb.scale_y, lb.pad_x, lb.pad_y), (1.0, 1.0, 0.0, 12.0));
+        assert!((buf[11 * 640] - PAD_GREY).abs() < 1e-6 && (buf[372 * 640] - PAD_GREY).abs() < 1e-6, "grey bands");
+        assert!((buf[12 * 640] - 200.0 / 255.0).abs() < 1e-6 && (buf[371 * 640 + 639] - 200.0 / 255.0).abs() < 1e-6);
+        let d = Decoding { min_score: 0.1, iou_threshold: 0.45, wanted: vec![true], names: vec!["person".into()] };
+        let row = [320.0, 332.0, 64.0, 80.0, 0.9, 0.9];
+        assert_eq!(decode(&row, 6, &lb, &d)[0].bbox, [288.0, 280.0, 352.0, 360.0]);
     }
 
     #[test]

@@ -71,7 +71,16 @@ pub struct QualityOptions {
 /// sub-stream URLs) it comes from when the relay brings it (H.265 scenes).
 type HarnessChannel<'a> = (u32, &'a str, Option<(String, String)>);
 
-fn config_text(redis: &Redis, nginx: &Nginx, dir: &Path, channels: &[HarnessChannel], motion: &str) -> String {
+/// `model`: the YOLO model of the config (the ground truth is made with the fixed 640x640 export,
+/// the reference; the cluster runs the default, the any-size model).
+fn config_text(
+    redis: &Redis,
+    nginx: &Nginx,
+    dir: &Path,
+    channels: &[HarnessChannel],
+    motion: &str,
+    model: &Path,
+) -> String {
     let mut t = motion.to_string();
     t += &format!(
         "[cluster]\nredis_url = \"{}\"\nnamespace = \"{NS}\"\n\
@@ -83,7 +92,7 @@ fn config_text(redis: &Redis, nginx: &Nginx, dir: &Path, channels: &[HarnessChan
         nginx.hls_url(),
         dir.join("backups").display(),
         dir.join("logs").display(),
-        cctv_testkit::shared_dir().join("models/yolov5n.onnx").display(),
+        model.display(),
         dir.join("snapshots").display(),
         live = nginx.live_url(),
         // Its own port: the default 8088 may be taken (another cluster, a site's scheduler).
@@ -133,7 +142,8 @@ pub async fn quality(opts: QualityOptions) -> anyhow::Result<QualityReport> {
     // Ground truth is made with a config that names every channel (YOLO settings, classes).
     let plain: Vec<HarnessChannel> = (0..scenes.len() as u32).flat_map(policies).map(|(id, p)| (id, p, None)).collect();
     let cfg = work.join("cctv.toml");
-    crate::write_config(&cfg, &config_text(&redis, &nginx, &work, &plain, &opts.motion))?;
+    let reference_model = cctv_testkit::shared_dir().join("models/yolov5n.onnx");
+    crate::write_config(&cfg, &config_text(&redis, &nginx, &work, &plain, &opts.motion, &reference_model))?;
     crate::default_ort_path()?;
     eprintln!("preparing scenes and their ground truth in {} (first run only)...", cache_dir.display());
     let clips: Vec<SceneClips> =
@@ -158,7 +168,8 @@ pub async fn quality(opts: QualityOptions) -> anyhow::Result<QualityReport> {
             c.2 = Some((url("main"), url("sub")));
         }
     }
-    crate::write_config(&cfg, &config_text(&redis, &nginx, &work, &channels, &opts.motion))?;
+    let model = cctv_testkit::any_size_model().context("the any-size YOLO model")?;
+    crate::write_config(&cfg, &config_text(&redis, &nginx, &work, &channels, &opts.motion, &model))?;
     let config = cctv_common::config::Config::load(&cfg)?;
 
     let mut pushers = Vec::new();
@@ -178,7 +189,7 @@ pub async fn quality(opts: QualityOptions) -> anyhow::Result<QualityReport> {
         // The relay brings the RTSP cameras only: its config names no other channel.
         let relay_cfg = work.join("relay.toml");
         let only: Vec<HarnessChannel> = channels.iter().filter(|c| c.2.is_some()).cloned().collect();
-        crate::write_config(&relay_cfg, &config_text(&redis, &nginx, &work, &only, &opts.motion))?;
+        crate::write_config(&relay_cfg, &config_text(&redis, &nginx, &work, &only, &opts.motion, &model))?;
         let relay_cfgs = relay_cfg.to_str().context("config path")?;
         let args = ["--config", relay_cfgs, "run"];
         procs.push(Proc::spawn("relay", &workspace_bin("cctv-relay")?, &args, &logs.join("relay.log"))?);

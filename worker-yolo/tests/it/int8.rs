@@ -9,9 +9,7 @@ use worker_yolo::model::{decode_image, YoloModel};
 fn the_quantize_script_writes_an_int8_model_that_finds_the_reference_objects() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("yolov5n-int8.onnx");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/yolo/quantize.sh");
-    let run = std::process::Command::new(&script).arg("--out").arg(&out).output().expect("running quantize.sh");
-    assert!(run.status.success(), "quantize.sh failed: {}", String::from_utf8_lossy(&run.stderr));
+    cctv_testkit::yolo_script("quantize.sh", &out).unwrap_or_else(|e| panic!("{e}"));
     let fp32 = shared_dir().join("models/yolov5n.onnx");
     let (size8, size32) = (std::fs::metadata(&out).unwrap().len(), std::fs::metadata(&fp32).unwrap().len());
     assert!(size8 * 2 < size32, "int8 weights are a quarter of fp32's: {size8} vs {size32} bytes");

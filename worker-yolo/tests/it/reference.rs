@@ -10,7 +10,7 @@ const REFERENCE: [(&str, f32, [f32; 4]); 4] = [
     ("bus", 0.694, [12.0, 233.0, 776.0, 785.0]),
 ];
 
-fn reference_model() -> YoloModel {
+pub(crate) fn reference_model() -> YoloModel {
     let models = shared_dir().join("models");
     let names = std::fs::read_to_string(models.join("coco.names")).unwrap();
     let cfg = YoloConfig {
@@ -24,7 +24,7 @@ fn reference_model() -> YoloModel {
     YoloModel::load(&cfg).unwrap_or_else(|e| panic!("{e} (run through deploy/run-tests.sh, which sets ORT_DYLIB_PATH)"))
 }
 
-fn assert_reference(found: &[cctv_common::events::Detection]) {
+pub(crate) fn assert_reference(found: &[cctv_common::events::Detection]) {
     assert_eq!(found.len(), REFERENCE.len(), "detections: {found:?}");
     for (label, score, bbox) in REFERENCE {
         let m = found
