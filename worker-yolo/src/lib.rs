@@ -80,6 +80,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         model = %config.yolo.model.display(),
         threads = config.yolo.intra_threads,
         max_batch = config.yolo.max_batch,
+        // A frame without a partner runs at its own size (640x384 for 16:9) only then.
+        any_size = model.any_size(),
         "YOLO model loaded"
     );
     let keys = Keys::new(&config.cluster.namespace);
