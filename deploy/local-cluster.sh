@@ -33,7 +33,7 @@ export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$ROOT/.ort/libonnxruntime.so.1.32.0}
 # The export in ../shared takes 640x640 only; rewritten to take any size, worker-yolo runs a
 # lone 16:9 frame at 640x384 (docs/benchmarks.md, "any input size").
 MODEL=$ROOT/.local/models/yolov5n-any.onnx
-if [ ! -f "$MODEL" ] && ! deploy/yolo/any_size.sh --model "$SHARED/models/yolov5n.onnx" --out "$MODEL" >/dev/null; then
+if ! { [ -f "$MODEL" ] && [ -f "$(dirname "$MODEL")/coco.names" ]; } && ! deploy/yolo/any_size.sh --model "$SHARED/models/yolov5n.onnx" --out "$MODEL" >/dev/null; then
     echo "warning: could not rewrite the model to take any input size (above); using the 640x640 one" >&2
     MODEL=$SHARED/models/yolov5n.onnx
 fi

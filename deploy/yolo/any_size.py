@@ -10,12 +10,12 @@ A fixed-size export (`torch.onnx.export` without dynamic axes) differs from a dy
 Detect layer's grids, which are constants of the export size: per scale, the cell offsets
 (1, 3, ny, nx, 2) and the anchor sizes (1, 3, ny, nx, 2). Everything else (convolutions,
 the reshapes, which take their sizes from the tensors at run time) already works at any size.
-The class names beside --model (coco.names) are copied beside --out, where worker-yolo looks.
 Here each grid constant is cut, at run time, to the ny x nx of its scale's output (a Slice whose
 end is the shape of the convolution it decodes): the first ny rows and nx columns of a grid
 are the same numbers a dynamic export computes, so at 640x640 the model is unchanged and at
 another size it is what `--dynamic` would give. The output is written to a part file and renamed
-when complete; the model is checked (onnx.checker) before.
+when complete; the model is checked (onnx.checker) before. The class names beside --model
+(coco.names) are copied beside --out, where worker-yolo looks.
 """
 import argparse
 import os
@@ -41,6 +41,8 @@ def main():
         sys.exit(f"{a.model}: input has {len(dims)} dimensions; expected [N, 3, H, W]")
     if all(d.dim_param for d in dims[2:]):
         sys.exit(f"{a.model}: height and width are already dynamic; use it as it is")
+    if m.opset_import[0].version < 10:
+        sys.exit(f"{a.model}: opset {m.opset_import[0].version}; Slice with inputs needs opset 10 or later")
     size = dims[2].dim_value
     # Detect's per-scale convolutions, by the grid size they produce: stride 8, 16, 32.
     convs = [n for n in g.node if n.op_type == "Conv" and "/m." in n.name and n.name.split("/")[-2].startswith("m.")]
@@ -90,8 +92,6 @@ def main():
         out_dims = out.type.tensor_type.shape.dim
         if len(out_dims) == 5:
             out_dims[2].dim_param, out_dims[3].dim_param = out.name + "_rows", out.name + "_columns"
-    if m.opset_import[0].version < 10:
-        sys.exit("Slice with inputs needs opset 10 or later")
     onnx.checker.check_model(m)
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     # Its own part file: two runs at once (tests) each write whole files, the last rename wins.

@@ -33,11 +33,16 @@ pub fn wait_for_port(port: u16, timeout: Duration, what: &str) {
 }
 
 /// The shared folder beside the repository (`../shared`), or `$CCTV_SHARED_DIR`.
+/// The workspace root (testkit's parent).
+fn repo_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("testkit lives in the workspace")
+}
+
 pub fn shared_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("CCTV_SHARED_DIR") {
         return PathBuf::from(dir);
     }
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("testkit lives in the workspace");
+    let repo = repo_dir();
     repo.parent().expect("the repository has a parent").join("shared")
 }
 
@@ -45,7 +50,7 @@ pub fn shared_dir() -> PathBuf {
 /// as worker-yolo runs it by default in the local cluster, the load test and the quality
 /// harness: made once into the repository's `.local/models/` (with `coco.names` beside it).
 pub fn any_size_model() -> std::io::Result<PathBuf> {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("testkit lives in the workspace");
+    let repo = repo_dir();
     let out = repo.join(".local/models/yolov5n-any.onnx");
     if !(out.is_file() && out.with_file_name("coco.names").is_file()) {
         yolo_script("any_size.sh", &out)?;
@@ -56,7 +61,7 @@ pub fn any_size_model() -> std::io::Result<PathBuf> {
 /// Runs `deploy/yolo/<script>` (quantize.sh, any_size.sh) from `../shared`'s fp32 model to
 /// `out`; an error carries the script's stderr.
 pub fn yolo_script(script: &str, out: &Path) -> std::io::Result<()> {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("testkit lives in the workspace");
+    let repo = repo_dir();
     let script = repo.join("deploy/yolo").join(script);
     let run = Command::new(&script)
         .arg("--model")
